@@ -1,0 +1,91 @@
+//! chaos: a test fixture steered by the event's `action` field.
+//!
+//! - `ok` (or no `action`): ack, no effects;
+//! - `emit`: emit the fields to config `target` (default source + `:out`), ack;
+//! - `error`: return a handler error (message from field `message`, default "chaos error");
+//! - `trap`: panic (a trap in the host);
+//! - `loop`: spin forever (stopped by the host's deadline);
+//! - `alloc`: grow memory until stopped (by the host's memory cap);
+//! - `log`: log field `message` at info level, ack;
+//! - `retry`, `dead-letter`, `skip`: answer that disposition;
+//! - `fail-until`: fail until the delivery count reaches field `n`, then ack.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+
+use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
+use sluice::plugin::config::config_get;
+use sluice::plugin::effects::emit;
+use sluice::plugin::log::{Level, log};
+
+struct Chaos;
+
+fn field<'a>(event: &'a Event, name: &str) -> Option<&'a [u8]> {
+    event
+        .fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn text(event: &Event, name: &str, default: &str) -> String {
+    field(event, name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+impl Guest for Chaos {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        match config.iter().find(|(k, _)| k == "init") {
+            Some((_, v)) if v == "fail" => Err("init told to fail by config".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn handle(event: Event) -> Result<Disposition, HandlerError> {
+        match field(&event, "action").unwrap_or(b"ok") {
+            b"ok" => Ok(Disposition::Ack),
+            b"emit" => {
+                let target =
+                    config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
+                emit(&target, &event.fields).map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"error" => Err(HandlerError {
+                message: text(&event, "message", "chaos error"),
+            }),
+            b"trap" => panic!("chaos trap on event {}", event.id),
+            b"loop" => loop {
+                std::hint::black_box(&event);
+            },
+            b"alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            b"log" => {
+                log(Level::Info, &text(&event, "message", "chaos log"));
+                Ok(Disposition::Ack)
+            }
+            b"retry" => Ok(Disposition::Retry(None)),
+            b"dead-letter" => Ok(Disposition::DeadLetter(text(&event, "message", "chaos"))),
+            b"skip" => Ok(Disposition::Skip),
+            b"fail-until" => {
+                let n: u32 = text(&event, "n", "1").parse().unwrap_or(1);
+                if event.delivery_count >= n {
+                    Ok(Disposition::Ack)
+                } else {
+                    Err(HandlerError {
+                        message: format!("failing delivery {} of {n}", event.delivery_count),
+                    })
+                }
+            }
+            other => Err(HandlerError {
+                message: format!("unknown action {:?}", String::from_utf8_lossy(other)),
+            }),
+        }
+    }
+}
+
+export!(Chaos);

@@ -1,0 +1,330 @@
+//! The command line: `run`, `check-config`, `publish`, `job status`, `bench`.
+//!
+//! `--config` (env `SLUICE_CONFIG`, default `sluice.toml`), `--redis` (env
+//! `SLUICE_REDIS_URL`) and `--data-dir` (env `SLUICE_DATA_DIR`) apply to every command.
+//! Commands that only talk to Redis find it in this order: `--redis`, `[redis] url`, the
+//! embedded Redis of a `sluice run` using the same data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::bench::{self, BenchArgs};
+use crate::config::{Config, ConfigError};
+use crate::runtime::Runtime;
+use crate::service;
+use crate::store::{self, Keys, embedded, jobs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Ingest events from Redis and run each one through a sandboxed WebAssembly plugin"
+)]
+pub struct Cli {
+    /// Config file [default: sluice.toml]
+    #[arg(long, short, global = true, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL; overrides `[redis] url` (redis://host:port/db, unix:///path)
+    #[arg(long, global = true, env = "SLUICE_REDIS_URL")]
+    pub redis: Option<String>,
+    /// Data directory (compile cache, embedded Redis); overrides `[host] data_dir`
+    #[arg(long, global = true, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: every configured job, until SIGTERM/SIGINT
+    Run,
+    /// Validate the config and load every plugin (compile, type-check, init) without side effects
+    CheckConfig,
+    /// Append entries to a stream: `sluice publish events text=hello n={i} --count 100`
+    Publish {
+        /// The stream key
+        stream: String,
+        /// Fields as name=value; `{i}` in a value becomes the entry's index (0-based)
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+        /// How many entries to append
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Inspect jobs
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Measure throughput and latency against baselines, in one process
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Counters and consumer-group state of a job, read from Redis
+    Status {
+        /// The job's name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Log to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Run => {
+            let config = load_config(&cli, true)?;
+            service::run(config, cli.redis.clone(), shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => check_config(&cli),
+        Command::Publish {
+            stream,
+            fields,
+            count,
+        } => {
+            let fields = parse_fields(fields)?;
+            let config = load_config(&cli, false)?;
+            let url = client_url(&cli, &config).await?;
+            publish(&url, stream, &fields, *count).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job {
+            command: JobCommand::Status { name, json },
+        } => {
+            let config = load_config(&cli, false)?;
+            let url = client_url(&cli, &config).await?;
+            job_status(&url, &config, name, *json).await
+        }
+        Command::Bench(args) => {
+            let config = load_config(&cli, false)?;
+            let url = cli.redis.clone().or(config.redis.url.clone());
+            bench::run(args, url).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The config from `--config` (or `sluice.toml`). When not `required` and no file was named
+/// or found, the defaults.
+fn load_config(cli: &Cli, required: bool) -> Result<Config, ConfigError> {
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("sluice.toml"));
+    let mut config = if required || cli.config.is_some() || path.exists() {
+        Config::load(&path)?
+    } else {
+        Config::default()
+    };
+    if let Some(dir) = &cli.data_dir {
+        config.host.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// Where a client command finds Redis.
+async fn client_url(cli: &Cli, config: &Config) -> anyhow::Result<String> {
+    if let Some(url) = cli.redis.clone().or(config.redis.url.clone()) {
+        return Ok(url);
+    }
+    match embedded::running_url(&config.host.data_dir).await {
+        Some(url) => Ok(url),
+        None => bail!(
+            "no Redis to talk to: set --redis, SLUICE_REDIS_URL or [redis] url, or start \
+             `sluice run` (which starts an embedded Redis) with the same data dir ({})",
+            config.host.data_dir.display()
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    // A second signal means: stop now. Nothing is lost: uncommitted entries stay pending.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once; uncommitted entries stay pending in Redis");
+        std::process::exit(130);
+    });
+}
+
+fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli, true)?;
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("sluice.toml"));
+    println!("config {}: ok", path.display());
+    let runtime = Runtime::with_cache(Some(&config.host.data_dir.join("cache")), false)?;
+    let (plugins, errors) = service::load_plugins(&runtime, &config);
+    let mut ok = errors.is_empty();
+    for e in &errors {
+        println!("error: {e:#}");
+    }
+    for p in &config.plugins {
+        if let Some(plugin) = plugins.get(&p.name) {
+            println!(
+                "plugin {}: ok ({}, {} bytes, sha256 {})",
+                p.name,
+                p.path.display(),
+                plugin.size,
+                &plugin.sha256[..16]
+            );
+        }
+    }
+    for job in &config.jobs {
+        let Some(plugin) = plugins.get(&job.plugin) else {
+            println!(
+                "job {}: cannot run, plugin `{}` did not load",
+                job.name, job.plugin
+            );
+            ok = false;
+            continue;
+        };
+        match service::prepare_handler(plugin.clone(), job) {
+            Ok(_) => println!(
+                "job {}: ok (stream {} → plugin {}, init accepted the config)",
+                job.name,
+                job.stream(),
+                job.plugin
+            ),
+            Err(e) => {
+                println!("error: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn parse_fields(fields: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    fields
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("field `{f}` is not name=value"),
+        })
+        .collect()
+}
+
+async fn publish(
+    url: &str,
+    stream: &str,
+    fields: &[(String, String)],
+    count: u64,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {}", store::redact_url(url)))?;
+    let templated = fields.iter().any(|(_, v)| v.contains("{i}"));
+    let mut first: Option<String> = None;
+    let mut last = String::new();
+    let mut i = 0;
+    while i < count {
+        let chunk = (count - i).min(1000);
+        let mut pipe = redis::pipe();
+        for n in i..i + chunk {
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in fields {
+                if templated {
+                    cmd.arg(k).arg(v.replace("{i}", &n.to_string()));
+                } else {
+                    cmd.arg(k).arg(v);
+                }
+            }
+        }
+        let ids: Vec<String> = pipe.query_async(&mut conn).await?;
+        if first.is_none() {
+            first = ids.first().cloned();
+        }
+        last = ids.last().cloned().unwrap_or_default();
+        i += chunk;
+    }
+    println!(
+        "published {count} entries to {stream} (ids {} … {last})",
+        first.unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn job_status(
+    url: &str,
+    config: &Config,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {}", store::redact_url(url)))?;
+    let keys = Keys::new(&config.host.prefix);
+    let Some(status) = jobs::status(&mut conn, &keys, name).await? else {
+        bail!(
+            "no job named `{name}` in Redis (prefix `{}`): no host has run it",
+            config.host.prefix
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let lag = status.lag.map_or("?".into(), |l| l.to_string());
+        println!("job       {}", status.name);
+        println!(
+            "source    stream:{}  (group {})",
+            status.source, status.group
+        );
+        println!("plugin    {}", status.plugin);
+        println!("received  {}", status.received);
+        println!("acked     {}", status.acked);
+        println!("skipped   {}", status.skipped);
+        println!("failed    {}", status.failed);
+        println!("pending   {}", status.pending);
+        println!("lag       {lag}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The default plugin directory of the benchmark and demo.
+pub fn default_plugin_dir() -> &'static Path {
+    Path::new("plugins/dist")
+}

@@ -1,0 +1,68 @@
+//! [`PluginHandler`]: the [`Handler`] a job uses to run its events through a plugin.
+
+use std::sync::Arc;
+
+use super::host::GuestContext;
+use super::instance::PluginInstance;
+use super::plugin::LoadedPlugin;
+use crate::event::{Event, Handler, Outcome};
+
+/// Replace an instance after this many calls, bounding what a leaky guest can hoard.
+const RECYCLE_AFTER_CALLS: u64 = 100_000;
+
+/// Runs events through one plugin for one job, keeping an instance alive across events and
+/// batches, and replacing it after a trap or after [`RECYCLE_AFTER_CALLS`] calls.
+pub struct PluginHandler {
+    /// The plugin version in use.
+    plugin: Arc<LoadedPlugin>,
+    /// The job's name, config and limits, handed to every instance.
+    guest: Arc<GuestContext>,
+    /// The live instance, if any; made on demand.
+    instance: Option<PluginInstance>,
+}
+
+impl PluginHandler {
+    pub fn new(plugin: Arc<LoadedPlugin>, guest: GuestContext) -> Self {
+        PluginHandler {
+            plugin,
+            guest: Arc::new(guest),
+            instance: None,
+        }
+    }
+
+    /// The plugin version this handler runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Make the first instance now (running `init`), so a plugin that cannot start for this
+    /// job is refused before the job reads anything.
+    pub fn prepare(&mut self) -> Result<(), crate::event::Failure> {
+        if self.instance.is_none() {
+            self.instance = Some(PluginInstance::new(&self.plugin, self.guest.clone())?);
+        }
+        Ok(())
+    }
+
+    fn handle_one(&mut self, event: &Event) -> Outcome {
+        let mut instance = match self.instance.take() {
+            Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
+            _ => match PluginInstance::new(&self.plugin, self.guest.clone()) {
+                Ok(i) => i,
+                Err(failure) => return Outcome::Failed(failure),
+            },
+        };
+        let outcome = instance.handle(event);
+        // A trapped instance is dropped here, giving its memory back at once.
+        if instance.is_usable() {
+            self.instance = Some(instance);
+        }
+        outcome
+    }
+}
+
+impl Handler for PluginHandler {
+    fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
+        events.iter().map(|e| self.handle_one(e)).collect()
+    }
+}

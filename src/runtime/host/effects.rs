@@ -1,0 +1,98 @@
+//! `sluice:plugin/effects`: writes are checked against the job's limits and buffered in the
+//! call state; the job runner commits them with the event's ack.
+
+use super::super::bindings::sluice::plugin::effects::Host;
+use super::HostState;
+use crate::event::{Effect, Field};
+
+impl Host for HostState {
+    fn emit(&mut self, stream: String, fields: Vec<Field>) -> Result<(), String> {
+        let limits = &self.guest.limits;
+        let problem = if stream.is_empty() {
+            Some("emit: the stream name is empty".to_string())
+        } else if stream.len() > limits.max_name_bytes {
+            Some(format!(
+                "emit: stream name of {} bytes exceeds the limit of {}",
+                stream.len(),
+                limits.max_name_bytes
+            ))
+        } else if fields.is_empty() {
+            Some(format!(
+                "emit to `{stream}`: an entry needs at least one field"
+            ))
+        } else if self.call.effects.len() >= limits.max_effects {
+            Some(format!(
+                "emit to `{stream}`: more than {} effects for one event",
+                limits.max_effects
+            ))
+        } else {
+            let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+            (size > limits.max_payload_bytes).then(|| {
+                format!(
+                    "emit to `{stream}`: {size} bytes of fields exceed the limit of {}",
+                    limits.max_payload_bytes
+                )
+            })
+        };
+        if let Some(problem) = problem {
+            return Err(self.violate(problem));
+        }
+        self.call.effects.push(Effect::Emit { stream, fields });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Limits;
+    use super::super::test_support::state;
+    use super::*;
+
+    fn field() -> Vec<Field> {
+        vec![("k".into(), b"v".to_vec())]
+    }
+
+    #[test]
+    fn buffers_valid_emits_in_order() {
+        let mut s = state(&[], Limits::default());
+        s.emit("a".into(), field()).unwrap();
+        s.emit("b".into(), field()).unwrap();
+        let streams: Vec<_> = s
+            .call
+            .effects
+            .iter()
+            .map(|Effect::Emit { stream, .. }| stream.as_str())
+            .collect();
+        assert_eq!(streams, ["a", "b"]);
+        assert!(s.call.violation.is_none());
+    }
+
+    #[test]
+    fn a_violation_is_remembered_even_if_the_guest_ignores_it() {
+        let limits = Limits {
+            max_effects: 1,
+            ..Limits::default()
+        };
+        let mut s = state(&[], limits);
+        s.emit("a".into(), field()).unwrap();
+        let err = s.emit("b".into(), field()).unwrap_err();
+        assert!(err.contains("more than 1 effects"), "{err}");
+        assert_eq!(s.call.violation.as_deref(), Some(err.as_str()));
+        assert_eq!(s.call.effects.len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_names_and_payloads() {
+        let limits = Limits {
+            max_name_bytes: 4,
+            max_payload_bytes: 8,
+            ..Limits::default()
+        };
+        let mut s = state(&[], limits);
+        assert!(s.emit("".into(), field()).is_err());
+        assert!(s.emit("toolong".into(), field()).is_err());
+        assert!(s.emit("ok".into(), vec![]).is_err());
+        assert!(s.emit("ok".into(), vec![("k".into(), vec![0; 9])]).is_err());
+        assert!(s.call.effects.is_empty());
+    }
+}

@@ -1,0 +1,231 @@
+//! The host side of the WIT imports: one file per interface, all sharing [`HostState`],
+//! the data of one plugin instance's `Store`.
+//!
+//! Guest input is hostile: every value a guest hands us is checked against [`Limits`]
+//! before it is buffered, and a violation fails the event (it never reaches Redis), even if
+//! the guest ignores the error it was given.
+
+mod config;
+mod effects;
+mod log;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::event::Effect;
+
+use super::bindings;
+
+/// What a plugin instance may use, per job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one `handle` (and of `init`).
+    pub deadline: Duration,
+    /// Largest linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Most effects one event may buffer.
+    pub max_effects: usize,
+    /// Longest stream or key name a guest may name.
+    pub max_name_bytes: usize,
+    /// Largest total size of the fields of one `emit`.
+    pub max_payload_bytes: usize,
+    /// Longest log message kept (longer ones are cut).
+    pub max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            max_effects: 1000,
+            max_name_bytes: 512,
+            max_payload_bytes: 1 << 20,
+            max_log_bytes: 8 << 10,
+        }
+    }
+}
+
+/// Who an instance works for: fixed for the instance's life.
+#[derive(Debug, Clone)]
+pub struct GuestContext {
+    /// The job's name, attached to logs.
+    pub job: Arc<str>,
+    /// The plugin's name, attached to logs.
+    pub plugin: Arc<str>,
+    /// The job's `[job.config]`, handed to `init` and read by `config-get`.
+    pub config: BTreeMap<String, String>,
+    /// The job's limits.
+    pub limits: Limits,
+}
+
+/// Per-event scratch space: reset before each `handle`, drained after it.
+#[derive(Debug, Default)]
+pub struct CallState {
+    /// The event being handled, attached to logs (None during `init`).
+    pub event_id: Option<String>,
+    /// Effects buffered so far, committed only if the event is acked.
+    pub effects: Vec<Effect>,
+    /// The first limit the guest broke during this call; fails the event.
+    pub violation: Option<String>,
+}
+
+/// The data of one plugin instance's `Store`.
+pub struct HostState {
+    /// WASI p2 with an empty context: no files, no network, no environment.
+    wasi: WasiCtx,
+    /// WASI's resources (streams, pollables) of this instance.
+    table: ResourceTable,
+    /// Enforces the memory cap and remembers that it was hit.
+    pub(crate) limiter: MemoryLimiter,
+    /// Who this instance works for.
+    pub(crate) guest: Arc<GuestContext>,
+    /// The current call's effects, logs context and violations.
+    pub(crate) call: CallState,
+}
+
+impl HostState {
+    pub fn new(guest: Arc<GuestContext>) -> Self {
+        let limiter = MemoryLimiter::new(guest.limits.memory_bytes);
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter,
+            guest,
+            call: CallState::default(),
+        }
+    }
+
+    /// Record a broken limit: the event fails whatever the guest does next.
+    fn violate(&mut self, message: String) -> String {
+        if self.call.violation.is_none() {
+            self.call.violation = Some(message.clone());
+        }
+        message
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// wasmtime's [`StoreLimits`], plus a note of whether the memory cap was hit, so a failure
+/// can be reported as "memory cap exceeded" rather than as an anonymous trap.
+pub struct MemoryLimiter {
+    limits: StoreLimits,
+    /// The cap, for messages.
+    pub(crate) cap: usize,
+    /// Set when a growth past the cap was refused.
+    pub(crate) exceeded: bool,
+    /// Largest memory size any memory of the instance reached.
+    pub(crate) peak: usize,
+}
+
+impl MemoryLimiter {
+    fn new(cap: usize) -> Self {
+        MemoryLimiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .trap_on_grow_failure(true)
+                .build(),
+            cap,
+            exceeded: false,
+            peak: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        match &allowed {
+            Ok(true) => self.peak = self.peak.max(desired),
+            _ => self.exceeded = desired > self.cap,
+        }
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
+// `sluice:plugin/types` holds only types; its (empty) host trait still needs an impl.
+impl bindings::sluice::plugin::types::Host for HostState {}
+
+/// Add WASI p2 and every interface of our world to the linker.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+/// Cut a string to at most `max` bytes on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A host state for unit tests of host functions, with no guest at all.
+    pub fn state(config: &[(&str, &str)], limits: Limits) -> HostState {
+        HostState::new(Arc::new(GuestContext {
+            job: "job".into(),
+            plugin: "plugin".into(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limits,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo".into(), 2), "h…");
+        assert_eq!(truncate("abc".into(), 3), "abc");
+    }
+
+    #[test]
+    fn limiter_reports_the_cap_was_hit() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(l.memory_growing(1 << 19, 2 << 20, None).is_err());
+        assert!(l.exceeded);
+        assert_eq!(l.peak, 1 << 19);
+    }
+}

@@ -1,0 +1,156 @@
+//! One live plugin instance: a `Store` with its limits, the instantiated component, and the
+//! calls into it with a deadline, a memory cap and classified failures.
+
+use std::sync::Arc;
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::Plugin;
+use super::bindings::sluice::plugin::types as wit;
+use super::engine::deadline_ticks;
+use super::host::{CallState, GuestContext, HostState};
+use super::plugin::LoadedPlugin;
+use crate::event::{Disposition, Event, Failure, FailureKind, Outcome};
+
+pub struct PluginInstance {
+    /// The instance's memory, tables, WASI state and our per-call state.
+    store: Store<HostState>,
+    /// Typed handles to the component's exports.
+    bindings: Plugin,
+    /// Set after a trap, a timeout or a memory overrun: the instance must not be entered again.
+    poisoned: bool,
+    /// `handle` calls so far, for recycling.
+    calls: u64,
+}
+
+impl PluginInstance {
+    /// Instantiate the plugin and run its `init` with the job's config, under the job's limits.
+    pub fn new(plugin: &LoadedPlugin, guest: Arc<GuestContext>) -> Result<Self, Failure> {
+        let deadline = deadline_ticks(guest.limits.deadline);
+        let config: Vec<(String, String)> = guest
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut store = Store::new(plugin.pre.engine(), HostState::new(guest));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline);
+        let init_failed = |store: &Store<HostState>, e: wasmtime::Error| {
+            let failure = classify(store, &e);
+            Failure {
+                kind: FailureKind::Init,
+                message: format!(
+                    "plugin `{}`: instantiating and initialising failed: {}",
+                    plugin.name, failure
+                ),
+            }
+        };
+        let bindings = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| init_failed(&store, e))?;
+        match bindings
+            .sluice_plugin_handler()
+            .call_init(&mut store, &config)
+        {
+            Ok(Ok(())) => Ok(PluginInstance {
+                store,
+                bindings,
+                poisoned: false,
+                calls: 0,
+            }),
+            Ok(Err(message)) => Err(Failure {
+                kind: FailureKind::Init,
+                message: format!(
+                    "plugin `{}`: init refused the config: {message}",
+                    plugin.name
+                ),
+            }),
+            Err(e) => Err(init_failed(&store, e)),
+        }
+    }
+
+    /// False once the instance trapped; it is then dropped and replaced.
+    pub fn is_usable(&self) -> bool {
+        !self.poisoned
+    }
+
+    /// `handle` calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Largest linear memory the instance has grown to, in bytes.
+    pub fn peak_memory(&self) -> usize {
+        self.store.data().limiter.peak
+    }
+
+    /// Hand one event to the plugin. Never panics and never returns a trap: every failure is
+    /// an [`Outcome::Failed`], and a trapped instance marks itself unusable.
+    pub fn handle(&mut self, event: &Event) -> Outcome {
+        debug_assert!(!self.poisoned, "a trapped instance was entered again");
+        self.calls += 1;
+        let deadline = deadline_ticks(self.store.data().guest.limits.deadline);
+        self.store.set_epoch_deadline(deadline);
+        self.store.data_mut().call = CallState {
+            event_id: Some(event.id.clone()),
+            ..CallState::default()
+        };
+        let wit_event = wit::Event {
+            kind: event.kind.to_string(),
+            id: event.id.clone(),
+            source: event.source.clone(),
+            fields: event.fields.clone(),
+            delivery_count: event.delivery_count,
+            job: event.job.to_string(),
+        };
+        let result = self
+            .bindings
+            .sluice_plugin_handler()
+            .call_handle(&mut self.store, &wit_event);
+        let call = std::mem::take(&mut self.store.data_mut().call);
+        match result {
+            Err(e) => {
+                self.poisoned = true;
+                Outcome::Failed(classify(&self.store, &e))
+            }
+            Ok(_) if call.violation.is_some() => {
+                Outcome::failed(FailureKind::Limit, call.violation.unwrap_or_default())
+            }
+            Ok(Err(wit::HandlerError { message })) => Outcome::failed(FailureKind::Error, message),
+            Ok(Ok(disposition)) => Outcome::Handled {
+                disposition: match disposition {
+                    wit::Disposition::Ack => Disposition::Ack,
+                    wit::Disposition::Retry(after) => Disposition::Retry(after),
+                    wit::Disposition::DeadLetter(reason) => Disposition::DeadLetter(reason),
+                    wit::Disposition::Skip => Disposition::Skip,
+                },
+                effects: call.effects,
+            },
+        }
+    }
+}
+
+/// Name what went wrong in a call that did not return: the memory cap, the deadline, or a trap.
+fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
+    let state = store.data();
+    if state.limiter.exceeded {
+        Failure {
+            kind: FailureKind::Memory,
+            message: format!("exceeded the memory cap of {} MiB", state.limiter.cap >> 20),
+        }
+    } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        Failure {
+            kind: FailureKind::Timeout,
+            message: format!(
+                "exceeded the deadline of {} ms",
+                state.guest.limits.deadline.as_millis()
+            ),
+        }
+    } else {
+        Failure {
+            kind: FailureKind::Trap,
+            message: format!("{e:#}").replace('\n', " "),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Loading a plugin: bytes → component (compiled, or from the cache) → type-checked against
+//! the world → a [`LoadedPlugin`] that instances are made from.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::Runtime;
+use super::bindings::PluginPre;
+
+/// The world every plugin must implement.
+pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+
+/// A plugin version ready to instantiate.
+pub struct LoadedPlugin {
+    /// The name jobs refer to it by.
+    pub name: String,
+    /// Where it was loaded from (a path), for messages.
+    pub origin: String,
+    /// Hex sha256 of the component bytes: the version's identity.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// True when the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    /// Linked and type-checked once; each instance is made from it.
+    pub(crate) pre: PluginPre<super::host::HostState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("origin", &self.origin)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a plugin could not be loaded. Every message names the plugin and its file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin `{name}` ({path}): cannot read the file: {source}")]
+    Read {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("plugin `{name}` ({origin}): not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm { name: String, origin: String },
+    #[error(
+        "plugin `{name}` ({origin}): is a core WebAssembly module, not a component; build it \
+         for the wasm32-wasip2 target or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule { name: String, origin: String },
+    #[error("plugin `{name}` ({origin}): invalid component: {message}")]
+    Compile {
+        name: String,
+        origin: String,
+        message: String,
+    },
+    #[error("plugin `{name}` ({origin}): does not implement the world {WORLD}: {message}")]
+    WrongWorld {
+        name: String,
+        origin: String,
+        message: String,
+    },
+}
+
+pub(super) fn load(
+    runtime: &Runtime,
+    name: &str,
+    origin: &str,
+    bytes: &[u8],
+) -> Result<LoadedPlugin, LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm {
+            name: name.into(),
+            origin: origin.into(),
+        });
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(LoadError::CoreModule {
+            name: name.into(),
+            origin: origin.into(),
+        });
+    }
+    let sha256 = Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+
+    let started = Instant::now();
+    let cached = runtime
+        .cache
+        .as_ref()
+        .and_then(|c| c.get(&runtime.engine, &sha256));
+    let from_cache = cached.is_some();
+    let component = match cached {
+        Some(component) => component,
+        None => {
+            let component =
+                Component::new(&runtime.engine, bytes).map_err(|e| LoadError::Compile {
+                    name: name.into(),
+                    origin: origin.into(),
+                    message: format!("{e:#}"),
+                })?;
+            if let Some(cache) = &runtime.cache {
+                cache.put(&sha256, &component);
+            }
+            component
+        }
+    };
+    let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+        name: name.into(),
+        origin: origin.into(),
+        message: format!("{e:#}"),
+    };
+    let instance_pre = runtime
+        .linker
+        .instantiate_pre(&component)
+        .map_err(wrong_world)?;
+    let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+    tracing::info!(
+        plugin = name,
+        origin,
+        sha256 = &sha256[..12],
+        size = bytes.len(),
+        from_cache,
+        ms = started.elapsed().as_millis() as u64,
+        "plugin loaded"
+    );
+    Ok(LoadedPlugin {
+        name: name.into(),
+        origin: origin.into(),
+        sha256,
+        size: bytes.len(),
+        from_cache,
+        pre,
+    })
+}

@@ -1,0 +1,189 @@
+//! A host's life: load plugins → connect to Redis (or start the embedded one) → start every
+//! job → wait for the shutdown signal → let jobs finish and commit their batch within the
+//! grace period → stop the embedded Redis.
+//!
+//! A plugin that fails to load, or whose `init` refuses a job's config, stops only the jobs
+//! that use it; the host serves the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, JobConfig};
+use crate::runner::{JobRunner, ReadPolicy};
+use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime};
+use crate::store::embedded::EmbeddedRedis;
+use crate::store::stream::{StreamJob, StreamSource};
+use crate::store::{self, Keys, redact_url};
+
+/// Extra time a Redis reply may take beyond a job's blocking read.
+const RESPONSE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The consumer name of this process: `[host] consumer`, else `<hostname>-<pid>`.
+pub fn consumer_name(config: &Config) -> String {
+    config.host.consumer.clone().unwrap_or_else(|| {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Load every configured plugin; a failure is returned per plugin, not fatal.
+pub fn load_plugins(
+    runtime: &Runtime,
+    config: &Config,
+) -> (HashMap<String, Arc<LoadedPlugin>>, Vec<anyhow::Error>) {
+    let mut loaded = HashMap::new();
+    let mut errors = Vec::new();
+    for p in &config.plugins {
+        match runtime.load_file(&p.name, &p.path) {
+            Ok(plugin) => {
+                loaded.insert(p.name.clone(), plugin);
+            }
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    (loaded, errors)
+}
+
+/// A handler for `job`, with its first instance made (so `init` has run).
+pub fn prepare_handler(
+    plugin: Arc<LoadedPlugin>,
+    job: &JobConfig,
+) -> anyhow::Result<PluginHandler> {
+    let mut handler = PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: job.name.as_str().into(),
+            plugin: job.plugin.as_str().into(),
+            config: job.plugin_config(),
+            limits: job.limits(),
+        },
+    );
+    handler
+        .prepare()
+        .map_err(|f| anyhow::anyhow!("job `{}` cannot start: {}", job.name, f.message))?;
+    Ok(handler)
+}
+
+/// Run the host until `shutdown` completes. `redis_url` overrides the config's.
+pub async fn run(
+    config: Config,
+    redis_url: Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = config.host.data_dir.clone();
+    let runtime = Runtime::new(Some(&data_dir.join("cache")))?;
+    let (plugins, errors) = load_plugins(&runtime, &config);
+    for e in &errors {
+        tracing::error!("{e:#}");
+    }
+
+    let (url, embedded) = match redis_url.or_else(|| config.redis.url.clone()) {
+        Some(url) => (url, None),
+        None => {
+            let embedded = EmbeddedRedis::start(&data_dir).await?;
+            (embedded.url(), Some(embedded))
+        }
+    };
+    let result = serve(&config, &plugins, &url, shutdown).await;
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    config: &Config,
+    plugins: &HashMap<String, Arc<LoadedPlugin>>,
+    url: &str,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.host.prefix);
+    let consumer = consumer_name(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut failed_jobs = 0;
+    for job in &config.jobs {
+        let Some(plugin) = plugins.get(&job.plugin) else {
+            tracing::error!(job = %job.name, plugin = %job.plugin, "job not started: its plugin failed to load");
+            failed_jobs += 1;
+            continue;
+        };
+        let handler = match prepare_handler(plugin.clone(), job) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(job = %job.name, "{e:#}");
+                failed_jobs += 1;
+                continue;
+            }
+        };
+        let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
+        let conn = store::connect(url, timeout)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+        let stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
+        let source = StreamSource::open(conn, stream_job, job.start_from())
+            .await
+            .with_context(|| format!("job `{}`: opening stream `{}`", job.name, job.stream()))?;
+        let policy = ReadPolicy {
+            batch: job.batch,
+            block_ms: job.block_ms,
+        };
+        let runner = JobRunner::new(source, Box::new(handler), policy);
+        let name = job.name.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { (name, runner.run(stop).await) });
+    }
+    if tasks.is_empty() && failed_jobs > 0 {
+        bail!("no job could start (see the errors above)");
+    }
+    tracing::info!(redis = %redact_url(url), consumer, jobs = tasks.len(), "sluice ready");
+
+    tokio::select! {
+        () = shutdown => {}
+        // Every job ended by itself (a handler panicked): nothing left to serve.
+        () = wait_all_ended(&mut tasks) => {}
+    }
+    let grace = Duration::from_secs(config.host.shutdown_grace_s);
+    tracing::info!(?grace, "stopping: finishing in-flight batches");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(joined) = tasks.join_next().await {
+            report(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            jobs = tasks.len(),
+            "grace period over: abandoning batches still in flight; they stay pending in Redis"
+        );
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+/// Resolves when every task has ended, reporting each; never resolves while one runs.
+async fn wait_all_ended(tasks: &mut JoinSet<(String, anyhow::Result<crate::runner::RunnerStats>)>) {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    while let Some(joined) = tasks.join_next().await {
+        report(joined);
+    }
+}
+
+fn report(
+    joined: Result<(String, anyhow::Result<crate::runner::RunnerStats>), tokio::task::JoinError>,
+) {
+    match joined {
+        Ok((_, Ok(_))) => {}
+        Ok((name, Err(e))) => tracing::error!(job = %name, "job ended: {e:#}"),
+        Err(e) => tracing::error!("a job task panicked: {e}"),
+    }
+}

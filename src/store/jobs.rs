@@ -1,0 +1,87 @@
+//! Reading a job's state: spec, counters, and what its consumer group says (pending, lag).
+//!
+//! Keys read: [`Keys::jobs`], [`Keys::job`], the source stream's consumer group.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use super::{Keys, StoreError};
+
+/// A job as `sluice job status` shows it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct JobStatus {
+    pub name: String,
+    pub source: String,
+    pub plugin: String,
+    pub group: String,
+    /// Milliseconds since the epoch when a host last started the job.
+    pub started_at: Option<u64>,
+    /// Deliveries handled and committed (acked + skipped + failed).
+    pub received: u64,
+    /// Handled with `ack`: effects written, acknowledged.
+    pub acked: u64,
+    /// Handled with `skip`: acknowledged without effects.
+    pub skipped: u64,
+    /// Deliveries that failed (error, trap, timeout, memory, limit); they stay pending.
+    pub failed: u64,
+    /// Entries delivered to the group and not acknowledged yet.
+    pub pending: u64,
+    /// Entries in the stream not yet delivered to the group (None if Redis cannot tell).
+    pub lag: Option<u64>,
+}
+
+/// Read the status of job `name`; None if no host ever registered it.
+pub async fn status<C: AsyncCommands>(
+    conn: &mut C,
+    keys: &Keys,
+    name: &str,
+) -> Result<Option<JobStatus>, StoreError> {
+    let source: Option<String> = conn.hget(keys.jobs(), name).await?;
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    let hash: HashMap<String, String> = conn.hgetall(keys.job(name, &source)).await?;
+    let num = |k: &str| hash.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let group = hash
+        .get("group")
+        .cloned()
+        .unwrap_or_else(|| keys.group(name));
+    let mut status = JobStatus {
+        name: name.into(),
+        source: source.clone(),
+        plugin: hash.get("plugin").cloned().unwrap_or_default(),
+        group: group.clone(),
+        started_at: hash.get("started_at").and_then(|v| v.parse().ok()),
+        received: num("received"),
+        acked: num("acked"),
+        skipped: num("skipped"),
+        failed: num("failed"),
+        pending: 0,
+        lag: None,
+    };
+    // XINFO GROUPS gives pending and (Redis ≥ 7) lag for every group of the stream.
+    let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&source)
+        .query_async(conn)
+        .await;
+    if let Ok(groups) = groups {
+        for g in groups {
+            let is_ours = g
+                .get("name")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .is_some_and(|n| n == group);
+            if is_ours {
+                let int = |k: &str| {
+                    g.get(k)
+                        .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                };
+                status.pending = int("pending").unwrap_or(0);
+                status.lag = int("lag");
+            }
+        }
+    }
+    Ok(Some(status))
+}

@@ -1,0 +1,78 @@
+//! Every Redis key and name sluice uses, built in one place.
+//!
+//! All keys live under a configurable prefix (default `sluice`). A job's own keys carry the
+//! hash tag of its source stream, so that in Redis Cluster they share the stream's slot and
+//! the commit script touches a single slot.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<prefix>:jobs` | hash | job name → source stream key (the registry `job status` reads) |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `failed` |
+//!
+//! Names that are not keys:
+//! - consumer group of a job on its source stream: `<prefix>:<job>`;
+//! - consumer name of a host: `[host] consumer`, else `<hostname>-<pid>`.
+
+/// Builds keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Hash of every job's name → its source stream.
+    pub fn jobs(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    /// The job's spec and counters hash, in the slot of its source stream.
+    pub fn job(&self, job: &str, source: &str) -> String {
+        format!("{}:{{{}}}:job:{job}", self.prefix, hash_tag(source))
+    }
+
+    /// The consumer group a job reads its source stream with.
+    pub fn group(&self, job: &str) -> String {
+        format!("{}:{job}", self.prefix)
+    }
+}
+
+/// The part of a key Redis Cluster hashes: the content of the first non-empty `{…}`,
+/// else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster_rules() {
+        assert_eq!(hash_tag("events"), "events");
+        assert_eq!(hash_tag("orders:{eu}:in"), "eu");
+        assert_eq!(hash_tag("a{}b"), "a{}b");
+        assert_eq!(hash_tag("a{b"), "a{b");
+        assert_eq!(hash_tag("{x}{y}"), "x");
+    }
+
+    #[test]
+    fn job_keys_share_the_sources_slot() {
+        let k = Keys::new("sluice");
+        assert_eq!(k.job("echo", "events"), "sluice:{events}:job:echo");
+        assert_eq!(k.job("echo", "o:{eu}"), "sluice:{eu}:job:echo");
+        assert_eq!(k.group("echo"), "sluice:echo");
+        assert_eq!(k.jobs(), "sluice:jobs");
+    }
+}

@@ -1,0 +1,94 @@
+//! Everything Redis: connections, key builders, the job's stream and its commit script,
+//! job counters, and the embedded `redis-server`. Knows nothing about wasmtime.
+//!
+//! Keys (all under the prefix, default `sluice`; see [`keys`] for the builders):
+//!
+//! | key | type | owner | what |
+//! | --- | --- | --- | --- |
+//! | `<prefix>:jobs` | hash | [`stream`] | job name → source stream key |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | [`stream`], [`jobs`] | spec (`source`, `plugin`, `group`, `started_at`) and counters (`received`, `acked`, `skipped`, `failed`) |
+//! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
+//! | streams plugins emit to | stream | [`stream`] | written only by the commit script |
+
+pub mod embedded;
+pub mod jobs;
+pub mod keys;
+pub mod stream;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use keys::Keys;
+
+/// A Redis failure, with the command's error kept for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from redis: {0}")]
+    Parse(#[from] redis::ParsingError),
+}
+
+impl StoreError {
+    /// True when the failure is about the connection (Redis away, timed out), not the command.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            StoreError::Parse(_) => false,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A reconnecting connection to `url`. `response_timeout` must exceed the longest blocking
+/// command sent on it (a job's `XREADGROUP … BLOCK`).
+pub async fn connect(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(2));
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+/// Hide the password of a Redis URL, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}
