@@ -58,15 +58,15 @@ impl CompileCache {
     /// An unreadable or incompatible file is ignored (and later overwritten).
     pub fn get(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let path = self.path(sha256);
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: `deserialize_file` trusts the file to be a wasmtime artifact. Only this
-        // module writes files in the cache directory, each under a name that includes the
-        // engine key, by an atomic rename of a complete `Component::serialize` output;
-        // wasmtime still checks the header and engine compatibility and errs otherwise.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: `deserialize` trusts the bytes to be a wasmtime artifact. Only this module
+        // writes files in the cache directory, each under a name that includes the engine
+        // key, by an atomic rename of a complete `Component::serialize` output; wasmtime
+        // still checks the header and engine compatibility and errs otherwise. We read the
+        // file rather than map it (`deserialize_file`), so that truncating or deleting cache
+        // files under a running host cannot crash it.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(engine, &path) };
+        let component = unsafe { Component::deserialize(engine, &bytes) };
         match component {
             Ok(component) => Some(component),
             Err(e) => {

@@ -1,0 +1,224 @@
+//! The `sluice` binary as a user runs it: exit codes, messages, a real host process.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sluice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("SLUICE_DATA_DIR");
+    cmd
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_the_field_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_toml(dir.path(), "echo", "j", "events", "", "");
+    let cases = [
+        (good.replace("block_ms = 100", "batch = 0"), "job[0].batch"),
+        (good.replace("stream:events", "events"), "job[0].source"),
+        (
+            good.replace(
+                "plugin = \"echo\"\nblock_ms",
+                "plugin = \"missing\"\nblock_ms",
+            ),
+            "job[0].plugin",
+        ),
+        (
+            good.replace("block_ms = 100", "colour = \"blue\""),
+            "colour",
+        ),
+        ("[[job]\nname=".to_string(), "TOML parse error"),
+    ];
+    for (text, field) in cases {
+        let cfg = write(dir.path(), "bad.toml", &text);
+        for sub in ["check-config", "run"] {
+            let out = sluice()
+                .arg(sub)
+                .arg("--config")
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{sub} {field}: {stderr}");
+            assert!(
+                stderr.contains(field),
+                "{sub}: `{field}` not named in: {stderr}"
+            );
+            assert!(
+                !stderr.contains("redis-server"),
+                "nothing started: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !dir.path().join("redis").exists(),
+        "no embedded redis was started"
+    );
+    let out = sluice()
+        .args(["run", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_config_loads_every_plugin_and_names_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "ok.toml",
+        &config_toml(dir.path(), "echo", "j", "events", "", ""),
+    );
+    let out = sluice()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("plugin echo: ok") && stdout.contains("job j: ok"),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("cache").exists(),
+        "check-config writes nothing"
+    );
+
+    let wrong = plugin("wrong-world");
+    let text = config_toml(dir.path(), "echo", "j", "events", "", "").replace(
+        &plugin("echo").display().to_string(),
+        &wrong.display().to_string(),
+    );
+    let cfg = write(dir.path(), "wrong.toml", &text);
+    let out = sluice()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&wrong.display().to_string()) && stdout.contains("does not implement"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_against_redis_handles_redis_cli_publishes_and_exits_0_on_sigterm() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "s.toml",
+        &config_toml(
+            dir.path(),
+            "echo",
+            "echo-events",
+            "events",
+            "",
+            "target = \"events:out\"",
+        ),
+    );
+    let mut host = sluice()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--redis", &redis.url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = redis.port.to_string();
+    // Any client can produce: redis-cli, as an operator would.
+    for i in 0..20 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port, "XADD", "events", "*", "k", &format!("v{i}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // And our own publisher.
+    let out = sluice()
+        .args([
+            "--redis", &redis.url, "publish", "events", "k=w{i}", "--count", "30",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut conn = redis.conn();
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn,
+        "echo-events",
+        "events",
+        "acked"
+    ) == 50));
+
+    let out = sluice()
+        .args(["--redis", &redis.url, "--config"])
+        .arg(&cfg)
+        .args(["job", "status", "echo-events", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["acked"], 50);
+    assert_eq!(status["received"], 50);
+    assert_eq!(status["pending"], 0);
+    assert_eq!(status["plugin"], "echo");
+
+    let started = Instant::now();
+    let pid = host.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = host.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped within the grace period"
+    );
+    let xlen: u64 = redis::cmd("XLEN")
+        .arg("events:out")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(xlen, 50);
+}
+
+#[test]
+fn job_status_of_an_unknown_job_fails_clearly() {
+    let redis = RedisServer::start();
+    let out = sluice()
+        .args(["--redis", &redis.url, "job", "status", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job named `nope`"));
+}

@@ -1,0 +1,220 @@
+//! Test harness: a real `redis-server` on a free port in a temp dir (killed on drop, its log
+//! printed when the test failed), real plugins built from `plugins/`, and helpers to run the
+//! host in-process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+/// A private redis-server for one test.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Start one on a free port (never 6379), retrying if another process takes the port
+    /// between our probe and the server's bind.
+    pub fn start() -> Self {
+        for _ in 0..20 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--save", "", "--appendonly", "yes", "--daemonize", "no"])
+                .arg("--logfile")
+                .arg(dir.path().join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (make deps)");
+            let mut server = RedisServer {
+                child,
+                port,
+                url: format!("redis://127.0.0.1:{port}/"),
+                dir,
+            };
+            if server.wait_ready() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // e.g. the port was taken: try another
+            }
+            if let Ok(mut conn) = self.client().get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url.as_str()).expect("redis url")
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("redis connection")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- redis-server log (port {}) ----\n{}",
+                self.port,
+                self.log()
+            );
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind a free port")
+            .port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The component built from `plugins/<name>` (built once per test binary).
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(repo().join("plugins"))
+            .status()
+            .expect("running cargo for the plugins");
+        assert!(status.success(), "building plugins/ failed");
+    });
+    let path = repo()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Append `n` entries with the given fields; returns their ids in order.
+pub fn publish(
+    conn: &mut redis::Connection,
+    stream: &str,
+    n: usize,
+    fields: &[(&str, &str)],
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in fields {
+                cmd.arg(*k).arg(v.replace("{i}", &i.to_string()));
+            }
+        }
+        let chunk_ids: Vec<String> = pipe.query(conn).expect("XADD");
+        ids.extend(chunk_ids);
+    }
+    ids
+}
+
+/// A job's counter from its hash (0 if unset).
+pub fn counter(conn: &mut redis::Connection, job: &str, stream: &str, field: &str) -> u64 {
+    let key = format!("sluice:{{{stream}}}:job:{job}");
+    conn.hget::<_, _, Option<u64>>(key, field)
+        .expect("HGET")
+        .unwrap_or(0)
+}
+
+/// Entries pending in a job's group.
+pub fn pending(conn: &mut redis::Connection, job: &str, stream: &str) -> u64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(format!("sluice:{job}"))
+        .query(conn)
+        .expect("XPENDING");
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// A config for one job on `stream` running plugin `name` with the given extra job lines.
+pub fn config_toml(
+    data_dir: &Path,
+    plugin_name: &str,
+    job: &str,
+    stream: &str,
+    job_extra: &str,
+    config: &str,
+) -> String {
+    format!(
+        r#"
+[host]
+data_dir = "{data}"
+consumer = "test-host"
+shutdown_grace_s = 5
+
+[[plugin]]
+name = "{plugin_name}"
+path = "{path}"
+
+[[job]]
+name = "{job}"
+source = "stream:{stream}"
+plugin = "{plugin_name}"
+block_ms = 100
+{job_extra}
+[job.config]
+{config}
+"#,
+        data = data_dir.display(),
+        path = plugin(plugin_name).display(),
+    )
+}

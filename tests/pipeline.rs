@@ -1,0 +1,219 @@
+//! The host end to end, in-process: a real redis-server, real plugins, the real service.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+use sluice::config::Config;
+use tokio::sync::oneshot;
+
+/// Runs `sluice::service::run` on a background thread until dropped or stopped.
+struct Host {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Host {
+    fn start(config: Config, url: &str) -> Host {
+        let (tx, rx) = oneshot::channel::<()>();
+        let url = url.to_string();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(sluice::service::run(config, Some(url), async {
+                    let _ = rx.await;
+                }))
+        });
+        Host {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn config(
+    dir: &std::path::Path,
+    plugin: &str,
+    stream: &str,
+    job_extra: &str,
+    job_config: &str,
+) -> Config {
+    let text = config_toml(dir, plugin, "job1", stream, job_extra, job_config);
+    Config::parse(&text, "test").expect("test config")
+}
+
+#[test]
+fn n_events_in_n_handled_acked_and_emitted_in_order() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let data = tempfile::tempdir().unwrap();
+    // Published before the host starts: the group starts at the beginning of the stream.
+    let ids = publish(
+        &mut conn,
+        "events",
+        1000,
+        &[("n", "{i}"), ("payload", "hello")],
+    );
+    let host = Host::start(
+        config(
+            data.path(),
+            "echo",
+            "events",
+            "batch = 64",
+            "target = \"out\"",
+        ),
+        &redis.url,
+    );
+    let done = wait_until(Duration::from_secs(30), || {
+        counter(&mut conn, "job1", "events", "acked") == 1000
+    });
+    assert!(
+        done,
+        "acked {}",
+        counter(&mut conn, "job1", "events", "acked")
+    );
+    host.stop().unwrap();
+
+    assert_eq!(counter(&mut conn, "job1", "events", "received"), 1000);
+    assert_eq!(counter(&mut conn, "job1", "events", "failed"), 0);
+    assert_eq!(pending(&mut conn, "job1", "events"), 0);
+    let out: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("out")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(out.len(), ids.len());
+    for (i, (_, fields)) in out.iter().enumerate() {
+        assert_eq!(
+            fields,
+            &vec![
+                ("n".to_string(), i.to_string()),
+                ("payload".to_string(), "hello".to_string())
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_trapping_looping_or_memory_eating_event_fails_alone() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        config(
+            data.path(),
+            "chaos",
+            "in",
+            "deadline_ms = 200\nmemory_mb = 16\nbatch = 16",
+            "",
+        ),
+        &redis.url,
+    );
+    let mut bad = Vec::new();
+    let mut good = 0;
+    for action in ["trap", "loop", "alloc", "error", "trap"] {
+        good += publish(&mut conn, "in", 10, &[("action", "emit"), ("n", "{i}")]).len();
+        bad.extend(publish(&mut conn, "in", 1, &[("action", action)]));
+    }
+    good += publish(&mut conn, "in", 10, &[("action", "emit")]).len();
+    let total = good + bad.len();
+    let done = wait_until(Duration::from_secs(30), || {
+        counter(&mut conn, "job1", "in", "received") == total as u64
+    });
+    assert!(
+        done,
+        "received {}",
+        counter(&mut conn, "job1", "in", "received")
+    );
+
+    assert_eq!(counter(&mut conn, "job1", "in", "acked"), good as u64);
+    assert_eq!(counter(&mut conn, "job1", "in", "failed"), bad.len() as u64);
+    let out_len: u64 = conn.xlen("in:out").unwrap();
+    assert_eq!(
+        out_len, good as u64,
+        "every good event emitted exactly once"
+    );
+    // The failed events are not lost: they are the ones still pending.
+    let pending_ids: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg("in")
+        .arg("sluice:job1")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query(&mut conn)
+        .unwrap();
+    let pending_ids: Vec<String> = pending_ids.into_iter().map(|p| p.0).collect();
+    assert_eq!(pending_ids, bad);
+
+    // The host lives on and keeps serving.
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        counter(&mut conn, "job1", "in", "acked") == good as u64 + 5
+    }));
+    host.stop().unwrap();
+}
+
+#[test]
+fn skip_acks_without_effects_and_a_broken_emit_target_fails_only_its_events() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let _: () = conn.set("taken", "a string, not a stream").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        config(data.path(), "chaos", "s", "", "target = \"taken\""),
+        &redis.url,
+    );
+    publish(&mut conn, "s", 3, &[("action", "skip")]);
+    publish(&mut conn, "s", 2, &[("action", "emit")]);
+    publish(&mut conn, "s", 4, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(10), || counter(
+        &mut conn, "job1", "s", "received"
+    ) == 9));
+    host.stop().unwrap();
+    assert_eq!(counter(&mut conn, "job1", "s", "skipped"), 3);
+    assert_eq!(counter(&mut conn, "job1", "s", "acked"), 4);
+    assert_eq!(counter(&mut conn, "job1", "s", "failed"), 2);
+    assert_eq!(pending(&mut conn, "job1", "s"), 2);
+    let taken: String = conn.get("taken").unwrap();
+    assert_eq!(taken, "a string, not a stream");
+}
+
+#[test]
+fn a_job_whose_init_fails_does_not_start_but_the_host_serves_the_others() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let data = tempfile::tempdir().unwrap();
+    let mut text = config_toml(data.path(), "chaos", "good", "g", "", "");
+    text.push_str(
+        "\n[[job]]\nname = \"bad\"\nsource = \"stream:b\"\nplugin = \"chaos\"\n[job.config]\ninit = \"fail\"\n",
+    );
+    let host = Host::start(Config::parse(&text, "t").unwrap(), &redis.url);
+    publish(&mut conn, "g", 5, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(10), || counter(
+        &mut conn, "good", "g", "acked"
+    ) == 5));
+    host.stop().unwrap();
+    let registered: Option<String> = conn.hget("sluice:jobs", "bad").unwrap();
+    assert_eq!(registered, None, "the failing job never registered");
+}

@@ -1,0 +1,149 @@
+//! The runtime with real plugins and no Redis: dispositions, effects, and every failure kind.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::event::{Disposition, Effect, Event, FailureKind, Handler, KIND_STREAM_ENTRY, Outcome};
+use sluice::runtime::{GuestContext, Limits, PluginHandler, Runtime};
+
+fn handler(name: &str, config: &[(&str, &str)]) -> PluginHandler {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime.load_file(name, &common::plugin(name)).unwrap();
+    PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: "job".into(),
+            plugin: name.into(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            limits: Limits {
+                deadline: Duration::from_millis(100),
+                memory_bytes: 16 << 20,
+                ..Limits::default()
+            },
+        },
+    )
+}
+
+fn event(id: &str, fields: &[(&str, &str)]) -> Event {
+    Event {
+        kind: KIND_STREAM_ENTRY,
+        id: id.into(),
+        source: "in".into(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        delivery_count: 1,
+        job: Arc::from("job"),
+    }
+}
+
+fn failure_kind(o: &Outcome) -> Option<FailureKind> {
+    match o {
+        Outcome::Failed(f) => Some(f.kind),
+        _ => None,
+    }
+}
+
+#[test]
+fn echo_emits_to_the_configured_target_or_the_default() {
+    let fields = [("a", "1"), ("b", "2")];
+    let out = handler("echo", &[("target", "t")]).handle_batch(&[event("1-0", &fields)]);
+    let expected_fields: Vec<(String, Vec<u8>)> =
+        vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())];
+    assert_eq!(
+        out,
+        vec![Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "t".into(),
+                fields: expected_fields.clone()
+            }],
+        }]
+    );
+    let out = handler("echo", &[]).handle_batch(&[event("1-0", &fields)]);
+    assert_eq!(
+        out,
+        vec![Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "in:out".into(),
+                fields: expected_fields
+            }],
+        }]
+    );
+}
+
+#[test]
+fn each_failure_is_classified_and_the_next_event_still_runs() {
+    let mut h = handler("chaos", &[]);
+    let actions = ["trap", "ok", "loop", "ok", "alloc", "ok", "error", "ok"];
+    let events: Vec<Event> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| event(&format!("{i}-0"), &[("action", a)]))
+        .collect();
+    let outcomes = h.handle_batch(&events);
+    let kinds: Vec<Option<FailureKind>> = outcomes.iter().map(failure_kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(FailureKind::Trap),
+            None,
+            Some(FailureKind::Timeout),
+            None,
+            Some(FailureKind::Memory),
+            None,
+            Some(FailureKind::Error),
+            None
+        ],
+        "{outcomes:#?}"
+    );
+    match &outcomes[4] {
+        Outcome::Failed(f) => assert!(f.message.contains("memory cap of 16 MiB"), "{}", f.message),
+        other => panic!("{other:?}"),
+    }
+    match &outcomes[2] {
+        Outcome::Failed(f) => assert!(f.message.contains("deadline of 100 ms"), "{}", f.message),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dispositions_come_back_as_answered() {
+    let mut h = handler("chaos", &[]);
+    let out = h.handle_batch(&[
+        event("1-0", &[("action", "skip")]),
+        event("2-0", &[("action", "retry")]),
+        event("3-0", &[("action", "dead-letter"), ("message", "poison")]),
+    ]);
+    let d: Vec<_> = out
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Handled { disposition, .. } => disposition,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        d,
+        vec![
+            Disposition::Skip,
+            Disposition::Retry(None),
+            Disposition::DeadLetter("poison".into())
+        ]
+    );
+}
+
+#[test]
+fn init_failure_is_reported_when_preparing() {
+    let mut h = handler("chaos", &[("init", "fail")]);
+    let err = h.prepare().unwrap_err();
+    assert_eq!(err.kind, FailureKind::Init);
+    assert!(err.message.contains("init told to fail"), "{}", err.message);
+}
