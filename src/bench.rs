@@ -1,7 +1,494 @@
-//! `sluice bench`: placeholder replaced below.
+//! `sluice bench`: end-to-end throughput and publish→ack latency of the host, against
+//! baselines run in the same process on the same Redis:
+//!
+//! - `bare loop`: a plain redis-rs `XREADGROUP`/`XACK` loop — the Redis limit;
+//! - `host, native no-op`: the job runner and commit script with a handler compiled in;
+//! - `host, wasm no-op`: the same with the `chaos` plugin answering `ack` (no effects);
+//! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream.
+//!
+//! Throughput: a stream pre-filled with `--events` entries is drained; events/s is entries
+//! over the time to ack the last one. Latency: entries are published at a fixed rate (default:
+//! half of that mode's measured throughput) for `--latency-secs`, each stamped with its publish
+//! time; the latency of an entry is the time from that stamp to the end of the commit that
+//! acked it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
 use clap::Args;
+use hdrhistogram::Histogram;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::event::{Disposition, Event, Handler, Outcome};
+use crate::runner::{CommitObserver, JobRunner, ReadPolicy};
+use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler, Runtime};
+use crate::store::embedded::EmbeddedRedis;
+use crate::store::stream::{self, StartFrom, StreamJob, parse_read_reply};
+use crate::store::{self, Keys};
+
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
-pub async fn run(_args: &BenchArgs, _url: Option<String>) -> anyhow::Result<()> {
+pub struct BenchArgs {
+    /// Entries drained in each throughput run
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Batch size (entries per read and commit) for every mode
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Seconds of paced publishing in each latency run
+    #[arg(long, default_value_t = 3)]
+    pub latency_secs: u64,
+    /// Publish rate of the latency runs, events/s [default: half of each mode's throughput]
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Directory holding echo.wasm and chaos.wasm
+    #[arg(long, default_value = "plugins/dist")]
+    pub plugin_dir: PathBuf,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Bare,
+    Native,
+    WasmNoop,
+    Echo,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Bare, Mode::Native, Mode::WasmNoop, Mode::Echo];
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare XREADGROUP/XACK loop",
+            Mode::Native => "host, native no-op handler",
+            Mode::WasmNoop => "host, wasm no-op (chaos)",
+            Mode::Echo => "host, echo plugin (emits)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::Native => "native",
+            Mode::WasmNoop => "wasm-noop",
+            Mode::Echo => "echo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    mode: &'static str,
+    events_per_s: f64,
+    vs_bare: f64,
+    latency_rate: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+struct Plugins {
+    echo: Arc<LoadedPlugin>,
+    chaos: Arc<LoadedPlugin>,
+}
+
+pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
+    let runtime = Runtime::new(None)?;
+    let load = |name: &str| {
+        let path = args.plugin_dir.join(format!("{name}.wasm"));
+        runtime
+            .load_file(name, &path)
+            .with_context(|| "build the plugins first: make plugins")
+    };
+    let plugins = Plugins {
+        echo: load("echo")?,
+        chaos: load("chaos")?,
+    };
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let (url, embedded) = match url {
+        Some(url) => (url, None),
+        None => {
+            let e = EmbeddedRedis::start(&scratch).await?;
+            (e.url(), Some(e))
+        }
+    };
+    let result = measure(args, &url, &plugins).await;
+    if let Some(e) = embedded {
+        e.stop().await;
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let rows = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(args, &url, &rows);
+    }
+    Ok(())
+}
+
+async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<Vec<Row>> {
+    let mut throughput = Vec::new();
+    for mode in Mode::ALL {
+        let stream = format!("sluice-bench:{}:tput", mode.key());
+        let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+        cleanup(&mut conn, &stream).await?;
+        prefill(&mut conn, &stream, args.events).await?;
+        let (rate, _) = consume(mode, args, url, plugins, &stream, args.events, None).await?;
+        cleanup(&mut conn, &stream).await?;
+        eprintln!("  {:<28} {:>10.0} events/s", mode.label(), rate);
+        throughput.push((mode, rate));
+    }
+    let bare = throughput[0].1;
+    let mut rows = Vec::new();
+    for (mode, events_per_s) in throughput {
+        let rate = args.rate.unwrap_or((events_per_s / 2.0) as u64).max(1);
+        let stream = format!("sluice-bench:{}:lat", mode.key());
+        let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+        cleanup(&mut conn, &stream).await?;
+        let (_, hist) = consume(mode, args, url, plugins, &stream, 0, Some(rate)).await?;
+        cleanup(&mut conn, &stream).await?;
+        rows.push(Row {
+            mode: mode.label(),
+            events_per_s,
+            vs_bare: events_per_s / bare,
+            latency_rate: rate,
+            p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+            p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        });
+    }
+    Ok(rows)
+}
+
+fn print_table(args: &BenchArgs, url: &str, rows: &[Row]) {
+    println!(
+        "sluice bench: {} events per throughput run, batch {}, latency over {} s of paced publishing, redis {}",
+        args.events,
+        args.batch,
+        args.latency_secs,
+        store::redact_url(url)
+    );
+    println!(
+        "| {:<28} | {:>10} | {:>7} | {:>12} | {:>8} | {:>8} |",
+        "mode", "events/s", "vs bare", "latency at/s", "p50 ms", "p99 ms"
+    );
+    println!(
+        "|{:-<30}|{:-<12}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
+        "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<28} | {:>10.0} | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
+            r.mode,
+            r.events_per_s,
+            r.vs_bare * 100.0,
+            r.latency_rate,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn cleanup(conn: &mut ConnectionManager, stream: &str) -> anyhow::Result<()> {
+    let keys = Keys::new("sluice-bench");
+    let _: () = redis::pipe()
+        .del(stream)
+        .del(format!("{stream}:out"))
+        .del(keys.job("bench", stream))
+        .del(keys.jobs())
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+async fn prefill(conn: &mut ConnectionManager, stream: &str, n: u64) -> anyhow::Result<()> {
+    let mut sent = 0;
+    while sent < n {
+        let chunk = (n - sent).min(1000);
+        let mut pipe = redis::pipe();
+        for _ in 0..chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("t")
+                .arg(0)
+                .arg("payload")
+                .arg(PAYLOAD)
+                .ignore();
+        }
+        let _: () = pipe.query_async(conn).await?;
+        sent += chunk;
+    }
+    Ok(())
+}
+
+/// Publish at `rate` events/s for `secs`; returns how many were published.
+async fn publish_paced(url: &str, stream: &str, rate: u64, secs: u64) -> anyhow::Result<u64> {
+    let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+    let started = Instant::now();
+    let total = rate * secs;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if due <= sent {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        let t = now_us();
+        for _ in sent..due {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("t")
+                .arg(t)
+                .arg("payload")
+                .arg(PAYLOAD)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        sent = due;
+    }
+    Ok(sent)
+}
+
+/// Counts committed events, records latencies, and stops the consumer at the target.
+struct Tally {
+    count: AtomicU64,
+    /// Stop once this many were committed (set after publishing when pacing).
+    target: AtomicU64,
+    started: Instant,
+    finished: Mutex<Option<Duration>>,
+    hist: Mutex<Histogram<u64>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Tally {
+    fn new(target: u64, stop: watch::Sender<bool>) -> Self {
+        Tally {
+            count: AtomicU64::new(0),
+            target: AtomicU64::new(if target == 0 { u64::MAX } else { target }),
+            started: Instant::now(),
+            finished: Mutex::new(None),
+            hist: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            ),
+            stop,
+        }
+    }
+
+    fn add(&self, events: &[Event]) {
+        let now = now_us();
+        if let Ok(mut hist) = self.hist.lock() {
+            for e in events {
+                let t = e
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k == "t")
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if t > 0 {
+                    let _ = hist.record(now.saturating_sub(t).max(1));
+                }
+            }
+        }
+        self.add_count(events.len() as u64);
+    }
+
+    fn add_count(&self, n: u64) {
+        let total = self.count.fetch_add(n, Ordering::SeqCst) + n;
+        self.check(total);
+    }
+
+    fn check(&self, total: u64) {
+        if total >= self.target.load(Ordering::SeqCst) {
+            if let Ok(mut f) = self.finished.lock()
+                && f.is_none()
+            {
+                *f = Some(self.started.elapsed());
+            }
+            let _ = self.stop.send(true);
+        }
+    }
+
+    fn set_target(&self, target: u64) {
+        self.target.store(target, Ordering::SeqCst);
+        self.check(self.count.load(Ordering::SeqCst));
+    }
+}
+
+impl CommitObserver for Tally {
+    fn committed(&self, events: &[Event], _outcomes: &[Outcome]) {
+        self.add(events);
+    }
+}
+
+struct NoopHandler;
+
+impl Handler for NoopHandler {
+    fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
+        events
+            .iter()
+            .map(|_| Outcome::Handled {
+                disposition: Disposition::Ack,
+                effects: Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// Run one mode's consumer on `stream` until `target` events were committed (throughput),
+/// or while publishing at `rate` (latency). Returns events/s and the latency histogram.
+async fn consume(
+    mode: Mode,
+    args: &BenchArgs,
+    url: &str,
+    plugins: &Plugins,
+    stream: &str,
+    target: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let keys = Keys::new("sluice-bench");
+    let job = StreamJob::new(&keys, "bench", mode.key(), stream, "bench");
+    let conn = store::connect(url, Duration::from_secs(30)).await?;
+    let handler: Option<Box<dyn Handler>> = match mode {
+        Mode::Bare => None,
+        Mode::Native => Some(Box::new(NoopHandler)),
+        Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, stream, &[])?)),
+        Mode::Echo => Some(Box::new(prepared(
+            &plugins.echo,
+            stream,
+            &[("target", &format!("{stream}:out"))],
+        )?)),
+    };
+    let source = match handler {
+        Some(_) => {
+            let commit_conn = store::connect(url, Duration::from_secs(30)).await?;
+            Some(stream::open(conn.clone(), commit_conn, job.clone(), StartFrom::Beginning).await?)
+        }
+        None => {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(&job.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn.clone())
+                .await;
+            created?;
+            None
+        }
+    };
+    let tally = Arc::new(Tally::new(target, stop_tx));
+    let consumer = {
+        let tally = tally.clone();
+        let policy = ReadPolicy {
+            batch: args.batch,
+            block_ms: 100,
+        };
+        let job = job.clone();
+        tokio::spawn(async move {
+            match (source, handler) {
+                (Some(source), Some(handler)) => JobRunner::new(source, handler, policy)
+                    .with_observer(tally)
+                    .run(stop_rx)
+                    .await
+                    .map(|_| ()),
+                _ => bare_loop(conn, &job, policy, tally, stop_rx).await,
+            }
+        })
+    };
+    if let Some(rate) = rate {
+        let published = publish_paced(url, stream, rate, args.latency_secs).await?;
+        tally.set_target(published);
+    }
+    consumer.await??;
+    let elapsed = tally
+        .finished
+        .lock()
+        .ok()
+        .and_then(|f| *f)
+        .unwrap_or_else(|| tally.started.elapsed());
+    let count = tally.count.load(Ordering::SeqCst);
+    let hist = tally
+        .hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    Ok((count as f64 / elapsed.as_secs_f64(), hist))
+}
+
+fn prepared(
+    plugin: &Arc<LoadedPlugin>,
+    stream: &str,
+    config: &[(&str, &str)],
+) -> anyhow::Result<PluginHandler> {
+    let mut h = PluginHandler::new(
+        plugin.clone(),
+        GuestContext {
+            job: stream.into(),
+            plugin: plugin.name.as_str().into(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limits: Limits::default(),
+        },
+    );
+    h.prepare().map_err(|f| anyhow::anyhow!("{f}"))?;
+    Ok(h)
+}
+
+/// The baseline: read a batch, ack it, nothing else.
+async fn bare_loop(
+    mut conn: ConnectionManager,
+    job: &StreamJob,
+    policy: ReadPolicy,
+    tally: Arc<Tally>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    while !*stop.borrow() {
+        let reply: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&job.group)
+            .arg(&job.consumer)
+            .arg("COUNT")
+            .arg(policy.batch)
+            .arg("BLOCK")
+            .arg(policy.block_ms)
+            .arg("STREAMS")
+            .arg(&job.stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        let events = parse_read_reply(reply, &job.job)?;
+        if events.is_empty() {
+            continue;
+        }
+        let mut xack = redis::cmd("XACK");
+        xack.arg(&job.stream).arg(&job.group);
+        for e in &events {
+            xack.arg(&e.id);
+        }
+        let _: u64 = xack.query_async(&mut conn).await?;
+        tally.add(&events);
+    }
     Ok(())
 }

@@ -1,23 +1,30 @@
 //! The job runner: joins a source ([`store`](crate::store)) and a [`Handler`]
-//! (a plugin from [`runtime`](crate::runtime), or a native one): read a batch, handle it on a
-//! blocking thread, commit it, repeat until told to stop.
+//! (a plugin from [`runtime`](crate::runtime), or a native one) in a three-stage pipeline:
 //!
-//! Invariants: a batch is committed before the next is read; nothing is acknowledged unless
-//! the commit script wrote its effects in the same step; a batch that was read is always
-//! handled and committed, even when a stop arrives meanwhile (a stop is only checked between
-//! batches). A commit that fails on the connection is retried (the script skips events it
-//! already committed) until it succeeds or the service's grace period runs out, in which
-//! case the batch simply stays pending in Redis.
+//! ```text
+//! reader ──batch──▶ handler ──batch + outcomes──▶ committer
+//! (XREADGROUP)      (blocking thread)             (commit script, in read order)
+//! ```
+//!
+//! Each stage holds at most one batch and hands it on through a channel of one, so Redis
+//! serves the next read and the previous commit while the plugin runs.
+//!
+//! Invariants: nothing is acknowledged unless the commit script wrote its effects in the
+//! same step; batches are committed in the order they were read; a batch that was read is
+//! always handled and committed, even when a stop arrives meanwhile (the reader checks the
+//! stop between reads, and the later stages drain what it sent). A commit that fails on the
+//! connection is retried (the script skips events it already committed) until it succeeds or
+//! the service's grace period runs out, in which case the batch stays pending in Redis.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::event::{Effect, Event, FailureKind, Handler, Outcome};
 use crate::store::StoreError;
-use crate::store::stream::{Committed, StreamSource};
+use crate::store::stream::{Committed, StreamCommitter, StreamReader};
 
 /// Told about every committed batch; used by the benchmark to time publish→ack.
 pub trait CommitObserver: Send + Sync {
@@ -41,9 +48,9 @@ pub struct RunnerStats {
 }
 
 pub struct JobRunner {
-    source: StreamSource,
-    /// Taken while a batch runs on a blocking thread, put back after.
-    handler: Option<Box<dyn Handler>>,
+    reader: StreamReader,
+    handler: Box<dyn Handler>,
+    committer: StreamCommitter,
     policy: ReadPolicy,
     observer: Option<Arc<dyn CommitObserver>>,
 }
@@ -58,11 +65,18 @@ fn redis_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+type Handled = (Vec<Event>, Vec<Outcome>);
+
 impl JobRunner {
-    pub fn new(source: StreamSource, handler: Box<dyn Handler>, policy: ReadPolicy) -> Self {
+    pub fn new(
+        (reader, committer): (StreamReader, StreamCommitter),
+        handler: Box<dyn Handler>,
+        policy: ReadPolicy,
+    ) -> Self {
         JobRunner {
-            source,
-            handler: Some(handler),
+            reader,
+            handler,
+            committer,
             policy,
             observer: None,
         }
@@ -73,56 +87,19 @@ impl JobRunner {
         self
     }
 
-    /// Run until `stop` turns true; returns what was done. An error means the handler
-    /// panicked: the job stops, its last batch stays pending.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
-        let job = self.source.job().job.clone();
-        let mut stats = RunnerStats::default();
-        let mut backoff = redis_backoff();
-        tracing::info!(job = &*job, stream = %self.source.job().stream, consumer = %self.source.job().consumer, "job running");
-        while !*stop.borrow() {
-            let events = match self
-                .source
-                .read(self.policy.batch, self.policy.block_ms)
-                .await
-            {
-                Ok(events) => {
-                    backoff = redis_backoff();
-                    events
-                }
-                Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(job = &*job, "reading failed, retrying in {delay:?}: {e}");
-                    let _ = tokio::time::timeout(delay, stop.changed()).await;
-                    continue;
-                }
-            };
-            if events.is_empty() {
-                continue;
-            }
-            let (events, mut outcomes) = self.handle(events).await?;
-            for (event, outcome) in events.iter().zip(&outcomes) {
-                if let Outcome::Failed(failure) = outcome {
-                    tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
-                }
-            }
-            let committed = self.commit(&events, &mut outcomes).await;
-            if let Some(observer) = &self.observer {
-                observer.committed(&events, &outcomes);
-            }
-            stats.batches += 1;
-            stats.committed.acked += committed.acked;
-            stats.committed.skipped += committed.skipped;
-            stats.committed.failed += committed.failed;
-            stats.committed.stale += committed.stale;
-            if committed.stale > 0 {
-                tracing::info!(
-                    job = &*job,
-                    stale = committed.stale,
-                    "events already committed or reclaimed elsewhere were not written again"
-                );
-            }
-        }
+    /// Run until `stop` turns true and every batch read so far is committed. An error means
+    /// the handler panicked: the job stops, the batches it held stay pending.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
+        let job = self.reader.job().job.clone();
+        tracing::info!(job = &*job, stream = %self.reader.job().stream, consumer = %self.reader.job().consumer, "job running");
+        let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
+        let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
+        let reader = tokio::spawn(read_stage(self.reader, self.policy, stop, read_tx));
+        let handler = tokio::spawn(handle_stage(self.handler, read_rx, handled_tx));
+        let stats = commit_stage(self.committer, handled_rx, self.observer).await;
+        // The committer ends when the handler stage has ended, which ends after the reader.
+        let handled = handler.await;
+        let _ = reader.await;
         tracing::info!(
             job = &*job,
             batches = stats.batches,
@@ -130,50 +107,123 @@ impl JobRunner {
             failed = stats.committed.failed,
             "job stopped"
         );
-        Ok(stats)
+        match handled {
+            Ok(Ok(())) => Ok(stats),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("the handler stage panicked: {e}")),
+        }
     }
+}
 
-    async fn handle(&mut self, events: Vec<Event>) -> anyhow::Result<(Vec<Event>, Vec<Outcome>)> {
-        let Some(mut handler) = self.handler.take() else {
-            anyhow::bail!("the handler was lost by an earlier panic");
-        };
-        let (handler, events, outcomes) = tokio::task::spawn_blocking(move || {
+async fn read_stage(
+    mut reader: StreamReader,
+    policy: ReadPolicy,
+    mut stop: watch::Receiver<bool>,
+    out: mpsc::Sender<Vec<Event>>,
+) {
+    let job = reader.job().job.clone();
+    let mut backoff = redis_backoff();
+    while !*stop.borrow() {
+        match reader.read(policy.batch, policy.block_ms).await {
+            Ok(events) => {
+                backoff = redis_backoff();
+                if !events.is_empty() && out.send(events).await.is_err() {
+                    // The handler stage is gone (it panicked): these stay pending.
+                    return;
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(job = &*job, "reading failed, retrying in {delay:?}: {e}");
+                let _ = tokio::time::timeout(delay, stop.changed()).await;
+            }
+        }
+    }
+}
+
+async fn handle_stage(
+    mut handler: Box<dyn Handler>,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    out: mpsc::Sender<Handled>,
+) -> anyhow::Result<()> {
+    while let Some(events) = input.recv().await {
+        let (h, events, outcomes) = tokio::task::spawn_blocking(move || {
             let outcomes = handler.handle_batch(&events);
             (handler, events, outcomes)
         })
         .await
         .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
-        self.handler = Some(handler);
-        Ok((events, outcomes))
+        handler = h;
+        if out.send((events, outcomes)).await.is_err() {
+            break;
+        }
     }
+    Ok(())
+}
 
-    /// Commit until it succeeds. An emit target holding a non-stream fails the events that
-    /// emit to it (they stay pending) and the rest is committed.
-    async fn commit(&mut self, events: &[Event], outcomes: &mut [Outcome]) -> Committed {
-        let job = self.source.job().job.clone();
-        let mut backoff = redis_backoff();
-        loop {
-            match self.source.commit(events, outcomes).await {
-                Ok(Ok(committed)) => return committed,
-                Ok(Err(bad)) => {
-                    let message = format!(
-                        "emit target `{}` holds a {}, not a stream",
-                        bad.key, bad.kind
-                    );
-                    for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
-                        let emits_there = matches!(outcome, Outcome::Handled { effects, .. }
-                            if effects.iter().any(|Effect::Emit { stream, .. }| *stream == bad.key));
-                        if emits_there {
-                            tracing::warn!(job = &*job, event = %event.id, "event failed: {message}");
-                            *outcome = Outcome::failed(FailureKind::Limit, message.clone());
-                        }
+async fn commit_stage(
+    mut committer: StreamCommitter,
+    mut input: mpsc::Receiver<Handled>,
+    observer: Option<Arc<dyn CommitObserver>>,
+) -> RunnerStats {
+    let job = committer.job().job.clone();
+    let mut stats = RunnerStats::default();
+    while let Some((events, mut outcomes)) = input.recv().await {
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            if let Outcome::Failed(failure) = outcome {
+                tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
+            }
+        }
+        let committed = commit(&mut committer, &events, &mut outcomes).await;
+        if let Some(observer) = &observer {
+            observer.committed(&events, &outcomes);
+        }
+        stats.batches += 1;
+        stats.committed.acked += committed.acked;
+        stats.committed.skipped += committed.skipped;
+        stats.committed.failed += committed.failed;
+        stats.committed.stale += committed.stale;
+        if committed.stale > 0 {
+            tracing::info!(
+                job = &*job,
+                stale = committed.stale,
+                "events already committed or reclaimed elsewhere were not written again"
+            );
+        }
+    }
+    stats
+}
+
+/// Commit until it succeeds. An emit target holding a non-stream fails the events that
+/// emit to it (they stay pending) and the rest is committed.
+async fn commit(
+    committer: &mut StreamCommitter,
+    events: &[Event],
+    outcomes: &mut [Outcome],
+) -> Committed {
+    let job = committer.job().job.clone();
+    let mut backoff = redis_backoff();
+    loop {
+        match committer.commit(events, outcomes).await {
+            Ok(Ok(committed)) => return committed,
+            Ok(Err(bad)) => {
+                let message = format!(
+                    "emit target `{}` holds a {}, not a stream",
+                    bad.key, bad.kind
+                );
+                for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
+                    let emits_there = matches!(outcome, Outcome::Handled { effects, .. }
+                        if effects.iter().any(|Effect::Emit { stream, .. }| *stream == bad.key));
+                    if emits_there {
+                        tracing::warn!(job = &*job, event = %event.id, "event failed: {message}");
+                        *outcome = Outcome::failed(FailureKind::Limit, message.clone());
                     }
                 }
-                Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    log_commit_error(&job, &e, delay);
-                    tokio::time::sleep(delay).await;
-                }
+            }
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                log_commit_error(&job, &e, delay);
+                tokio::time::sleep(delay).await;
             }
         }
     }

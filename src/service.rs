@@ -18,7 +18,7 @@ use crate::config::{Config, JobConfig};
 use crate::runner::{JobRunner, ReadPolicy};
 use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime};
 use crate::store::embedded::EmbeddedRedis;
-use crate::store::stream::{StreamJob, StreamSource};
+use crate::store::stream::{self, StreamJob};
 use crate::store::{self, Keys, redact_url};
 
 /// Extra time a Redis reply may take beyond a job's blocking read.
@@ -123,11 +123,14 @@ async fn serve(
             }
         };
         let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
-        let conn = store::connect(url, timeout)
-            .await
-            .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+        let connect = || async {
+            store::connect(url, timeout)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
+        };
+        let (read_conn, commit_conn) = (connect().await?, connect().await?);
         let stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
-        let source = StreamSource::open(conn, stream_job, job.start_from())
+        let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
             .await
             .with_context(|| format!("job `{}`: opening stream `{}`", job.name, job.stream()))?;
         let policy = ReadPolicy {

@@ -222,3 +222,48 @@ fn job_status_of_an_unknown_job_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job named `nope`"));
 }
+
+#[test]
+fn bench_runs_every_mode_and_reports_json() {
+    let redis = RedisServer::start();
+    let plugin_dir = plugin("echo").parent().unwrap().to_path_buf();
+    let out = sluice()
+        .args([
+            "--redis",
+            &redis.url,
+            "bench",
+            "--events",
+            "3000",
+            "--latency-secs",
+            "1",
+            "--rate",
+            "2000",
+            "--json",
+        ])
+        .arg("--plugin-dir")
+        .arg(&plugin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes.len(), 4, "{modes:?}");
+    for r in &rows {
+        assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    // It cleans up after itself.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("sluice-bench*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}

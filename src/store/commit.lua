@@ -4,7 +4,8 @@
 -- KEYS[2]   the job's hash (counters)
 -- KEYS[3..] every stream the batch emits to, each once
 -- ARGV[1]   consumer group, ARGV[2] consumer name
--- ARGV[3..] one record per event of the batch:
+-- ARGV[3]   the smallest entry id of the batch, ARGV[4] the largest (numeric order)
+-- ARGV[5..] one record per event of the batch:
 --             id, flag ('a' ack with effects, 's' skip: ack without effects,
 --                       'f' failed: count it, leave it pending),
 --             number of emits, then per emit: index into KEYS, number of fields,
@@ -24,21 +25,50 @@ for i = 3, #KEYS do
   end
 end
 
+-- Which of the batch's entries are still pending for this consumer: one XPENDING over the
+-- batch's id range (consumer-filtered) when it can answer for all of them, else one per id.
+local first_id, last_id = ARGV[3], ARGV[4]
+local n_events = 0
+do
+  local pos = 5
+  while pos <= #ARGV do
+    n_events = n_events + 1
+    local n_emits = tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+  end
+end
+local mine = {}
+local limit = n_events + 1000
+local ranged = n_events > 0 and redis.call('XPENDING', src, group, first_id, last_id, limit, consumer) or {}
+if #ranged < limit then
+  for _, entry in ipairs(ranged) do mine[entry[1]] = true end
+else
+  local pos = 5
+  while pos <= #ARGV do
+    local id = ARGV[pos]
+    mine[id] = #redis.call('XPENDING', src, group, id, id, 1, consumer) > 0
+    local n_emits = tonumber(ARGV[pos + 2])
+    pos = pos + 3
+    for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+  end
+end
+
 local acked, skipped, failed, stale = 0, 0, 0, 0
 local to_ack = {}
-local pos = 3
+local pos = 5
 while pos <= #ARGV do
   local id, flag, n_emits = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
   pos = pos + 3
-  local mine = #redis.call('XPENDING', src, group, id, id, 1, consumer) > 0
+  local ours = mine[id]
   for _ = 1, n_emits do
     local key, n = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1])
-    if mine and flag == 'a' then
+    if ours and flag == 'a' then
       redis.call('XADD', key, '*', unpack(ARGV, pos + 2, pos + 1 + 2 * n))
     end
     pos = pos + 2 + 2 * n
   end
-  if not mine then
+  if not ours then
     stale = stale + 1
   elseif flag == 'f' then
     failed = failed + 1

@@ -75,67 +75,75 @@ pub struct BadTarget {
     pub kind: String,
 }
 
-/// Reads and commits one job's stream over its own connection.
-pub struct StreamSource {
-    /// Multiplexed connection with automatic reconnects; blocking reads share it with commits,
-    /// which is fine because a job reads and commits in turn.
-    conn: ConnectionManager,
+/// Open a job's stream: create the consumer group (and the stream) if missing, register
+/// the job, and return its reader and committer, each on its own connection (a blocking
+/// read must not hold up a commit).
+pub async fn open(
+    read_conn: ConnectionManager,
+    mut commit_conn: ConnectionManager,
     job: StreamJob,
-    /// The commit script (EVALSHA, loaded on first use).
-    script: Script,
-}
-
-impl StreamSource {
-    /// Create the consumer group (and the stream) if missing and register the job.
-    pub async fn open(
-        conn: ConnectionManager,
-        job: StreamJob,
-        start: StartFrom,
-    ) -> Result<Self, StoreError> {
-        let mut source = StreamSource {
-            conn,
+    start: StartFrom,
+) -> Result<(StreamReader, StreamCommitter), StoreError> {
+    let job = Arc::new(job);
+    ensure_group(&mut commit_conn, &job, start).await?;
+    let _: () = redis::pipe()
+        .hset(&job.registry_key, &*job.job, &job.stream)
+        .hset_multiple(
+            &job.job_key,
+            &[
+                ("source", job.stream.as_str()),
+                ("plugin", job.plugin.as_str()),
+                ("group", job.group.as_str()),
+            ],
+        )
+        .hset(&job.job_key, "started_at", now_ms())
+        .query_async(&mut commit_conn)
+        .await?;
+    Ok((
+        StreamReader {
+            conn: read_conn,
+            job: job.clone(),
+        },
+        StreamCommitter {
+            conn: commit_conn,
             job,
             script: Script::new(include_str!("commit.lua")),
-        };
-        source.ensure_group(start).await?;
-        let j = &source.job;
-        let _: () = redis::pipe()
-            .hset(&j.registry_key, &*j.job, &j.stream)
-            .hset_multiple(
-                &j.job_key,
-                &[
-                    ("source", j.stream.as_str()),
-                    ("plugin", j.plugin.as_str()),
-                    ("group", j.group.as_str()),
-                ],
-            )
-            .hset(&j.job_key, "started_at", now_ms())
-            .query_async(&mut source.conn)
-            .await?;
-        Ok(source)
-    }
+        },
+    ))
+}
 
+async fn ensure_group(
+    conn: &mut ConnectionManager,
+    job: &StreamJob,
+    start: StartFrom,
+) -> Result<(), StoreError> {
+    let id = match start {
+        StartFrom::Beginning => "0",
+        StartFrom::New => "$",
+    };
+    let created: redis::RedisResult<()> = conn
+        .xgroup_create_mkstream(&job.stream, &job.group, id)
+        .await;
+    match created {
+        Ok(()) => {
+            tracing::info!(job = &*job.job, stream = %job.stream, group = %job.group, "created consumer group");
+            Ok(())
+        }
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a job's new entries through its consumer group.
+pub struct StreamReader {
+    /// Its own connection: `XREADGROUP … BLOCK` holds it while waiting.
+    conn: ConnectionManager,
+    job: Arc<StreamJob>,
+}
+
+impl StreamReader {
     pub fn job(&self) -> &StreamJob {
         &self.job
-    }
-
-    async fn ensure_group(&mut self, start: StartFrom) -> Result<(), StoreError> {
-        let id = match start {
-            StartFrom::Beginning => "0",
-            StartFrom::New => "$",
-        };
-        let created: redis::RedisResult<()> = self
-            .conn
-            .xgroup_create_mkstream(&self.job.stream, &self.job.group, id)
-            .await;
-        match created {
-            Ok(()) => {
-                tracing::info!(job = &*self.job.job, stream = %self.job.stream, group = %self.job.group, "created consumer group");
-                Ok(())
-            }
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Read up to `count` new entries, waiting up to `block_ms` for the first one.
@@ -158,12 +166,26 @@ impl StreamSource {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // The stream or group was deleted under us: recreate it and read again later.
                 tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished; recreating it");
-                self.ensure_group(StartFrom::Beginning).await?;
+                ensure_group(&mut self.conn, &self.job, StartFrom::Beginning).await?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
         parse_read_reply(reply, &self.job.job)
+    }
+}
+
+/// Commits a job's handled batches with the commit script.
+pub struct StreamCommitter {
+    conn: ConnectionManager,
+    job: Arc<StreamJob>,
+    /// The commit script (EVALSHA, loaded on first use).
+    script: Script,
+}
+
+impl StreamCommitter {
+    pub fn job(&self) -> &StreamJob {
+        &self.job
     }
 
     /// Commit a handled batch: `outcomes[i]` belongs to `events[i]`.
@@ -179,6 +201,13 @@ impl StreamSource {
         let mut invocation = self.script.prepare_invoke();
         invocation.key(&self.job.stream).key(&self.job.job_key);
         invocation.arg(&self.job.group).arg(&self.job.consumer);
+        let ids = events.iter().filter_map(|e| parse_id(&e.id));
+        let (min, max) = ids.fold(((u64::MAX, u64::MAX), (0, 0)), |(lo, hi), id| {
+            (lo.min(id), hi.max(id))
+        });
+        invocation
+            .arg(format!("{}-{}", min.0, min.1))
+            .arg(format!("{}-{}", max.0, max.1));
         let mut targets: HashMap<&str, usize> = HashMap::new();
         for (event, outcome) in events.iter().zip(outcomes) {
             let (flag, effects): (&str, &[Effect]) = match outcome {
@@ -226,8 +255,14 @@ impl StreamSource {
     }
 }
 
+/// A stream entry id `<ms>-<seq>` as numbers, for ordering.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Turn an `XREADGROUP` reply (RESP2 or RESP3 arrays) into events.
-fn parse_read_reply(reply: Value, job: &Arc<str>) -> Result<Vec<Event>, StoreError> {
+pub fn parse_read_reply(reply: Value, job: &Arc<str>) -> Result<Vec<Event>, StoreError> {
     type Entry = (String, Option<Vec<Vec<u8>>>);
     let streams: Option<Vec<(String, Vec<Entry>)>> = redis::from_redis_value(reply)?;
     let mut events = Vec::new();
@@ -290,6 +325,13 @@ mod tests {
             vec![("b".into(), b"2".to_vec()), ("a".into(), vec![0xff, 0])]
         );
         assert!(events[1].fields.is_empty());
+    }
+
+    #[test]
+    fn ids_order_numerically() {
+        assert!(parse_id("10-0") > parse_id("9-5"));
+        assert!(parse_id("1-10") > parse_id("1-9"));
+        assert_eq!(parse_id("x"), None);
     }
 
     #[test]
