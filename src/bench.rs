@@ -2,7 +2,9 @@
 //! baselines run in the same process on the same Redis:
 //!
 //! - `bare loop`: a plain redis-rs `XREADGROUP`/`XACK` loop — the Redis limit;
-//! - `host, native no-op`: the job runner and commit script with a handler compiled in;
+//! - `host, native, no status records`: the job runner and commit script with a handler
+//!   compiled in, event status records off (`status_ttl_s = 0`);
+//! - `host, native no-op`: the same with status records on (the default);
 //! - `host, wasm no-op`: the same with the `chaos` plugin answering `ack` (no effects);
 //! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream.
 //!
@@ -25,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::event::{Disposition, Event, Handler, Outcome};
+use crate::policy::DeliveryPolicy;
 use crate::runner::{CommitObserver, JobRunner, ReadPolicy};
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler, Runtime};
 use crate::store::embedded::EmbeddedRedis;
@@ -56,17 +59,25 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Bare,
+    NativeNoRecords,
     Native,
     WasmNoop,
     Echo,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Bare, Mode::Native, Mode::WasmNoop, Mode::Echo];
+    const ALL: [Mode; 5] = [
+        Mode::Bare,
+        Mode::NativeNoRecords,
+        Mode::Native,
+        Mode::WasmNoop,
+        Mode::Echo,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Bare => "bare XREADGROUP/XACK loop",
+            Mode::NativeNoRecords => "host, native, no status rec.",
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
@@ -76,6 +87,7 @@ impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
+            Mode::NativeNoRecords => "native-norec",
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
             Mode::Echo => "echo",
@@ -203,16 +215,32 @@ fn now_us() -> u64 {
 
 const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// Delete everything a run wrote: the streams, and every `sluice-bench:*` key (job hash,
+/// retry set, status records…).
 async fn cleanup(conn: &mut ConnectionManager, stream: &str) -> anyhow::Result<()> {
-    let keys = Keys::new("sluice-bench");
     let _: () = redis::pipe()
         .del(stream)
         .del(format!("{stream}:out"))
-        .del(keys.job("bench", stream))
-        .del(keys.jobs())
         .query_async(conn)
         .await?;
-    Ok(())
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("sluice-bench*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
 
 async fn prefill(conn: &mut ConnectionManager, stream: &str, n: u64) -> anyhow::Result<()> {
@@ -366,11 +394,14 @@ async fn consume(
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let keys = Keys::new("sluice-bench");
-    let job = StreamJob::new(&keys, "bench", mode.key(), stream, "bench");
+    let mut job = StreamJob::new(&keys, "bench", mode.key(), stream, "bench");
+    if mode == Mode::NativeNoRecords {
+        job.status_ttl_s = 0;
+    }
     let conn = store::connect(url, Duration::from_secs(30)).await?;
     let handler: Option<Box<dyn Handler>> = match mode {
         Mode::Bare => None,
-        Mode::Native => Some(Box::new(NoopHandler)),
+        Mode::Native | Mode::NativeNoRecords => Some(Box::new(NoopHandler)),
         Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, stream, &[])?)),
         Mode::Echo => Some(Box::new(prepared(
             &plugins.echo,
@@ -402,15 +433,18 @@ async fn consume(
         let policy = ReadPolicy {
             batch: args.batch,
             block_ms: 100,
+            claim_idle_ms: 30_000,
         };
         let job = job.clone();
         tokio::spawn(async move {
             match (source, handler) {
-                (Some(source), Some(handler)) => JobRunner::new(source, handler, policy)
-                    .with_observer(tally)
-                    .run(stop_rx)
-                    .await
-                    .map(|_| ()),
+                (Some(source), Some(handler)) => {
+                    JobRunner::new(source, handler, policy, DeliveryPolicy::default())
+                        .with_observer(tally)
+                        .run(stop_rx)
+                        .await
+                        .map(|_| ())
+                }
                 _ => bare_loop(conn, &job, policy, tally, stop_rx).await,
             }
         })

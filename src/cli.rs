@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `publish`, `job status`, `bench`.
+//! The command line: `run`, `check-config`, `publish`, `job status`, `dlq list|replay|purge`,
+//! `event get`, `bench`.
 //!
 //! `--config` (env `SLUICE_CONFIG`, default `sluice.toml`), `--redis` (env
 //! `SLUICE_REDIS_URL`) and `--data-dir` (env `SLUICE_DATA_DIR`) apply to every command.
@@ -15,7 +16,7 @@ use crate::bench::{self, BenchArgs};
 use crate::config::{Config, ConfigError};
 use crate::runtime::Runtime;
 use crate::service;
-use crate::store::{self, Keys, embedded, jobs};
+use crate::store::{self, Keys, dlq, embedded, events, jobs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,8 +60,58 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Dead letters of a job: list, replay, purge
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Events of a job
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
     /// Measure throughput and latency against baselines, in one process
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The job's dead letters, oldest first
+    List {
+        job: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to the source stream as new entries
+    Replay(DlqSelection),
+    /// Delete dead letters
+    Purge(DlqSelection),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+pub struct DlqSelection {
+    job: String,
+    /// A dead letter's id (repeatable)
+    #[arg(long)]
+    id: Vec<String>,
+    /// Every dead letter of the job
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Status of one source entry: pending, processing, retrying, done, dead
+    Get {
+        job: String,
+        /// The entry id in the source stream
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +165,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(&cli, false)?;
             let url = client_url(&cli, &config).await?;
             job_status(&url, &config, name, *json).await
+        }
+        Command::Dlq { command } => {
+            let config = load_config(&cli, false)?;
+            let url = client_url(&cli, &config).await?;
+            dlq_command(&url, &config, command).await
+        }
+        Command::Event {
+            command: EventCommand::Get { job, id, json },
+        } => {
+            let config = load_config(&cli, false)?;
+            let url = client_url(&cli, &config).await?;
+            event_get(&url, &config, job, id, *json).await
         }
         Command::Bench(args) => {
             let config = load_config(&cli, false)?;
@@ -286,6 +349,143 @@ async fn publish(
     Ok(())
 }
 
+async fn connect_client(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {}", store::redact_url(url)))
+}
+
+/// The source stream of a job registered in Redis, or a clear error.
+async fn job_source(
+    conn: &mut redis::aio::MultiplexedConnection,
+    config: &Config,
+    job: &str,
+) -> anyhow::Result<String> {
+    let keys = Keys::new(&config.host.prefix);
+    match dlq::source_of(conn, &keys, job).await? {
+        Some(source) => Ok(source),
+        None => bail!(
+            "no job named `{job}` in Redis (prefix `{}`): no host has run it",
+            config.host.prefix
+        ),
+    }
+}
+
+async fn dlq_command(url: &str, config: &Config, command: &DlqCommand) -> anyhow::Result<ExitCode> {
+    let mut conn = connect_client(url).await?;
+    let keys = Keys::new(&config.host.prefix);
+    let job = match command {
+        DlqCommand::List { job, .. } => job,
+        DlqCommand::Replay(sel) | DlqCommand::Purge(sel) => &sel.job,
+    };
+    let source = job_source(&mut conn, config, job).await?;
+    // Every dead letter, page by page (for `list` and `--all`).
+    let all = async |conn: &mut redis::aio::MultiplexedConnection| -> anyhow::Result<Vec<dlq::DeadLetter>> {
+        let mut out: Vec<dlq::DeadLetter> = Vec::new();
+        loop {
+            let after = out.last().map(|d| d.id.clone());
+            let page = dlq::list(conn, &keys, job, &source, after.as_deref(), 500).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    };
+    match command {
+        DlqCommand::List { json, .. } => {
+            let letters = all(&mut conn).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters for job {job}");
+            } else {
+                for d in &letters {
+                    let fields: Vec<String> =
+                        d.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{}  source {} ({} deliveries): {}\n    {}",
+                        d.id,
+                        d.source_id,
+                        d.deliveries,
+                        d.error,
+                        fields.join(" ")
+                    );
+                }
+            }
+        }
+        DlqCommand::Replay(sel) => {
+            let ids = match sel.all {
+                true => all(&mut conn).await?.into_iter().map(|d| d.id).collect(),
+                false => sel.id.clone(),
+            };
+            let mut replayed = 0;
+            for chunk in ids.chunks(100) {
+                for (id, new) in dlq::replay(&mut conn, &keys, job, &source, chunk).await? {
+                    match new {
+                        Some(new) => {
+                            replayed += 1;
+                            println!("{id} -> {source} {new}");
+                        }
+                        None => println!("{id}: not replayed (no such dead letter, or no fields)"),
+                    }
+                }
+            }
+            println!("replayed {replayed} dead letters to {source}");
+        }
+        DlqCommand::Purge(sel) => {
+            let ids: Vec<String> = match sel.all {
+                true => all(&mut conn).await?.into_iter().map(|d| d.id).collect(),
+                false => sel.id.clone(),
+            };
+            let mut purged = 0;
+            for chunk in ids.chunks(500) {
+                purged += dlq::purge(&mut conn, &keys, job, &source, chunk).await?;
+            }
+            println!("purged {purged} dead letters of job {job}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn event_get(
+    url: &str,
+    config: &Config,
+    job: &str,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut conn = connect_client(url).await?;
+    let keys = Keys::new(&config.host.prefix);
+    let source = job_source(&mut conn, config, job).await?;
+    let Some(status) = events::get(&mut conn, &keys, job, &source, id).await? else {
+        bail!("job `{job}` knows no event `{id}` (not in stream `{source}`, no status record)");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("event     {} (job {job}, stream {source})", status.id);
+        println!("status    {}", status.status);
+        if let Some(a) = status.attempts {
+            println!("attempts  {a}");
+        }
+        if let Some(e) = &status.error {
+            println!("error     {e}");
+        }
+        if let Some(c) = &status.consumer {
+            println!("consumer  {c}");
+        }
+        if let Some(t) = status.retry_at {
+            println!("retry at  {t} (ms since epoch)");
+        }
+        if let Some(p) = &status.plugin {
+            println!("plugin    {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn job_status(
     url: &str,
     config: &Config,
@@ -317,8 +517,14 @@ async fn job_status(
         println!("received  {}", status.received);
         println!("acked     {}", status.acked);
         println!("skipped   {}", status.skipped);
+        println!("retried   {}", status.retried);
         println!("failed    {}", status.failed);
-        println!("pending   {}", status.pending);
+        println!("dead      {}", status.dead);
+        println!(
+            "pending   {}  (of which scheduled retries: {})",
+            status.pending, status.scheduled
+        );
+        println!("dlq       {}", status.dead_letters);
         println!("lag       {lag}");
     }
     Ok(ExitCode::SUCCESS)

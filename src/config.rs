@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::policy::DeliveryPolicy;
 use crate::runtime::{Limits, MAX_MEMORY_BYTES};
 use crate::store::stream::StartFrom;
 
@@ -100,12 +101,45 @@ pub struct JobConfig {
     /// Memory cap of the plugin instance, in MiB (1–4096, default 64).
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
+    /// Deliveries after which a failing event goes to the dead-letter stream (1–1000, default 5).
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+    /// Retry delays: exponential from `base_ms`, capped at `max_ms`, with jitter.
+    #[serde(default)]
+    pub retry_backoff: RetryBackoff,
+    /// Entries pending on a consumer for longer than this (ms) are taken over by a live host
+    /// (100–86400000, default 30000). Keep it well above the time one batch takes.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// How long an event's status record is kept, in seconds (0 turns records off; default 86400).
+    #[serde(default = "default_status_ttl_s")]
+    pub status_ttl_s: u64,
     /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
     #[serde(default)]
     pub start: Start,
     /// Handed to the plugin's `init` and `config-get`; values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackoff {
+    /// First retry delay in ms (default 1000).
+    #[serde(default = "default_backoff_base_ms")]
+    pub base_ms: u64,
+    /// Longest retry delay in ms (default 60000).
+    #[serde(default = "default_backoff_max_ms")]
+    pub max_ms: u64,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff {
+            base_ms: default_backoff_base_ms(),
+            max_ms: default_backoff_max_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -136,6 +170,21 @@ fn default_deadline_ms() -> u64 {
 }
 fn default_memory_mb() -> u64 {
     64
+}
+fn default_max_deliveries() -> u32 {
+    5
+}
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+fn default_status_ttl_s() -> u64 {
+    86_400
+}
+fn default_backoff_base_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
 }
 
 /// A configuration problem, naming the field at fault.
@@ -241,6 +290,17 @@ impl Config {
             in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
             in_range(j.memory_mb, 1, (MAX_MEMORY_BYTES >> 20) as u64)
                 .map_err(|m| (at("memory_mb"), m))?;
+            in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
+            in_range(j.retry_backoff.base_ms, 1, 86_400_000)
+                .map_err(|m| (at("retry_backoff.base_ms"), m))?;
+            in_range(j.retry_backoff.max_ms, j.retry_backoff.base_ms, 86_400_000).map_err(|m| {
+                (
+                    at("retry_backoff.max_ms"),
+                    format!("{m} (at least base_ms)"),
+                )
+            })?;
+            in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
+            in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
             for (k, v) in &j.config {
                 config_value(v).map_err(|m| (format!("job[{i}].config.{k}"), m))?;
             }
@@ -269,6 +329,15 @@ impl JobConfig {
             deadline: Duration::from_millis(self.deadline_ms),
             memory_bytes: (self.memory_mb as usize) << 20,
             ..Limits::default()
+        }
+    }
+
+    /// The job's retry and dead-letter policy.
+    pub fn delivery_policy(&self) -> DeliveryPolicy {
+        DeliveryPolicy {
+            max_deliveries: self.max_deliveries,
+            backoff_base: Duration::from_millis(self.retry_backoff.base_ms),
+            backoff_max: Duration::from_millis(self.retry_backoff.max_ms),
         }
     }
 
@@ -363,6 +432,14 @@ mod tests {
         assert_eq!(j.stream(), "events");
         assert_eq!(j.plugin_config()["threshold"], "3");
         assert_eq!(j.limits().memory_bytes, 64 << 20);
+        assert_eq!(
+            (j.max_deliveries, j.claim_idle_ms, j.status_ttl_s),
+            (5, 30_000, 86_400)
+        );
+        assert_eq!(
+            j.delivery_policy().backoff_base,
+            Duration::from_millis(1000)
+        );
     }
 
     #[test]
@@ -396,6 +473,13 @@ mod tests {
         assert_eq!(
             invalid(&GOOD.replace("[job.config]", "memory_mb = 100000\n[job.config]")),
             "job[0].memory_mb"
+        );
+        assert_eq!(
+            invalid(&GOOD.replace(
+                "[job.config]",
+                "retry_backoff = { base_ms = 500, max_ms = 100 }\n[job.config]"
+            )),
+            "job[0].retry_backoff.max_ms"
         );
         assert_eq!(
             invalid(&format!("[redis]\nurl = \"nope://x\"\n{GOOD}")),

@@ -65,6 +65,9 @@ pub enum FailureKind {
     Limit,
     /// The plugin could not be instantiated or its `init` failed.
     Init,
+    /// Delivered more than `max_deliveries` times without a result: the hosts handling it
+    /// died or lost it. Not handed to the plugin again.
+    Abandoned,
 }
 
 impl FailureKind {
@@ -77,6 +80,7 @@ impl FailureKind {
             FailureKind::Memory => "memory",
             FailureKind::Limit => "limit",
             FailureKind::Init => "init",
+            FailureKind::Abandoned => "abandoned",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod policy;
 pub mod runner;
 pub mod runtime;
 pub mod service;

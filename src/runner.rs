@@ -17,14 +17,15 @@
 //! the service's grace period runs out, in which case the batch stays pending in Redis.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 
 use crate::event::{Effect, Event, FailureKind, Handler, Outcome};
-use crate::store::StoreError;
+use crate::policy::{Decision, DeliveryPolicy};
 use crate::store::stream::{Committed, StreamCommitter, StreamReader};
+use crate::store::{self, StoreError};
 
 /// Told about every committed batch; used by the benchmark to time publish→ack.
 pub trait CommitObserver: Send + Sync {
@@ -38,7 +39,12 @@ pub struct ReadPolicy {
     pub batch: usize,
     /// How long a read blocks waiting for entries.
     pub block_ms: u64,
+    /// Entries idle on a consumer this long are taken over.
+    pub claim_idle_ms: u64,
 }
+
+/// How often to look for due retries when no retry is known to be due sooner.
+const RETRY_POLL: Duration = Duration::from_millis(100);
 
 /// What a runner did over its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +58,7 @@ pub struct JobRunner {
     handler: Box<dyn Handler>,
     committer: StreamCommitter,
     policy: ReadPolicy,
+    delivery: DeliveryPolicy,
     observer: Option<Arc<dyn CommitObserver>>,
 }
 
@@ -72,12 +79,14 @@ impl JobRunner {
         (reader, committer): (StreamReader, StreamCommitter),
         handler: Box<dyn Handler>,
         policy: ReadPolicy,
+        delivery: DeliveryPolicy,
     ) -> Self {
         JobRunner {
             reader,
             handler,
             committer,
             policy,
+            delivery,
             observer: None,
         }
     }
@@ -95,8 +104,9 @@ impl JobRunner {
         let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
         let reader = tokio::spawn(read_stage(self.reader, self.policy, stop, read_tx));
-        let handler = tokio::spawn(handle_stage(self.handler, read_rx, handled_tx));
-        let stats = commit_stage(self.committer, handled_rx, self.observer).await;
+        let max = self.delivery.max_deliveries;
+        let handler = tokio::spawn(handle_stage(self.handler, max, read_rx, handled_tx));
+        let stats = commit_stage(self.committer, self.delivery, handled_rx, self.observer).await;
         // The committer ends when the handler stage has ended, which ends after the reader.
         let handled = handler.await;
         let _ = reader.await;
@@ -123,13 +133,31 @@ async fn read_stage(
 ) {
     let job = reader.job().job.clone();
     let mut backoff = redis_backoff();
+    // When to look for due retries next, and for idle entries to take over. Both start now:
+    // a restarted host first picks up what a dead one left.
+    let mut next_retry_check = Instant::now();
+    let mut next_reclaim = Instant::now();
+    let mut cursor = "0-0".to_string();
+    let reclaim_every = Duration::from_millis(policy.claim_idle_ms / 2)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !*stop.borrow() {
-        match reader.read(policy.batch, policy.block_ms).await {
-            Ok(events) => {
+        let step = read_step(
+            &mut reader,
+            &policy,
+            &mut next_retry_check,
+            &mut next_reclaim,
+            &mut cursor,
+            reclaim_every,
+        )
+        .await;
+        match step {
+            Ok(batches) => {
                 backoff = redis_backoff();
-                if !events.is_empty() && out.send(events).await.is_err() {
-                    // The handler stage is gone (it panicked): these stay pending.
-                    return;
+                for events in batches {
+                    if !events.is_empty() && out.send(events).await.is_err() {
+                        // The handler stage is gone (it panicked): these stay pending.
+                        return;
+                    }
                 }
             }
             Err(e) => {
@@ -141,14 +169,63 @@ async fn read_stage(
     }
 }
 
+/// One round of reading: due retries, then (when it is time) entries idle on other
+/// consumers, then new entries, blocking no longer than the next due retry or reclaim.
+async fn read_step(
+    reader: &mut StreamReader,
+    policy: &ReadPolicy,
+    next_retry_check: &mut Instant,
+    next_reclaim: &mut Instant,
+    cursor: &mut String,
+    reclaim_every: Duration,
+) -> Result<Vec<Vec<Event>>, StoreError> {
+    let mut batches = Vec::new();
+    let now = Instant::now();
+    if now >= *next_retry_check {
+        let (due, next_due) = reader.take_due(policy.batch).await?;
+        let until_next = next_due
+            .map(|at| Duration::from_millis(at.saturating_sub(store::now_ms())))
+            .unwrap_or(RETRY_POLL);
+        *next_retry_check = now + until_next.min(RETRY_POLL);
+        batches.push(due);
+    }
+    if now >= *next_reclaim {
+        let (idle, next) = reader
+            .reclaim(policy.batch, policy.claim_idle_ms, cursor)
+            .await?;
+        if !idle.is_empty() {
+            tracing::info!(
+                job = &*reader.job().job,
+                entries = idle.len(),
+                "took over entries idle on other consumers"
+            );
+        }
+        // Go on scanning at once until the scan goes round, then pause.
+        if next == "0-0" {
+            *next_reclaim = now + reclaim_every;
+        }
+        *cursor = next;
+        batches.push(idle);
+    }
+    if batches.iter().all(Vec::is_empty) {
+        let wait = (*next_retry_check)
+            .min(*next_reclaim)
+            .saturating_duration_since(Instant::now());
+        let block = (wait.as_millis() as u64).clamp(1, policy.block_ms);
+        batches.push(reader.read(policy.batch, block).await?);
+    }
+    Ok(batches)
+}
+
 async fn handle_stage(
     mut handler: Box<dyn Handler>,
+    max_deliveries: u32,
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
 ) -> anyhow::Result<()> {
     while let Some(events) = input.recv().await {
         let (h, events, outcomes) = tokio::task::spawn_blocking(move || {
-            let outcomes = handler.handle_batch(&events);
+            let outcomes = handle_batch(handler.as_mut(), &events, max_deliveries);
             (handler, events, outcomes)
         })
         .await
@@ -161,8 +238,43 @@ async fn handle_stage(
     Ok(())
 }
 
+/// Hand the batch to the handler, except events delivered more than `max_deliveries` times
+/// (their hosts died while handling them): those fail as abandoned without running again.
+fn handle_batch(handler: &mut dyn Handler, events: &[Event], max_deliveries: u32) -> Vec<Outcome> {
+    if events.iter().all(|e| e.delivery_count <= max_deliveries) {
+        return handler.handle_batch(events);
+    }
+    let (fresh, _): (Vec<Event>, Vec<Event>) = events
+        .iter()
+        .cloned()
+        .partition(|e| e.delivery_count <= max_deliveries);
+    let mut handled = handler.handle_batch(&fresh).into_iter();
+    events
+        .iter()
+        .map(|e| {
+            if e.delivery_count <= max_deliveries {
+                handled.next().unwrap_or_else(|| {
+                    Outcome::failed(
+                        FailureKind::Abandoned,
+                        "the handler returned too few outcomes",
+                    )
+                })
+            } else {
+                Outcome::failed(
+                    FailureKind::Abandoned,
+                    format!(
+                        "delivered {} times without a result (the hosts handling it stopped)",
+                        e.delivery_count
+                    ),
+                )
+            }
+        })
+        .collect()
+}
+
 async fn commit_stage(
     mut committer: StreamCommitter,
+    delivery: DeliveryPolicy,
     mut input: mpsc::Receiver<Handled>,
     observer: Option<Arc<dyn CommitObserver>>,
 ) -> RunnerStats {
@@ -174,14 +286,16 @@ async fn commit_stage(
                 tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
             }
         }
-        let committed = commit(&mut committer, &events, &mut outcomes).await;
+        let committed = commit(&mut committer, &delivery, &events, &mut outcomes).await;
         if let Some(observer) = &observer {
             observer.committed(&events, &outcomes);
         }
         stats.batches += 1;
         stats.committed.acked += committed.acked;
         stats.committed.skipped += committed.skipped;
+        stats.committed.retried += committed.retried;
         stats.committed.failed += committed.failed;
+        stats.committed.dead += committed.dead;
         stats.committed.stale += committed.stale;
         if committed.stale > 0 {
             tracing::info!(
@@ -195,16 +309,22 @@ async fn commit_stage(
 }
 
 /// Commit until it succeeds. An emit target holding a non-stream fails the events that
-/// emit to it (they stay pending) and the rest is committed.
+/// emit to it (they are retried like any failure) and the rest is committed.
 async fn commit(
     committer: &mut StreamCommitter,
+    delivery: &DeliveryPolicy,
     events: &[Event],
     outcomes: &mut [Outcome],
 ) -> Committed {
     let job = committer.job().job.clone();
     let mut backoff = redis_backoff();
     loop {
-        match committer.commit(events, outcomes).await {
+        let decisions: Vec<Decision> = events
+            .iter()
+            .zip(outcomes.iter())
+            .map(|(e, o)| delivery.decide(o, e.delivery_count))
+            .collect();
+        match committer.commit(events, outcomes, &decisions).await {
             Ok(Ok(committed)) => return committed,
             Ok(Err(bad)) => {
                 let message = format!(

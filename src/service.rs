@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -19,7 +20,7 @@ use crate::runner::{JobRunner, ReadPolicy};
 use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime};
 use crate::store::embedded::EmbeddedRedis;
 use crate::store::stream::{self, StreamJob};
-use crate::store::{self, Keys, redact_url};
+use crate::store::{self, Keys, StoreError, redact_url};
 
 /// Extra time a Redis reply may take beyond a job's blocking read.
 const RESPONSE_MARGIN: Duration = Duration::from_secs(10);
@@ -90,11 +91,61 @@ pub async fn run(
             (embedded.url(), Some(embedded))
         }
     };
-    let result = serve(&config, &plugins, &url, shutdown).await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let ready = tokio::select! {
+        ready = wait_for_redis(&url) => Some(ready),
+        () = &mut shutdown => None,
+    };
+    let result = match ready {
+        Some(Ok(())) => serve(&config, &plugins, &url, shutdown).await,
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
     if let Some(embedded) = embedded {
         embedded.stop().await;
     }
     result
+}
+
+/// Return once Redis at `url` answers; while it does not, log and try again with backoff.
+/// Fails at once on errors that waiting cannot fix (a bad URL, wrong credentials).
+async fn wait_for_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)
+        .with_context(|| format!("invalid Redis URL {}", redact_url(url)))?;
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut warned = false;
+    loop {
+        // One attempt at a time (no client-side retries), so that the wait is logged at once.
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(_)) => {
+                if warned {
+                    tracing::info!(redis = %redact_url(url), "redis is up");
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => StoreError::from(e),
+            Err(_) => StoreError::Timeout,
+        };
+        if !error.is_connection() && !error.is_loading() {
+            return Err(anyhow::Error::from(error))
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)));
+        }
+        if !warned {
+            tracing::warn!(redis = %redact_url(url), "waiting for redis: {error}");
+            warned = true;
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+    }
 }
 
 async fn serve(
@@ -129,15 +180,18 @@ async fn serve(
                 .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
         };
         let (read_conn, commit_conn) = (connect().await?, connect().await?);
-        let stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
+        let mut stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
+        stream_job.plugin_version = plugin.sha256.clone();
+        stream_job.status_ttl_s = job.status_ttl_s;
         let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
             .await
             .with_context(|| format!("job `{}`: opening stream `{}`", job.name, job.stream()))?;
         let policy = ReadPolicy {
             batch: job.batch,
             block_ms: job.block_ms,
+            claim_idle_ms: job.claim_idle_ms,
         };
-        let runner = JobRunner::new(source, Box::new(handler), policy);
+        let runner = JobRunner::new(source, Box::new(handler), policy, job.delivery_policy());
         let name = job.name.clone();
         let stop = stop_rx.clone();
         tasks.spawn(async move { (name, runner.run(stop).await) });

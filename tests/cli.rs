@@ -251,7 +251,7 @@ fn bench_runs_every_mode_and_reports_json() {
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 4, "{modes:?}");
+    assert_eq!(modes.len(), 5, "{modes:?}");
     for r in &rows {
         assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(
@@ -265,5 +265,10 @@ fn bench_runs_every_mode_and_reports_json() {
         .arg("sluice-bench*")
         .query(&mut conn)
         .unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
+    assert!(
+        keys.is_empty(),
+        "{} keys left, e.g. {:?}",
+        keys.len(),
+        keys.first()
+    );
 }

@@ -125,7 +125,7 @@ fn a_trapping_looping_or_memory_eating_event_fails_alone() {
             data.path(),
             "chaos",
             "in",
-            "deadline_ms = 200\nmemory_mb = 16\nbatch = 16",
+            "deadline_ms = 200\nmemory_mb = 16\nbatch = 16\nmax_deliveries = 1",
             "",
         ),
         &redis.url,
@@ -149,22 +149,27 @@ fn a_trapping_looping_or_memory_eating_event_fails_alone() {
 
     assert_eq!(counter(&mut conn, "job1", "in", "acked"), good as u64);
     assert_eq!(counter(&mut conn, "job1", "in", "failed"), bad.len() as u64);
+    assert_eq!(counter(&mut conn, "job1", "in", "dead"), bad.len() as u64);
     let out_len: u64 = conn.xlen("in:out").unwrap();
     assert_eq!(
         out_len, good as u64,
         "every good event emitted exactly once"
     );
-    // The failed events are not lost: they are the ones still pending.
-    let pending_ids: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg("in")
-        .arg("sluice:job1")
+    assert_eq!(pending(&mut conn, "job1", "in"), 0);
+    // The failed events are not lost: they are in the dead-letter stream, with the reason.
+    let dlq: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("sluice:{in}:job:job1:dlq")
         .arg("-")
         .arg("+")
-        .arg(100)
         .query(&mut conn)
         .unwrap();
-    let pending_ids: Vec<String> = pending_ids.into_iter().map(|p| p.0).collect();
-    assert_eq!(pending_ids, bad);
+    let sources: Vec<&str> = dlq.iter().map(|(_, f)| f[0].1.as_str()).collect();
+    assert_eq!(sources, bad.iter().map(String::as_str).collect::<Vec<_>>());
+    let errors: Vec<&str> = dlq
+        .iter()
+        .map(|(_, f)| f[3].1.split(':').next().unwrap())
+        .collect();
+    assert_eq!(errors, ["trap", "timeout", "memory", "error", "trap"]);
 
     // The host lives on and keeps serving.
     publish(&mut conn, "in", 5, &[("action", "ok")]);
@@ -181,7 +186,13 @@ fn skip_acks_without_effects_and_a_broken_emit_target_fails_only_its_events() {
     let _: () = conn.set("taken", "a string, not a stream").unwrap();
     let data = tempfile::tempdir().unwrap();
     let host = Host::start(
-        config(data.path(), "chaos", "s", "", "target = \"taken\""),
+        config(
+            data.path(),
+            "chaos",
+            "s",
+            "max_deliveries = 1",
+            "target = \"taken\"",
+        ),
         &redis.url,
     );
     publish(&mut conn, "s", 3, &[("action", "skip")]);
@@ -194,7 +205,8 @@ fn skip_acks_without_effects_and_a_broken_emit_target_fails_only_its_events() {
     assert_eq!(counter(&mut conn, "job1", "s", "skipped"), 3);
     assert_eq!(counter(&mut conn, "job1", "s", "acked"), 4);
     assert_eq!(counter(&mut conn, "job1", "s", "failed"), 2);
-    assert_eq!(pending(&mut conn, "job1", "s"), 2);
+    assert_eq!(counter(&mut conn, "job1", "s", "dead"), 2);
+    assert_eq!(pending(&mut conn, "job1", "s"), 0);
     let taken: String = conn.get("taken").unwrap();
     assert_eq!(taken, "a string, not a stream");
 }

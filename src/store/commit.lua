@@ -1,80 +1,125 @@
--- Commit one batch of a job in one atomic step (see src/store/stream.rs).
+-- Commit one handled batch of a job in one atomic step (see src/store/stream.rs).
 --
--- KEYS[1]   the source stream
--- KEYS[2]   the job's hash (counters)
--- KEYS[3..] every stream the batch emits to, each once
--- ARGV[1]   consumer group, ARGV[2] consumer name
--- ARGV[3]   the smallest entry id of the batch, ARGV[4] the largest (numeric order)
--- ARGV[5..] one record per event of the batch:
---             id, flag ('a' ack with effects, 's' skip: ack without effects,
---                       'f' failed: count it, leave it pending),
---             number of emits, then per emit: index into KEYS, number of fields,
---             then that many name/value pairs.
+-- KEYS[1]   the source stream          KEYS[2] the job's hash (counters)
+-- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream
+-- KEYS[5..] every stream the batch emits to, each once
+-- ARGV[1] consumer group   ARGV[2] consumer name
+-- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
+-- ARGV[5] now (ms)         ARGV[6] plugin version (sha256)
+-- ARGV[7] status record TTL in s (0: no records)   ARGV[8] status record key prefix
+-- ARGV[9] pub/sub channel for finished events
+-- ARGV[10..] one record per event:
+--   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
+--   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
+--   error or reason ('' if none), number of emits, then per emit: index into KEYS,
+--   number of fields, then that many name/value pairs.
 --
--- An event is committed only if it is still pending for this consumer: a batch whose
--- commit is retried after a lost reply, or whose entries another host reclaimed, never
--- writes an effect twice. Emit targets are type-checked before anything is written, so a
--- target holding another type aborts the whole batch rather than half of it.
-local src, job = KEYS[1], KEYS[2]
-local group, consumer = ARGV[1], ARGV[2]
+-- An event is committed only if it is still pending for this consumer: a commit retried
+-- after a lost reply, or racing a host that took the entry over, never writes an effect
+-- twice. Emit targets are type-checked before anything is written, so a target holding
+-- another type aborts the whole batch rather than half of it.
+local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local status_prefix, channel = ARGV[8], ARGV[9]
+local FIRST = 10
 
-for i = 3, #KEYS do
+for i = 5, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= 'stream' then
     return redis.error_reply('SLUICE_BADTARGET ' .. KEYS[i] .. ' ' .. t)
   end
 end
 
--- Which of the batch's entries are still pending for this consumer: one XPENDING over the
--- batch's id range (consumer-filtered) when it can answer for all of them, else one per id.
-local first_id, last_id = ARGV[3], ARGV[4]
+local function past_emits(pos, n_emits)
+  for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+  return pos
+end
+
+-- Which entries are still pending for this consumer: one XPENDING over the batch's id range
+-- (consumer-filtered) when it can answer for all of them, else one per id.
 local n_events = 0
 do
-  local pos = 5
+  local pos = FIRST
   while pos <= #ARGV do
     n_events = n_events + 1
-    local n_emits = tonumber(ARGV[pos + 2])
-    pos = pos + 3
-    for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+    pos = past_emits(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
 local mine = {}
 local limit = n_events + 1000
-local ranged = n_events > 0 and redis.call('XPENDING', src, group, first_id, last_id, limit, consumer) or {}
+local ranged = {}
+if n_events > 0 then
+  ranged = redis.call('XPENDING', src, group, first_id, last_id, limit, consumer)
+end
 if #ranged < limit then
   for _, entry in ipairs(ranged) do mine[entry[1]] = true end
 else
-  local pos = 5
+  local pos = FIRST
   while pos <= #ARGV do
     local id = ARGV[pos]
     mine[id] = #redis.call('XPENDING', src, group, id, id, 1, consumer) > 0
-    local n_emits = tonumber(ARGV[pos + 2])
-    pos = pos + 3
-    for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+    pos = past_emits(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
 
-local acked, skipped, failed, stale = 0, 0, 0, 0
-local to_ack = {}
-local pos = 5
+local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
+local to_ack, done_ids, dead_ids = {}, {}, {}
+local pos = FIRST
 while pos <= #ARGV do
-  local id, flag, n_emits = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
-  pos = pos + 3
+  local id, decision, failed_now = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
+  local deliveries, due, text = ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+  local n_emits = tonumber(ARGV[pos + 6])
+  pos = pos + 7
   local ours = mine[id]
   for _ = 1, n_emits do
     local key, n = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1])
-    if ours and flag == 'a' then
+    if ours and decision == 'a' then
       redis.call('XADD', key, '*', unpack(ARGV, pos + 2, pos + 1 + 2 * n))
     end
     pos = pos + 2 + 2 * n
   end
   if not ours then
     stale = stale + 1
-  elseif flag == 'f' then
-    failed = failed + 1
   else
-    to_ack[#to_ack + 1] = id
-    if flag == 'a' then acked = acked + 1 else skipped = skipped + 1 end
+    received = received + 1
+    if failed_now == '1' then failed = failed + 1 end
+    local status
+    if decision == 'r' then
+      redis.call('ZADD', retry, due, id)
+      retried = retried + 1
+      status = 'retrying'
+    else
+      if tonumber(deliveries) > 1 then redis.call('ZREM', retry, id) end
+      to_ack[#to_ack + 1] = id
+      if decision == 'd' then
+        local meta = {'sluice:source-id', id, 'sluice:source', src, 'sluice:deliveries', deliveries,
+                      'sluice:error', text, 'sluice:plugin', plugin, 'sluice:dead-at', now}
+        local entry = redis.call('XRANGE', src, id, id)[1]
+        if entry then
+          for _, v in ipairs(entry[2]) do meta[#meta + 1] = v end
+        end
+        redis.call('XADD', dlq, '*', unpack(meta))
+        dead = dead + 1
+        dead_ids[#dead_ids + 1] = '"' .. id .. '"'
+        status = 'dead'
+      else
+        if decision == 'a' then acked = acked + 1 else skipped = skipped + 1 end
+        done_ids[#done_ids + 1] = '"' .. id .. '"'
+        status = 'done'
+      end
+    end
+    if ttl > 0 then
+      local key = status_prefix .. id
+      if text ~= '' then
+        redis.call('HSET', key, 'status', status, 'attempts', deliveries, 'plugin', plugin,
+                   'updated_at', now, 'error', text)
+      else
+        redis.call('HSET', key, 'status', status, 'attempts', deliveries, 'plugin', plugin,
+                   'updated_at', now)
+      end
+      redis.call('EXPIRE', key, ttl)
+    end
   end
 end
 
@@ -83,9 +128,13 @@ for i = 1, #to_ack, 1000 do
   redis.call('XACK', src, group, unpack(to_ack, i, math.min(i + 999, #to_ack)))
 end
 
-local received = acked + skipped + failed
-if received > 0 then redis.call('HINCRBY', job, 'received', received) end
-if acked > 0 then redis.call('HINCRBY', job, 'acked', acked) end
-if skipped > 0 then redis.call('HINCRBY', job, 'skipped', skipped) end
-if failed > 0 then redis.call('HINCRBY', job, 'failed', failed) end
-return {acked, skipped, failed, stale}
+local counters = {received = received, acked = acked, skipped = skipped, retried = retried,
+                  failed = failed, dead = dead}
+for name, n in pairs(counters) do
+  if n > 0 then redis.call('HINCRBY', job, name, n) end
+end
+if #done_ids > 0 or #dead_ids > 0 then
+  redis.call('PUBLISH', channel, '{"done":[' .. table.concat(done_ids, ',') ..
+             '],"dead":[' .. table.concat(dead_ids, ',') .. ']}')
+end
+return {acked, skipped, retried, failed, dead, stale}

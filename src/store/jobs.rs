@@ -1,6 +1,7 @@
 //! Reading a job's state: spec, counters, and what its consumer group says (pending, lag).
 //!
-//! Keys read: [`Keys::jobs`], [`Keys::job`], the source stream's consumer group.
+//! Keys read: [`Keys::jobs`], [`Keys::job`], [`Keys::retry`], [`Keys::dlq`], the source
+//! stream's consumer group.
 
 use std::collections::HashMap;
 
@@ -18,14 +19,22 @@ pub struct JobStatus {
     pub group: String,
     /// Milliseconds since the epoch when a host last started the job.
     pub started_at: Option<u64>,
-    /// Deliveries handled and committed (acked + skipped + failed).
+    /// Deliveries handled and committed (acked + skipped + retried + dead).
     pub received: u64,
     /// Handled with `ack`: effects written, acknowledged.
     pub acked: u64,
     /// Handled with `skip`: acknowledged without effects.
     pub skipped: u64,
-    /// Deliveries that failed (error, trap, timeout, memory, limit); they stay pending.
+    /// Deliveries that ended in a retry (a failure, or the plugin asked).
+    pub retried: u64,
+    /// Deliveries that failed (error, trap, timeout, memory, limit, abandoned).
     pub failed: u64,
+    /// Events moved to the dead-letter stream.
+    pub dead: u64,
+    /// Retries scheduled now.
+    pub scheduled: u64,
+    /// Entries in the dead-letter stream now.
+    pub dead_letters: u64,
     /// Entries delivered to the group and not acknowledged yet.
     pub pending: u64,
     /// Entries in the stream not yet delivered to the group (None if Redis cannot tell).
@@ -57,7 +66,11 @@ pub async fn status<C: AsyncCommands>(
         received: num("received"),
         acked: num("acked"),
         skipped: num("skipped"),
+        retried: num("retried"),
         failed: num("failed"),
+        dead: num("dead"),
+        scheduled: conn.zcard(keys.retry(name, &source)).await?,
+        dead_letters: conn.xlen(keys.dlq(name, &source)).await?,
         pending: 0,
         lag: None,
     };

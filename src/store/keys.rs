@@ -7,9 +7,14 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `<prefix>:jobs` | hash | job name → source stream key (the registry `job status` reads) |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `failed` |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead` |
+//! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
+//! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
+//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | hash, with a TTL | status record of a source entry: `status` (`done`, `retrying`, `dead`), `attempts`, `error`, `plugin`, `updated_at` |
 //!
 //! Names that are not keys:
+//! - pub/sub channel `<prefix>:events:<job>`: one JSON message per commit,
+//!   `{"done":[ids…],"dead":[ids…]}`, listing the entries that reached a final state;
 //! - consumer group of a job on its source stream: `<prefix>:<job>`;
 //! - consumer name of a host: `[host] consumer`, else `<hostname>-<pid>`.
 
@@ -34,6 +39,26 @@ impl Keys {
     /// The job's spec and counters hash, in the slot of its source stream.
     pub fn job(&self, job: &str, source: &str) -> String {
         format!("{}:{{{}}}:job:{job}", self.prefix, hash_tag(source))
+    }
+
+    /// The sorted set of a job's scheduled retries.
+    pub fn retry(&self, job: &str, source: &str) -> String {
+        format!("{}:retry", self.job(job, source))
+    }
+
+    /// The dead-letter stream of a job.
+    pub fn dlq(&self, job: &str, source: &str) -> String {
+        format!("{}:dlq", self.job(job, source))
+    }
+
+    /// Prefix of a job's event status records; the record of entry `id` is this + `id`.
+    pub fn event_prefix(&self, job: &str, source: &str) -> String {
+        format!("{}:event:", self.job(job, source))
+    }
+
+    /// The pub/sub channel announcing a job's finished events.
+    pub fn events_channel(&self, job: &str) -> String {
+        format!("{}:events:{job}", self.prefix)
     }
 
     /// The consumer group a job reads its source stream with.
@@ -74,5 +99,12 @@ mod tests {
         assert_eq!(k.job("echo", "o:{eu}"), "sluice:{eu}:job:echo");
         assert_eq!(k.group("echo"), "sluice:echo");
         assert_eq!(k.jobs(), "sluice:jobs");
+        assert_eq!(k.retry("echo", "events"), "sluice:{events}:job:echo:retry");
+        assert_eq!(k.dlq("echo", "events"), "sluice:{events}:job:echo:dlq");
+        assert_eq!(
+            k.event_prefix("echo", "events"),
+            "sluice:{events}:job:echo:event:"
+        );
+        assert_eq!(k.events_channel("echo"), "sluice:events:echo");
     }
 }

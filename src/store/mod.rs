@@ -6,11 +6,17 @@
 //! | key | type | owner | what |
 //! | --- | --- | --- | --- |
 //! | `<prefix>:jobs` | hash | [`stream`] | job name → source stream key |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | [`stream`], [`jobs`] | spec (`source`, `plugin`, `group`, `started_at`) and counters (`received`, `acked`, `skipped`, `failed`) |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | [`stream`], [`jobs`] | spec (`source`, `plugin`, `group`, `started_at`) and counters (`received`, `acked`, `skipped`, `retried`, `failed`, `dead`) |
+//! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | [`stream`] | entry id → due time of its next delivery |
+//! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | [`stream`], [`dlq`] | dead letters |
+//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | hash (TTL) | [`stream`], [`events`] | status record of one entry |
+//! | channel `<prefix>:events:<job>` | pub/sub | [`stream`] | `{"done":[ids],"dead":[ids]}` per commit |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
 //! | streams plugins emit to | stream | [`stream`] | written only by the commit script |
 
+pub mod dlq;
 pub mod embedded;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod stream;
@@ -28,6 +34,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Parse(#[from] redis::ParsingError),
+    #[error("redis did not answer in time")]
+    Timeout,
 }
 
 impl StoreError {
@@ -41,7 +49,13 @@ impl StoreError {
                     || e.is_timeout()
             }
             StoreError::Parse(_) => false,
+            StoreError::Timeout => true,
         }
+    }
+
+    /// True when Redis is still loading its data set (it answers, but not yet).
+    pub fn is_loading(&self) -> bool {
+        matches!(self, StoreError::Redis(e) if e.code() == Some("LOADING"))
     }
 }
 

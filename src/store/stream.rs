@@ -1,8 +1,12 @@
-//! A job's view of its source stream: the consumer group, batched reads, and the commit
-//! script that writes a batch's effects, acks and counters in one atomic step.
+//! A job's view of its source stream: the consumer group, batched reads of new entries,
+//! redelivery of due retries and of entries idle on dead consumers (`claim.lua`), and the
+//! commit script that writes a batch's effects, acks, retries, dead letters, status records
+//! and counters in one atomic step (`commit.lua`).
 //!
-//! Keys touched: the source stream, the job hash ([`Keys::job`]), the registry
-//! ([`Keys::jobs`]), and every stream plugins emit to.
+//! Keys touched: the source stream, the registry ([`Keys::jobs`]), the job hash
+//! ([`Keys::job`]), its retry set ([`Keys::retry`]), dead-letter stream ([`Keys::dlq`]) and
+//! event status records ([`Keys::event_prefix`]), every stream plugins emit to, and the
+//! channel [`Keys::events_channel`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +16,8 @@ use redis::{AsyncCommands, Script, Value};
 
 use super::keys::Keys;
 use super::{StoreError, now_ms};
-use crate::event::{Disposition, Effect, Event, KIND_STREAM_ENTRY, Outcome};
+use crate::event::{Effect, Event, Field, KIND_STREAM_ENTRY, Outcome};
+use crate::policy::Decision;
 
 /// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +46,18 @@ pub struct StreamJob {
     pub job_key: String,
     /// The job registry ([`Keys::jobs`]).
     pub registry_key: String,
+    /// Scheduled retries ([`Keys::retry`]).
+    pub retry_key: String,
+    /// Dead letters ([`Keys::dlq`]).
+    pub dlq_key: String,
+    /// Prefix of event status records ([`Keys::event_prefix`]).
+    pub event_prefix: String,
+    /// Where finished events are announced ([`Keys::events_channel`]).
+    pub channel: String,
+    /// sha256 of the plugin version, recorded in status records and dead letters.
+    pub plugin_version: String,
+    /// TTL of status records in seconds; 0 writes none.
+    pub status_ttl_s: u64,
 }
 
 impl StreamJob {
@@ -53,6 +70,12 @@ impl StreamJob {
             consumer: consumer.into(),
             job_key: keys.job(job, stream),
             registry_key: keys.jobs(),
+            retry_key: keys.retry(job, stream),
+            dlq_key: keys.dlq(job, stream),
+            event_prefix: keys.event_prefix(job, stream),
+            channel: keys.events_channel(job),
+            plugin_version: String::new(),
+            status_ttl_s: 86_400,
         }
     }
 }
@@ -62,7 +85,9 @@ impl StreamJob {
 pub struct Committed {
     pub acked: u64,
     pub skipped: u64,
+    pub retried: u64,
     pub failed: u64,
+    pub dead: u64,
     /// Events no longer pending for this consumer (committed before, or reclaimed):
     /// nothing of them was written.
     pub stale: u64,
@@ -103,6 +128,7 @@ pub async fn open(
         StreamReader {
             conn: read_conn,
             job: job.clone(),
+            claim: Script::new(include_str!("claim.lua")),
         },
         StreamCommitter {
             conn: commit_conn,
@@ -134,11 +160,13 @@ async fn ensure_group(
     }
 }
 
-/// Reads a job's new entries through its consumer group.
+/// Reads a job's entries through its consumer group: new ones, due retries, idle ones.
 pub struct StreamReader {
     /// Its own connection: `XREADGROUP … BLOCK` holds it while waiting.
     conn: ConnectionManager,
     job: Arc<StreamJob>,
+    /// The claim script (EVALSHA, loaded on first use).
+    claim: Script,
 }
 
 impl StreamReader {
@@ -175,6 +203,73 @@ impl StreamReader {
     }
 }
 
+impl StreamReader {
+    /// Claim retries whose time has come (at most `count`); also returns when the next
+    /// scheduled retry is due (ms since the epoch), if any.
+    pub async fn take_due(
+        &mut self,
+        count: usize,
+    ) -> Result<(Vec<Event>, Option<u64>), StoreError> {
+        let reply: Value = self
+            .claim
+            .key(&self.job.stream)
+            .key(&self.job.retry_key)
+            .arg(&self.job.group)
+            .arg(&self.job.consumer)
+            .arg(now_ms())
+            .arg(count)
+            .arg("due")
+            .invoke_async(&mut self.conn)
+            .await?;
+        let (next, events) = parse_claim_reply(reply, &self.job)?;
+        Ok((events, next.parse().ok()))
+    }
+
+    /// Take over entries idle on any consumer for longer than `min_idle_ms` (at most
+    /// `count`), scanning from `cursor`; returns them and the cursor to go on from
+    /// (`0-0` when the scan went round).
+    pub async fn reclaim(
+        &mut self,
+        count: usize,
+        min_idle_ms: u64,
+        cursor: &str,
+    ) -> Result<(Vec<Event>, String), StoreError> {
+        let reply: Value = self
+            .claim
+            .key(&self.job.stream)
+            .key(&self.job.retry_key)
+            .arg(&self.job.group)
+            .arg(&self.job.consumer)
+            .arg(now_ms())
+            .arg(count)
+            .arg("idle")
+            .arg(min_idle_ms)
+            .arg(cursor)
+            .invoke_async(&mut self.conn)
+            .await?;
+        let (cursor, events) = parse_claim_reply(reply, &self.job)?;
+        Ok((events, cursor))
+    }
+}
+
+/// Turn a `claim.lua` reply into its head value and events.
+fn parse_claim_reply(reply: Value, job: &StreamJob) -> Result<(String, Vec<Event>), StoreError> {
+    type Claimed = (String, u32, Vec<Vec<u8>>);
+    let (head, entries): (Option<String>, Vec<Claimed>) = redis::from_redis_value(reply)?;
+    let events = entries
+        .into_iter()
+        .map(|(id, deliveries, flat)| Event {
+            kind: KIND_STREAM_ENTRY,
+            id,
+            source: job.stream.clone(),
+            fields: pair_fields(flat),
+            delivery_count: deliveries,
+            job: job.job.clone(),
+        })
+        .collect();
+    Ok((head.unwrap_or_default(), events))
+}
+
 /// Commits a job's handled batches with the commit script.
 pub struct StreamCommitter {
     conn: ConnectionManager,
@@ -188,42 +283,61 @@ impl StreamCommitter {
         &self.job
     }
 
-    /// Commit a handled batch: `outcomes[i]` belongs to `events[i]`.
-    ///
-    /// Acked events get their effects written and are acknowledged, skipped ones are
-    /// acknowledged, failed ones (and, until retries exist, `retry`/`dead-letter` answers)
-    /// are counted and stay pending. All in one script: all of it happens, or none.
+    /// Commit a handled batch: `outcomes[i]` and `decisions[i]` belong to `events[i]`.
+    /// Everything happens in one script: all of it, or none.
     pub async fn commit(
         &mut self,
         events: &[Event],
         outcomes: &[Outcome],
+        decisions: &[Decision],
     ) -> Result<Result<Committed, BadTarget>, StoreError> {
+        let j = &self.job;
+        let now = now_ms();
         let mut invocation = self.script.prepare_invoke();
-        invocation.key(&self.job.stream).key(&self.job.job_key);
-        invocation.arg(&self.job.group).arg(&self.job.consumer);
+        invocation
+            .key(&j.stream)
+            .key(&j.job_key)
+            .key(&j.retry_key)
+            .key(&j.dlq_key);
         let ids = events.iter().filter_map(|e| parse_id(&e.id));
         let (min, max) = ids.fold(((u64::MAX, u64::MAX), (0, 0)), |(lo, hi), id| {
             (lo.min(id), hi.max(id))
         });
         invocation
+            .arg(&j.group)
+            .arg(&j.consumer)
             .arg(format!("{}-{}", min.0, min.1))
-            .arg(format!("{}-{}", max.0, max.1));
+            .arg(format!("{}-{}", max.0, max.1))
+            .arg(now)
+            .arg(&j.plugin_version)
+            .arg(j.status_ttl_s)
+            .arg(&j.event_prefix)
+            .arg(&j.channel);
         let mut targets: HashMap<&str, usize> = HashMap::new();
-        for (event, outcome) in events.iter().zip(outcomes) {
-            let (flag, effects): (&str, &[Effect]) = match outcome {
-                Outcome::Handled {
-                    disposition: Disposition::Ack,
-                    effects,
-                } => ("a", effects),
-                Outcome::Handled {
-                    disposition: Disposition::Skip,
-                    ..
-                } => ("s", &[]),
-                _ => ("f", &[]),
+        for ((event, outcome), decision) in events.iter().zip(outcomes).zip(decisions) {
+            let (flag, due, text) = match decision {
+                Decision::Ack => ("a", 0, ""),
+                Decision::Skip => ("s", 0, ""),
+                Decision::Retry { delay, error } => {
+                    ("r", now + delay.as_millis() as u64, error.as_str())
+                }
+                Decision::Dead { reason } => ("d", 0, reason.as_str()),
             };
-            invocation.arg(&event.id).arg(flag).arg(effects.len());
+            let effects: &[Effect] = match (decision, outcome) {
+                (Decision::Ack, Outcome::Handled { effects, .. }) => effects,
+                _ => &[],
+            };
+            let failed = matches!(outcome, Outcome::Failed(_));
+            invocation
+                .arg(&event.id)
+                .arg(flag)
+                .arg(if failed { "1" } else { "0" })
+                .arg(event.delivery_count)
+                .arg(due)
+                .arg(text)
+                .arg(effects.len());
             for Effect::Emit { stream, fields } in effects {
-                let next = targets.len() + 3;
+                let next = targets.len() + 5;
                 let index = *targets.entry(stream.as_str()).or_insert_with(|| {
                     invocation.key(stream.as_str());
                     next
@@ -234,13 +348,15 @@ impl StreamCommitter {
                 }
             }
         }
-        let reply: redis::RedisResult<(u64, u64, u64, u64)> =
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
             invocation.invoke_async(&mut self.conn).await;
         match reply {
-            Ok((acked, skipped, failed, stale)) => Ok(Ok(Committed {
+            Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
                 acked,
                 skipped,
+                retried,
                 failed,
+                dead,
                 stale,
             })),
             Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
@@ -261,6 +377,18 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// `[name, value, name, value, …]` → fields; names that are not UTF-8 are converted lossily.
+fn pair_fields(flat: Vec<Vec<u8>>) -> Vec<Field> {
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(name), Some(value)) = (it.next(), it.next()) {
+        let name = String::from_utf8(name)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        fields.push((name, value));
+    }
+    fields
+}
+
 /// Turn an `XREADGROUP` reply (RESP2 or RESP3 arrays) into events.
 pub fn parse_read_reply(reply: Value, job: &Arc<str>) -> Result<Vec<Event>, StoreError> {
     type Entry = (String, Option<Vec<Vec<u8>>>);
@@ -269,19 +397,11 @@ pub fn parse_read_reply(reply: Value, job: &Arc<str>) -> Result<Vec<Event>, Stor
     for (stream, entries) in streams.unwrap_or_default() {
         events.reserve(entries.len());
         for (id, flat) in entries {
-            let flat = flat.unwrap_or_default();
-            let mut fields = Vec::with_capacity(flat.len() / 2);
-            let mut it = flat.into_iter();
-            while let (Some(name), Some(value)) = (it.next(), it.next()) {
-                let name = String::from_utf8(name)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                fields.push((name, value));
-            }
             events.push(Event {
                 kind: KIND_STREAM_ENTRY,
                 id,
                 source: stream.clone(),
-                fields,
+                fields: pair_fields(flat.unwrap_or_default()),
                 delivery_count: 1,
                 job: job.clone(),
             });

@@ -16,38 +16,66 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// Extra arguments, kept for restarts.
+    extra: Vec<String>,
+}
+
+fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--save", "", "--appendonly", "yes", "--daemonize", "no"])
+        .args(extra)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (make deps)")
 }
 
 impl RedisServer {
     /// Start one on a free port (never 6379), retrying if another process takes the port
     /// between our probe and the server's bind.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..20 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("temp dir");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["--save", "", "--appendonly", "yes", "--daemonize", "no"])
-                .arg("--logfile")
-                .arg(dir.path().join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (make deps)");
+            let child = spawn_redis(port, dir.path(), extra);
             let mut server = RedisServer {
                 child,
                 port,
                 url: format!("redis://127.0.0.1:{port}/"),
                 dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             if server.wait_ready() {
                 return server;
             }
         }
         panic!("could not start redis-server on a free port");
+    }
+
+    /// Kill the server with SIGKILL and start it again on the same port and data dir
+    /// (its append-only file brings the data back), after `down` of downtime.
+    pub fn kill_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = spawn_redis(self.port, self.dir.path(), &extra);
+        assert!(
+            self.wait_ready(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
     }
 
     fn wait_ready(&mut self) -> bool {
@@ -159,11 +187,12 @@ pub fn counter(conn: &mut redis::Connection, job: &str, stream: &str, field: &st
 
 /// Entries pending in a job's group.
 pub fn pending(conn: &mut redis::Connection, job: &str, stream: &str) -> u64 {
+    // Before the host created the group there is nothing pending (XPENDING says NOGROUP).
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(format!("sluice:{job}"))
         .query(conn)
-        .expect("XPENDING");
+        .unwrap_or(redis::Value::Nil);
     match reply {
         redis::Value::Array(items) => match items.first() {
             Some(redis::Value::Int(n)) => *n as u64,
@@ -198,7 +227,6 @@ pub fn config_toml(
         r#"
 [host]
 data_dir = "{data}"
-consumer = "test-host"
 shutdown_grace_s = 5
 
 [[plugin]]
@@ -217,4 +245,113 @@ block_ms = 100
         data = data_dir.display(),
         path = plugin(plugin_name).display(),
     )
+}
+
+/// A `sluice run` process, its stderr appended to a log file that is printed if the test fails.
+pub struct HostProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl HostProcess {
+    pub fn start(config: &Path, url: &str, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("host log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--redis", url])
+            .env_remove("SLUICE_REDIS_URL")
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawning sluice run");
+        HostProcess {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (up to `timeout`) for the exit status.
+    pub fn term(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- sluice log {} (last 60 lines) ----",
+                self.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A value of field `name` for every entry of `stream`, in order.
+pub fn field_values(conn: &mut redis::Connection, stream: &str, name: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == name).map(|(_, v)| v))
+        .collect()
+}
+
+/// Write a config file for one job and return its path.
+pub fn write_config(
+    dir: &Path,
+    plugin_name: &str,
+    job: &str,
+    stream: &str,
+    job_extra: &str,
+    config: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{job}.toml"));
+    std::fs::write(
+        &path,
+        config_toml(dir, plugin_name, job, stream, job_extra, config),
+    )
+    .expect("write config");
+    path
 }

@@ -9,6 +9,8 @@
 //! - `log`: log field `message` at info level, ack;
 //! - `retry`, `dead-letter`, `skip`: answer that disposition;
 //! - `fail-until`: fail until the delivery count reaches field `n`, then ack.
+//!
+//! With a field `spin_ms`, it first busy-waits that long (to make handling take real time).
 
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 
@@ -42,6 +44,14 @@ impl Guest for Chaos {
     }
 
     fn handle(event: Event) -> Result<Disposition, HandlerError> {
+        if let Ok(ms) = text(&event, "spin_ms", "0").parse::<u64>()
+            && ms > 0
+        {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         match field(&event, "action").unwrap_or(b"ok") {
             b"ok" => Ok(Disposition::Ack),
             b"emit" => {

@@ -1,0 +1,184 @@
+//! Dead letters of a job: list, replay (back to the source stream), purge.
+//!
+//! Keys: the job's dead-letter stream ([`Keys::dlq`]) and source stream, found through the
+//! registry ([`Keys::jobs`]). A dead letter's fields are, in order: `sluice:source-id`,
+//! `sluice:source`, `sluice:deliveries`, `sluice:error`, `sluice:plugin`, `sluice:dead-at`,
+//! then the original entry's fields.
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use super::{Keys, StoreError};
+
+/// Metadata pairs before the original fields.
+const META_FIELDS: usize = 6;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter stream.
+    pub id: String,
+    /// The entry's id in the source stream.
+    pub source_id: String,
+    pub source: String,
+    /// Deliveries it had when it died.
+    pub deliveries: u32,
+    /// The last error, or the plugin's reason.
+    pub error: String,
+    /// sha256 of the plugin version that handled it last.
+    pub plugin: String,
+    /// When it died, ms since the epoch.
+    pub dead_at: u64,
+    /// The original fields (values shown as UTF-8, lossily).
+    pub fields: Vec<(String, String)>,
+}
+
+/// The source stream of a registered job.
+pub async fn source_of<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(redis::cmd("HGET")
+        .arg(keys.jobs())
+        .arg(job)
+        .query_async(conn)
+        .await?)
+}
+
+/// Up to `count` dead letters of a job, oldest first, after `after` (exclusive) if given.
+pub async fn list<C: AsyncCommands>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    after: Option<&str>,
+    count: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let start = after.map_or("-".to_string(), |id| format!("({id}"));
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(keys.dlq(job, source))
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, flat)| parse(id, flat))
+        .collect())
+}
+
+fn parse(id: String, flat: Vec<Vec<u8>>) -> DeadLetter {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let pairs: Vec<(String, String)> = flat
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (text(&c[0]), text(&c[1])))
+        .collect();
+    let meta = |name: &str| {
+        pairs
+            .iter()
+            .take(META_FIELDS)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    DeadLetter {
+        source_id: meta("sluice:source-id"),
+        source: meta("sluice:source"),
+        deliveries: meta("sluice:deliveries").parse().unwrap_or(0),
+        error: meta("sluice:error"),
+        plugin: meta("sluice:plugin"),
+        dead_at: meta("sluice:dead-at").parse().unwrap_or(0),
+        fields: pairs.into_iter().skip(META_FIELDS).collect(),
+        id,
+    }
+}
+
+/// Replay dead letters by id: each becomes a new entry of the source stream (delivered
+/// afresh, delivery count 1) and leaves the dead-letter stream, atomically. Returns
+/// (dead-letter id, new source id or None if it could not be replayed).
+pub async fn replay<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    ids: &[String],
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let script = redis::Script::new(include_str!("replay.lua"));
+    let mut invocation = script.prepare_invoke();
+    invocation.key(keys.dlq(job, source)).key(source);
+    for id in ids {
+        invocation.arg(id);
+    }
+    let new_ids: Vec<String> = invocation.invoke_async(conn).await?;
+    Ok(ids
+        .iter()
+        .cloned()
+        .zip(new_ids.into_iter().map(|n| (!n.is_empty()).then_some(n)))
+        .collect())
+}
+
+/// Delete dead letters by id; returns how many were deleted.
+pub async fn purge<C: AsyncCommands>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    ids: &[String],
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(conn.xdel(keys.dlq(job, source), ids).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_metadata_then_original_fields() {
+        let flat: Vec<Vec<u8>> = [
+            "sluice:source-id",
+            "1-0",
+            "sluice:source",
+            "in",
+            "sluice:deliveries",
+            "5",
+            "sluice:error",
+            "trap: boom",
+            "sluice:plugin",
+            "abc",
+            "sluice:dead-at",
+            "42",
+            "sluice:source-id",
+            "original field with a meta name",
+            "k",
+            "v",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let d = parse("9-0".into(), flat);
+        assert_eq!(d.source_id, "1-0");
+        assert_eq!(d.deliveries, 5);
+        assert_eq!(d.error, "trap: boom");
+        assert_eq!(d.dead_at, 42);
+        assert_eq!(
+            d.fields,
+            vec![
+                (
+                    "sluice:source-id".to_string(),
+                    "original field with a meta name".to_string()
+                ),
+                ("k".to_string(), "v".to_string())
+            ]
+        );
+    }
+}

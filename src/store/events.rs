@@ -1,0 +1,123 @@
+//! The status of one event (source entry) of a job, from its status record and the
+//! consumer group.
+//!
+//! Keys read: the record ([`Keys::event_prefix`] + id), the retry set ([`Keys::retry`]),
+//! the source stream and its group (`XPENDING`, `XINFO GROUPS`).
+//!
+//! Statuses: `pending` (in the stream, not delivered yet), `processing` (delivered to a
+//! consumer, no result yet), `retrying` (failed, scheduled again), `done`, `dead` (in the
+//! dead-letter stream), `acked` (acknowledged, but its record expired or records are off).
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use super::{Keys, StoreError};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EventStatus {
+    pub job: String,
+    pub id: String,
+    pub status: String,
+    /// Deliveries so far.
+    pub attempts: Option<u32>,
+    /// The last error, if a delivery failed.
+    pub error: Option<String>,
+    /// sha256 of the plugin version that last handled it.
+    pub plugin: Option<String>,
+    /// When the record was last written, ms since the epoch.
+    pub updated_at: Option<u64>,
+    /// The consumer holding it, while it is pending in the group.
+    pub consumer: Option<String>,
+    /// When it is due again, while retrying (ms since the epoch).
+    pub retry_at: Option<u64>,
+}
+
+/// Replies of the pipeline in [`get`]: record, XPENDING row, retry due time, the entry.
+type Lookup = (
+    HashMap<String, String>,
+    Vec<(String, String, u64, u32)>,
+    Option<f64>,
+    Vec<(String, Vec<Vec<u8>>)>,
+);
+
+/// The status of entry `id` of `job` (reading `source` through `group`); None if neither
+/// the stream nor a record knows it.
+pub async fn get<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    id: &str,
+) -> Result<Option<EventStatus>, StoreError> {
+    let group = keys.group(job);
+    let (record, pending, retry_at, entry): Lookup = redis::pipe()
+        .hgetall(format!("{}{id}", keys.event_prefix(job, source)))
+        .cmd("XPENDING")
+        .arg(source)
+        .arg(&group)
+        .arg(id)
+        .arg(id)
+        .arg(1)
+        .zscore(keys.retry(job, source), id)
+        .xrange(source, id, id)
+        .query_async(conn)
+        .await?;
+    let mut status = EventStatus {
+        job: job.into(),
+        id: id.into(),
+        attempts: record.get("attempts").and_then(|v| v.parse().ok()),
+        error: record.get("error").cloned(),
+        plugin: record.get("plugin").cloned(),
+        updated_at: record.get("updated_at").and_then(|v| v.parse().ok()),
+        ..EventStatus::default()
+    };
+    if let Some((_, consumer, _idle, deliveries)) = pending.into_iter().next() {
+        status.attempts = Some(deliveries);
+        status.consumer = Some(consumer);
+        status.retry_at = retry_at.map(|t| t as u64);
+        status.status = if retry_at.is_some() {
+            "retrying"
+        } else {
+            "processing"
+        }
+        .into();
+    } else if let Some(s) = record.get("status") {
+        status.status = s.clone();
+    } else if entry.is_empty() {
+        return Ok(None);
+    } else {
+        let delivered = last_delivered(conn, source, &group).await?;
+        status.status = match delivered {
+            Some(last) if parse_id(id) <= parse_id(&last) => "acked",
+            _ => "pending",
+        }
+        .into();
+    }
+    Ok(Some(status))
+}
+
+async fn last_delivered<C: ConnectionLike + Send>(
+    conn: &mut C,
+    source: &str,
+    group: &str,
+) -> Result<Option<String>, StoreError> {
+    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(source)
+        .query_async(conn)
+        .await?;
+    Ok(groups.into_iter().find_map(|g| {
+        let name: String = redis::from_redis_value_ref(g.get("name")?).ok()?;
+        if name != group {
+            return None;
+        }
+        redis::from_redis_value_ref(g.get("last-delivered-id")?).ok()
+    }))
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}

@@ -1,0 +1,445 @@
+//! Reliable delivery, proven against real processes: retries, dead letters, reclaim of a
+//! dead consumer's entries, `kill -9` of the host at random moments, Redis killed and
+//! restarted, SIGTERM under load. Each check counts exactly-once in the output itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Commands;
+
+fn sluice(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env_remove("SLUICE_REDIS_URL")
+        .output()
+        .expect("running sluice")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = sluice(args);
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// Every value exactly once: returns the values seen more than once, and the missing ones.
+fn exactly_once(values: &[String], n: usize) -> (Vec<(String, usize)>, Vec<usize>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for v in values {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    let dups = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(v, c)| (v.to_string(), *c))
+        .collect();
+    let missing = (0..n)
+        .filter(|i| !seen.contains_key(i.to_string().as_str()))
+        .collect();
+    (dups, missing)
+}
+
+/// A pseudo-random number in [lo, hi) from the clock; printed by callers for reproduction.
+fn random_between(lo: u64, hi: u64, salt: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut x = nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    lo + x % (hi - lo)
+}
+
+#[test]
+fn an_event_failing_twice_is_acked_on_the_third_delivery() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "retry_backoff = { base_ms = 20, max_ms = 100 }",
+        "",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    let id = publish(&mut conn, "in", 1, &[("action", "fail-until"), ("n", "3")]).remove(0);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 1));
+    assert_eq!(counter(&mut conn, "j", "in", "retried"), 2);
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 2);
+    assert_eq!(counter(&mut conn, "j", "in", "received"), 3);
+    assert_eq!(pending(&mut conn, "j", "in"), 0);
+    let status = json(&["--redis", &redis.url, "event", "get", "j", &id, "--json"]);
+    assert_eq!(status["status"], "done");
+    assert_eq!(status["attempts"], 3);
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("failing delivery 2 of 3"),
+        "{status}"
+    );
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn an_always_failing_event_is_dead_lettered_and_replay_brings_it_back() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "max_deliveries = 3\nretry_backoff = { base_ms = 10, max_ms = 50 }",
+        "",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    let id = publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "error"), ("message", "nope")],
+    )
+    .remove(0);
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "dead-letter"), ("message", "poison")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 2));
+    assert_eq!(
+        pending(&mut conn, "j", "in"),
+        0,
+        "dead letters are acked on the source"
+    );
+    assert_eq!(counter(&mut conn, "j", "in", "retried"), 2);
+    assert_eq!(counter(&mut conn, "j", "in", "received"), 4);
+
+    let letters = json(&["--redis", &redis.url, "dlq", "list", "j", "--json"]);
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 2);
+    // The dead-letter answer is final at once, so it died first.
+    assert_eq!(letters[0]["deliveries"], 1, "{}", letters[0]);
+    assert_eq!(letters[0]["error"], "plugin: poison");
+    assert_eq!(letters[1]["source_id"], id.as_str());
+    assert_eq!(letters[1]["deliveries"], 3);
+    assert!(
+        letters[1]["error"].as_str().unwrap().contains("nope"),
+        "{}",
+        letters[1]
+    );
+    assert_eq!(
+        letters[1]["fields"][0],
+        serde_json::json!(["action", "error"])
+    );
+    let status = json(&["--redis", &redis.url, "event", "get", "j", &id, "--json"]);
+    assert_eq!(status["status"], "dead");
+
+    // Replay the failing one: a new entry of the source, delivered afresh (and failing again).
+    let dlq_id = letters[1]["id"].as_str().unwrap();
+    let out = sluice(&["--redis", &redis.url, "dlq", "replay", "j", "--id", dlq_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"));
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 3));
+    assert_eq!(conn.xlen::<_, u64>("in").unwrap(), 3);
+    let letters = json(&["--redis", &redis.url, "dlq", "list", "j", "--json"]);
+    assert_eq!(letters.as_array().unwrap().len(), 2);
+    assert_eq!(
+        letters[1]["deliveries"], 3,
+        "the replayed entry started again at delivery 1"
+    );
+
+    let out = sluice(&["--redis", &redis.url, "dlq", "purge", "j", "--all"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("purged 2"));
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn entries_held_by_a_dead_consumer_are_taken_over_by_another_host() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 10\ndeadline_ms = 10000\nclaim_idle_ms = 1000",
+        "target = \"out\"",
+    );
+    publish(
+        &mut conn,
+        "in",
+        10,
+        &[("action", "emit"), ("spin_ms", "200"), ("n", "{i}")],
+    );
+    let log = dir.path().join("host.log");
+    let mut a = HostProcess::start(&cfg, &redis.url, &log);
+    // Host A reads the batch and dies holding it.
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 10));
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill9();
+    assert_eq!(
+        pending(&mut conn, "j", "in"),
+        10,
+        "A died before committing"
+    );
+
+    let mut b = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    let (dups, missing) = exactly_once(&field_values(&mut conn, "out", "n"), 10);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    assert_eq!(pending(&mut conn, "j", "in"), 0);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("took over entries idle on other consumers"),
+        "{log_text}"
+    );
+    assert_eq!(
+        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn kill_9_at_five_random_moments_loses_nothing_and_duplicates_nothing() {
+    const N: usize = 20_000;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "j",
+        "in",
+        "batch = 64\nclaim_idle_ms = 1000\nmax_deliveries = 20",
+        "target = \"out\"",
+    );
+    // Producer: N entries, paced over about 4 s so that the kills land mid-stream.
+    let url = redis.url.clone();
+    let producer = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        for chunk in 0..(N / 500) {
+            let mut pipe = redis::pipe();
+            for i in chunk * 500..(chunk + 1) * 500 {
+                pipe.cmd("XADD").arg("in").arg("*").arg("n").arg(i).ignore();
+            }
+            let _: () = pipe.query(&mut conn).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    let mut kills = Vec::new();
+    for k in 0..5 {
+        let after = random_between(200, 900, k);
+        std::thread::sleep(Duration::from_millis(after));
+        let acked = counter(&mut conn, "j", "in", "acked");
+        host.kill9();
+        kills.push((after, acked));
+        host = HostProcess::start(&cfg, &redis.url, &log);
+    }
+    eprintln!("killed after (ms since start, acked then): {kills:?}");
+    producer.join().unwrap();
+    let done = wait_until(Duration::from_secs(90), || {
+        conn.xlen::<_, usize>("out").unwrap() >= N && pending(&mut conn, "j", "in") == 0
+    });
+    let out = field_values(&mut conn, "out", "n");
+    let (dups, missing) = exactly_once(&out, N);
+    assert!(
+        done,
+        "not finished: {} emitted, {} pending",
+        out.len(),
+        pending(&mut conn, "j", "in")
+    );
+    assert!(
+        dups.is_empty(),
+        "duplicated: {:?}",
+        &dups[..dups.len().min(10)]
+    );
+    assert!(
+        missing.is_empty(),
+        "missing: {:?}",
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(out.len(), N);
+    assert_eq!(counter(&mut conn, "j", "in", "acked"), N as u64);
+    let received = counter(&mut conn, "j", "in", "received");
+    let retried = counter(&mut conn, "j", "in", "retried");
+    let dead = counter(&mut conn, "j", "in", "dead");
+    assert_eq!((received, retried, dead), (N as u64, 0, 0));
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
+    const N: usize = 3000;
+    // fsync on every write: what Redis acknowledged survives its SIGKILL.
+    let mut redis = RedisServer::start_with(&["--appendfsync", "always"]);
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 32",
+        "target = \"out\"",
+    );
+    publish(
+        &mut conn,
+        "in",
+        N,
+        &[("action", "emit"), ("spin_ms", "1"), ("n", "{i}")],
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) > 300));
+    redis.kill_and_restart(Duration::from_millis(700));
+    let mut conn = redis.conn();
+    let finished = wait_until(Duration::from_secs(60), || {
+        counter(&mut conn, "j", "in", "acked") == N as u64 && pending(&mut conn, "j", "in") == 0
+    });
+    let out = field_values(&mut conn, "out", "n");
+    let (dups, missing) = exactly_once(&out, N);
+    assert!(finished, "acked {}", counter(&mut conn, "j", "in", "acked"));
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    assert!(host.is_running(), "the host lived through Redis going away");
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(log.contains("retrying in"), "the outage was logged");
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn sigterm_under_load_commits_in_flight_batches_and_exits_0() {
+    const N: usize = 3000;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 50",
+        "target = \"out\"",
+    );
+    publish(
+        &mut conn,
+        "in",
+        N,
+        &[("action", "emit"), ("spin_ms", "1"), ("n", "{i}")],
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) > 200));
+    let started = Instant::now();
+    let status = host.term(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit 0 after SIGTERM"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "within the grace period (5 s)"
+    );
+    assert_eq!(
+        pending(&mut conn, "j", "in"),
+        0,
+        "every batch read was committed"
+    );
+    let acked = counter(&mut conn, "j", "in", "acked");
+    assert!(acked < N as u64, "stopped mid-stream ({acked})");
+
+    let mut again = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == N as u64));
+    let (dups, missing) = exactly_once(&field_values(&mut conn, "out", "n"), N);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    assert_eq!(
+        again.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_host_started_while_redis_is_down_waits_for_it() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "echo", "j", "in", "", "target = \"out\"");
+    // Take Redis away, start the host, bring Redis back.
+    let port = redis.port;
+    let url = redis.url.clone();
+    let restarter = std::thread::spawn(move || {
+        redis.kill_and_restart(Duration::from_secs(2));
+        redis
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut host = HostProcess::start(&cfg, &url, &dir.path().join("host.log"));
+    let redis = restarter.join().unwrap();
+    assert_eq!(redis.port, port);
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 5, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 5));
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(log.contains("waiting for redis"), "{log}");
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
