@@ -2,9 +2,9 @@
 //! baselines run in the same process on the same Redis:
 //!
 //! - `bare loop`: a plain redis-rs `XREADGROUP`/`XACK` loop — the Redis limit;
-//! - `host, native, no status records`: the job runner and commit script with a handler
-//!   compiled in, event status records off (`status_ttl_s = 0`);
-//! - `host, native no-op`: the same with status records on (the default);
+//! - `host, native no-op`: the job runner and commit script with a handler compiled in;
+//! - `host, native, done records`: the same, also writing a status record for every event
+//!   (`done_ttl_s = 600`; by default only events that failed get one);
 //! - `host, wasm no-op`: the same with the `chaos` plugin answering `ack` (no effects);
 //! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream.
 //!
@@ -59,7 +59,7 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Bare,
-    NativeNoRecords,
+    NativeDoneRecords,
     Native,
     WasmNoop,
     Echo,
@@ -68,8 +68,8 @@ enum Mode {
 impl Mode {
     const ALL: [Mode; 5] = [
         Mode::Bare,
-        Mode::NativeNoRecords,
         Mode::Native,
+        Mode::NativeDoneRecords,
         Mode::WasmNoop,
         Mode::Echo,
     ];
@@ -77,7 +77,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Bare => "bare XREADGROUP/XACK loop",
-            Mode::NativeNoRecords => "host, native, no status rec.",
+            Mode::NativeDoneRecords => "host, native, done records",
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
@@ -87,7 +87,7 @@ impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
-            Mode::NativeNoRecords => "native-norec",
+            Mode::NativeDoneRecords => "native-done-records",
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
             Mode::Echo => "echo",
@@ -395,13 +395,13 @@ async fn consume(
     let (stop_tx, stop_rx) = watch::channel(false);
     let keys = Keys::new("sluice-bench");
     let mut job = StreamJob::new(&keys, "bench", mode.key(), stream, "bench");
-    if mode == Mode::NativeNoRecords {
-        job.status_ttl_s = 0;
+    if mode == Mode::NativeDoneRecords {
+        job.done_ttl_s = 600;
     }
     let conn = store::connect(url, Duration::from_secs(30)).await?;
     let handler: Option<Box<dyn Handler>> = match mode {
         Mode::Bare => None,
-        Mode::Native | Mode::NativeNoRecords => Some(Box::new(NoopHandler)),
+        Mode::Native | Mode::NativeDoneRecords => Some(Box::new(NoopHandler)),
         Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, stream, &[])?)),
         Mode::Echo => Some(Box::new(prepared(
             &plugins.echo,

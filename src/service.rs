@@ -183,6 +183,7 @@ async fn serve(
         let mut stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
         stream_job.plugin_version = plugin.sha256.clone();
         stream_job.status_ttl_s = job.status_ttl_s;
+        stream_job.done_ttl_s = job.done_ttl_s;
         let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
             .await
             .with_context(|| format!("job `{}`: opening stream `{}`", job.name, job.stream()))?;

@@ -443,3 +443,59 @@ fn a_host_started_while_redis_is_down_waits_for_it() {
         Some(0)
     );
 }
+
+#[test]
+fn a_producer_can_wait_for_its_result_on_the_events_channel() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "chaos", "j", "in", "max_deliveries = 1", "");
+    let mut sub = redis.conn();
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe("sluice:events:j").unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    let ok = publish(&mut conn, "in", 1, &[("action", "ok")]).remove(0);
+    let bad = publish(&mut conn, "in", 1, &[("action", "trap")]).remove(0);
+    let (mut done, mut dead) = (Vec::new(), Vec::new());
+    while done.is_empty() || dead.is_empty() {
+        let msg: String = pubsub
+            .get_message()
+            .expect("a notice within 20 s")
+            .get_payload()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        done.extend(
+            v["done"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string()),
+        );
+        dead.extend(
+            v["dead"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!((done, dead), (vec![ok.clone()], vec![bad.clone()]));
+    // First-time successes keep no record by default; the group still says it is done.
+    let status = json(&["--redis", &redis.url, "event", "get", "j", &ok, "--json"]);
+    assert_eq!(status["status"], "done");
+    let status = json(&["--redis", &redis.url, "event", "get", "j", &bad, "--json"]);
+    assert_eq!(status["status"], "dead");
+    assert!(
+        status["error"].as_str().unwrap().starts_with("trap:"),
+        "{status}"
+    );
+    let out = sluice(&["--redis", &redis.url, "event", "get", "j", "1-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

@@ -6,9 +6,10 @@
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
 -- ARGV[5] now (ms)         ARGV[6] plugin version (sha256)
--- ARGV[7] status record TTL in s (0: no records)   ARGV[8] status record key prefix
--- ARGV[9] pub/sub channel for finished events
--- ARGV[10..] one record per event:
+-- ARGV[7] status record TTL in s of events that ever failed (0: none)
+-- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
+-- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
+-- ARGV[11..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of emits, then per emit: index into KEYS,
@@ -21,8 +22,8 @@
 local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local status_prefix, channel = ARGV[8], ARGV[9]
-local FIRST = 10
+local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local FIRST = 11
 
 for i = 5, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
@@ -109,16 +110,19 @@ while pos <= #ARGV do
         status = 'done'
       end
     end
-    if ttl > 0 then
-      local key = status_prefix .. id
-      if text ~= '' then
-        redis.call('HSET', key, 'status', status, 'attempts', deliveries, 'plugin', plugin,
-                   'updated_at', now, 'error', text)
-      else
-        redis.call('HSET', key, 'status', status, 'attempts', deliveries, 'plugin', plugin,
-                   'updated_at', now)
+    -- The record: "status|attempts|plugin|updated_at|error", one string (one call, little
+    -- memory). Events that ever failed keep theirs longer than first-time successes.
+    local keep = ttl
+    if status == 'done' and deliveries == '1' and failed_now == '0' then keep = done_ttl end
+    if keep > 0 then
+      if text == '' and deliveries ~= '1' then
+        -- Done after retries: keep the last error of the record it replaces.
+        local old = redis.call('GET', status_prefix .. id)
+        if old then text = old:match('^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') or '' end
       end
-      redis.call('EXPIRE', key, ttl)
+      redis.call('SET', status_prefix .. id,
+                 status .. '|' .. deliveries .. '|' .. plugin .. '|' .. now .. '|' .. text,
+                 'EX', keep)
     end
   end
 end

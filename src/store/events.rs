@@ -6,7 +6,9 @@
 //!
 //! Statuses: `pending` (in the stream, not delivered yet), `processing` (delivered to a
 //! consumer, no result yet), `retrying` (failed, scheduled again), `done`, `dead` (in the
-//! dead-letter stream), `acked` (acknowledged, but its record expired or records are off).
+//! dead-letter stream). An acknowledged entry with no record is `done` (events done on their
+//! first delivery get no record unless the job sets `done_ttl_s`; other records expire
+//! after `status_ttl_s`).
 
 use std::collections::HashMap;
 
@@ -36,7 +38,7 @@ pub struct EventStatus {
 
 /// Replies of the pipeline in [`get`]: record, XPENDING row, retry due time, the entry.
 type Lookup = (
-    HashMap<String, String>,
+    Option<String>,
     Vec<(String, String, u64, u32)>,
     Option<f64>,
     Vec<(String, Vec<Vec<u8>>)>,
@@ -53,7 +55,7 @@ pub async fn get<C: ConnectionLike + Send>(
 ) -> Result<Option<EventStatus>, StoreError> {
     let group = keys.group(job);
     let (record, pending, retry_at, entry): Lookup = redis::pipe()
-        .hgetall(format!("{}{id}", keys.event_prefix(job, source)))
+        .get(format!("{}{id}", keys.event_prefix(job, source)))
         .cmd("XPENDING")
         .arg(source)
         .arg(&group)
@@ -64,13 +66,22 @@ pub async fn get<C: ConnectionLike + Send>(
         .xrange(source, id, id)
         .query_async(conn)
         .await?;
+    // The record is "status|attempts|plugin|updated_at|error" (see commit.lua).
+    let record: Option<Vec<String>> =
+        record.map(|r| r.splitn(5, '|').map(str::to_string).collect());
+    let part = |i: usize| {
+        record
+            .as_ref()
+            .and_then(|r| r.get(i))
+            .filter(|v| !v.is_empty())
+    };
     let mut status = EventStatus {
         job: job.into(),
         id: id.into(),
-        attempts: record.get("attempts").and_then(|v| v.parse().ok()),
-        error: record.get("error").cloned(),
-        plugin: record.get("plugin").cloned(),
-        updated_at: record.get("updated_at").and_then(|v| v.parse().ok()),
+        attempts: part(1).and_then(|v| v.parse().ok()),
+        error: part(4).cloned(),
+        plugin: part(2).cloned(),
+        updated_at: part(3).and_then(|v| v.parse().ok()),
         ..EventStatus::default()
     };
     if let Some((_, consumer, _idle, deliveries)) = pending.into_iter().next() {
@@ -83,14 +94,14 @@ pub async fn get<C: ConnectionLike + Send>(
             "processing"
         }
         .into();
-    } else if let Some(s) = record.get("status") {
+    } else if let Some(s) = part(0) {
         status.status = s.clone();
     } else if entry.is_empty() {
         return Ok(None);
     } else {
         let delivered = last_delivered(conn, source, &group).await?;
         status.status = match delivered {
-            Some(last) if parse_id(id) <= parse_id(&last) => "acked",
+            Some(last) if parse_id(id) <= parse_id(&last) => "done",
             _ => "pending",
         }
         .into();

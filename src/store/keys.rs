@@ -10,7 +10,7 @@
 //! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead` |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
-//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | hash, with a TTL | status record of a source entry: `status` (`done`, `retrying`, `dead`), `attempts`, `error`, `plugin`, `updated_at` |
+//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |
 //!
 //! Names that are not keys:
 //! - pub/sub channel `<prefix>:events:<job>`: one JSON message per commit,

@@ -9,7 +9,7 @@
 //! | `<prefix>:{<tag>}:job:<job>` | hash | [`stream`], [`jobs`] | spec (`source`, `plugin`, `group`, `started_at`) and counters (`received`, `acked`, `skipped`, `retried`, `failed`, `dead`) |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | [`stream`] | entry id → due time of its next delivery |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | [`stream`], [`dlq`] | dead letters |
-//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | hash (TTL) | [`stream`], [`events`] | status record of one entry |
+//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string (TTL) | [`stream`], [`events`] | status record of one entry |
 //! | channel `<prefix>:events:<job>` | pub/sub | [`stream`] | `{"done":[ids],"dead":[ids]}` per commit |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
 //! | streams plugins emit to | stream | [`stream`] | written only by the commit script |

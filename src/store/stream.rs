@@ -56,8 +56,10 @@ pub struct StreamJob {
     pub channel: String,
     /// sha256 of the plugin version, recorded in status records and dead letters.
     pub plugin_version: String,
-    /// TTL of status records in seconds; 0 writes none.
+    /// TTL in seconds of the status records of events that ever failed; 0 writes none.
     pub status_ttl_s: u64,
+    /// TTL in seconds of the status records of events done on their first delivery; 0 writes none.
+    pub done_ttl_s: u64,
 }
 
 impl StreamJob {
@@ -76,6 +78,7 @@ impl StreamJob {
             channel: keys.events_channel(job),
             plugin_version: String::new(),
             status_ttl_s: 86_400,
+            done_ttl_s: 0,
         }
     }
 }
@@ -312,7 +315,8 @@ impl StreamCommitter {
             .arg(&j.plugin_version)
             .arg(j.status_ttl_s)
             .arg(&j.event_prefix)
-            .arg(&j.channel);
+            .arg(&j.channel)
+            .arg(j.done_ttl_s);
         let mut targets: HashMap<&str, usize> = HashMap::new();
         for ((event, outcome), decision) in events.iter().zip(outcomes).zip(decisions) {
             let (flag, due, text) = match decision {
