@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start `sluice run` on examples/sluice.toml with an embedded Redis in a
 # temporary data dir, publish sample events, show what the echo plugin produced and the
-# job's counters, then stop the host (SIGTERM) and clean up.
+# job's counters; publish events that trap, loop, eat memory or fail and show them retried
+# and dead-lettered; then stop the host (SIGTERM) and clean up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,25 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
+echo
+echo "== publishing to stream 'chaos': 20 fine events, and one each that traps, loops forever,"
+echo "   eats memory, returns an error (the chaos plugin does what the 'action' field says)"
+"$SLUICE" --config "$CONFIG" publish chaos action=ok --count 20
+for action in trap loop alloc error; do
+  "$SLUICE" --config "$CONFIG" publish chaos "action=$action"
+done
+for _ in $(seq 100); do
+  dead=$("$SLUICE" --config "$CONFIG" job status chaos-events --json | sed -n 's/.*"dead": \([0-9]*\).*/\1/p')
+  [ "${dead:-0}" -ge 4 ] && break
+  sleep 0.1
+done
+echo
+echo "== sluice job status chaos-events (each bad event: 3 deliveries, then the dead-letter stream)"
+"$SLUICE" --config "$CONFIG" job status chaos-events
+echo
+echo "== sluice dlq list chaos-events"
+"$SLUICE" --config "$CONFIG" dlq list chaos-events
+
 sock="$SLUICE_DATA_DIR/redis/redis.sock"
 echo
 echo "== what the echo plugin emitted to 'events:out' ($(redis-cli -s "$sock" XLEN events:out) entries; first 3):"
@@ -58,4 +78,9 @@ echo "== stopping the host (SIGTERM)"
 kill -TERM "$pid"
 wait "$pid"
 pid=
-echo "demo ok: $COUNT events published, handled by the echo plugin, emitted and acked"
+if [ "${dead:-0}" -lt 4 ]; then
+  echo "demo FAILED: only ${dead:-0} of 4 bad events reached the dead-letter stream"
+  exit 1
+fi
+echo "demo ok: $COUNT events handled by echo, emitted and acked; 4 bad events dead-lettered"
+echo "after 3 deliveries each, while the host and the 20 fine events carried on"

@@ -148,9 +148,16 @@ fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
             ),
         }
     } else {
+        // The trap's reason ("wasm `unreachable` instruction executed" for a Rust panic)
+        // for operators; the wasm backtrace only at debug level.
+        tracing::debug!(job = &*state.guest.job, "plugin trapped: {e:?}");
+        let message = match e.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => e.to_string(),
+        };
         Failure {
             kind: FailureKind::Trap,
-            message: format!("{e:#}").replace('\n', " "),
+            message,
         }
     }
 }
