@@ -277,7 +277,7 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
             ok = false;
             continue;
         };
-        match service::prepare_handler(plugin.clone(), job) {
+        match service::prepare_handler(plugin.clone(), job, &config.host.prefix) {
             Ok(_) => println!(
                 "job {}: ok (stream {} → plugin {}, init accepted the config)",
                 job.name,
@@ -404,13 +404,18 @@ async fn dlq_command(url: &str, config: &Config, command: &DlqCommand) -> anyhow
                 for d in &letters {
                     let fields: Vec<String> =
                         d.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let fields = match d.fields_in.as_str() {
+                        "inline" => fields.join(" "),
+                        "source" => format!("(fields in {} at {})", d.source, d.source_id),
+                        _ => "(fields deleted from the source)".to_string(),
+                    };
                     println!(
-                        "{}  source {} ({} deliveries): {}\n    {}",
+                        "{}  source {} ({} deliveries, plugin {}): {}\n    {fields}",
                         d.id,
                         d.source_id,
                         d.deliveries,
+                        d.plugin.get(..12).unwrap_or(&d.plugin),
                         d.error,
-                        fields.join(" ")
                     );
                 }
             }
@@ -428,7 +433,9 @@ async fn dlq_command(url: &str, config: &Config, command: &DlqCommand) -> anyhow
                             replayed += 1;
                             println!("{id} -> {source} {new}");
                         }
-                        None => println!("{id}: not replayed (no such dead letter, or no fields)"),
+                        None => println!(
+                            "{id}: not replayed (no such dead letter, or its fields are gone)"
+                        ),
                     }
                 }
             }

@@ -121,6 +121,10 @@ pub struct JobConfig {
     /// every second of TTL is 100k keys.
     #[serde(default = "default_done_ttl_s")]
     pub done_ttl_s: u64,
+    /// Streams the plugin may emit to: exact names or prefixes ending in `*`. Empty
+    /// (default): any stream outside sluice's own keys (`<prefix>:…`).
+    #[serde(default)]
+    pub allowed_streams: Vec<String>,
     /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
     #[serde(default)]
     pub start: Start,
@@ -312,6 +316,15 @@ impl Config {
             in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
             in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
             in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
+            for (n, pattern) in j.allowed_streams.iter().enumerate() {
+                let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+                if literal.is_empty() || literal.contains('*') {
+                    return Err((
+                        format!("job[{i}].allowed_streams[{n}]"),
+                        format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
+                    ));
+                }
+            }
             for (k, v) in &j.config {
                 config_value(v).map_err(|m| (format!("job[{i}].config.{k}"), m))?;
             }
@@ -334,11 +347,14 @@ impl JobConfig {
             .collect()
     }
 
-    /// The runtime limits of the job's plugin instances.
-    pub fn limits(&self) -> Limits {
+    /// The runtime limits of the job's plugin instances; `prefix` is the host's key prefix,
+    /// whose keys a plugin may not write unless `allowed_streams` names them.
+    pub fn limits(&self, prefix: &str) -> Limits {
         Limits {
             deadline: Duration::from_millis(self.deadline_ms),
             memory_bytes: (self.memory_mb as usize) << 20,
+            allowed_streams: self.allowed_streams.clone(),
+            reserved_prefix: format!("{prefix}:"),
             ..Limits::default()
         }
     }
@@ -442,7 +458,8 @@ mod tests {
         );
         assert_eq!(j.stream(), "events");
         assert_eq!(j.plugin_config()["threshold"], "3");
-        assert_eq!(j.limits().memory_bytes, 64 << 20);
+        assert_eq!(j.limits("sluice").memory_bytes, 64 << 20);
+        assert_eq!(j.limits("sluice").reserved_prefix, "sluice:");
         assert_eq!(
             (j.max_deliveries, j.claim_idle_ms, j.status_ttl_s),
             (5, 30_000, 86_400)

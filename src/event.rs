@@ -46,8 +46,22 @@ pub enum Disposition {
 /// A write the plugin asked for while handling an event; committed with the event's ack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// `XADD stream * fields…`
-    Emit { stream: String, fields: Vec<Field> },
+    /// `XADD stream [MAXLEN ~ max_len] * fields…`
+    Emit {
+        stream: String,
+        fields: Vec<Field>,
+        /// Trim the stream to about this many entries.
+        max_len: Option<u64>,
+    },
+}
+
+impl Effect {
+    /// The stream this effect appends to.
+    pub fn stream(&self) -> &str {
+        match self {
+            Effect::Emit { stream, .. } => stream,
+        }
+    }
 }
 
 /// Why handling an event failed. Each is a failure of that event only.

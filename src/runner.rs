@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 
-use crate::event::{Effect, Event, FailureKind, Handler, Outcome};
+use crate::event::{Event, FailureKind, Handler, Outcome};
 use crate::policy::{Decision, DeliveryPolicy};
 use crate::store::stream::{Committed, StreamCommitter, StreamReader};
 use crate::store::{self, StoreError};
@@ -137,7 +137,8 @@ async fn read_stage(
     // a restarted host first picks up what a dead one left.
     let mut next_retry_check = Instant::now();
     let mut next_reclaim = Instant::now();
-    let mut cursor = "0-0".to_string();
+    let mut cursor = "-".to_string();
+    let started = Instant::now();
     let reclaim_every = Duration::from_millis(policy.claim_idle_ms / 2)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !*stop.borrow() {
@@ -148,6 +149,7 @@ async fn read_stage(
             &mut next_reclaim,
             &mut cursor,
             reclaim_every,
+            started,
         )
         .await;
         match step {
@@ -178,6 +180,7 @@ async fn read_step(
     next_reclaim: &mut Instant,
     cursor: &mut String,
     reclaim_every: Duration,
+    started: Instant,
 ) -> Result<Vec<Vec<Event>>, StoreError> {
     let mut batches = Vec::new();
     let now = Instant::now();
@@ -191,7 +194,12 @@ async fn read_step(
     }
     if now >= *next_reclaim {
         let (idle, next) = reader
-            .reclaim(policy.batch, policy.claim_idle_ms, cursor)
+            .reclaim(
+                policy.batch,
+                policy.claim_idle_ms,
+                cursor,
+                started.elapsed().as_millis() as u64,
+            )
             .await?;
         if !idle.is_empty() {
             tracing::info!(
@@ -201,7 +209,7 @@ async fn read_step(
             );
         }
         // Go on scanning at once until the scan goes round, then pause.
-        if next == "0-0" {
+        if next == "-" {
             *next_reclaim = now + reclaim_every;
         }
         *cursor = next;
@@ -333,7 +341,7 @@ async fn commit(
                 );
                 for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
                     let emits_there = matches!(outcome, Outcome::Handled { effects, .. }
-                        if effects.iter().any(|Effect::Emit { stream, .. }| *stream == bad.key));
+                        if effects.iter().any(|e| e.stream() == bad.key));
                     if emits_there {
                         tracing::warn!(job = &*job, event = %event.id, "event failed: {message}");
                         *outcome = Outcome::failed(FailureKind::Limit, message.clone());

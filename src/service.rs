@@ -55,6 +55,7 @@ pub fn load_plugins(
 pub fn prepare_handler(
     plugin: Arc<LoadedPlugin>,
     job: &JobConfig,
+    prefix: &str,
 ) -> anyhow::Result<PluginHandler> {
     let mut handler = PluginHandler::new(
         plugin,
@@ -62,7 +63,7 @@ pub fn prepare_handler(
             job: job.name.as_str().into(),
             plugin: job.plugin.as_str().into(),
             config: job.plugin_config(),
-            limits: job.limits(),
+            limits: job.limits(prefix),
         },
     );
     handler
@@ -123,15 +124,18 @@ async fn wait_for_redis(url: &str) -> anyhow::Result<()> {
         // One attempt at a time (no client-side retries), so that the wait is logged at once.
         let attempt = tokio::time::timeout(Duration::from_secs(2), async {
             let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn)
+                .await
         })
         .await;
         let error = match attempt {
-            Ok(Ok(_)) => {
+            Ok(Ok(info)) => {
                 if warned {
                     tracing::info!(redis = %redact_url(url), "redis is up");
                 }
-                return Ok(());
+                return check_version(&info);
             }
             Ok(Err(e)) => StoreError::from(e),
             Err(_) => StoreError::Timeout,
@@ -146,6 +150,25 @@ async fn wait_for_redis(url: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
     }
+}
+
+/// sluice needs Redis 7.0 or later: `XPENDING … IDLE` and exclusive ranges (6.2), XCLAIM
+/// dropping entries deleted from the stream from the pending list (7.0).
+fn check_version(info: &str) -> anyhow::Result<()> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        bail!("sluice needs Redis 7.0 or later; this server is {version:?}");
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -165,7 +188,7 @@ async fn serve(
             failed_jobs += 1;
             continue;
         };
-        let handler = match prepare_handler(plugin.clone(), job) {
+        let handler = match prepare_handler(plugin.clone(), job, &config.host.prefix) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(job = %job.name, "{e:#}");
@@ -173,6 +196,17 @@ async fn serve(
                 continue;
             }
         };
+        let worst_batch_ms = job.batch as u64 * job.deadline_ms;
+        if worst_batch_ms >= job.claim_idle_ms {
+            tracing::warn!(
+                job = %job.name,
+                "a batch may take up to {worst_batch_ms} ms (batch × deadline_ms), not less than \
+                 claim_idle_ms ({}): other hosts may take over entries still in flight; nothing \
+                 is duplicated, but deliveries are wasted. Lower batch or deadline_ms, or raise \
+                 claim_idle_ms.",
+                job.claim_idle_ms
+            );
+        }
         let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
         let connect = || async {
             store::connect(url, timeout)

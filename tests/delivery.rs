@@ -499,3 +499,165 @@ fn a_producer_can_wait_for_its_result_on_the_events_channel() {
         Some(0)
     );
 }
+
+#[test]
+fn a_very_wide_entry_is_dead_lettered_and_replayed_whole() {
+    const FIELDS: usize = 5000;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    // echo re-emits every field: over the host's 1000-fields-per-emit limit, so it fails.
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "j",
+        "in",
+        "max_deliveries = 1",
+        "target = \"out\"",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    let mut add = redis::cmd("XADD");
+    add.arg("in").arg("*");
+    for i in 0..FIELDS {
+        add.arg(format!("f{i}")).arg(i);
+    }
+    let _: String = add.query(&mut conn).unwrap();
+    publish(&mut conn, "in", 3, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(20), || {
+        counter(&mut conn, "j", "in", "received") == 4
+    }));
+    assert_eq!(counter(&mut conn, "j", "in", "dead"), 1);
+    assert_eq!(
+        counter(&mut conn, "j", "in", "acked"),
+        3,
+        "the batch went on"
+    );
+    let letters = json(&["--redis", &redis.url, "dlq", "list", "j", "--json"]);
+    assert_eq!(
+        letters[0]["fields_in"], "source",
+        "too wide to copy in the script"
+    );
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("5000 fields exceed"),
+        "{}",
+        letters[0]
+    );
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+
+    let out = sluice(&["--redis", &redis.url, "dlq", "replay", "j", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replayed 1"),
+        "{out:?}"
+    );
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg("in")
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(last[0].1.len(), FIELDS, "replayed with every field");
+    assert_eq!(last[0].1[4999], ("f4999".to_string(), "4999".to_string()));
+}
+
+#[test]
+fn a_consumer_group_deleted_under_a_running_host_is_created_again() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "j",
+        "in",
+        "start = \"new\"",
+        "target = \"out\"",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 0
+        && redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg("in")
+            .query::<redis::Value>(&mut conn)
+            .is_ok()));
+    publish(&mut conn, "in", 5, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 5));
+    let _: u64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("in")
+        .arg("sluice:j")
+        .query(&mut conn)
+        .unwrap();
+    // start = "new": the recreated group does not hand the old entries over again.
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&host.log)
+            .unwrap()
+            .contains("creating it again")
+    }));
+    publish(&mut conn, "in", 5, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&mut conn, "j", "in", "acked"), 10);
+    assert_eq!(conn.xlen::<_, u64>("out").unwrap(), 10);
+    assert_eq!(
+        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_host_with_a_fixed_consumer_name_takes_back_what_its_previous_life_held() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 10\ndeadline_ms = 10000\nclaim_idle_ms = 500",
+        "target = \"out\"",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[host]", "[host]\nconsumer = \"fixed\"");
+    std::fs::write(&cfg, text).unwrap();
+    publish(
+        &mut conn,
+        "in",
+        10,
+        &[("action", "emit"), ("spin_ms", "300"), ("n", "{i}")],
+    );
+    let log = dir.path().join("host.log");
+    let mut first = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 10));
+    first.kill9();
+    let mut second = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    let (dups, missing) = exactly_once(&field_values(&mut conn, "out", "n"), 10);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    assert_eq!(
+        second.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

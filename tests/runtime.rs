@@ -63,7 +63,8 @@ fn echo_emits_to_the_configured_target_or_the_default() {
             disposition: Disposition::Ack,
             effects: vec![Effect::Emit {
                 stream: "t".into(),
-                fields: expected_fields.clone()
+                fields: expected_fields.clone(),
+                max_len: None,
             }],
         }]
     );
@@ -74,7 +75,8 @@ fn echo_emits_to_the_configured_target_or_the_default() {
             disposition: Disposition::Ack,
             effects: vec![Effect::Emit {
                 stream: "in:out".into(),
-                fields: expected_fields
+                fields: expected_fields,
+                max_len: None,
             }],
         }]
     );
@@ -146,4 +148,58 @@ fn init_failure_is_reported_when_preparing() {
     let err = h.prepare().unwrap_err();
     assert_eq!(err.kind, FailureKind::Init);
     assert!(err.message.contains("init told to fail"), "{}", err.message);
+}
+
+#[test]
+fn emit_capped_and_the_clock_reach_the_plugin() {
+    let mut h = handler("chaos", &[("target", "t")]);
+    let out = h.handle_batch(&[event("1-0", &[("action", "emit"), ("max_len", "10")])]);
+    match &out[0] {
+        Outcome::Handled { effects, .. } => {
+            assert!(
+                matches!(
+                    &effects[0],
+                    Effect::Emit {
+                        max_len: Some(10),
+                        ..
+                    }
+                ),
+                "{effects:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let out = h.handle_batch(&[event("2-0", &[("action", "now")])]);
+    let Outcome::Handled { effects, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    let Effect::Emit { fields, .. } = &effects[0];
+    let now: u64 = String::from_utf8_lossy(&fields[0].1).parse().unwrap();
+    assert!(now >= before && now < before + 60_000, "{now} vs {before}");
+}
+
+#[test]
+fn emitting_outside_the_allowed_streams_fails_the_event() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime
+        .load_file("chaos", &common::plugin("chaos"))
+        .unwrap();
+    let mut h = PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: "job".into(),
+            plugin: "chaos".into(),
+            config: [("target".to_string(), "sluice:jobs".to_string())].into(),
+            limits: Limits::default(),
+        },
+    );
+    let out = h.handle_batch(&[event("1-0", &[("action", "emit")])]);
+    assert!(
+        matches!(&out[0], Outcome::Failed(f) if f.kind == FailureKind::Limit && f.message.contains("allowed streams")),
+        "{out:?}"
+    );
 }

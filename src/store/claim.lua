@@ -5,18 +5,20 @@
 -- ARGV[1] consumer group   ARGV[2] consumer name   ARGV[3] now (ms)   ARGV[4] most entries
 -- ARGV[5] mode:
 --   'due'  — retries whose time has come; returns {next due time or '', entries}
---   'idle' — entries pending on any consumer for longer than ARGV[6] ms, scanned from
---            cursor ARGV[7] (XAUTOCLAIM); returns {next cursor, entries}. An entry that is a
---            retry scheduled for later is taken over but left scheduled, and not counted as
---            a delivery (XAUTOCLAIM … JUSTID).
--- entries: {{id, deliveries, {field, value, …}}, …}; entries deleted from the stream are
--- dropped from the pending list by Redis and not returned.
+--   'idle' — entries pending for longer than ARGV[6] ms, scanned from cursor ARGV[7] (an
+--            XPENDING start: '-' or '(<id>'); returns {next cursor ('-' when the scan went
+--            round), entries}. Skipped: entries this very process holds — owned by this
+--            consumer and delivered less than ARGV[8] ms ago (this process's age); entries of
+--            this consumer name from an earlier process are taken back. A retry scheduled for
+--            later is taken over but left scheduled, without counting a delivery (JUSTID).
+-- entries: {{id, deliveries, {field, value, …}}, …}. Entries deleted from the stream are
+-- dropped from the pending list by XCLAIM (Redis ≥ 7.0) and not returned.
 local src, retry = KEYS[1], KEYS[2]
 local group, consumer, now, count, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local out = {}
 
-local function deliver(id)
-  local claimed = redis.call('XCLAIM', src, group, consumer, 0, id)
+local function deliver(id, min_idle)
+  local claimed = redis.call('XCLAIM', src, group, consumer, min_idle, id)
   local entry = claimed[1]
   if entry and entry[2] then
     local p = redis.call('XPENDING', src, group, id, id, 1)
@@ -30,18 +32,26 @@ if mode == 'due' then
   local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, count)
   for _, id in ipairs(due) do
     redis.call('ZREM', retry, id)
-    deliver(id)
+    deliver(id, 0)
   end
   local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
   return {nxt[2] or '', out}
 end
 
-local r = redis.call('XAUTOCLAIM', src, group, consumer, ARGV[6], ARGV[7], 'COUNT', count, 'JUSTID')
-for _, id in ipairs(r[2]) do
-  local due = redis.call('ZSCORE', retry, id)
-  if not (due and tonumber(due) > now) then
-    if due then redis.call('ZREM', retry, id) end
-    deliver(id)
+local min_idle, start, age = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local rows = redis.call('XPENDING', src, group, 'IDLE', min_idle, start, '+', count)
+local cursor = '-'
+if #rows == count then cursor = '(' .. rows[#rows][1] end
+for _, row in ipairs(rows) do
+  local id, owner, idle = row[1], row[2], tonumber(row[3])
+  if not (owner == consumer and idle < age) then
+    local due = redis.call('ZSCORE', retry, id)
+    if due and tonumber(due) > now then
+      redis.call('XCLAIM', src, group, consumer, min_idle, id, 'JUSTID')
+    else
+      if due then redis.call('ZREM', retry, id) end
+      deliver(id, min_idle)
+    end
   end
 end
-return {r[1], out}
+return {cursor, out}

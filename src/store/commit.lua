@@ -13,11 +13,13 @@
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of emits, then per emit: index into KEYS,
---   number of fields, then that many name/value pairs.
+--   max length (0: no trimming), number of fields, then that many name/value pairs.
 --
--- An event is committed only if it is still pending for this consumer: a commit retried
--- after a lost reply, or racing a host that took the entry over, never writes an effect
--- twice. Emit targets are type-checked before anything is written, so a target holding
+-- An event is committed only if it is still pending for this consumer with the delivery
+-- count we handled (and, for a retry, not yet scheduled): a commit retried after a lost reply,
+-- or racing a host that took the entry over, never writes an effect or counts twice. Every
+-- call's arguments stay far below Lua's unpack() bound (the host caps fields per emit; dead
+-- letters copy at most 7000 values), so the script cannot fail half-way on its own input. Emit targets are type-checked before anything is written, so a target holding
 -- another type aborts the whole batch rather than half of it.
 local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -33,12 +35,14 @@ for i = 5, #KEYS do
 end
 
 local function past_emits(pos, n_emits)
-  for _ = 1, n_emits do pos = pos + 2 + 2 * tonumber(ARGV[pos + 1]) end
+  for _ = 1, n_emits do pos = pos + 3 + 2 * tonumber(ARGV[pos + 2]) end
   return pos
 end
 
--- Which entries are still pending for this consumer: one XPENDING over the batch's id range
--- (consumer-filtered) when it can answer for all of them, else one per id.
+-- Which entries are still pending for this consumer, and with how many deliveries: one
+-- XPENDING over the batch's id range (consumer-filtered) when it can answer for all of them,
+-- else one per id. An event is ours to commit only if the group's delivery count is the one
+-- we handled: a newer delivery (a retry taken, a takeover) makes this commit stale.
 local n_events = 0
 do
   local pos = FIRST
@@ -54,12 +58,13 @@ if n_events > 0 then
   ranged = redis.call('XPENDING', src, group, first_id, last_id, limit, consumer)
 end
 if #ranged < limit then
-  for _, entry in ipairs(ranged) do mine[entry[1]] = true end
+  for _, entry in ipairs(ranged) do mine[entry[1]] = entry[4] end
 else
   local pos = FIRST
   while pos <= #ARGV do
     local id = ARGV[pos]
-    mine[id] = #redis.call('XPENDING', src, group, id, id, 1, consumer) > 0
+    local p = redis.call('XPENDING', src, group, id, id, 1, consumer)[1]
+    mine[id] = p and p[4]
     pos = past_emits(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
@@ -72,13 +77,19 @@ while pos <= #ARGV do
   local deliveries, due, text = ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
   local n_emits = tonumber(ARGV[pos + 6])
   pos = pos + 7
-  local ours = mine[id]
+  local ours = mine[id] == tonumber(deliveries)
+  -- A retry already scheduled for this delivery: this commit ran before (its reply was lost).
+  if ours and decision == 'r' and redis.call('ZSCORE', retry, id) then ours = false end
   for _ = 1, n_emits do
-    local key, n = KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1])
+    local key, max_len, n = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], tonumber(ARGV[pos + 2])
     if ours and decision == 'a' then
-      redis.call('XADD', key, '*', unpack(ARGV, pos + 2, pos + 1 + 2 * n))
+      if max_len == '0' then
+        redis.call('XADD', key, '*', unpack(ARGV, pos + 3, pos + 2 + 2 * n))
+      else
+        redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', unpack(ARGV, pos + 3, pos + 2 + 2 * n))
+      end
     end
-    pos = pos + 2 + 2 * n
+    pos = pos + 3 + 2 * n
   end
   if not ours then
     stale = stale + 1
@@ -94,10 +105,14 @@ while pos <= #ARGV do
       if tonumber(deliveries) > 1 then redis.call('ZREM', retry, id) end
       to_ack[#to_ack + 1] = id
       if decision == 'd' then
-        local meta = {'sluice:source-id', id, 'sluice:source', src, 'sluice:deliveries', deliveries,
-                      'sluice:error', text, 'sluice:plugin', plugin, 'sluice:dead-at', now}
+        -- The original fields are copied when they fit in one call (Lua's unpack() is
+        -- bounded); otherwise they stay readable in the source stream at source-id.
         local entry = redis.call('XRANGE', src, id, id)[1]
-        if entry then
+        local copied = entry and #entry[2] <= 7000
+        local meta = {'sluice:source-id', id, 'sluice:source', src, 'sluice:deliveries', deliveries,
+                      'sluice:error', text, 'sluice:plugin', plugin, 'sluice:dead-at', now,
+                      'sluice:fields', copied and 'inline' or (entry and 'source' or 'deleted')}
+        if copied then
           for _, v in ipairs(entry[2]) do meta[#meta + 1] = v end
         end
         redis.call('XADD', dlq, '*', unpack(meta))

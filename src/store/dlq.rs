@@ -3,7 +3,10 @@
 //! Keys: the job's dead-letter stream ([`Keys::dlq`]) and source stream, found through the
 //! registry ([`Keys::jobs`]). A dead letter's fields are, in order: `sluice:source-id`,
 //! `sluice:source`, `sluice:deliveries`, `sluice:error`, `sluice:plugin`, `sluice:dead-at`,
-//! then the original entry's fields.
+//! `sluice:fields`, then the original entry's fields. `sluice:fields` is `inline` when they
+//! follow; `source` when the entry was too wide to copy in the commit script (its fields stay
+//! readable in the source stream at the source id: the ack does not delete it); `deleted` when
+//! the entry had been deleted from the source before it died.
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
@@ -12,7 +15,7 @@ use serde::Serialize;
 use super::{Keys, StoreError};
 
 /// Metadata pairs before the original fields.
-const META_FIELDS: usize = 6;
+const META_FIELDS: usize = 7;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -29,6 +32,9 @@ pub struct DeadLetter {
     pub plugin: String,
     /// When it died, ms since the epoch.
     pub dead_at: u64,
+    /// Where the original fields are: `inline` (in `fields`), `source` (in the source
+    /// stream at `source_id`), `deleted` (gone).
+    pub fields_in: String,
     /// The original fields (values shown as UTF-8, lossily).
     pub fields: Vec<(String, String)>,
 }
@@ -92,14 +98,17 @@ fn parse(id: String, flat: Vec<Vec<u8>>) -> DeadLetter {
         error: meta("sluice:error"),
         plugin: meta("sluice:plugin"),
         dead_at: meta("sluice:dead-at").parse().unwrap_or(0),
+        fields_in: meta("sluice:fields"),
         fields: pairs.into_iter().skip(META_FIELDS).collect(),
         id,
     }
 }
 
 /// Replay dead letters by id: each becomes a new entry of the source stream (delivered
-/// afresh, delivery count 1) and leaves the dead-letter stream, atomically. Returns
-/// (dead-letter id, new source id or None if it could not be replayed).
+/// afresh, delivery count 1) and leaves the dead-letter stream, in one `MULTI`/`EXEC` guarded
+/// by `WATCH` (so two replays of one dead letter cannot both append it). Returns
+/// (dead-letter id, new source id, or None if there is no such dead letter or its fields are
+/// gone). Runs client-side: entries of any width, no script argument limit.
 pub async fn replay<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -107,21 +116,59 @@ pub async fn replay<C: ConnectionLike + Send>(
     source: &str,
     ids: &[String],
 ) -> Result<Vec<(String, Option<String>)>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let script = redis::Script::new(include_str!("replay.lua"));
-    let mut invocation = script.prepare_invoke();
-    invocation.key(keys.dlq(job, source)).key(source);
+    let dlq = keys.dlq(job, source);
+    let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        invocation.arg(id);
+        let new_id = loop {
+            let _: () = redis::cmd("WATCH").arg(&dlq).query_async(conn).await?;
+            let entry: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                .arg(&dlq)
+                .arg(id)
+                .arg(id)
+                .query_async(conn)
+                .await?;
+            let Some((_, flat)) = entry.into_iter().next() else {
+                let _: () = redis::cmd("UNWATCH").query_async(conn).await?;
+                break None;
+            };
+            let letter = parse(id.clone(), flat.clone());
+            let original: Vec<Vec<u8>> = match letter.fields_in.as_str() {
+                "source" => {
+                    let found: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                        .arg(source)
+                        .arg(&letter.source_id)
+                        .arg(&letter.source_id)
+                        .query_async(conn)
+                        .await?;
+                    found.into_iter().next().map(|(_, f)| f).unwrap_or_default()
+                }
+                _ => flat.into_iter().skip(2 * META_FIELDS).collect(),
+            };
+            if original.is_empty() {
+                let _: () = redis::cmd("UNWATCH").query_async(conn).await?;
+                break None;
+            }
+            let mut add = redis::cmd("XADD");
+            add.arg(source).arg("*");
+            for value in &original {
+                add.arg(value.as_slice());
+            }
+            let result: Option<(String, u64)> = redis::pipe()
+                .atomic()
+                .add_command(add)
+                .cmd("XDEL")
+                .arg(&dlq)
+                .arg(id)
+                .query_async(conn)
+                .await?;
+            // None: the dead-letter stream changed under us (EXEC aborted); look again.
+            if let Some((new_id, _)) = result {
+                break Some(new_id);
+            }
+        };
+        out.push((id.clone(), new_id));
     }
-    let new_ids: Vec<String> = invocation.invoke_async(conn).await?;
-    Ok(ids
-        .iter()
-        .cloned()
-        .zip(new_ids.into_iter().map(|n| (!n.is_empty()).then_some(n)))
-        .collect())
+    Ok(out)
 }
 
 /// Delete dead letters by id; returns how many were deleted.
@@ -157,6 +204,8 @@ mod tests {
             "abc",
             "sluice:dead-at",
             "42",
+            "sluice:fields",
+            "inline",
             "sluice:source-id",
             "original field with a meta name",
             "k",
@@ -170,6 +219,7 @@ mod tests {
         assert_eq!(d.deliveries, 5);
         assert_eq!(d.error, "trap: boom");
         assert_eq!(d.dead_at, 42);
+        assert_eq!(d.fields_in, "inline");
         assert_eq!(
             d.fields,
             vec![

@@ -132,6 +132,7 @@ pub async fn open(
             conn: read_conn,
             job: job.clone(),
             claim: Script::new(include_str!("claim.lua")),
+            start,
         },
         StreamCommitter {
             conn: commit_conn,
@@ -170,6 +171,8 @@ pub struct StreamReader {
     job: Arc<StreamJob>,
     /// The claim script (EVALSHA, loaded on first use).
     claim: Script,
+    /// Where the group starts if it has to be created again.
+    start: StartFrom,
 }
 
 impl StreamReader {
@@ -192,17 +195,10 @@ impl StreamReader {
             .arg(">")
             .query_async(&mut self.conn)
             .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // The stream or group was deleted under us: recreate it and read again later.
-                tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished; recreating it");
-                ensure_group(&mut self.conn, &self.job, StartFrom::Beginning).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        parse_read_reply(reply, &self.job.job)
+        match reply {
+            Ok(reply) => parse_read_reply(reply, &self.job.job),
+            Err(e) => self.recover(e).await.map(|()| Vec::new()),
+        }
     }
 }
 
@@ -213,45 +209,68 @@ impl StreamReader {
         &mut self,
         count: usize,
     ) -> Result<(Vec<Event>, Option<u64>), StoreError> {
-        let reply: Value = self
-            .claim
-            .key(&self.job.stream)
-            .key(&self.job.retry_key)
-            .arg(&self.job.group)
-            .arg(&self.job.consumer)
-            .arg(now_ms())
-            .arg(count)
-            .arg("due")
-            .invoke_async(&mut self.conn)
-            .await?;
-        let (next, events) = parse_claim_reply(reply, &self.job)?;
+        let (next, events) = self.claim(count, &["due".into()]).await?;
         Ok((events, next.parse().ok()))
     }
 
-    /// Take over entries idle on any consumer for longer than `min_idle_ms` (at most
-    /// `count`), scanning from `cursor`; returns them and the cursor to go on from
-    /// (`0-0` when the scan went round).
+    /// Take over entries idle for longer than `min_idle_ms` on other consumers, or on this
+    /// consumer name from before this process started `age_ms` ago (at most `count`),
+    /// scanning from `cursor` (`-` to start); returns them and the cursor to go on from
+    /// (`-` when the scan went round).
     pub async fn reclaim(
         &mut self,
         count: usize,
         min_idle_ms: u64,
         cursor: &str,
+        age_ms: u64,
     ) -> Result<(Vec<Event>, String), StoreError> {
-        let reply: Value = self
-            .claim
+        let mode = [
+            "idle".into(),
+            min_idle_ms.to_string(),
+            cursor.into(),
+            age_ms.to_string(),
+        ];
+        let (cursor, events) = self.claim(count, &mode).await?;
+        Ok((events, cursor))
+    }
+
+    /// Run `claim.lua` in a mode (its ARGV from 5 on); returns its head value and events.
+    async fn claim(
+        &mut self,
+        count: usize,
+        mode: &[String],
+    ) -> Result<(String, Vec<Event>), StoreError> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
             .key(&self.job.stream)
             .key(&self.job.retry_key)
             .arg(&self.job.group)
             .arg(&self.job.consumer)
             .arg(now_ms())
-            .arg(count)
-            .arg("idle")
-            .arg(min_idle_ms)
-            .arg(cursor)
-            .invoke_async(&mut self.conn)
-            .await?;
-        let (cursor, events) = parse_claim_reply(reply, &self.job)?;
-        Ok((events, cursor))
+            .arg(count);
+        for arg in mode {
+            invocation.arg(arg);
+        }
+        let reply: redis::RedisResult<Value> = invocation.invoke_async(&mut self.conn).await;
+        match reply {
+            Ok(reply) => parse_claim_reply(reply, &self.job),
+            Err(e) => self
+                .recover(e)
+                .await
+                .map(|()| ("-".to_string(), Vec::new())),
+        }
+    }
+
+    /// After a failed read: if the stream or group was deleted under us (NOGROUP), create it
+    /// again (from the job's `start`) and report nothing read; any other error is returned.
+    async fn recover(&mut self, e: redis::RedisError) -> Result<(), StoreError> {
+        let nogroup =
+            e.code() == Some("NOGROUP") || e.detail().is_some_and(|d| d.contains("NOGROUP"));
+        if !nogroup {
+            return Err(e.into());
+        }
+        tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished; creating it again");
+        ensure_group(&mut self.conn, &self.job, self.start).await
     }
 }
 
@@ -340,13 +359,21 @@ impl StreamCommitter {
                 .arg(due)
                 .arg(text)
                 .arg(effects.len());
-            for Effect::Emit { stream, fields } in effects {
+            for Effect::Emit {
+                stream,
+                fields,
+                max_len,
+            } in effects
+            {
                 let next = targets.len() + 5;
                 let index = *targets.entry(stream.as_str()).or_insert_with(|| {
                     invocation.key(stream.as_str());
                     next
                 });
-                invocation.arg(index).arg(fields.len());
+                invocation
+                    .arg(index)
+                    .arg(max_len.unwrap_or(0))
+                    .arg(fields.len());
                 for (name, value) in fields {
                     invocation.arg(name).arg(value);
                 }

@@ -1,7 +1,9 @@
 //! chaos: a test fixture steered by the event's `action` field.
 //!
 //! - `ok` (or no `action`): ack, no effects;
-//! - `emit`: emit the fields to config `target` (default source + `:out`), ack;
+//! - `emit`: emit the fields to config `target` (default source + `:out`), ack; with a
+//!   field `max_len`, trim the target to about that many entries;
+//! - `now`: emit `{now: <host clock ms>}` to the target, ack;
 //! - `error`: return a handler error (message from field `message`, default "chaos error");
 //! - `trap`: panic (a trap in the host);
 //! - `loop`: spin forever (stopped by the host's deadline);
@@ -16,7 +18,8 @@ wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 
 use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
 use sluice::plugin::config::config_get;
-use sluice::plugin::effects::emit;
+use sluice::plugin::clock::now;
+use sluice::plugin::effects::{emit, emit_capped};
 use sluice::plugin::log::{Level, log};
 
 struct Chaos;
@@ -57,7 +60,18 @@ impl Guest for Chaos {
             b"emit" => {
                 let target =
                     config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
-                emit(&target, &event.fields).map_err(|message| HandlerError { message })?;
+                let result = match text(&event, "max_len", "").parse::<u64>() {
+                    Ok(max_len) => emit_capped(&target, &event.fields, max_len),
+                    Err(_) => emit(&target, &event.fields),
+                };
+                result.map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"now" => {
+                let target =
+                    config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
+                let fields = vec![("now".to_string(), now().to_string().into_bytes())];
+                emit(&target, &fields).map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }
             b"error" => Err(HandlerError {

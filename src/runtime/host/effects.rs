@@ -1,5 +1,6 @@
-//! `sluice:plugin/effects`: writes are checked against the job's limits and buffered in the
-//! call state; the job runner commits them with the event's ack.
+//! `sluice:plugin/effects`: writes are checked against the job's limits (names, sizes,
+//! effects per event, the job's allowed streams) and buffered in the call state; the job
+//! runner commits them with the event's ack.
 
 use super::super::bindings::sluice::plugin::effects::Host;
 use super::HostState;
@@ -7,6 +8,26 @@ use crate::event::{Effect, Field};
 
 impl Host for HostState {
     fn emit(&mut self, stream: String, fields: Vec<Field>) -> Result<(), String> {
+        self.buffer_emit(stream, fields, None)
+    }
+
+    fn emit_capped(
+        &mut self,
+        stream: String,
+        fields: Vec<Field>,
+        max_len: u64,
+    ) -> Result<(), String> {
+        self.buffer_emit(stream, fields, Some(max_len))
+    }
+}
+
+impl HostState {
+    fn buffer_emit(
+        &mut self,
+        stream: String,
+        fields: Vec<Field>,
+        max_len: Option<u64>,
+    ) -> Result<(), String> {
         let limits = &self.guest.limits;
         let problem = if stream.is_empty() {
             Some("emit: the stream name is empty".to_string())
@@ -16,9 +37,24 @@ impl Host for HostState {
                 stream.len(),
                 limits.max_name_bytes
             ))
+        } else if !limits.stream_allowed(&stream) {
+            Some(format!(
+                "emit to `{stream}`: not among the job's allowed streams ({})",
+                if limits.allowed_streams.is_empty() {
+                    format!("any but `{}*`", limits.reserved_prefix)
+                } else {
+                    limits.allowed_streams.join(", ")
+                }
+            ))
         } else if fields.is_empty() {
             Some(format!(
                 "emit to `{stream}`: an entry needs at least one field"
+            ))
+        } else if fields.len() > limits.max_fields {
+            Some(format!(
+                "emit to `{stream}`: {} fields exceed the limit of {}",
+                fields.len(),
+                limits.max_fields
             ))
         } else if self.call.effects.len() >= limits.max_effects {
             Some(format!(
@@ -37,7 +73,11 @@ impl Host for HostState {
         if let Some(problem) = problem {
             return Err(self.violate(problem));
         }
-        self.call.effects.push(Effect::Emit { stream, fields });
+        self.call.effects.push(Effect::Emit {
+            stream,
+            fields,
+            max_len,
+        });
         Ok(())
     }
 }
@@ -57,12 +97,7 @@ mod tests {
         let mut s = state(&[], Limits::default());
         s.emit("a".into(), field()).unwrap();
         s.emit("b".into(), field()).unwrap();
-        let streams: Vec<_> = s
-            .call
-            .effects
-            .iter()
-            .map(|Effect::Emit { stream, .. }| stream.as_str())
-            .collect();
+        let streams: Vec<_> = s.call.effects.iter().map(Effect::stream).collect();
         assert_eq!(streams, ["a", "b"]);
         assert!(s.call.violation.is_none());
     }
@@ -79,6 +114,34 @@ mod tests {
         assert!(err.contains("more than 1 effects"), "{err}");
         assert_eq!(s.call.violation.as_deref(), Some(err.as_str()));
         assert_eq!(s.call.effects.len(), 1);
+    }
+
+    #[test]
+    fn only_allowed_streams_can_be_emitted_to() {
+        let limits = Limits {
+            allowed_streams: vec!["out".into(), "audit:*".into()],
+            ..Limits::default()
+        };
+        let mut s = state(&[], limits);
+        s.emit("out".into(), field()).unwrap();
+        s.emit("audit:eu".into(), field()).unwrap();
+        let err = s.emit("sluice:jobs".into(), field()).unwrap_err();
+        assert!(err.contains("not among the job's allowed streams"), "{err}");
+        assert_eq!(s.call.effects.len(), 2);
+        assert!(s.call.violation.is_some());
+    }
+
+    #[test]
+    fn emit_capped_records_the_cap() {
+        let mut s = state(&[], Limits::default());
+        s.emit_capped("out".into(), field(), 100).unwrap();
+        assert!(matches!(
+            &s.call.effects[0],
+            Effect::Emit {
+                max_len: Some(100),
+                ..
+            }
+        ));
     }
 
     #[test]

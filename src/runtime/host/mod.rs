@@ -5,6 +5,7 @@
 //! before it is buffered, and a violation fails the event (it never reaches Redis), even if
 //! the guest ignores the error it was given.
 
+mod clock;
 mod config;
 mod effects;
 mod log;
@@ -36,6 +37,28 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Longest log message kept (longer ones are cut).
     pub max_log_bytes: usize,
+    /// Most fields in one emitted entry.
+    pub max_fields: usize,
+    /// Streams the plugin may emit to: exact names, or prefixes ending in `*`. Empty: any
+    /// stream except sluice's own keys (those under the key prefix).
+    pub allowed_streams: Vec<String>,
+    /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
+    pub reserved_prefix: String,
+}
+
+impl Limits {
+    /// May the plugin append to `stream`?
+    pub fn stream_allowed(&self, stream: &str) -> bool {
+        if self.allowed_streams.is_empty() {
+            return self.reserved_prefix.is_empty() || !stream.starts_with(&self.reserved_prefix);
+        }
+        self.allowed_streams
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => stream.starts_with(prefix),
+                None => stream == pattern,
+            })
+    }
 }
 
 impl Default for Limits {
@@ -47,6 +70,9 @@ impl Default for Limits {
             max_name_bytes: 512,
             max_payload_bytes: 1 << 20,
             max_log_bytes: 8 << 10,
+            max_fields: 1000,
+            allowed_streams: Vec::new(),
+            reserved_prefix: "sluice:".into(),
         }
     }
 }
@@ -218,6 +244,19 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo".into(), 2), "h…");
         assert_eq!(truncate("abc".into(), 3), "abc");
+    }
+
+    #[test]
+    fn by_default_any_stream_but_sluices_own_keys() {
+        let l = Limits::default();
+        assert!(l.stream_allowed("events:out"));
+        assert!(!l.stream_allowed("sluice:{events}:job:x:dlq"));
+        let l = Limits {
+            allowed_streams: vec!["a".into(), "b:*".into()],
+            ..Limits::default()
+        };
+        assert!(l.stream_allowed("a") && l.stream_allowed("b:1"));
+        assert!(!l.stream_allowed("ab") && !l.stream_allowed("c"));
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! The store against a real redis-server, without a host: the commit script's fencing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice::event::{Disposition, Effect, Event, FailureKind, Outcome};
+use sluice::policy::Decision;
+use sluice::store::stream::{self, StartFrom, StreamCommitter, StreamJob, StreamReader};
+use sluice::store::{self, Keys};
+
+async fn open(url: &str) -> (StreamReader, StreamCommitter) {
+    let job = StreamJob::new(&Keys::new("sluice"), "j", "p", "in", "c1");
+    let read = store::connect(url, Duration::from_secs(10)).await.unwrap();
+    let commit = store::connect(url, Duration::from_secs(10)).await.unwrap();
+    stream::open(read, commit, job, StartFrom::Beginning)
+        .await
+        .unwrap()
+}
+
+fn acked(events: &[Event]) -> Vec<Outcome> {
+    events
+        .iter()
+        .map(|e| Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "out".into(),
+                fields: e.fields.clone(),
+                max_len: None,
+            }],
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_run_twice_writes_and_counts_once() {
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 3, &[("n", "{i}")]);
+    let events = reader.read(10, 100).await.unwrap();
+    assert_eq!(events.len(), 3);
+    let outcomes = acked(&events);
+    let decisions = vec![Decision::Ack; 3];
+    let first = committer
+        .commit(&events, &outcomes, &decisions)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.acked, first.stale), (3, 0));
+    // The same commit again, as after a lost reply: nothing written, nothing counted.
+    let again = committer
+        .commit(&events, &outcomes, &decisions)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.acked, again.stale), (0, 3));
+    assert_eq!(
+        redis::cmd("XLEN")
+            .arg("out")
+            .query::<u64>(&mut conn)
+            .unwrap(),
+        3
+    );
+    assert_eq!(counter(&mut conn, "j", "in", "received"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_commit_run_twice_schedules_and_counts_once() {
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 1, &[("n", "0")]);
+    let events = reader.read(10, 100).await.unwrap();
+    let outcomes = vec![Outcome::failed(FailureKind::Error, "boom")];
+    let decisions = vec![Decision::Retry {
+        delay: Duration::from_secs(60),
+        error: "error: boom".into(),
+    }];
+    let first = committer
+        .commit(&events, &outcomes, &decisions)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.retried, first.stale), (1, 0));
+    let again = committer
+        .commit(&events, &outcomes, &decisions)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.retried, again.stale), (0, 1));
+    assert_eq!(counter(&mut conn, "j", "in", "retried"), 1);
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_for_an_older_delivery_is_stale() {
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 1, &[("n", "0")]);
+    let first_delivery = reader.read(10, 100).await.unwrap();
+    // Another delivery of the same entry happens (a takeover claims it back to us).
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg("in")
+        .arg("sluice:j")
+        .arg("c1")
+        .arg(0)
+        .arg(&first_delivery[0].id)
+        .query(&mut conn)
+        .unwrap();
+    let outcomes = acked(&first_delivery);
+    let done = committer
+        .commit(&first_delivery, &outcomes, &[Decision::Ack])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.acked, done.stale),
+        (0, 1),
+        "the newer delivery commits, not this one"
+    );
+}
