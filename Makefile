@@ -5,7 +5,6 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PLUGINS := echo chaos wrong-world
 WASM_DIR := plugins/target/wasm32-wasip2/release
 
 .PHONY: all deps plugins build demo test lint bench clean
@@ -19,19 +18,22 @@ deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || { \
 	  echo "adding the wasm32-wasip2 Rust target"; rustup target add wasm32-wasip2; }
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' && \
+	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || { \
+	  echo "adding the rustfmt and clippy components"; rustup component add rustfmt clippy; }
 
 ## plugins: build every plugin in plugins/ into plugins/dist/<name>.wasm
 plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2
 	@mkdir -p plugins/dist
-	@for p in $(PLUGINS); do \
-	  src=$(WASM_DIR)/$${p//-/_}.wasm; \
-	  cmp -s $$src plugins/dist/$$p.wasm || cp $$src plugins/dist/$$p.wasm; done
+	@for src in $(WASM_DIR)/*.wasm; do \
+	  name=$$(basename $$src .wasm); dst=plugins/dist/$${name//_/-}.wasm; \
+	  cmp -s $$src $$dst || cp $$src $$dst; done
 	@ls -l plugins/dist
 
-## build: the host binary
+## build: the host binary (with the tests' feature set, so `make test` reuses the build)
 build:
-	$(CARGO) build
+	$(CARGO) build --all-targets
 
 ## demo: run the host on examples/sluice.toml with an embedded Redis, publish, show the result
 demo: deps plugins build

@@ -489,6 +489,9 @@ async fn event_get(
         if let Some(p) = &status.plugin {
             println!("plugin    {p}");
         }
+        if let Some(n) = &status.note {
+            println!("note      {n}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -34,6 +34,8 @@ pub struct EventStatus {
     pub consumer: Option<String>,
     /// When it is due again, while retrying (ms since the epoch).
     pub retry_at: Option<u64>,
+    /// How the status was worked out, when there is no record to go by.
+    pub note: Option<String>,
 }
 
 /// Replies of the pipeline in [`get`]: record, XPENDING row, retry due time, the entry.
@@ -101,7 +103,14 @@ pub async fn get<C: ConnectionLike + Send>(
     } else {
         let delivered = last_delivered(conn, source, &group).await?;
         status.status = match delivered {
-            Some(last) if parse_id(id) <= parse_id(&last) => "done",
+            Some(last) if parse_id(id) <= parse_id(&last) => {
+                status.note = Some(
+                    "no status record: acknowledged by the consumer group, so done on its first \
+                     delivery (or its record expired)"
+                        .into(),
+                );
+                "done"
+            }
             _ => "pending",
         }
         .into();
