@@ -484,6 +484,7 @@ fn prepared(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             limits: Limits::default(),
+            state: None,
         },
     );
     h.prepare().map_err(|f| anyhow::anyhow!("{f}"))?;

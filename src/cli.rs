@@ -277,7 +277,7 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
             ok = false;
             continue;
         };
-        match service::prepare_handler(plugin.clone(), job, &config.host.prefix) {
+        match service::prepare_handler(plugin.clone(), job, &config.host.prefix, None) {
             Ok(_) => println!(
                 "job {}: ok (stream {} → plugin {}, init accepted the config)",
                 job.name,

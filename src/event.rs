@@ -44,6 +44,8 @@ pub enum Disposition {
 }
 
 /// A write the plugin asked for while handling an event; committed with the event's ack.
+/// Names of keys, counters and windows are the plugin's own: the store puts them under the
+/// job's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `XADD stream [MAXLEN ~ max_len] * fields…`
@@ -53,15 +55,39 @@ pub enum Effect {
         /// Trim the stream to about this many entries.
         max_len: Option<u64>,
     },
+    /// Set a key of the job's key-value store, expiring after `ttl_s` if given.
+    KvSet {
+        key: String,
+        value: Vec<u8>,
+        ttl_s: Option<u32>,
+    },
+    /// Delete a key of the job's key-value store.
+    KvDelete { key: String },
+    /// Add to a job counter, which expires `ttl_s` after this update if given.
+    CounterAdd {
+        name: String,
+        delta: i64,
+        ttl_s: Option<u32>,
+    },
+    /// Record `id` in a job window at `at_ms` (ms since the epoch).
+    WindowAdd {
+        name: String,
+        id: String,
+        at_ms: u64,
+    },
 }
 
-impl Effect {
-    /// The stream this effect appends to.
-    pub fn stream(&self) -> &str {
-        match self {
-            Effect::Emit { stream, .. } => stream,
-        }
-    }
+/// Where a plugin's reads of its job state (key-value, counters, windows) go. Implemented by
+/// the store against Redis; reads of what the current batch wrote are answered by the runtime
+/// before asking it.
+pub trait StateReader: Send + Sync {
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn counter_get(&self, name: &str) -> Result<i64, String>;
+    /// How many of `ids` window `name` already holds from `since_ms` on (to count
+    /// distinct ids).
+    fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String>;
+    /// How many ids window `name` holds from `since_ms` on.
+    fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String>;
 }
 
 /// Why handling an event failed. Each is a failure of that event only.
@@ -141,4 +167,10 @@ impl Outcome {
 pub trait Handler: Send + 'static {
     /// Handle every event of the batch, in order; returns one outcome per event.
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome>;
+
+    /// True when handling reads state that earlier batches write: the runner then commits a
+    /// batch before handling the next (no pipelining), so reads see every earlier write.
+    fn reads_state(&self) -> bool {
+        false
+    }
 }

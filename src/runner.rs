@@ -103,10 +103,25 @@ impl JobRunner {
         tracing::info!(job = &*job, stream = %self.reader.job().stream, consumer = %self.reader.job().consumer, "job running");
         let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
+        // Commits done so far; a handler that reads state waits for the previous batch's.
+        let (committed_tx, committed_rx) = watch::channel(0u64);
         let reader = tokio::spawn(read_stage(self.reader, self.policy, stop, read_tx));
         let max = self.delivery.max_deliveries;
-        let handler = tokio::spawn(handle_stage(self.handler, max, read_rx, handled_tx));
-        let stats = commit_stage(self.committer, self.delivery, handled_rx, self.observer).await;
+        let handler = tokio::spawn(handle_stage(
+            self.handler,
+            max,
+            read_rx,
+            handled_tx,
+            committed_rx,
+        ));
+        let stats = commit_stage(
+            self.committer,
+            self.delivery,
+            handled_rx,
+            self.observer,
+            committed_tx,
+        )
+        .await;
         // The committer ends when the handler stage has ended, which ends after the reader.
         let handled = handler.await;
         let _ = reader.await;
@@ -230,8 +245,20 @@ async fn handle_stage(
     max_deliveries: u32,
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
+    mut committed: watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
+    let reads_state = handler.reads_state();
+    let mut handled = 0u64;
     while let Some(events) = input.recv().await {
+        if reads_state {
+            // Every earlier batch must be in Redis before this one reads state.
+            while *committed.borrow_and_update() < handled {
+                if committed.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        handled += 1;
         let (h, events, outcomes) = tokio::task::spawn_blocking(move || {
             let outcomes = handle_batch(handler.as_mut(), &events, max_deliveries);
             (handler, events, outcomes)
@@ -285,6 +312,7 @@ async fn commit_stage(
     delivery: DeliveryPolicy,
     mut input: mpsc::Receiver<Handled>,
     observer: Option<Arc<dyn CommitObserver>>,
+    committed_count: watch::Sender<u64>,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     let mut stats = RunnerStats::default();
@@ -299,6 +327,7 @@ async fn commit_stage(
             observer.committed(&events, &outcomes);
         }
         stats.batches += 1;
+        let _ = committed_count.send(stats.batches);
         stats.committed.acked += committed.acked;
         stats.committed.skipped += committed.skipped;
         stats.committed.retried += committed.retried;
@@ -336,16 +365,21 @@ async fn commit(
             Ok(Ok(committed)) => return committed,
             Ok(Err(bad)) => {
                 let message = format!(
-                    "emit target `{}` holds a {}, not a stream",
+                    "`{}` holds a {}, which this write cannot use",
                     bad.key, bad.kind
                 );
-                for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
-                    let emits_there = matches!(outcome, Outcome::Handled { effects, .. }
-                        if effects.iter().any(|e| e.stream() == bad.key));
-                    if emits_there {
-                        tracing::warn!(job = &*job, event = %event.id, "event failed: {message}");
-                        *outcome = Outcome::failed(FailureKind::Limit, message.clone());
-                    }
+                for &i in &bad.events {
+                    tracing::warn!(job = &*job, event = %events[i].id, "event failed: {message}");
+                    outcomes[i] = Outcome::failed(FailureKind::Limit, message.clone());
+                }
+                if bad.events.is_empty() {
+                    tracing::error!(
+                        job = &*job,
+                        "commit refused for `{}` ({}), used by no event",
+                        bad.key,
+                        bad.kind
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             Err(e) => {

@@ -16,9 +16,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, JobConfig};
+use crate::event::StateReader;
 use crate::runner::{JobRunner, ReadPolicy};
 use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime};
 use crate::store::embedded::EmbeddedRedis;
+use crate::store::state::RedisState;
 use crate::store::stream::{self, StreamJob};
 use crate::store::{self, Keys, StoreError, redact_url};
 
@@ -56,6 +58,7 @@ pub fn prepare_handler(
     plugin: Arc<LoadedPlugin>,
     job: &JobConfig,
     prefix: &str,
+    state: Option<Arc<dyn StateReader>>,
 ) -> anyhow::Result<PluginHandler> {
     let mut handler = PluginHandler::new(
         plugin,
@@ -64,6 +67,7 @@ pub fn prepare_handler(
             plugin: job.plugin.as_str().into(),
             config: job.plugin_config(),
             limits: job.limits(prefix),
+            state,
         },
     );
     handler
@@ -188,7 +192,15 @@ async fn serve(
             failed_jobs += 1;
             continue;
         };
-        let handler = match prepare_handler(plugin.clone(), job, &config.host.prefix) {
+        let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
+        let connect = || async {
+            store::connect(url, timeout)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
+        };
+        let job_key = keys.job(&job.name, job.stream());
+        let state: Arc<dyn StateReader> = Arc::new(RedisState::new(connect().await?, job_key));
+        let handler = match prepare_handler(plugin.clone(), job, &config.host.prefix, Some(state)) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(job = %job.name, "{e:#}");
@@ -207,12 +219,6 @@ async fn serve(
                 job.claim_idle_ms
             );
         }
-        let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
-        let connect = || async {
-            store::connect(url, timeout)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
-        };
         let (read_conn, commit_conn) = (connect().await?, connect().await?);
         let mut stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
         stream_job.plugin_version = plugin.sha256.clone();

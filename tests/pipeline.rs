@@ -229,3 +229,59 @@ fn a_job_whose_init_fails_does_not_start_but_the_host_serves_the_others() {
     let registered: Option<String> = conn.hget("sluice:jobs", "bad").unwrap();
     assert_eq!(registered, None, "the failing job never registered");
 }
+
+#[test]
+fn key_value_and_windows_through_a_plugin_are_committed_with_the_ack() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        config(
+            data.path(),
+            "chaos",
+            "in",
+            "batch = 100",
+            "target = \"out\"",
+        ),
+        &redis.url,
+    );
+    let steps: [&[(&str, &str)]; 9] = [
+        &[("action", "kv-set"), ("key", "colour"), ("value", "blue")],
+        &[("action", "kv-get"), ("key", "colour")],
+        &[
+            ("action", "kv-set"),
+            ("key", "colour"),
+            ("value", "red"),
+            ("ttl", "3600"),
+        ],
+        &[("action", "kv-get"), ("key", "colour")],
+        &[("action", "kv-delete"), ("key", "colour")],
+        &[("action", "kv-get"), ("key", "colour")],
+        &[("action", "window"), ("name", "users"), ("id", "ann")],
+        &[("action", "window"), ("name", "users"), ("id", "bob")],
+        &[("action", "window"), ("name", "users"), ("id", "ann")],
+    ];
+    for fields in steps {
+        publish(&mut conn, "in", 1, fields);
+    }
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "kv-set"), ("key", "kept"), ("value", "v")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "job1", "in", "acked"
+    ) == 10));
+    host.stop().unwrap();
+    // Reads inside one batch saw the earlier events' writes, in order.
+    assert_eq!(field_values(&mut conn, "out", "value"), ["blue", "red", ""]);
+    assert_eq!(field_values(&mut conn, "out", "count"), ["1", "2", "2"]);
+    // And everything reached Redis, in the job's namespace only.
+    let kept: Option<String> = conn.get("sluice:{in}:job:job1:kv:kept").unwrap();
+    assert_eq!(kept.as_deref(), Some("v"));
+    let colour: Option<String> = conn.get("sluice:{in}:job:job1:kv:colour").unwrap();
+    assert_eq!(colour, None);
+    let users: u64 = conn.zcard("sluice:{in}:job:job1:window:users").unwrap();
+    assert_eq!(users, 2);
+}

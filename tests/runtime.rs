@@ -26,6 +26,7 @@ fn handler(name: &str, config: &[(&str, &str)]) -> PluginHandler {
                 memory_bytes: 16 << 20,
                 ..Limits::default()
             },
+            state: None,
         },
     )
 }
@@ -177,7 +178,9 @@ fn emit_capped_and_the_clock_reach_the_plugin() {
     let Outcome::Handled { effects, .. } = &out[0] else {
         panic!("{out:?}")
     };
-    let Effect::Emit { fields, .. } = &effects[0];
+    let Effect::Emit { fields, .. } = &effects[0] else {
+        panic!("{effects:?}")
+    };
     let now: u64 = String::from_utf8_lossy(&fields[0].1).parse().unwrap();
     assert!(now >= before && now < before + 60_000, "{now} vs {before}");
 }
@@ -195,6 +198,7 @@ fn emitting_outside_the_allowed_streams_fails_the_event() {
             plugin: "chaos".into(),
             config: [("target".to_string(), "sluice:jobs".to_string())].into(),
             limits: Limits::default(),
+            state: None,
         },
     );
     let out = h.handle_batch(&[event("1-0", &[("action", "emit")])]);

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use super::host::GuestContext;
+use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::event::{Event, Handler, Outcome};
+use crate::event::{Disposition, Effect, Event, Handler, Outcome};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -19,6 +19,8 @@ pub struct PluginHandler {
     guest: Arc<GuestContext>,
     /// The live instance, if any; made on demand.
     instance: Option<PluginInstance>,
+    /// State writes of the current batch's acked events, seen by later events' reads.
+    overlay: Overlay,
 }
 
 impl PluginHandler {
@@ -27,6 +29,7 @@ impl PluginHandler {
             plugin,
             guest: Arc::new(guest),
             instance: None,
+            overlay: Overlay::default(),
         }
     }
 
@@ -39,7 +42,11 @@ impl PluginHandler {
     /// job is refused before the job reads anything.
     pub fn prepare(&mut self) -> Result<(), crate::event::Failure> {
         if self.instance.is_none() {
-            self.instance = Some(PluginInstance::new(&self.plugin, self.guest.clone())?);
+            self.instance = Some(PluginInstance::new(
+                &self.plugin,
+                self.guest.clone(),
+                self.overlay.clone(),
+            )?);
         }
         Ok(())
     }
@@ -47,10 +54,12 @@ impl PluginHandler {
     fn handle_one(&mut self, event: &Event) -> Outcome {
         let mut instance = match self.instance.take() {
             Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
-            _ => match PluginInstance::new(&self.plugin, self.guest.clone()) {
-                Ok(i) => i,
-                Err(failure) => return Outcome::Failed(failure),
-            },
+            _ => {
+                match PluginInstance::new(&self.plugin, self.guest.clone(), self.overlay.clone()) {
+                    Ok(i) => i,
+                    Err(failure) => return Outcome::Failed(failure),
+                }
+            }
         };
         let outcome = instance.handle(event);
         // A trapped instance is dropped here, giving its memory back at once.
@@ -63,6 +72,33 @@ impl PluginHandler {
 
 impl Handler for PluginHandler {
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
-        events.iter().map(|e| self.handle_one(e)).collect()
+        if let Ok(mut overlay) = self.overlay.lock() {
+            overlay.clear();
+        }
+        events
+            .iter()
+            .map(|e| {
+                let outcome = self.handle_one(e);
+                // An acked event's state writes will be committed: later events must see them.
+                if let Outcome::Handled {
+                    disposition: Disposition::Ack,
+                    effects,
+                } = &outcome
+                    && let Ok(mut overlay) = self.overlay.lock()
+                {
+                    overlay.extend(
+                        effects
+                            .iter()
+                            .filter(|e| !matches!(e, Effect::Emit { .. }))
+                            .cloned(),
+                    );
+                }
+                outcome
+            })
+            .collect()
+    }
+
+    fn reads_state(&self) -> bool {
+        self.plugin.stateful
     }
 }

@@ -8,7 +8,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::Plugin;
 use super::bindings::sluice::plugin::types as wit;
 use super::engine::deadline_ticks;
-use super::host::{CallState, GuestContext, HostState};
+use super::host::{CallState, GuestContext, HostState, Overlay};
 use super::plugin::LoadedPlugin;
 use crate::event::{Disposition, Event, Failure, FailureKind, Outcome};
 
@@ -25,14 +25,18 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     /// Instantiate the plugin and run its `init` with the job's config, under the job's limits.
-    pub fn new(plugin: &LoadedPlugin, guest: Arc<GuestContext>) -> Result<Self, Failure> {
+    pub fn new(
+        plugin: &LoadedPlugin,
+        guest: Arc<GuestContext>,
+        overlay: Overlay,
+    ) -> Result<Self, Failure> {
         let deadline = deadline_ticks(guest.limits.deadline);
         let config: Vec<(String, String)> = guest
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut store = Store::new(plugin.pre.engine(), HostState::new(guest));
+        let mut store = Store::new(plugin.pre.engine(), HostState::new(guest, overlay));
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline);
         let init_failed = |store: &Store<HostState>, e: wasmtime::Error| {
@@ -116,6 +120,9 @@ impl PluginInstance {
             }
             Ok(_) if call.violation.is_some() => {
                 Outcome::failed(FailureKind::Limit, call.violation.unwrap_or_default())
+            }
+            Ok(_) if call.state_error.is_some() => {
+                Outcome::failed(FailureKind::Error, call.state_error.unwrap_or_default())
             }
             Ok(Err(wit::HandlerError { message })) => Outcome::failed(FailureKind::Error, message),
             Ok(Ok(disposition)) => Outcome::Handled {

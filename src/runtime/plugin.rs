@@ -25,6 +25,8 @@ pub struct LoadedPlugin {
     pub size: usize,
     /// True when the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// True when it imports job state (kv, counters): its batches are not pipelined.
+    pub stateful: bool,
     /// Linked and type-checked once; each instance is made from it.
     pub(crate) pre: PluginPre<super::host::HostState>,
 }
@@ -125,6 +127,12 @@ pub(super) fn load(
         .instantiate_pre(&component)
         .map_err(wrong_world)?;
     let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+    let stateful = component
+        .component_type()
+        .imports(&runtime.engine)
+        .any(|(name, _)| {
+            name.starts_with("sluice:plugin/kv@") || name.starts_with("sluice:plugin/counters@")
+        });
     tracing::info!(
         plugin = name,
         origin,
@@ -140,6 +148,7 @@ pub(super) fn load(
         sha256,
         size: bytes.len(),
         from_cache,
+        stateful,
         pre,
     })
 }

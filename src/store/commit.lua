@@ -2,18 +2,25 @@
 --
 -- KEYS[1]   the source stream          KEYS[2] the job's hash (counters)
 -- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream
--- KEYS[5..] every stream the batch emits to, each once
+-- KEYS[5..] every other key the batch writes, each once, with its expected type in ARGV[11]
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
 -- ARGV[5] now (ms)         ARGV[6] plugin version (sha256)
 -- ARGV[7] status record TTL in s of events that ever failed (0: none)
 -- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
--- ARGV[11..] one record per event:
+-- ARGV[11] one letter per key from KEYS[5]: its expected type ('s' stream, 't' string,
+--          'z' sorted set)
+-- ARGV[12..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
---   error or reason ('' if none), number of emits, then per emit: index into KEYS,
---   max length (0: no trimming), number of fields, then that many name/value pairs.
+--   error or reason ('' if none), number of effects, then per effect an op and its args:
+--     'x' key, max length (0: no trimming), n, then n name/value pairs  XADD
+--     'k' key, ttl (0: none), value                                       SET
+--     'K' key                                                             DEL
+--     'c' key, delta, ttl (0: none)                                       INCRBY (+ EXPIRE)
+--     'w' key, id, time (ms)                                              ZADD (window)
+--   where key is an index into KEYS.
 --
 -- An event is committed only if it is still pending for this consumer with the delivery
 -- count we handled (and, for a retry, not yet scheduled): a commit retried after a lost reply,
@@ -25,17 +32,31 @@ local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
-local FIRST = 11
+local key_types = ARGV[11]
+local FIRST = 12
+local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
+-- Entries older than this leave a window.
+local WINDOW_SPAN_MS = 86400000
 
 for i = 5, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= 'none' and t ~= 'stream' then
+  local want = TYPE_NAMES[string.sub(key_types, i - 4, i - 4)]
+  if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. KEYS[i] .. ' ' .. t)
   end
 end
 
-local function past_emits(pos, n_emits)
-  for _ = 1, n_emits do pos = pos + 3 + 2 * tonumber(ARGV[pos + 2]) end
+-- Arguments of one effect after its op, by op ('x' counts its pairs).
+local ARITY = {k = 3, K = 1, c = 3, w = 3}
+local function past_effects(pos, n)
+  for _ = 1, n do
+    local op = ARGV[pos]
+    if op == 'x' then
+      pos = pos + 4 + 2 * tonumber(ARGV[pos + 3])
+    else
+      pos = pos + 1 + ARITY[op]
+    end
+  end
   return pos
 end
 
@@ -48,7 +69,7 @@ do
   local pos = FIRST
   while pos <= #ARGV do
     n_events = n_events + 1
-    pos = past_emits(pos + 7, tonumber(ARGV[pos + 6]))
+    pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
 local mine = {}
@@ -65,7 +86,7 @@ else
     local id = ARGV[pos]
     local p = redis.call('XPENDING', src, group, id, id, 1, consumer)[1]
     mine[id] = p and p[4]
-    pos = past_emits(pos + 7, tonumber(ARGV[pos + 6]))
+    pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
 
@@ -75,21 +96,45 @@ local pos = FIRST
 while pos <= #ARGV do
   local id, decision, failed_now = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
   local deliveries, due, text = ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
-  local n_emits = tonumber(ARGV[pos + 6])
+  local n_effects = tonumber(ARGV[pos + 6])
   pos = pos + 7
   local ours = mine[id] == tonumber(deliveries)
   -- A retry already scheduled for this delivery: this commit ran before (its reply was lost).
   if ours and decision == 'r' and redis.call('ZSCORE', retry, id) then ours = false end
-  for _ = 1, n_emits do
-    local key, max_len, n = KEYS[tonumber(ARGV[pos])], ARGV[pos + 1], tonumber(ARGV[pos + 2])
-    if ours and decision == 'a' then
-      if max_len == '0' then
-        redis.call('XADD', key, '*', unpack(ARGV, pos + 3, pos + 2 + 2 * n))
-      else
-        redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', unpack(ARGV, pos + 3, pos + 2 + 2 * n))
+  local write = ours and decision == 'a'
+  for _ = 1, n_effects do
+    local op, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
+    if op == 'x' then
+      local max_len, n = ARGV[pos + 2], tonumber(ARGV[pos + 3])
+      if write then
+        if max_len == '0' then
+          redis.call('XADD', key, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))
+        else
+          redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))
+        end
       end
+      pos = pos + 4 + 2 * n
+    else
+      if write then
+        if op == 'k' then
+          if ARGV[pos + 2] == '0' then
+            redis.call('SET', key, ARGV[pos + 3])
+          else
+            redis.call('SET', key, ARGV[pos + 3], 'EX', ARGV[pos + 2])
+          end
+        elseif op == 'K' then
+          redis.call('DEL', key)
+        elseif op == 'c' then
+          redis.call('INCRBY', key, ARGV[pos + 2])
+          if ARGV[pos + 3] ~= '0' then redis.call('EXPIRE', key, ARGV[pos + 3]) end
+        elseif op == 'w' then
+          local at = tonumber(ARGV[pos + 3])
+          redis.call('ZADD', key, at, ARGV[pos + 2])
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', at - WINDOW_SPAN_MS)
+        end
+      end
+      pos = pos + 1 + ARITY[op]
     end
-    pos = pos + 3 + 2 * n
   end
   if not ours then
     stale = stale + 1

@@ -10,6 +10,9 @@
 //! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead` |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
+//! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | the plugin's key-value store |
+//! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | the plugin's counters |
+//! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | the plugin's windows: id → time (ms); entries older than a day are dropped |
 //! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |
 //!
 //! Names that are not keys:
@@ -61,6 +64,21 @@ impl Keys {
         format!("{}:events:{job}", self.prefix)
     }
 
+    /// A key of the job's key-value store (the plugin's name `key`).
+    pub fn kv(job_key: &str, key: &str) -> String {
+        format!("{job_key}:kv:{key}")
+    }
+
+    /// A job counter.
+    pub fn counter(job_key: &str, name: &str) -> String {
+        format!("{job_key}:counter:{name}")
+    }
+
+    /// A job window (sorted set of ids scored by time).
+    pub fn window(job_key: &str, name: &str) -> String {
+        format!("{job_key}:window:{name}")
+    }
+
     /// The consumer group a job reads its source stream with.
     pub fn group(&self, job: &str) -> String {
         format!("{}:{job}", self.prefix)
@@ -106,5 +124,12 @@ mod tests {
             "sluice:{events}:job:echo:event:"
         );
         assert_eq!(k.events_channel("echo"), "sluice:events:echo");
+        let job = k.job("echo", "events");
+        assert_eq!(Keys::kv(&job, "a"), "sluice:{events}:job:echo:kv:a");
+        assert_eq!(
+            Keys::counter(&job, "w"),
+            "sluice:{events}:job:echo:counter:w"
+        );
+        assert_eq!(Keys::window(&job, "w"), "sluice:{events}:job:echo:window:w");
     }
 }

@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod state;
 pub mod stream;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -96,11 +96,14 @@ pub struct Committed {
     pub stale: u64,
 }
 
-/// A commit refused because an emit target holds something other than a stream.
+/// A commit refused because a key it writes holds another type than the effect needs
+/// (nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadTarget {
     pub key: String,
     pub kind: String,
+    /// Indices of the batch's events that write that key.
+    pub events: Vec<usize>,
 }
 
 /// Open a job's stream: create the consumer group (and the stream) if missing, register
@@ -336,8 +339,13 @@ impl StreamCommitter {
             .arg(&j.event_prefix)
             .arg(&j.channel)
             .arg(j.done_ttl_s);
-        let mut targets: HashMap<&str, usize> = HashMap::new();
-        for ((event, outcome), decision) in events.iter().zip(outcomes).zip(decisions) {
+        // Keys beyond the first four, each once: (index into KEYS, type letter, users).
+        let mut targets: HashMap<String, (usize, char, Vec<usize>)> = HashMap::new();
+        let mut key_types = String::new();
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        for (i, ((event, outcome), decision)) in
+            events.iter().zip(outcomes).zip(decisions).enumerate()
+        {
             let (flag, due, text) = match decision {
                 Decision::Ack => ("a", 0, ""),
                 Decision::Skip => ("s", 0, ""),
@@ -351,33 +359,74 @@ impl StreamCommitter {
                 _ => &[],
             };
             let failed = matches!(outcome, Outcome::Failed(_));
-            invocation
-                .arg(&event.id)
-                .arg(flag)
-                .arg(if failed { "1" } else { "0" })
-                .arg(event.delivery_count)
-                .arg(due)
-                .arg(text)
-                .arg(effects.len());
-            for Effect::Emit {
-                stream,
-                fields,
-                max_len,
-            } in effects
-            {
+            let mut push = |v: Vec<u8>| records.push(v);
+            push(event.id.clone().into_bytes());
+            push(flag.into());
+            push(if failed { "1" } else { "0" }.into());
+            push(event.delivery_count.to_string().into_bytes());
+            push(due.to_string().into_bytes());
+            push(text.as_bytes().to_vec());
+            push(effects.len().to_string().into_bytes());
+            for effect in effects {
+                let (key, kind) = match effect {
+                    Effect::Emit { stream, .. } => (stream.clone(), 's'),
+                    Effect::KvSet { key, .. } | Effect::KvDelete { key } => {
+                        (Keys::kv(&j.job_key, key), 't')
+                    }
+                    Effect::CounterAdd { name, .. } => (Keys::counter(&j.job_key, name), 't'),
+                    Effect::WindowAdd { name, .. } => (Keys::window(&j.job_key, name), 'z'),
+                };
                 let next = targets.len() + 5;
-                let index = *targets.entry(stream.as_str()).or_insert_with(|| {
-                    invocation.key(stream.as_str());
-                    next
+                let entry = targets.entry(key.clone()).or_insert_with(|| {
+                    invocation.key(key.as_str());
+                    key_types.push(kind);
+                    (next, kind, Vec::new())
                 });
-                invocation
-                    .arg(index)
-                    .arg(max_len.unwrap_or(0))
-                    .arg(fields.len());
-                for (name, value) in fields {
-                    invocation.arg(name).arg(value);
+                if entry.2.last() != Some(&i) {
+                    entry.2.push(i);
+                }
+                let index = entry.0.to_string().into_bytes();
+                match effect {
+                    Effect::Emit {
+                        fields, max_len, ..
+                    } => {
+                        push(b"x".to_vec());
+                        push(index);
+                        push(max_len.unwrap_or(0).to_string().into_bytes());
+                        push(fields.len().to_string().into_bytes());
+                        for (name, value) in fields {
+                            push(name.clone().into_bytes());
+                            push(value.clone());
+                        }
+                    }
+                    Effect::KvSet { value, ttl_s, .. } => {
+                        push(b"k".to_vec());
+                        push(index);
+                        push(ttl_s.unwrap_or(0).to_string().into_bytes());
+                        push(value.clone());
+                    }
+                    Effect::KvDelete { .. } => {
+                        push(b"K".to_vec());
+                        push(index);
+                    }
+                    Effect::CounterAdd { delta, ttl_s, .. } => {
+                        push(b"c".to_vec());
+                        push(index);
+                        push(delta.to_string().into_bytes());
+                        push(ttl_s.unwrap_or(0).to_string().into_bytes());
+                    }
+                    Effect::WindowAdd { id, at_ms, .. } => {
+                        push(b"w".to_vec());
+                        push(index);
+                        push(id.clone().into_bytes());
+                        push(at_ms.to_string().into_bytes());
+                    }
                 }
             }
+        }
+        invocation.arg(&key_types);
+        for record in records {
+            invocation.arg(record);
         }
         let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
             invocation.invoke_async(&mut self.conn).await;
@@ -392,10 +441,13 @@ impl StreamCommitter {
             })),
             Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
                 let detail = e.detail().unwrap_or_default();
-                let mut words = detail.split(' ');
-                let key = words.next().unwrap_or_default().to_string();
-                let kind = words.next().unwrap_or_default().to_string();
-                Ok(Err(BadTarget { key, kind }))
+                let (key, kind) = detail.rsplit_once(' ').unwrap_or((detail, ""));
+                let events = targets.get(key).map(|t| t.2.clone()).unwrap_or_default();
+                Ok(Err(BadTarget {
+                    key: key.to_string(),
+                    kind: kind.to_string(),
+                    events,
+                }))
             }
             Err(e) => Err(e.into()),
         }

@@ -10,7 +10,11 @@
 //! - `alloc`: grow memory until stopped (by the host's memory cap);
 //! - `log`: log field `message` at info level, ack;
 //! - `retry`, `dead-letter`, `skip`: answer that disposition;
-//! - `fail-until`: fail until the delivery count reaches field `n`, then ack.
+//! - `fail-until`: fail until the delivery count reaches field `n`, then ack;
+//! - `kv-set` (fields `key`, `value`, optional `ttl`), `kv-delete` (`key`): write job state;
+//! - `kv-get` (`key`): emit `{value}` (empty if unset) to the target;
+//! - `window` (`name`, `id`, `seconds`): add `id` to the window, emit `{count}` of the last
+//!   `seconds` to the target.
 //!
 //! With a field `spin_ms`, it first busy-waits that long (to make handling take real time).
 
@@ -19,6 +23,8 @@ wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
 use sluice::plugin::config::config_get;
 use sluice::plugin::clock::now;
+use sluice::plugin::counters::{window_add, window_count};
+use sluice::plugin::kv;
 use sluice::plugin::effects::{emit, emit_capped};
 use sluice::plugin::log::{Level, log};
 
@@ -90,6 +96,37 @@ impl Guest for Chaos {
             }
             b"log" => {
                 log(Level::Info, &text(&event, "message", "chaos log"));
+                Ok(Disposition::Ack)
+            }
+            b"kv-set" => {
+                let ttl = text(&event, "ttl", "").parse().ok();
+                let value = field(&event, "value").unwrap_or_default().to_vec();
+                kv::set(&text(&event, "key", ""), &value, ttl).map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"kv-delete" => {
+                kv::delete(&text(&event, "key", "")).map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"kv-get" => {
+                let value = kv::get(&text(&event, "key", ""))
+                    .map_err(|message| HandlerError { message })?
+                    .unwrap_or_default();
+                let target =
+                    config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
+                emit(&target, &[("value".to_string(), value)])
+                    .map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"window" => {
+                let name = text(&event, "name", "w");
+                window_add(&name, &text(&event, "id", "")).map_err(|message| HandlerError { message })?;
+                let seconds = text(&event, "seconds", "60").parse().unwrap_or(60);
+                let count = window_count(&name, seconds).map_err(|message| HandlerError { message })?;
+                let target =
+                    config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
+                emit(&target, &[("count".to_string(), count.to_string().into_bytes())])
+                    .map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }
             b"retry" => Ok(Disposition::Retry(None)),

@@ -97,7 +97,15 @@ mod tests {
         let mut s = state(&[], Limits::default());
         s.emit("a".into(), field()).unwrap();
         s.emit("b".into(), field()).unwrap();
-        let streams: Vec<_> = s.call.effects.iter().map(Effect::stream).collect();
+        let streams: Vec<_> = s
+            .call
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Emit { stream, .. } => Some(stream.as_str()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(streams, ["a", "b"]);
         assert!(s.call.violation.is_none());
     }

@@ -7,7 +7,9 @@
 
 mod clock;
 mod config;
+mod counters;
 mod effects;
+mod kv;
 mod log;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::event::Effect;
+use crate::event::{Effect, StateReader};
 
 use super::bindings;
 
@@ -88,6 +90,14 @@ pub struct GuestContext {
     pub config: BTreeMap<String, String>,
     /// The job's limits.
     pub limits: Limits,
+    /// Where reads of job state go (None: no job state here, reads fail).
+    pub state: Option<Arc<dyn StateReader>>,
+}
+
+impl std::fmt::Debug for dyn StateReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateReader")
+    }
 }
 
 /// Per-event scratch space: reset before each `handle`, drained after it.
@@ -99,6 +109,8 @@ pub struct CallState {
     pub effects: Vec<Effect>,
     /// The first limit the guest broke during this call; fails the event.
     pub violation: Option<String>,
+    /// The first failed read of job state during this call; fails the event (retried).
+    pub state_error: Option<String>,
 }
 
 /// The data of one plugin instance's `Store`.
@@ -113,10 +125,16 @@ pub struct HostState {
     pub(crate) guest: Arc<GuestContext>,
     /// The current call's effects, logs context and violations.
     pub(crate) call: CallState,
+    /// State writes of the batch's earlier acked events: reads see them before Redis does.
+    pub(crate) overlay: Overlay,
 }
 
+/// State effects (kv, counters, windows) of the current batch's acked events, shared by the
+/// handler and its instances (an instance replaced mid-batch keeps seeing them).
+pub type Overlay = Arc<std::sync::Mutex<Vec<Effect>>>;
+
 impl HostState {
-    pub fn new(guest: Arc<GuestContext>) -> Self {
+    pub fn new(guest: Arc<GuestContext>, overlay: Overlay) -> Self {
         let limiter = MemoryLimiter::new(guest.limits.memory_bytes);
         HostState {
             wasi: WasiCtx::builder().build(),
@@ -124,7 +142,59 @@ impl HostState {
             limiter,
             guest,
             call: CallState::default(),
+            overlay,
         }
+    }
+
+    /// The state effects this call must see, oldest first: the batch's, then the event's own.
+    fn visible_effects(&self) -> Vec<Effect> {
+        let mut all = self.overlay.lock().map(|o| o.clone()).unwrap_or_default();
+        all.extend(self.call.effects.iter().cloned());
+        all
+    }
+
+    /// The job state reader, or an error the guest sees (and that fails the event).
+    fn reader(&mut self) -> Result<Arc<dyn StateReader>, String> {
+        match self.guest.state.clone() {
+            Some(reader) => Ok(reader),
+            None => Err(self.state_failed("no job state is available here".into())),
+        }
+    }
+
+    /// Record a failed state read: the event fails (and is retried) whatever the guest does.
+    fn state_failed(&mut self, message: String) -> String {
+        let message = format!("reading job state failed: {message}");
+        if self.call.state_error.is_none() {
+            self.call.state_error = Some(message.clone());
+        }
+        message
+    }
+
+    /// Check a name the guest gave for a key, counter or window.
+    fn check_name(&mut self, what: &str, name: &str) -> Result<(), String> {
+        let max = self.guest.limits.max_name_bytes;
+        if name.is_empty() {
+            return Err(self.violate(format!("{what}: the name is empty")));
+        }
+        if name.len() > max {
+            return Err(self.violate(format!(
+                "{what}: a name of {} bytes exceeds the limit of {max}",
+                name.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Buffer a state effect, within the per-event effect limit.
+    fn buffer(&mut self, what: &str, effect: Effect) -> Result<(), String> {
+        if self.call.effects.len() >= self.guest.limits.max_effects {
+            return Err(self.violate(format!(
+                "{what}: more than {} effects for one event",
+                self.guest.limits.max_effects
+            )));
+        }
+        self.call.effects.push(effect);
+        Ok(())
     }
 
     /// Record a broken limit: the event fails whatever the guest does next.
@@ -224,15 +294,28 @@ pub(crate) mod test_support {
 
     /// A host state for unit tests of host functions, with no guest at all.
     pub fn state(config: &[(&str, &str)], limits: Limits) -> HostState {
-        HostState::new(Arc::new(GuestContext {
-            job: "job".into(),
-            plugin: "plugin".into(),
-            config: config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            limits,
-        }))
+        with_reader(config, limits, None)
+    }
+
+    /// A host state whose job-state reads go to `reader`.
+    pub fn with_reader(
+        config: &[(&str, &str)],
+        limits: Limits,
+        reader: Option<Arc<dyn StateReader>>,
+    ) -> HostState {
+        HostState::new(
+            Arc::new(GuestContext {
+                job: "job".into(),
+                plugin: "plugin".into(),
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                limits,
+                state: reader,
+            }),
+            Overlay::default(),
+        )
     }
 }
 

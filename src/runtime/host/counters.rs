@@ -1,0 +1,122 @@
+//! `sluice:plugin/counters`: the job's counters and sliding windows. Updates are buffered
+//! effects; a read adds this event's and the batch's earlier acked events' updates to Redis.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::super::bindings::sluice::plugin::counters::Host;
+use super::HostState;
+use crate::event::Effect;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Host for HostState {
+    fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {
+        self.check_name("counter-add", &name)?;
+        let ttl_s = ttl_s.filter(|t| *t > 0);
+        self.buffer(
+            "counter-add",
+            Effect::CounterAdd {
+                name: name.clone(),
+                delta,
+                ttl_s,
+            },
+        )?;
+        self.counter_get(name)
+    }
+
+    fn counter_get(&mut self, name: String) -> Result<i64, String> {
+        self.check_name("counter-get", &name)?;
+        let buffered: i64 = self
+            .visible_effects()
+            .iter()
+            .filter_map(|e| match e {
+                Effect::CounterAdd { name: n, delta, .. } if *n == name => Some(*delta),
+                _ => None,
+            })
+            .fold(0i64, i64::saturating_add);
+        let reader = self.reader()?;
+        let stored = reader
+            .counter_get(&name)
+            .map_err(|e| self.state_failed(e))?;
+        Ok(stored.saturating_add(buffered))
+    }
+
+    fn window_add(&mut self, name: String, id: String) -> Result<(), String> {
+        self.check_name("window-add", &name)?;
+        self.check_name("window-add id", &id)?;
+        let at_ms = now_ms();
+        self.buffer("window-add", Effect::WindowAdd { name, id, at_ms })
+    }
+
+    fn window_count(&mut self, name: String, seconds: u32) -> Result<u64, String> {
+        self.check_name("window-count", &name)?;
+        let since_ms = now_ms().saturating_sub(u64::from(seconds) * 1000);
+        let mut fresh: Vec<String> = self
+            .visible_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::WindowAdd { name: n, id, at_ms } if n == name && at_ms >= since_ms => {
+                    Some(id)
+                }
+                _ => None,
+            })
+            .collect();
+        fresh.sort();
+        fresh.dedup();
+        let reader = self.reader()?;
+        let stored = reader
+            .window_count(&name, since_ms)
+            .map_err(|e| self.state_failed(e))?;
+        let known = if fresh.is_empty() {
+            0
+        } else {
+            reader
+                .window_known(&name, &fresh, since_ms)
+                .map_err(|e| self.state_failed(e))?
+        };
+        Ok(stored + (fresh.len() - known.min(fresh.len())) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::Limits;
+    use super::super::kv::tests::MemoryState;
+    use super::super::test_support::with_reader;
+    use super::*;
+
+    #[test]
+    fn counters_add_to_the_stored_value() {
+        let store = Arc::new(MemoryState::default());
+        store.counters.lock().unwrap().insert("hits".into(), 40);
+        let mut s = with_reader(&[], Limits::default(), Some(store));
+        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 41);
+        assert_eq!(s.counter_add("hits".into(), 1, Some(86_400)).unwrap(), 42);
+        assert_eq!(s.counter_get("other".into()).unwrap(), 0);
+        assert_eq!(s.call.effects.len(), 2);
+    }
+
+    #[test]
+    fn windows_count_distinct_ids_within_the_span() {
+        let store = Arc::new(MemoryState::default());
+        let now = now_ms();
+        store.windows.lock().unwrap().insert(
+            "w".into(),
+            vec![("a".into(), now - 1000), ("old".into(), now - 120_000)],
+        );
+        let mut s = with_reader(&[], Limits::default(), Some(store));
+        assert_eq!(s.window_count("w".into(), 60).unwrap(), 1);
+        s.window_add("w".into(), "a".into()).unwrap(); // already counted
+        s.window_add("w".into(), "b".into()).unwrap();
+        s.window_add("w".into(), "b".into()).unwrap(); // same id twice
+        assert_eq!(s.window_count("w".into(), 60).unwrap(), 2);
+        assert_eq!(s.window_count("w".into(), 3600).unwrap(), 3);
+    }
+}

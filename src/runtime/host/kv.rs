@@ -1,0 +1,142 @@
+//! `sluice:plugin/kv`: the job's key-value store. Writes are buffered effects; a read sees
+//! this event's writes, then the batch's earlier acked events', then Redis.
+
+use super::super::bindings::sluice::plugin::kv::Host;
+use super::HostState;
+use crate::event::Effect;
+
+impl Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.check_name("kv get", &key)?;
+        let buffered = self
+            .visible_effects()
+            .into_iter()
+            .rev()
+            .find_map(|e| match e {
+                Effect::KvSet { key: k, value, .. } if k == key => Some(Some(value)),
+                Effect::KvDelete { key: k } if k == key => Some(None),
+                _ => None,
+            });
+        if let Some(value) = buffered {
+            return Ok(value);
+        }
+        let reader = self.reader()?;
+        reader.kv_get(&key).map_err(|e| self.state_failed(e))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_s: Option<u32>) -> Result<(), String> {
+        self.check_name("kv set", &key)?;
+        if value.len() > self.guest.limits.max_payload_bytes {
+            return Err(self.violate(format!(
+                "kv set `{key}`: a value of {} bytes exceeds the limit of {}",
+                value.len(),
+                self.guest.limits.max_payload_bytes
+            )));
+        }
+        let ttl_s = ttl_s.filter(|t| *t > 0);
+        self.buffer("kv set", Effect::KvSet { key, value, ttl_s })
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), String> {
+        self.check_name("kv delete", &key)?;
+        self.buffer("kv delete", Effect::KvDelete { key })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::super::Limits;
+    use super::super::test_support::with_reader;
+    use super::*;
+    use crate::event::StateReader;
+
+    /// Job state in memory, standing in for Redis in unit tests of host functions.
+    #[derive(Default)]
+    pub struct MemoryState {
+        pub kv: Mutex<HashMap<String, Vec<u8>>>,
+        pub counters: Mutex<HashMap<String, i64>>,
+        pub windows: Mutex<HashMap<String, Vec<(String, u64)>>>,
+    }
+
+    impl StateReader for MemoryState {
+        fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.kv.lock().unwrap().get(key).cloned())
+        }
+        fn counter_get(&self, name: &str) -> Result<i64, String> {
+            Ok(*self.counters.lock().unwrap().get(name).unwrap_or(&0))
+        }
+        fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String> {
+            let windows = self.windows.lock().unwrap();
+            let entries = windows.get(name).cloned().unwrap_or_default();
+            Ok(ids
+                .iter()
+                .filter(|id| entries.iter().any(|(e, t)| e == *id && *t >= since_ms))
+                .count())
+        }
+        fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {
+            let windows = self.windows.lock().unwrap();
+            Ok(windows.get(name).map_or(0, |e| {
+                e.iter().filter(|(_, t)| *t >= since_ms).count() as u64
+            }))
+        }
+    }
+
+    #[test]
+    fn reads_see_the_events_own_writes_before_the_store() {
+        let store = Arc::new(MemoryState::default());
+        store
+            .kv
+            .lock()
+            .unwrap()
+            .insert("a".into(), b"stored".to_vec());
+        let mut s = with_reader(&[], Limits::default(), Some(store));
+        assert_eq!(s.get("a".into()).unwrap(), Some(b"stored".to_vec()));
+        s.set("a".into(), b"new".to_vec(), Some(60)).unwrap();
+        assert_eq!(s.get("a".into()).unwrap(), Some(b"new".to_vec()));
+        s.delete("a".into()).unwrap();
+        assert_eq!(s.get("a".into()).unwrap(), None);
+        assert_eq!(s.get("missing".into()).unwrap(), None);
+        assert_eq!(s.call.effects.len(), 2);
+    }
+
+    #[test]
+    fn reads_see_the_batchs_earlier_writes() {
+        let mut s = with_reader(
+            &[],
+            Limits::default(),
+            Some(Arc::new(MemoryState::default())),
+        );
+        s.overlay.lock().unwrap().push(Effect::KvSet {
+            key: "k".into(),
+            value: b"from an earlier event".to_vec(),
+            ttl_s: None,
+        });
+        assert_eq!(
+            s.get("k".into()).unwrap(),
+            Some(b"from an earlier event".to_vec())
+        );
+    }
+
+    #[test]
+    fn without_a_store_reads_fail_the_event() {
+        let mut s = with_reader(&[], Limits::default(), None);
+        assert!(s.get("a".into()).is_err());
+        assert!(s.call.state_error.is_some());
+    }
+
+    #[test]
+    fn oversized_values_and_empty_names_are_refused() {
+        let limits = Limits {
+            max_payload_bytes: 4,
+            ..Limits::default()
+        };
+        let mut s = with_reader(&[], limits, None);
+        assert!(s.set("k".into(), vec![0; 5], None).is_err());
+        assert!(s.set("".into(), vec![0; 1], None).is_err());
+        assert!(s.call.effects.is_empty());
+        assert!(s.call.violation.is_some());
+    }
+}
