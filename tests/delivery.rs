@@ -599,12 +599,18 @@ fn a_consumer_group_deleted_under_a_running_host_is_created_again() {
         .arg("sluice:j")
         .query(&mut conn)
         .unwrap();
-    // start = "new": the recreated group does not hand the old entries over again.
+    // start = "new": the recreated group does not hand the old entries over again. Wait for
+    // the group itself (the log line comes just before it is created).
     assert!(wait_until(Duration::from_secs(20), || {
+        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
+            redis::cmd("XINFO").arg("GROUPS").arg("in").query(&mut conn);
+        groups.is_ok_and(|g| !g.is_empty())
+    }));
+    assert!(
         std::fs::read_to_string(&host.log)
             .unwrap()
             .contains("creating it again")
-    }));
+    );
     publish(&mut conn, "in", 5, &[("n", "{i}")]);
     assert!(wait_until(Duration::from_secs(20), || counter(
         &mut conn, "j", "in", "acked"

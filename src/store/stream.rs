@@ -339,10 +339,33 @@ impl StreamCommitter {
             .arg(&j.event_prefix)
             .arg(&j.channel)
             .arg(j.done_ttl_s);
-        // Keys beyond the first four, each once: (index into KEYS, type letter, users).
-        let mut targets: HashMap<String, (usize, char, Vec<usize>)> = HashMap::new();
+        // Effects are written only for acked events.
+        let effects_of = |i: usize| -> &[Effect] {
+            match (&decisions[i], &outcomes[i]) {
+                (Decision::Ack, Outcome::Handled { effects, .. }) => effects,
+                _ => &[],
+            }
+        };
+        // First pass: every key beyond the first four, once, with its type and the events
+        // writing it (KEYS and their types go before the records).
+        let mut targets: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
         let mut key_types = String::new();
-        let mut records: Vec<Vec<u8>> = Vec::new();
+        for i in 0..events.len() {
+            for effect in effects_of(i) {
+                let (key, kind) = target(&j.job_key, effect);
+                let next = targets.len() + 5;
+                let entry = targets.entry(key).or_insert_with_key(|key| {
+                    invocation.key(key.as_str());
+                    key_types.push(kind);
+                    (next, Vec::new())
+                });
+                if entry.1.last() != Some(&i) {
+                    entry.1.push(i);
+                }
+            }
+        }
+        invocation.arg(&key_types);
+        // Second pass: one record per event.
         for (i, ((event, outcome), decision)) in
             events.iter().zip(outcomes).zip(decisions).enumerate()
         {
@@ -354,79 +377,53 @@ impl StreamCommitter {
                 }
                 Decision::Dead { reason } => ("d", 0, reason.as_str()),
             };
-            let effects: &[Effect] = match (decision, outcome) {
-                (Decision::Ack, Outcome::Handled { effects, .. }) => effects,
-                _ => &[],
-            };
+            let effects = effects_of(i);
             let failed = matches!(outcome, Outcome::Failed(_));
-            let mut push = |v: Vec<u8>| records.push(v);
-            push(event.id.clone().into_bytes());
-            push(flag.into());
-            push(if failed { "1" } else { "0" }.into());
-            push(event.delivery_count.to_string().into_bytes());
-            push(due.to_string().into_bytes());
-            push(text.as_bytes().to_vec());
-            push(effects.len().to_string().into_bytes());
+            invocation
+                .arg(&event.id)
+                .arg(flag)
+                .arg(if failed { "1" } else { "0" })
+                .arg(event.delivery_count)
+                .arg(due)
+                .arg(text)
+                .arg(effects.len());
             for effect in effects {
-                let (key, kind) = match effect {
-                    Effect::Emit { stream, .. } => (stream.clone(), 's'),
-                    Effect::KvSet { key, .. } | Effect::KvDelete { key } => {
-                        (Keys::kv(&j.job_key, key), 't')
-                    }
-                    Effect::CounterAdd { name, .. } => (Keys::counter(&j.job_key, name), 't'),
-                    Effect::WindowAdd { name, .. } => (Keys::window(&j.job_key, name), 'z'),
-                };
-                let next = targets.len() + 5;
-                let entry = targets.entry(key.clone()).or_insert_with(|| {
-                    invocation.key(key.as_str());
-                    key_types.push(kind);
-                    (next, kind, Vec::new())
-                });
-                if entry.2.last() != Some(&i) {
-                    entry.2.push(i);
-                }
-                let index = entry.0.to_string().into_bytes();
+                let index = targets[&target(&j.job_key, effect).0].0;
                 match effect {
                     Effect::Emit {
                         fields, max_len, ..
                     } => {
-                        push(b"x".to_vec());
-                        push(index);
-                        push(max_len.unwrap_or(0).to_string().into_bytes());
-                        push(fields.len().to_string().into_bytes());
+                        invocation
+                            .arg("x")
+                            .arg(index)
+                            .arg(max_len.unwrap_or(0))
+                            .arg(fields.len());
                         for (name, value) in fields {
-                            push(name.clone().into_bytes());
-                            push(value.clone());
+                            invocation.arg(name).arg(value);
                         }
                     }
                     Effect::KvSet { value, ttl_s, .. } => {
-                        push(b"k".to_vec());
-                        push(index);
-                        push(ttl_s.unwrap_or(0).to_string().into_bytes());
-                        push(value.clone());
+                        invocation
+                            .arg("k")
+                            .arg(index)
+                            .arg(ttl_s.unwrap_or(0))
+                            .arg(value);
                     }
                     Effect::KvDelete { .. } => {
-                        push(b"K".to_vec());
-                        push(index);
+                        invocation.arg("K").arg(index);
                     }
                     Effect::CounterAdd { delta, ttl_s, .. } => {
-                        push(b"c".to_vec());
-                        push(index);
-                        push(delta.to_string().into_bytes());
-                        push(ttl_s.unwrap_or(0).to_string().into_bytes());
+                        invocation
+                            .arg("c")
+                            .arg(index)
+                            .arg(delta)
+                            .arg(ttl_s.unwrap_or(0));
                     }
                     Effect::WindowAdd { id, at_ms, .. } => {
-                        push(b"w".to_vec());
-                        push(index);
-                        push(id.clone().into_bytes());
-                        push(at_ms.to_string().into_bytes());
+                        invocation.arg("w").arg(index).arg(id).arg(at_ms);
                     }
                 }
             }
-        }
-        invocation.arg(&key_types);
-        for record in records {
-            invocation.arg(record);
         }
         let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
             invocation.invoke_async(&mut self.conn).await;
@@ -442,7 +439,7 @@ impl StreamCommitter {
             Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
                 let detail = e.detail().unwrap_or_default();
                 let (key, kind) = detail.rsplit_once(' ').unwrap_or((detail, ""));
-                let events = targets.get(key).map(|t| t.2.clone()).unwrap_or_default();
+                let events = targets.get(key).map(|t| t.1.clone()).unwrap_or_default();
                 Ok(Err(BadTarget {
                     key: key.to_string(),
                     kind: kind.to_string(),
@@ -451,6 +448,16 @@ impl StreamCommitter {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The full key an effect writes, and its type letter for the commit script.
+fn target(job_key: &str, effect: &Effect) -> (String, char) {
+    match effect {
+        Effect::Emit { stream, .. } => (stream.clone(), 's'),
+        Effect::KvSet { key, .. } | Effect::KvDelete { key } => (Keys::kv(job_key, key), 't'),
+        Effect::CounterAdd { name, .. } => (Keys::counter(job_key, name), 't'),
+        Effect::WindowAdd { name, .. } => (Keys::window(job_key, name), 'z'),
     }
 }
 
