@@ -6,8 +6,15 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WASM_DIR := plugins/target/wasm32-wasip2/release
+# Guest toolchains, pinned (see shared/GUEST_TOOLCHAINS.md).
+COMPONENTIZE_PY_VERSION := 0.25.1
+# Python plugins: every plugins/<name>/app.py becomes plugins/dist/<name>.wasm.
+PY_PLUGINS := $(patsubst plugins/%/app.py,plugins/dist/%.wasm,$(wildcard plugins/*/app.py))
+WIT := $(wildcard wit/*.wit)
+# pip puts console scripts beside the interpreter that installs them.
+COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps plugins build demo test lint bench clean
+.PHONY: all deps pydeps plugins rust-plugins build demo test lint bench clean
 
 all: build plugins
 
@@ -22,14 +29,26 @@ deps:
 	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || { \
 	  echo "adding the rustfmt and clippy components"; rustup component add rustfmt clippy; }
 
+## pydeps: componentize-py for Python plugins (from PyPI) if missing
+pydeps:
+	@$(COMPONENTIZE_PY) --version 2>/dev/null | grep -q "$(COMPONENTIZE_PY_VERSION)" || { \
+	  echo "installing componentize-py $(COMPONENTIZE_PY_VERSION) (pip)"; \
+	  python3 -m pip install -q "componentize-py==$(COMPONENTIZE_PY_VERSION)"; }
+
 ## plugins: build every plugin in plugins/ into plugins/dist/<name>.wasm
-plugins: deps
+plugins: deps rust-plugins $(PY_PLUGINS)
+	@ls -l plugins/dist
+
+plugins/dist/%.wasm: plugins/%/app.py $(WIT) | pydeps
+	@mkdir -p plugins/dist
+	$(COMPONENTIZE_PY) -d wit -w plugin componentize -p plugins/$* app -o $@
+
+rust-plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2
 	@mkdir -p plugins/dist
 	@for src in $(WASM_DIR)/*.wasm; do \
 	  name=$$(basename $$src .wasm); dst=plugins/dist/$${name//_/-}.wasm; \
 	  cmp -s $$src $$dst || cp $$src $$dst; done
-	@ls -l plugins/dist
 
 ## build: the host binary (with the tests' feature set, so `make test` reuses the build)
 build:

@@ -87,3 +87,8 @@ fn expected() -> (BTreeMap<String, i64>, Vec<(String, String)>) {
 fn wordcount_rust() {
     assert_eq!(run("wordcount-rust"), expected());
 }
+
+#[test]
+fn wordcount_python() {
+    assert_eq!(run("wordcount-python"), expected());
+}
