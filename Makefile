@@ -10,6 +10,10 @@ WASM_DIR := plugins/target/wasm32-wasip2/release
 COMPONENTIZE_PY_VERSION := 0.25.1
 # Python plugins: every plugins/<name>/app.py becomes plugins/dist/<name>.wasm.
 PY_PLUGINS := $(patsubst plugins/%/app.py,plugins/dist/%.wasm,$(wildcard plugins/*/app.py))
+# JavaScript plugins: every plugins/<name>/app.js becomes plugins/dist/<name>.wasm.
+JS_PLUGINS := $(patsubst plugins/%/app.js,plugins/dist/%.wasm,$(wildcard plugins/*/app.js))
+# componentize-js (pinned in plugins/package-lock.json), installed by npm when missing.
+JS_TOOLS := plugins/node_modules/.package-lock.json
 WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
@@ -36,12 +40,22 @@ pydeps:
 	  python3 -m pip install -q "componentize-py==$(COMPONENTIZE_PY_VERSION)"; }
 
 ## plugins: build every plugin in plugins/ into plugins/dist/<name>.wasm
-plugins: deps rust-plugins $(PY_PLUGINS)
+plugins: deps rust-plugins $(PY_PLUGINS) $(JS_PLUGINS)
 	@ls -l plugins/dist
 
 plugins/dist/%.wasm: plugins/%/app.py $(WIT) | pydeps
 	@mkdir -p plugins/dist
 	$(COMPONENTIZE_PY) -d wit -w plugin componentize -p plugins/$* app -o $@
+
+plugins/dist/%.wasm: plugins/%/app.js $(WIT) plugins/build-js.mjs | $(JS_TOOLS)
+	@mkdir -p plugins/dist
+	node plugins/build-js.mjs plugins/$* $@
+
+$(JS_TOOLS): plugins/package.json plugins/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	cd plugins && npm ci --silent --no-audit --no-fund
 
 rust-plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2

@@ -92,3 +92,8 @@ fn wordcount_rust() {
 fn wordcount_python() {
     assert_eq!(run("wordcount-python"), expected());
 }
+
+#[test]
+fn wordcount_js() {
+    assert_eq!(run("wordcount-js"), expected());
+}
