@@ -402,12 +402,15 @@ async fn consume(
     let handler: Option<Box<dyn Handler>> = match mode {
         Mode::Bare => None,
         Mode::Native | Mode::NativeDoneRecords => Some(Box::new(NoopHandler)),
-        Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, stream, &[])?)),
-        Mode::Echo => Some(Box::new(prepared(
-            &plugins.echo,
-            stream,
-            &[("target", &format!("{stream}:out"))],
-        )?)),
+        Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, stream, &[]).await?)),
+        Mode::Echo => Some(Box::new(
+            prepared(
+                &plugins.echo,
+                stream,
+                &[("target", &format!("{stream}:out"))],
+            )
+            .await?,
+        )),
     };
     let source = match handler {
         Some(_) => {
@@ -469,7 +472,9 @@ async fn consume(
     Ok((count as f64 / elapsed.as_secs_f64(), hist))
 }
 
-fn prepared(
+/// A handler with its instance made, on a blocking thread (plugin calls must not run on the
+/// async workers).
+async fn prepared(
     plugin: &Arc<LoadedPlugin>,
     stream: &str,
     config: &[(&str, &str)],
@@ -487,8 +492,11 @@ fn prepared(
             state: None,
         },
     );
-    h.prepare().map_err(|f| anyhow::anyhow!("{f}"))?;
-    Ok(h)
+    tokio::task::spawn_blocking(move || {
+        h.prepare().map_err(|f| anyhow::anyhow!("{f}"))?;
+        Ok(h)
+    })
+    .await?
 }
 
 /// The baseline: read a batch, ack it, nothing else.

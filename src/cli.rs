@@ -14,9 +14,9 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::{self, BenchArgs};
 use crate::config::{Config, ConfigError};
-use crate::runtime::Runtime;
-use crate::service;
+use crate::runtime::{Limits, Runtime};
 use crate::store::{self, Keys, dlq, embedded, events, jobs};
+use crate::{service, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Plugin authors' tools: inspect a component, test it on recorded events (no Redis)
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Dead letters of a job: list, replay, purge
     Dlq {
         #[command(subcommand)]
@@ -72,6 +77,38 @@ pub enum Command {
     },
     /// Measure throughput and latency against baselines, in one process
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PluginCommand {
+    /// What a component is: size, sha256, imports, exports, whether it fits our world
+    Inspect {
+        path: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin on events from a JSON-lines file, with the host's runtime and limits and
+    /// job state in memory; exits 1 if any event failed
+    Test {
+        path: PathBuf,
+        /// One event per line: {"fields": {"name": "value", …}, "id": …, "delivery_count": …}
+        #[arg(long)]
+        events: PathBuf,
+        /// The job's config for the plugin, as key=value (repeatable). Not `--config`: that
+        /// names the config file on every command.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        plugin_config: Vec<String>,
+        /// Per-event deadline in ms
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        /// Memory cap in MiB
+        #[arg(long, default_value_t = 64)]
+        memory_mb: u64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,7 +184,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service::run(config, cli.redis.clone(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig => check_config(&cli),
+        // Both call into plugins: on a blocking thread (WASI output blocks on the runtime).
+        Command::CheckConfig => {
+            let config = load_config(&cli, true)?;
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("sluice.toml"));
+            tokio::task::spawn_blocking(move || check_config(&path, &config)).await?
+        }
         Command::Publish {
             stream,
             fields,
@@ -165,6 +210,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(&cli, false)?;
             let url = client_url(&cli, &config).await?;
             job_status(&url, &config, name, *json).await
+        }
+        Command::Plugin { command } => {
+            let command = command.clone();
+            tokio::task::spawn_blocking(move || plugin_command(&command)).await?
         }
         Command::Dlq { command } => {
             let config = load_config(&cli, false)?;
@@ -244,15 +293,10 @@ async fn shutdown_signal() {
     });
 }
 
-fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = load_config(cli, true)?;
-    let path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("sluice.toml"));
+fn check_config(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
     println!("config {}: ok", path.display());
     let runtime = Runtime::with_cache(Some(&config.host.data_dir.join("cache")), false)?;
-    let (plugins, errors) = service::load_plugins(&runtime, &config);
+    let (plugins, errors) = service::load_plugins(&runtime, config);
     let mut ok = errors.is_empty();
     for e in &errors {
         println!("error: {e:#}");
@@ -295,6 +339,88 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn plugin_command(command: &PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Inspect { path, json } => {
+            let i = tools::inspect(path)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("file      {} ({} bytes)", i.path, i.size);
+                println!("sha256    {}", i.sha256);
+                println!("kind      {}", i.kind);
+                for import in &i.imports {
+                    println!("import    {import}");
+                }
+                for export in &i.exports {
+                    println!("export    {export}");
+                }
+                match &i.problem {
+                    None => println!(
+                        "world     fits sluice:plugin/plugin@0.1.0{}",
+                        if i.stateful { " (uses job state)" } else { "" }
+                    ),
+                    Some(p) => println!("world     does not fit: {p}"),
+                }
+            }
+            Ok(if i.fits_world {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Test {
+            path,
+            events,
+            plugin_config,
+            deadline_ms,
+            memory_mb,
+            json,
+        } => {
+            let config = parse_fields(plugin_config)?.into_iter().collect();
+            let limits = Limits {
+                deadline: std::time::Duration::from_millis(*deadline_ms),
+                memory_bytes: (*memory_mb as usize) << 20,
+                ..Limits::default()
+            };
+            let events = tools::read_events(events)?;
+            let runtime = Runtime::new(None)?;
+            let plugin = runtime.load_file("plugin", path)?;
+            let report = tools::run_test(plugin, &events, config, limits)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for e in &report.events {
+                    println!(
+                        "{}  {}  ({} µs, memory {} KiB)",
+                        e.id,
+                        e.result,
+                        e.micros,
+                        e.memory_bytes >> 10
+                    );
+                    for effect in &e.effects {
+                        println!("    {effect}");
+                    }
+                    for log in &e.logs {
+                        println!("    log {log}");
+                    }
+                }
+                println!(
+                    "{} events, {} failed; counters: {:?}",
+                    report.events.len(),
+                    report.failed,
+                    report.counters
+                );
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 fn parse_fields(fields: &[String]) -> anyhow::Result<Vec<(String, String)>> {

@@ -17,3 +17,4 @@ pub mod runner;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod tools;

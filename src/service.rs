@@ -53,7 +53,9 @@ pub fn load_plugins(
     (loaded, errors)
 }
 
-/// A handler for `job`, with its first instance made (so `init` has run).
+/// A handler for `job`, with its first instance made (so `init` has run). Calls into the
+/// plugin, so it must run on a blocking thread, never on an async worker: WASI output
+/// streams block on the async runtime (see [`prepare_handler_async`]).
 pub fn prepare_handler(
     plugin: Arc<LoadedPlugin>,
     job: &JobConfig,
@@ -175,6 +177,18 @@ fn check_version(info: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`prepare_handler`] on a blocking thread, for async callers.
+pub async fn prepare_handler_async(
+    plugin: Arc<LoadedPlugin>,
+    job: JobConfig,
+    prefix: String,
+    state: Option<Arc<dyn StateReader>>,
+) -> anyhow::Result<PluginHandler> {
+    tokio::task::spawn_blocking(move || prepare_handler(plugin, &job, &prefix, state))
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing the plugin panicked: {e}"))?
+}
+
 async fn serve(
     config: &Config,
     plugins: &HashMap<String, Arc<LoadedPlugin>>,
@@ -200,7 +214,14 @@ async fn serve(
         };
         let job_key = keys.job(&job.name, job.stream());
         let state: Arc<dyn StateReader> = Arc::new(RedisState::new(connect().await?, job_key));
-        let handler = match prepare_handler(plugin.clone(), job, &config.host.prefix, Some(state)) {
+        let prepared = prepare_handler_async(
+            plugin.clone(),
+            job.clone(),
+            config.host.prefix.clone(),
+            Some(state),
+        )
+        .await;
+        let handler = match prepared {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(job = %job.name, "{e:#}");

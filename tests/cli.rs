@@ -272,3 +272,93 @@ fn bench_runs_every_mode_and_reports_json() {
         keys.first()
     );
 }
+
+#[test]
+fn plugin_test_runs_recorded_events_without_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = write(
+        dir.path(),
+        "events.jsonl",
+        "# a comment\n{\"fields\": {\"text\": \"a b a\"}}\n\n{\"fields\": {\"text\": \"a\"}, \"id\": \"7-0\"}\n",
+    );
+    let out = sluice()
+        .args(["plugin", "test"])
+        .arg(plugin("wordcount-rust"))
+        .arg("--events")
+        .arg(&events)
+        .args(["--set", "threshold=3", "--set", "target=hot", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["counters"]["a"], 3);
+    assert_eq!(report["counters"]["b"], 1);
+    assert_eq!(report["events"][1]["id"], "7-0");
+    let effects = report["events"][1]["effects"].as_array().unwrap();
+    assert!(
+        effects.iter().any(|e| e == "emit hot: word=a count=3"),
+        "{effects:?}"
+    );
+
+    // A failing event: exit 1, and the others still run.
+    let events = write(
+        dir.path(),
+        "bad.jsonl",
+        "{\"fields\": {\"action\": \"trap\"}}\n{\"fields\": {\"action\": \"log\", \"message\": \"hi\"}}\n",
+    );
+    let out = sluice()
+        .args(["plugin", "test"])
+        .arg(plugin("chaos"))
+        .arg("--events")
+        .arg(&events)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"], 1);
+    assert!(
+        report["events"][0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: trap")
+    );
+    assert_eq!(report["events"][1]["logs"][0], "info: hi");
+}
+
+#[test]
+fn plugin_inspect_tells_whether_a_component_fits() {
+    let out = sluice()
+        .args(["plugin", "inspect", "--json"])
+        .arg(plugin("echo"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let i: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(i["fits_world"], true);
+    assert_eq!(i["kind"], "component");
+    assert!(
+        i["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "instance sluice:plugin/handler@0.1.0")
+    );
+    let out = sluice()
+        .args(["plugin", "inspect"])
+        .arg(plugin("wrong-world"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not fit"));
+}

@@ -220,6 +220,10 @@ fn a_job_whose_init_fails_does_not_start_but_the_host_serves_the_others() {
     text.push_str(
         "\n[[job]]\nname = \"bad\"\nsource = \"stream:b\"\nplugin = \"chaos\"\n[job.config]\ninit = \"fail\"\n",
     );
+    // A panic in init writes to the guest's stderr: that must not take the host down.
+    text.push_str(
+        "\n[[job]]\nname = \"worse\"\nsource = \"stream:w\"\nplugin = \"chaos\"\n[job.config]\ninit = \"panic\"\n",
+    );
     let host = Host::start(Config::parse(&text, "t").unwrap(), &redis.url);
     publish(&mut conn, "g", 5, &[("action", "ok")]);
     assert!(wait_until(Duration::from_secs(10), || counter(
@@ -228,6 +232,8 @@ fn a_job_whose_init_fails_does_not_start_but_the_host_serves_the_others() {
     host.stop().unwrap();
     let registered: Option<String> = conn.hget("sluice:jobs", "bad").unwrap();
     assert_eq!(registered, None, "the failing job never registered");
+    let registered: Option<String> = conn.hget("sluice:jobs", "worse").unwrap();
+    assert_eq!(registered, None, "the panicking job never registered");
 }
 
 #[test]

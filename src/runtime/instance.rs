@@ -21,6 +21,8 @@ pub struct PluginInstance {
     poisoned: bool,
     /// `handle` calls so far, for recycling.
     calls: u64,
+    /// Log lines of the last `handle` call.
+    last_logs: Vec<String>,
 }
 
 impl PluginInstance {
@@ -62,6 +64,7 @@ impl PluginInstance {
                 bindings,
                 poisoned: false,
                 calls: 0,
+                last_logs: Vec::new(),
             }),
             Ok(Err(message)) => Err(Failure {
                 kind: FailureKind::Init,
@@ -82,6 +85,11 @@ impl PluginInstance {
     /// `handle` calls made so far.
     pub fn calls(&self) -> u64 {
         self.calls
+    }
+
+    /// The log lines of the last `handle` call.
+    pub fn last_logs(&self) -> &[String] {
+        &self.last_logs
     }
 
     /// Largest linear memory the instance has grown to, in bytes.
@@ -112,7 +120,8 @@ impl PluginInstance {
             .bindings
             .sluice_plugin_handler()
             .call_handle(&mut self.store, &wit_event);
-        let call = std::mem::take(&mut self.store.data_mut().call);
+        let mut call = std::mem::take(&mut self.store.data_mut().call);
+        self.last_logs = std::mem::take(&mut call.logs);
         match result {
             Err(e) => {
                 self.poisoned = true;

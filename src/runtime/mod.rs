@@ -15,12 +15,13 @@ mod engine;
 mod handler;
 pub mod host;
 mod instance;
+pub mod memory;
 mod plugin;
 
 pub use handler::PluginHandler;
 pub use host::{GuestContext, Limits};
 pub use instance::PluginInstance;
-pub use plugin::{LoadError, LoadedPlugin};
+pub use plugin::{LoadError, LoadedPlugin, sha256_hex};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +69,11 @@ impl Runtime {
             linker,
             cache,
         })
+    }
+
+    /// The engine (for inspecting components).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The cache directory, if caching is on.

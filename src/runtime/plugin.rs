@@ -71,6 +71,16 @@ pub enum LoadError {
     },
 }
 
+/// Hex sha256 of some bytes: a plugin version's identity.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 pub(super) fn load(
     runtime: &Runtime,
     name: &str,
@@ -89,12 +99,7 @@ pub(super) fn load(
             origin: origin.into(),
         });
     }
-    let sha256 = Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        });
+    let sha256 = sha256_hex(bytes);
 
     let started = Instant::now();
     let cached = runtime

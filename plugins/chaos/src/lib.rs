@@ -48,6 +48,7 @@ impl Guest for Chaos {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         match config.iter().find(|(k, _)| k == "init") {
             Some((_, v)) if v == "fail" => Err("init told to fail by config".into()),
+            Some((_, v)) if v == "panic" => panic!("init told to panic by config"),
             _ => Ok(()),
         }
     }

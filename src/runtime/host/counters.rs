@@ -95,7 +95,11 @@ mod tests {
     #[test]
     fn counters_add_to_the_stored_value() {
         let store = Arc::new(MemoryState::default());
-        store.counters.lock().unwrap().insert("hits".into(), 40);
+        store.apply(&[Effect::CounterAdd {
+            name: "hits".into(),
+            delta: 40,
+            ttl_s: None,
+        }]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
         assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 41);
         assert_eq!(s.counter_add("hits".into(), 1, Some(86_400)).unwrap(), 42);
@@ -107,10 +111,18 @@ mod tests {
     fn windows_count_distinct_ids_within_the_span() {
         let store = Arc::new(MemoryState::default());
         let now = now_ms();
-        store.windows.lock().unwrap().insert(
-            "w".into(),
-            vec![("a".into(), now - 1000), ("old".into(), now - 120_000)],
-        );
+        store.apply(&[
+            Effect::WindowAdd {
+                name: "w".into(),
+                id: "a".into(),
+                at_ms: now - 1000,
+            },
+            Effect::WindowAdd {
+                name: "w".into(),
+                id: "old".into(),
+                at_ms: now - 120_000,
+            },
+        ]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
         assert_eq!(s.window_count("w".into(), 60).unwrap(), 1);
         s.window_add("w".into(), "a".into()).unwrap(); // already counted

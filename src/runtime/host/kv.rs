@@ -45,53 +45,22 @@ impl Host for HostState {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::super::Limits;
     use super::super::test_support::with_reader;
     use super::*;
-    use crate::event::StateReader;
 
-    /// Job state in memory, standing in for Redis in unit tests of host functions.
-    #[derive(Default)]
-    pub struct MemoryState {
-        pub kv: Mutex<HashMap<String, Vec<u8>>>,
-        pub counters: Mutex<HashMap<String, i64>>,
-        pub windows: Mutex<HashMap<String, Vec<(String, u64)>>>,
-    }
-
-    impl StateReader for MemoryState {
-        fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            Ok(self.kv.lock().unwrap().get(key).cloned())
-        }
-        fn counter_get(&self, name: &str) -> Result<i64, String> {
-            Ok(*self.counters.lock().unwrap().get(name).unwrap_or(&0))
-        }
-        fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String> {
-            let windows = self.windows.lock().unwrap();
-            let entries = windows.get(name).cloned().unwrap_or_default();
-            Ok(ids
-                .iter()
-                .filter(|id| entries.iter().any(|(e, t)| e == *id && *t >= since_ms))
-                .count())
-        }
-        fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {
-            let windows = self.windows.lock().unwrap();
-            Ok(windows.get(name).map_or(0, |e| {
-                e.iter().filter(|(_, t)| *t >= since_ms).count() as u64
-            }))
-        }
-    }
+    pub use crate::runtime::memory::MemoryState;
 
     #[test]
     fn reads_see_the_events_own_writes_before_the_store() {
         let store = Arc::new(MemoryState::default());
-        store
-            .kv
-            .lock()
-            .unwrap()
-            .insert("a".into(), b"stored".to_vec());
+        store.apply(&[Effect::KvSet {
+            key: "a".into(),
+            value: b"stored".to_vec(),
+            ttl_s: None,
+        }]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
         assert_eq!(s.get("a".into()).unwrap(), Some(b"stored".to_vec()));
         s.set("a".into(), b"new".to_vec(), Some(60)).unwrap();

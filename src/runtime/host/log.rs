@@ -1,7 +1,8 @@
-//! `sluice:plugin/log`: guest logs go to the host's tracing, tagged with job, plugin and event.
+//! `sluice:plugin/log`: guest logs go to the host's tracing, tagged with job, plugin and event
+//! (and are kept per call for `sluice plugin test`).
 
 use super::super::bindings::sluice::plugin::log::{Host, Level};
-use super::{HostState, truncate};
+use super::{HostState, MAX_LOGS_KEPT, truncate};
 
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
@@ -9,6 +10,13 @@ impl Host for HostState {
         let job = &*self.guest.job;
         let plugin = &*self.guest.plugin;
         let event = self.call.event_id.as_deref().unwrap_or("-");
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
         match level {
             Level::Trace => tracing::trace!(target: "plugin", job, plugin, event, "{message}"),
             Level::Debug => tracing::debug!(target: "plugin", job, plugin, event, "{message}"),
@@ -16,5 +24,25 @@ impl Host for HostState {
             Level::Warn => tracing::warn!(target: "plugin", job, plugin, event, "{message}"),
             Level::Error => tracing::error!(target: "plugin", job, plugin, event, "{message}"),
         }
+        if self.call.logs.len() < MAX_LOGS_KEPT {
+            self.call.logs.push(format!("{name}: {message}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Limits;
+    use super::super::test_support::state;
+    use super::*;
+
+    #[test]
+    fn logs_are_kept_per_call_and_bounded() {
+        let mut s = state(&[], Limits::default());
+        for i in 0..MAX_LOGS_KEPT + 5 {
+            s.log(Level::Info, format!("line {i}"));
+        }
+        assert_eq!(s.call.logs.len(), MAX_LOGS_KEPT);
+        assert_eq!(s.call.logs[0], "info: line 0");
     }
 }

@@ -111,7 +111,12 @@ pub struct CallState {
     pub violation: Option<String>,
     /// The first failed read of job state during this call; fails the event (retried).
     pub state_error: Option<String>,
+    /// The call's log lines (`level: message`), at most [`MAX_LOGS_KEPT`], for `plugin test`.
+    pub logs: Vec<String>,
 }
+
+/// Log lines kept per call (all go to the host's tracing regardless).
+pub const MAX_LOGS_KEPT: usize = 100;
 
 /// The data of one plugin instance's `Store`.
 pub struct HostState {
