@@ -63,15 +63,19 @@ enum Mode {
     Native,
     WasmNoop,
     Echo,
+    Python,
+    Js,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 7] = [
         Mode::Bare,
         Mode::Native,
         Mode::NativeDoneRecords,
         Mode::WasmNoop,
         Mode::Echo,
+        Mode::Python,
+        Mode::Js,
     ];
 
     fn label(self) -> &'static str {
@@ -81,6 +85,8 @@ impl Mode {
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
+            Mode::Python => "host, python plugin (skips)",
+            Mode::Js => "host, js plugin (skips)",
         }
     }
 
@@ -91,6 +97,8 @@ impl Mode {
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
             Mode::Echo => "echo",
+            Mode::Python => "python",
+            Mode::Js => "js",
         }
     }
 }
@@ -108,6 +116,9 @@ struct Row {
 struct Plugins {
     echo: Arc<LoadedPlugin>,
     chaos: Arc<LoadedPlugin>,
+    /// wordcount-python / wordcount-js, when built (their rows are left out otherwise).
+    python: Option<Arc<LoadedPlugin>>,
+    js: Option<Arc<LoadedPlugin>>,
 }
 
 pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
@@ -118,9 +129,15 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
             .load_file(name, &path)
             .with_context(|| "build the plugins first: make plugins")
     };
+    let optional = |name: &str| {
+        let path = args.plugin_dir.join(format!("{name}.wasm"));
+        path.exists().then(|| load(name)).transpose()
+    };
     let plugins = Plugins {
         echo: load("echo")?,
         chaos: load("chaos")?,
+        python: optional("wordcount-python")?,
+        js: optional("wordcount-js")?,
     };
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let (url, embedded) = match url {
@@ -146,7 +163,12 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
 
 async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<Vec<Row>> {
     let mut throughput = Vec::new();
-    for mode in Mode::ALL {
+    let available = |mode: &Mode| match mode {
+        Mode::Python => plugins.python.is_some(),
+        Mode::Js => plugins.js.is_some(),
+        _ => true,
+    };
+    for mode in Mode::ALL.into_iter().filter(available) {
         let stream = format!("sluice-bench:{}:tput", mode.key());
         let mut conn = store::connect(url, Duration::from_secs(30)).await?;
         cleanup(&mut conn, &stream).await?;
@@ -411,6 +433,15 @@ async fn consume(
             )
             .await?,
         )),
+        // wordcount on entries without a `text` field: one call into the guest, `skip`.
+        Mode::Python | Mode::Js => {
+            let plugin = match mode {
+                Mode::Python => plugins.python.as_ref(),
+                _ => plugins.js.as_ref(),
+            };
+            let plugin = plugin.ok_or_else(|| anyhow::anyhow!("plugin not built"))?;
+            Some(Box::new(prepared(plugin, stream, &[]).await?))
+        }
     };
     let source = match handler {
         Some(_) => {
