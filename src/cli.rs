@@ -325,7 +325,7 @@ fn check_config(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
             Ok(_) => println!(
                 "job {}: ok (stream {} → plugin {}, init accepted the config)",
                 job.name,
-                job.stream(),
+                job.stream(&config.host.prefix),
                 job.plugin
             ),
             Err(e) => {

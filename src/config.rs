@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::policy::DeliveryPolicy;
 use crate::runtime::{Limits, MAX_MEMORY_BYTES};
+use crate::store::Keys;
 use crate::store::stream::StartFrom;
 
 /// The whole file.
@@ -292,7 +293,7 @@ impl Config {
             if !job_names.insert(j.name.as_str()) {
                 return Err((at("name"), format!("duplicate job name `{}`", j.name)));
             }
-            stream_key(&j.source).map_err(|m| (at("source"), m))?;
+            parse_source(&j.source).map_err(|m| (at("source"), m))?;
             if !plugin_names.contains(j.plugin.as_str()) {
                 return Err((
                     at("plugin"),
@@ -335,8 +336,20 @@ impl Config {
 
 impl JobConfig {
     /// The source stream key (validated by [`Config::validate`]).
-    pub fn stream(&self) -> &str {
-        stream_key(&self.source).unwrap_or_default()
+    pub fn stream(&self, prefix: &str) -> String {
+        match parse_source(&self.source) {
+            Ok(Source::Stream(key)) => key.to_string(),
+            Ok(Source::Queue(name)) => Keys::new(prefix).queue(name),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// When the source is a sluice queue, its delayed-tasks key.
+    pub fn delayed_key(&self, prefix: &str) -> Option<String> {
+        match parse_source(&self.source) {
+            Ok(Source::Queue(name)) => Some(Keys::delayed(&Keys::new(prefix).queue(name))),
+            _ => None,
+        }
     }
 
     /// `[job.config]` as the strings a plugin sees.
@@ -376,11 +389,21 @@ impl JobConfig {
     }
 }
 
-fn stream_key(source: &str) -> Result<&str, String> {
+/// Where a job's events come from.
+enum Source<'a> {
+    /// A Redis stream, by key.
+    Stream(&'a str),
+    /// A sluice queue (filled by plugins' `enqueue`), by name.
+    Queue(&'a str),
+}
+
+fn parse_source(source: &str) -> Result<Source<'_>, String> {
     match source.split_once(':') {
-        Some(("stream", key)) if !key.is_empty() => Ok(key),
+        Some(("stream", key)) if !key.is_empty() => Ok(Source::Stream(key)),
+        Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
         _ => Err(format!(
-            "must be `stream:<key>` (other source kinds come later), got {source:?}"
+            "must be `stream:<key>` or `queue:<name>` (name: 1–64 letters, digits, `_`, `-`, `.`), \
+             got {source:?}"
         )),
     }
 }
@@ -456,7 +479,13 @@ mod tests {
             (j.batch, j.block_ms, j.deadline_ms, j.memory_mb),
             (256, 1000, 1000, 64)
         );
-        assert_eq!(j.stream(), "events");
+        assert_eq!(j.stream("sluice"), "events");
+        let q = Config::parse(&GOOD.replace("stream:events", "queue:mail"), "t").unwrap();
+        assert_eq!(q.jobs[0].stream("sluice"), "sluice:queue:{mail}");
+        assert_eq!(
+            q.jobs[0].delayed_key("sluice").as_deref(),
+            Some("sluice:queue:{mail}:delayed")
+        );
         assert_eq!(j.plugin_config()["threshold"], "3");
         assert_eq!(j.limits("sluice").memory_bytes, 64 << 20);
         assert_eq!(j.limits("sluice").reserved_prefix, "sluice:");

@@ -75,6 +75,12 @@ pub enum Effect {
         id: String,
         at_ms: u64,
     },
+    /// Push a task (`payload`) onto queue `queue`, after `delay_ms` if not 0.
+    Enqueue {
+        queue: String,
+        payload: Vec<u8>,
+        delay_ms: u32,
+    },
 }
 
 /// Where a plugin's reads of its job state (key-value, counters, windows) go. Implemented by

@@ -212,7 +212,7 @@ async fn serve(
                 .await
                 .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
         };
-        let job_key = keys.job(&job.name, job.stream());
+        let job_key = keys.job(&job.name, &job.stream(&config.host.prefix));
         let state: Arc<dyn StateReader> = Arc::new(RedisState::new(connect().await?, job_key));
         let prepared = prepare_handler_async(
             plugin.clone(),
@@ -241,13 +241,26 @@ async fn serve(
             );
         }
         let (read_conn, commit_conn) = (connect().await?, connect().await?);
-        let mut stream_job = StreamJob::new(&keys, &job.name, &job.plugin, job.stream(), &consumer);
+        let mut stream_job = StreamJob::new(
+            &keys,
+            &job.name,
+            &job.plugin,
+            &job.stream(&config.host.prefix),
+            &consumer,
+        );
         stream_job.plugin_version = plugin.sha256.clone();
         stream_job.status_ttl_s = job.status_ttl_s;
         stream_job.done_ttl_s = job.done_ttl_s;
+        stream_job.delayed_key = job.delayed_key(&config.host.prefix);
         let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
             .await
-            .with_context(|| format!("job `{}`: opening stream `{}`", job.name, job.stream()))?;
+            .with_context(|| {
+                format!(
+                    "job `{}`: opening stream `{}`",
+                    job.name,
+                    job.stream(&config.host.prefix)
+                )
+            })?;
         let policy = ReadPolicy {
             batch: job.batch,
             block_ms: job.block_ms,

@@ -244,5 +244,17 @@ fn describe(effect: &Effect) -> String {
         Effect::KvDelete { key } => format!("kv delete {key}"),
         Effect::CounterAdd { name, delta, .. } => format!("counter {name} += {delta}"),
         Effect::WindowAdd { name, id, .. } => format!("window {name} += {id}"),
+        Effect::Enqueue {
+            queue,
+            payload,
+            delay_ms,
+        } => {
+            let delay = if *delay_ms > 0 {
+                format!(" after {delay_ms} ms")
+            } else {
+                String::new()
+            };
+            format!("enqueue {queue}{delay}: {}", text(payload))
+        }
     }
 }

@@ -291,3 +291,58 @@ fn key_value_and_windows_through_a_plugin_are_committed_with_the_ack() {
     let users: u64 = conn.zcard("sluice:{in}:job:job1:window:users").unwrap();
     assert_eq!(users, 2);
 }
+
+#[test]
+fn a_plugin_enqueues_tasks_for_a_job_reading_the_queue_with_delays() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let data = tempfile::tempdir().unwrap();
+    let mut text = config_toml(data.path(), "chaos", "producer", "in", "", "");
+    text.push_str(&format!(
+        "\n[[plugin]]\nname = \"echo\"\npath = \"{}\"\n\n[[job]]\nname = \"worker\"\nsource = \"queue:tasks\"\nplugin = \"echo\"\nblock_ms = 50\n[job.config]\ntarget = \"done\"\n",
+        plugin("echo").display()
+    ));
+    let host = Host::start(Config::parse(&text, "t").unwrap(), &redis.url);
+    let started = std::time::Instant::now();
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[
+            ("action", "enqueue"),
+            ("queue", "tasks"),
+            ("payload", "later"),
+            ("delay_ms", "700"),
+        ],
+    );
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[
+            ("action", "enqueue"),
+            ("queue", "tasks"),
+            ("payload", "now"),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || field_values(
+        &mut conn, "done", "payload"
+    ) == ["now"]));
+    assert!(wait_until(Duration::from_secs(10), || field_values(
+        &mut conn, "done", "payload"
+    )
+    .len()
+        == 2));
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the delayed task waited"
+    );
+    host.stop().unwrap();
+    assert_eq!(field_values(&mut conn, "done", "payload"), ["now", "later"]);
+    let delayed: u64 = conn.zcard("sluice:queue:{tasks}:delayed").unwrap();
+    assert_eq!(delayed, 0);
+    assert_eq!(
+        counter(&mut conn, "worker", "tasks", "acked"),
+        2
+    );
+}

@@ -24,12 +24,12 @@ pub struct State {
 }
 
 impl MemoryState {
-    /// Apply an acked event's state effects (emits are ignored here).
+    /// Apply an acked event's state effects (emits and enqueues are ignored here).
     pub fn apply(&self, effects: &[Effect]) {
         let Ok(mut s) = self.inner.lock() else { return };
         for effect in effects {
             match effect {
-                Effect::Emit { .. } => {}
+                Effect::Emit { .. } | Effect::Enqueue { .. } => {}
                 Effect::KvSet { key, value, .. } => {
                     s.kv.insert(key.clone(), value.clone());
                 }

@@ -2,6 +2,8 @@
 -- consumer with XCLAIM, which counts a delivery.
 --
 -- KEYS[1] the source stream   KEYS[2] the job's retry sorted set
+-- KEYS[3] (when the source is a sluice queue) its delayed tasks: in 'due' mode, tasks whose
+--         time has come are first appended to the queue (field `payload`) and removed
 -- ARGV[1] consumer group   ARGV[2] consumer name   ARGV[3] now (ms)   ARGV[4] most entries
 -- ARGV[5] mode:
 --   'due'  — retries whose time has come; returns {next due time or '', entries}
@@ -29,13 +31,23 @@ local function deliver(id, min_idle)
 end
 
 if mode == 'due' then
+  local next_delayed = nil
+  if KEYS[3] then
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, count)) do
+      local nl = string.find(member, '\n', 1, true)
+      redis.call('XADD', src, '*', 'payload', nl and string.sub(member, nl + 1) or member)
+      redis.call('ZREM', KEYS[3], member)
+    end
+    next_delayed = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]
+  end
   local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, count)
   for _, id in ipairs(due) do
     redis.call('ZREM', retry, id)
     deliver(id, 0)
   end
-  local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
-  return {nxt[2] or '', out}
+  local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')[2]
+  if next_delayed and (not nxt or tonumber(next_delayed) < tonumber(nxt)) then nxt = next_delayed end
+  return {nxt or '', out}
 end
 
 local min_idle, start, age = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])

@@ -20,6 +20,8 @@
 --     'K' key                                                             DEL
 --     'c' key, delta, ttl (0: none)                                       INCRBY (+ EXPIRE)
 --     'w' key, id, time (ms)                                              ZADD (window)
+--     'q' key, payload                                                    XADD (queue task)
+--     'Q' key, due (ms), member                                           ZADD (delayed task)
 --   where key is an index into KEYS.
 --
 -- An event is committed only if it is still pending for this consumer with the delivery
@@ -47,7 +49,7 @@ for i = 5, #KEYS do
 end
 
 -- Arguments of one effect after its op, by op ('x' counts its pairs).
-local ARITY = {k = 3, K = 1, c = 3, w = 3}
+local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3}
 local function past_effects(pos, n)
   for _ = 1, n do
     local op = ARGV[pos]
@@ -131,6 +133,10 @@ while pos <= #ARGV do
           local at = tonumber(ARGV[pos + 3])
           redis.call('ZADD', key, at, ARGV[pos + 2])
           redis.call('ZREMRANGEBYSCORE', key, '-inf', at - WINDOW_SPAN_MS)
+        elseif op == 'q' then
+          redis.call('XADD', key, '*', 'payload', ARGV[pos + 2])
+        elseif op == 'Q' then
+          redis.call('ZADD', key, ARGV[pos + 2], ARGV[pos + 3])
         end
       end
       pos = pos + 1 + ARITY[op]

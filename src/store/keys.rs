@@ -10,6 +10,8 @@
 //! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead` |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
+//! | `<prefix>:queue:{<name>}` | stream | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
+//! | `<prefix>:queue:{<name>}:delayed` | sorted set | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue when due |
 //! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | the plugin's key-value store |
 //! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | the plugin's counters |
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | the plugin's windows: id → time (ms); entries older than a day are dropped |
@@ -79,6 +81,16 @@ impl Keys {
         format!("{job_key}:window:{name}")
     }
 
+    /// The stream of sluice queue `name` (its own hash tag).
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}:queue:{{{name}}}", self.prefix)
+    }
+
+    /// Delayed tasks of a queue stream: payload member → due time.
+    pub fn delayed(queue_stream: &str) -> String {
+        format!("{queue_stream}:delayed")
+    }
+
     /// The consumer group a job reads its source stream with.
     pub fn group(&self, job: &str) -> String {
         format!("{}:{job}", self.prefix)
@@ -124,6 +136,12 @@ mod tests {
             "sluice:{events}:job:echo:event:"
         );
         assert_eq!(k.events_channel("echo"), "sluice:events:echo");
+        assert_eq!(k.queue("mail"), "sluice:queue:{mail}");
+        assert_eq!(
+            Keys::delayed(&k.queue("mail")),
+            "sluice:queue:{mail}:delayed"
+        );
+        assert_eq!(hash_tag(&k.queue("mail")), "mail");
         let job = k.job("echo", "events");
         assert_eq!(Keys::kv(&job, "a"), "sluice:{events}:job:echo:kv:a");
         assert_eq!(

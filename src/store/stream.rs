@@ -60,6 +60,10 @@ pub struct StreamJob {
     pub status_ttl_s: u64,
     /// TTL in seconds of the status records of events done on their first delivery; 0 writes none.
     pub done_ttl_s: u64,
+    /// Builds queue keys for `enqueue` effects.
+    pub keys: Keys,
+    /// When the source is a sluice queue: its delayed tasks, moved in when due.
+    pub delayed_key: Option<String>,
 }
 
 impl StreamJob {
@@ -79,6 +83,8 @@ impl StreamJob {
             plugin_version: String::new(),
             status_ttl_s: 86_400,
             done_ttl_s: 0,
+            keys: keys.clone(),
+            delayed_key: None,
         }
     }
 }
@@ -244,9 +250,11 @@ impl StreamReader {
         mode: &[String],
     ) -> Result<(String, Vec<Event>), StoreError> {
         let mut invocation = self.claim.prepare_invoke();
+        invocation.key(&self.job.stream).key(&self.job.retry_key);
+        if let Some(delayed) = &self.job.delayed_key {
+            invocation.key(delayed);
+        }
         invocation
-            .key(&self.job.stream)
-            .key(&self.job.retry_key)
             .arg(&self.job.group)
             .arg(&self.job.consumer)
             .arg(now_ms())
@@ -352,7 +360,7 @@ impl StreamCommitter {
         let mut key_types = String::new();
         for i in 0..events.len() {
             for effect in effects_of(i) {
-                let (key, kind) = target(&j.job_key, effect);
+                let (key, kind) = target(j, effect);
                 let next = targets.len() + 5;
                 let entry = targets.entry(key).or_insert_with_key(|key| {
                     invocation.key(key.as_str());
@@ -387,8 +395,8 @@ impl StreamCommitter {
                 .arg(due)
                 .arg(text)
                 .arg(effects.len());
-            for effect in effects {
-                let index = targets[&target(&j.job_key, effect).0].0;
+            for (n, effect) in effects.iter().enumerate() {
+                let index = targets[&target(j, effect).0].0;
                 match effect {
                     Effect::Emit {
                         fields, max_len, ..
@@ -422,6 +430,25 @@ impl StreamCommitter {
                     Effect::WindowAdd { id, at_ms, .. } => {
                         invocation.arg("w").arg(index).arg(id).arg(at_ms);
                     }
+                    Effect::Enqueue {
+                        payload,
+                        delay_ms: 0,
+                        ..
+                    } => {
+                        invocation.arg("q").arg(index).arg(payload);
+                    }
+                    Effect::Enqueue {
+                        payload, delay_ms, ..
+                    } => {
+                        // Unique per event and effect, so equal payloads do not merge.
+                        let mut member = format!("{}/{}/{n}\n", j.job, event.id).into_bytes();
+                        member.extend_from_slice(payload);
+                        invocation
+                            .arg("Q")
+                            .arg(index)
+                            .arg(now + u64::from(*delay_ms))
+                            .arg(member);
+                    }
                 }
             }
         }
@@ -452,8 +479,13 @@ impl StreamCommitter {
 }
 
 /// The full key an effect writes, and its type letter for the commit script.
-fn target(job_key: &str, effect: &Effect) -> (String, char) {
+fn target(job: &StreamJob, effect: &Effect) -> (String, char) {
+    let job_key = job.job_key.as_str();
     match effect {
+        Effect::Enqueue {
+            queue, delay_ms: 0, ..
+        } => (job.keys.queue(queue), 's'),
+        Effect::Enqueue { queue, .. } => (Keys::delayed(&job.keys.queue(queue)), 'z'),
         Effect::Emit { stream, .. } => (stream.clone(), 's'),
         Effect::KvSet { key, .. } | Effect::KvDelete { key } => (Keys::kv(job_key, key), 't'),
         Effect::CounterAdd { name, .. } => (Keys::counter(job_key, name), 't'),

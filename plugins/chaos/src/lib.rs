@@ -14,7 +14,8 @@
 //! - `kv-set` (fields `key`, `value`, optional `ttl`), `kv-delete` (`key`): write job state;
 //! - `kv-get` (`key`): emit `{value}` (empty if unset) to the target;
 //! - `window` (`name`, `id`, `seconds`): add `id` to the window, emit `{count}` of the last
-//!   `seconds` to the target.
+//!   `seconds` to the target;
+//! - `enqueue` (`queue`, `payload`, optional `delay_ms`): push a task onto a sluice queue.
 //!
 //! With a field `spin_ms`, it first busy-waits that long (to make handling take real time).
 
@@ -25,7 +26,7 @@ use sluice::plugin::config::config_get;
 use sluice::plugin::clock::now;
 use sluice::plugin::counters::{window_add, window_count};
 use sluice::plugin::kv;
-use sluice::plugin::effects::{emit, emit_capped};
+use sluice::plugin::effects::{emit, emit_capped, enqueue};
 use sluice::plugin::log::{Level, log};
 
 struct Chaos;
@@ -127,6 +128,13 @@ impl Guest for Chaos {
                 let target =
                     config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
                 emit(&target, &[("count".to_string(), count.to_string().into_bytes())])
+                    .map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"enqueue" => {
+                let delay = text(&event, "delay_ms", "0").parse().unwrap_or(0);
+                let payload = field(&event, "payload").unwrap_or_default().to_vec();
+                enqueue(&text(&event, "queue", ""), &payload, delay)
                     .map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }

@@ -11,6 +11,39 @@ impl Host for HostState {
         self.buffer_emit(stream, fields, None)
     }
 
+    fn enqueue(&mut self, queue: String, payload: Vec<u8>, delay_ms: u32) -> Result<(), String> {
+        let valid = !queue.is_empty()
+            && queue.len() <= 64
+            && queue
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid {
+            return Err(self.violate(format!(
+                "enqueue: a queue name is 1-64 letters, digits, `_`, `-` or `.`, got {queue:?}"
+            )));
+        }
+        if payload.len() > self.guest.limits.max_payload_bytes {
+            return Err(self.violate(format!(
+                "enqueue to `{queue}`: a payload of {} bytes exceeds the limit of {}",
+                payload.len(),
+                self.guest.limits.max_payload_bytes
+            )));
+        }
+        if delay_ms > MAX_DELAY_MS {
+            return Err(self.violate(format!(
+                "enqueue to `{queue}`: a delay of {delay_ms} ms exceeds the limit of {MAX_DELAY_MS}"
+            )));
+        }
+        self.buffer(
+            "enqueue",
+            Effect::Enqueue {
+                queue,
+                payload,
+                delay_ms,
+            },
+        )
+    }
+
     fn emit_capped(
         &mut self,
         stream: String,
@@ -20,6 +53,9 @@ impl Host for HostState {
         self.buffer_emit(stream, fields, Some(max_len))
     }
 }
+
+/// Longest delay of an enqueued task: 30 days.
+const MAX_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;
 
 impl HostState {
     fn buffer_emit(
@@ -137,6 +173,15 @@ mod tests {
         assert!(err.contains("not among the job's allowed streams"), "{err}");
         assert_eq!(s.call.effects.len(), 2);
         assert!(s.call.violation.is_some());
+    }
+
+    #[test]
+    fn enqueue_checks_the_queue_name_and_delay() {
+        let mut s = state(&[], Limits::default());
+        s.enqueue("mail".into(), b"x".to_vec(), 0).unwrap();
+        assert!(s.enqueue("bad name".into(), b"x".to_vec(), 0).is_err());
+        assert!(s.enqueue("mail".into(), b"x".to_vec(), u32::MAX).is_err());
+        assert_eq!(s.call.effects.len(), 1);
     }
 
     #[test]
