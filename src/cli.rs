@@ -81,6 +81,17 @@ pub enum Command {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PluginCommand {
+    /// Start a plugin project: WIT, a small plugin, build.sh, events.jsonl that `plugin test`
+    /// passes
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`, `_`)
+        name: String,
+        #[arg(long, value_enum)]
+        lang: tools::Lang,
+        /// Where to create it [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// What a component is: size, sha256, imports, exports, whether it fits our world
     Inspect {
         path: PathBuf,
@@ -343,6 +354,18 @@ fn check_config(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
 
 fn plugin_command(command: &PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PluginCommand::New { name, lang, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            tools::new_plugin(name, *lang, &dir)?;
+            println!(
+                "created {}: build it with {}/build.sh, then\n  sluice plugin test {}/{name}.wasm --events {}/events.jsonl",
+                dir.display(),
+                dir.display(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         PluginCommand::Inspect { path, json } => {
             let i = tools::inspect(path)?;
             if *json {

@@ -341,8 +341,5 @@ fn a_plugin_enqueues_tasks_for_a_job_reading_the_queue_with_delays() {
     assert_eq!(field_values(&mut conn, "done", "payload"), ["now", "later"]);
     let delayed: u64 = conn.zcard("sluice:queue:{tasks}:delayed").unwrap();
     assert_eq!(delayed, 0);
-    assert_eq!(
-        counter(&mut conn, "worker", "tasks", "acked"),
-        2
-    );
+    assert_eq!(counter(&mut conn, "worker", "tasks", "acked"), 2);
 }

@@ -1,0 +1,27 @@
+// {{name}}: a sluice plugin. Counts events per value of field `kind` (a job counter) and emits
+// {kind, count} to the stream named by config `target` (default: the source stream + ":counts").
+import { configGet } from 'sluice:plugin/config@0.1.0';
+import { counterAdd } from 'sluice:plugin/counters@0.1.0';
+import { emit } from 'sluice:plugin/effects@0.1.0';
+import { log } from 'sluice:plugin/log@0.1.0';
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export const handler = {
+  init(config) {},
+
+  handle(event) {
+    const field = event.fields.find(([name]) => name === 'kind');
+    const kind = field ? decoder.decode(field[1]) : 'none';
+    try {
+      const count = counterAdd(kind, 1n, undefined);
+      log('info', `${kind} #${count}`);
+      const target = configGet('target') ?? `${event.source}:counts`;
+      emit(target, [['kind', encoder.encode(kind)], ['count', encoder.encode(String(count))]]);
+    } catch (e) {
+      throw { message: String(e?.payload ?? e) };
+    }
+    return { tag: 'ack' };
+  },
+};

@@ -1,0 +1,22 @@
+"""{{name}}: a sluice plugin. Counts events per value of field `kind` (a job counter) and emits
+{kind, count} to the stream named by config `target` (default: the source stream + ":counts")."""
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import config, counters, effects, log, types
+
+
+class Handler(exports.Handler):
+    def init(self, config_pairs):
+        pass
+
+    def handle(self, event):
+        kind = next((v.decode("utf-8", "replace") for k, v in event.fields if k == "kind"), "none")
+        try:
+            count = counters.counter_add(kind, 1, None)
+            log.log(log.Level.INFO, f"{kind} #{count}")
+            target = config.config_get("target") or event.source + ":counts"
+            effects.emit(target, [("kind", kind.encode()), ("count", str(count).encode())])
+        except Err as e:
+            raise Err(types.HandlerError(message=str(e.value)))
+        return types.Disposition_Ack()
