@@ -83,6 +83,22 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// Roughly how many bytes the effect takes in the commit.
+    pub fn size(&self) -> usize {
+        match self {
+            Effect::Emit { stream, fields, .. } => {
+                stream.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            }
+            Effect::KvSet { key, value, .. } => key.len() + value.len(),
+            Effect::KvDelete { key } => key.len(),
+            Effect::CounterAdd { name, .. } => name.len() + 8,
+            Effect::WindowAdd { name, id, .. } => name.len() + id.len() + 8,
+            Effect::Enqueue { queue, payload, .. } => queue.len() + payload.len(),
+        }
+    }
+}
+
 /// Where a plugin's reads of its job state (key-value, counters, windows) go. Implemented by
 /// the store against Redis; reads of what the current batch wrote are answered by the runtime
 /// before asking it.

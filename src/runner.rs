@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::event::{Event, FailureKind, Handler, Outcome};
 use crate::policy::{Decision, DeliveryPolicy};
-use crate::store::stream::{Committed, StreamCommitter, StreamReader};
+use crate::store::stream::{Committed, Refused, StreamCommitter, StreamReader};
 use crate::store::{self, StoreError};
 
 /// Told about every committed batch; used by the benchmark to time publish→ack.
@@ -107,6 +107,8 @@ impl JobRunner {
         let (committed_tx, committed_rx) = watch::channel(0u64);
         let reader = tokio::spawn(read_stage(self.reader, self.policy, stop, read_tx));
         let max = self.delivery.max_deliveries;
+        // A plugin that reads state gets all-or-nothing commits (see `commit`).
+        let strict = self.handler.reads_state();
         let handler = tokio::spawn(handle_stage(
             self.handler,
             max,
@@ -120,6 +122,7 @@ impl JobRunner {
             handled_rx,
             self.observer,
             committed_tx,
+            strict,
         )
         .await;
         // The committer ends when the handler stage has ended, which ends after the reader.
@@ -313,6 +316,7 @@ async fn commit_stage(
     mut input: mpsc::Receiver<Handled>,
     observer: Option<Arc<dyn CommitObserver>>,
     committed_count: watch::Sender<u64>,
+    strict: bool,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     let mut stats = RunnerStats::default();
@@ -322,7 +326,7 @@ async fn commit_stage(
                 tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
             }
         }
-        let committed = commit(&mut committer, &delivery, &events, &mut outcomes).await;
+        let committed = commit(&mut committer, &delivery, &events, &mut outcomes, strict).await;
         if let Some(observer) = &observer {
             observer.committed(&events, &outcomes);
         }
@@ -345,42 +349,77 @@ async fn commit_stage(
     stats
 }
 
-/// Commit until it succeeds. An emit target holding a non-stream fails the events that
-/// emit to it (they are retried like any failure) and the rest is committed.
+/// Commit until it succeeds.
+///
+/// - A key of the wrong type fails the events that write it (they are retried like any
+///   failure); for a plugin that reads state (`strict`), the whole batch, because later events
+///   may have read those events' writes.
+/// - (strict) An event taken over by another host: the whole batch is failed and retried, for
+///   the same reason.
+/// - A connection error is retried with backoff (the script skips what it already committed).
+/// - Any other error of the script means it could fail again the same way: the batch's events
+///   are failed (retried later, then dead-lettered) rather than retried forever.
 async fn commit(
     committer: &mut StreamCommitter,
     delivery: &DeliveryPolicy,
     events: &[Event],
     outcomes: &mut [Outcome],
+    mut strict: bool,
 ) -> Committed {
     let job = committer.job().job.clone();
     let mut backoff = redis_backoff();
+    let fail_all = |outcomes: &mut [Outcome], message: &str| {
+        for outcome in outcomes.iter_mut() {
+            *outcome = Outcome::failed(FailureKind::Error, message.to_string());
+        }
+    };
     loop {
         let decisions: Vec<Decision> = events
             .iter()
             .zip(outcomes.iter())
             .map(|(e, o)| delivery.decide(o, e.delivery_count))
             .collect();
-        match committer.commit(events, outcomes, &decisions).await {
+        match committer.commit(events, outcomes, &decisions, strict).await {
             Ok(Ok(committed)) => return committed,
-            Ok(Err(bad)) => {
+            Ok(Err(Refused::BadTarget(bad))) => {
                 let message = format!(
                     "`{}` holds a {}, which this write cannot use",
                     bad.key, bad.kind
                 );
-                for &i in &bad.events {
-                    tracing::warn!(job = &*job, event = %events[i].id, "event failed: {message}");
-                    outcomes[i] = Outcome::failed(FailureKind::Limit, message.clone());
+                tracing::warn!(
+                    job = &*job,
+                    events = bad.events.len(),
+                    "commit refused: {message}"
+                );
+                if strict || bad.events.is_empty() {
+                    fail_all(outcomes, &format!("batch refused: {message}"));
+                } else {
+                    for &i in &bad.events {
+                        outcomes[i] = Outcome::failed(FailureKind::Limit, message.clone());
+                    }
                 }
-                if bad.events.is_empty() {
-                    tracing::error!(
-                        job = &*job,
-                        "commit refused for `{}` ({}), used by no event",
-                        bad.key,
-                        bad.kind
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            }
+            Ok(Err(Refused::Stale)) => {
+                tracing::info!(
+                    job = &*job,
+                    "an event of the batch was taken over elsewhere; the batch will run again"
+                );
+                fail_all(
+                    outcomes,
+                    "batch re-run: another host took over one of its events, whose writes later \
+                     events may have read",
+                );
+                // What is left to write (retries of the events still ours) reads nothing.
+                strict = false;
+            }
+            Err(e) if !e.is_connection() && !e.is_loading() => {
+                tracing::error!(
+                    job = &*job,
+                    "commit failed, failing the batch's events: {e}"
+                );
+                fail_all(outcomes, &format!("commit failed: {e}"));
+                strict = false;
+                tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
             }
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));

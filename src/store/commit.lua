@@ -11,11 +11,13 @@
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
 -- ARGV[11] one letter per key from KEYS[5]: its expected type ('s' stream, 't' string,
 --          'z' sorted set)
--- ARGV[12..] one record per event:
+-- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
+--          nothing (later events may have read its writes) and reply SLUICE_STALE
+-- ARGV[13..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of effects, then per effect an op and its args:
---     'x' key, max length (0: no trimming), n, then n name/value pairs  XADD
+--     'x' key, max length ('': no trimming), n, then n name/value pairs XADD
 --     'k' key, ttl (0: none), value                                       SET
 --     'K' key                                                             DEL
 --     'c' key, delta, ttl (0: none)                                       INCRBY (+ EXPIRE)
@@ -34,8 +36,8 @@ local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
-local key_types = ARGV[11]
-local FIRST = 12
+local key_types, strict = ARGV[11], ARGV[12] == '1'
+local FIRST = 13
 local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
@@ -44,7 +46,7 @@ for i = 5, #KEYS do
   local t = redis.call('TYPE', KEYS[i])['ok']
   local want = TYPE_NAMES[string.sub(key_types, i - 4, i - 4)]
   if t ~= 'none' and t ~= want then
-    return redis.error_reply('SLUICE_BADTARGET ' .. KEYS[i] .. ' ' .. t)
+    return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
   end
 end
 
@@ -92,6 +94,16 @@ else
   end
 end
 
+if strict then
+  local pos = FIRST
+  while pos <= #ARGV do
+    if mine[ARGV[pos]] ~= tonumber(ARGV[pos + 3]) then
+      return redis.error_reply('SLUICE_STALE ' .. ARGV[pos])
+    end
+    pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
+  end
+end
+
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
 local to_ack, done_ids, dead_ids = {}, {}, {}
 local pos = FIRST
@@ -109,7 +121,7 @@ while pos <= #ARGV do
     if op == 'x' then
       local max_len, n = ARGV[pos + 2], tonumber(ARGV[pos + 3])
       if write then
-        if max_len == '0' then
+        if max_len == '' then
           redis.call('XADD', key, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))
         else
           redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))

@@ -102,6 +102,15 @@ pub struct Committed {
     pub stale: u64,
 }
 
+/// Why a commit wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A key it writes holds another type than the effect needs.
+    BadTarget(BadTarget),
+    /// (strict commits) An event is no longer this consumer's.
+    Stale,
+}
+
 /// A commit refused because a key it writes holds another type than the effect needs
 /// (nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,12 +327,15 @@ impl StreamCommitter {
 
     /// Commit a handled batch: `outcomes[i]` and `decisions[i]` belong to `events[i]`.
     /// Everything happens in one script: all of it, or none.
+    /// `strict` (for plugins that read state): if any event is no longer this consumer's,
+    /// nothing is written and [`Refused::Stale`] comes back.
     pub async fn commit(
         &mut self,
         events: &[Event],
         outcomes: &[Outcome],
         decisions: &[Decision],
-    ) -> Result<Result<Committed, BadTarget>, StoreError> {
+        strict: bool,
+    ) -> Result<Result<Committed, Refused>, StoreError> {
         let j = &self.job;
         let now = now_ms();
         let mut invocation = self.script.prepare_invoke();
@@ -362,7 +374,7 @@ impl StreamCommitter {
             for effect in effects_of(i) {
                 let (key, kind) = target(j, effect);
                 let next = targets.len() + 5;
-                let entry = targets.entry(key).or_insert_with_key(|key| {
+                let entry = targets.entry(key.clone()).or_insert_with_key(|key| {
                     invocation.key(key.as_str());
                     key_types.push(kind);
                     (next, Vec::new())
@@ -370,9 +382,20 @@ impl StreamCommitter {
                 if entry.1.last() != Some(&i) {
                     entry.1.push(i);
                 }
+                // One key written as two types (a stream and a kv key, say) could only fail
+                // half-way through the script: refuse it before Redis sees anything.
+                if key_types.as_bytes()[entry.0 - 5] != kind as u8 {
+                    return Ok(Err(Refused::BadTarget(BadTarget {
+                        key,
+                        kind: "key written as two different types".into(),
+                        events: entry.1.clone(),
+                    })));
+                }
             }
         }
-        invocation.arg(&key_types);
+        invocation
+            .arg(&key_types)
+            .arg(if strict { "1" } else { "0" });
         // Second pass: one record per event.
         for (i, ((event, outcome), decision)) in
             events.iter().zip(outcomes).zip(decisions).enumerate()
@@ -401,10 +424,11 @@ impl StreamCommitter {
                     Effect::Emit {
                         fields, max_len, ..
                     } => {
+                        let max_len = max_len.map(|m| m.to_string()).unwrap_or_default();
                         invocation
                             .arg("x")
                             .arg(index)
-                            .arg(max_len.unwrap_or(0))
+                            .arg(max_len)
                             .arg(fields.len());
                         for (name, value) in fields {
                             invocation.arg(name).arg(value);
@@ -464,15 +488,23 @@ impl StreamCommitter {
                 stale,
             })),
             Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
+                // "<index into KEYS> <type>": the index, not the name (Redis rewrites newlines
+                // in error replies, so a name may not come back as it went).
                 let detail = e.detail().unwrap_or_default();
-                let (key, kind) = detail.rsplit_once(' ').unwrap_or((detail, ""));
-                let events = targets.get(key).map(|t| t.1.clone()).unwrap_or_default();
-                Ok(Err(BadTarget {
-                    key: key.to_string(),
+                let (index, kind) = detail.split_once(' ').unwrap_or((detail, ""));
+                let index: usize = index.parse().unwrap_or(0);
+                let (key, events) = targets
+                    .iter()
+                    .find(|(_, t)| t.0 == index)
+                    .map(|(k, t)| (k.clone(), t.1.clone()))
+                    .unwrap_or_default();
+                Ok(Err(Refused::BadTarget(BadTarget {
+                    key,
                     kind: kind.to_string(),
                     events,
-                }))
+                })))
             }
+            Err(e) if e.code() == Some("SLUICE_STALE") => Ok(Err(Refused::Stale)),
             Err(e) => Err(e.into()),
         }
     }

@@ -7,6 +7,9 @@ use super::super::bindings::sluice::plugin::counters::Host;
 use super::HostState;
 use crate::event::Effect;
 
+/// Largest counter step: ±2^40 (a counter would need 2^23 maximal steps to overflow).
+const MAX_DELTA: u64 = 1 << 40;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -17,6 +20,13 @@ fn now_ms() -> u64 {
 impl Host for HostState {
     fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {
         self.check_name("counter-add", &name)?;
+        // Far from i64's ends, so that no INCRBY in the commit can overflow in practice (a
+        // failing command half-way through the commit script would leave partial writes).
+        if delta.unsigned_abs() > MAX_DELTA {
+            return Err(self.violate(format!(
+                "counter-add `{name}`: a delta of {delta} is over the limit of ±{MAX_DELTA}"
+            )));
+        }
         let ttl_s = ttl_s.filter(|t| *t > 0);
         self.buffer(
             "counter-add",

@@ -109,12 +109,20 @@ impl HostState {
         if let Some(problem) = problem {
             return Err(self.violate(problem));
         }
-        self.call.effects.push(Effect::Emit {
-            stream,
-            fields,
-            max_len,
-        });
-        Ok(())
+        if max_len.is_some_and(|m| m > i64::MAX as u64) {
+            return Err(self.violate(format!(
+                "emit to `{stream}`: a max length over {} is out of range",
+                i64::MAX
+            )));
+        }
+        self.buffer(
+            "emit",
+            Effect::Emit {
+                stream,
+                fields,
+                max_len,
+            },
+        )
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Largest total size of the fields of one `emit`.
     pub max_payload_bytes: usize,
+    /// Largest total size of all the effects of one event (bounds a batch's commit).
+    pub max_event_bytes: usize,
     /// Longest log message kept (longer ones are cut).
     pub max_log_bytes: usize,
     /// Most fields in one emitted entry.
@@ -71,6 +73,7 @@ impl Default for Limits {
             max_effects: 1000,
             max_name_bytes: 512,
             max_payload_bytes: 1 << 20,
+            max_event_bytes: 2 << 20,
             max_log_bytes: 8 << 10,
             max_fields: 1000,
             allowed_streams: Vec::new(),
@@ -113,6 +116,8 @@ pub struct CallState {
     pub state_error: Option<String>,
     /// The call's log lines (`level: message`), at most [`MAX_LOGS_KEPT`], for `plugin test`.
     pub logs: Vec<String>,
+    /// Bytes of the effects buffered so far.
+    pub effect_bytes: usize,
 }
 
 /// Log lines kept per call (all go to the host's tracing regardless).
@@ -190,14 +195,23 @@ impl HostState {
         Ok(())
     }
 
-    /// Buffer a state effect, within the per-event effect limit.
+    /// Buffer an effect, within the per-event limits on effects and bytes.
     fn buffer(&mut self, what: &str, effect: Effect) -> Result<(), String> {
-        if self.call.effects.len() >= self.guest.limits.max_effects {
+        let limits = &self.guest.limits;
+        if self.call.effects.len() >= limits.max_effects {
             return Err(self.violate(format!(
                 "{what}: more than {} effects for one event",
-                self.guest.limits.max_effects
+                limits.max_effects
             )));
         }
+        let bytes = self.call.effect_bytes + effect.size();
+        if bytes > limits.max_event_bytes {
+            return Err(self.violate(format!(
+                "{what}: the event's effects would take {bytes} bytes, over the limit of {}",
+                limits.max_event_bytes
+            )));
+        }
+        self.call.effect_bytes = bytes;
         self.call.effects.push(effect);
         Ok(())
     }
