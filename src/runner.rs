@@ -105,7 +105,20 @@ impl JobRunner {
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
         // Commits done so far; a handler that reads state waits for the previous batch's.
         let (committed_tx, committed_rx) = watch::channel(0u64);
-        let reader = tokio::spawn(read_stage(self.reader, self.policy, stop, read_tx));
+        // Ids read and not yet committed: never taken back from ourselves, kept fresh.
+        let in_flight = InFlight::default();
+        let keeper = tokio::spawn(keep_fresh(
+            self.committer.refresher(),
+            in_flight.clone(),
+            self.policy.claim_idle_ms,
+        ));
+        let reader = tokio::spawn(read_stage(
+            self.reader,
+            self.policy,
+            stop,
+            read_tx,
+            in_flight.clone(),
+        ));
         let max = self.delivery.max_deliveries;
         // A plugin that reads state gets all-or-nothing commits (see `commit`).
         let strict = self.handler.reads_state();
@@ -123,8 +136,10 @@ impl JobRunner {
             self.observer,
             committed_tx,
             strict,
+            in_flight,
         )
         .await;
+        keeper.abort();
         // The committer ends when the handler stage has ended, which ends after the reader.
         let handled = handler.await;
         let _ = reader.await;
@@ -143,11 +158,54 @@ impl JobRunner {
     }
 }
 
+/// The ids a runner has read and not yet committed.
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl InFlight {
+    fn add(&self, events: &[Event]) {
+        if let Ok(mut set) = self.0.lock() {
+            set.extend(events.iter().map(|e| e.id.clone()));
+        }
+    }
+    fn remove(&self, events: &[Event]) {
+        if let Ok(mut set) = self.0.lock() {
+            for e in events {
+                set.remove(&e.id);
+            }
+        }
+    }
+    fn ids(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Every third of `claim_idle_ms`, reset the idle time of the entries still in flight here
+/// (when they are still ours), so that a slow batch, or one waiting in the pipeline, is not
+/// taken over by another host while it is being handled.
+async fn keep_fresh(mut committer: StreamCommitter, in_flight: InFlight, claim_idle_ms: u64) {
+    let every = Duration::from_millis((claim_idle_ms / 3).max(30));
+    loop {
+        tokio::time::sleep(every).await;
+        let ids = in_flight.ids();
+        if let Err(e) = committer.refresh(&ids, claim_idle_ms / 3).await {
+            tracing::debug!(
+                job = &*committer.job().job,
+                "refreshing in-flight entries failed: {e}"
+            );
+        }
+    }
+}
+
 async fn read_stage(
     mut reader: StreamReader,
     policy: ReadPolicy,
     mut stop: watch::Receiver<bool>,
     out: mpsc::Sender<Vec<Event>>,
+    in_flight: InFlight,
 ) {
     let job = reader.job().job.clone();
     let mut backoff = redis_backoff();
@@ -156,7 +214,6 @@ async fn read_stage(
     let mut next_retry_check = Instant::now();
     let mut next_reclaim = Instant::now();
     let mut cursor = "-".to_string();
-    let started = Instant::now();
     let reclaim_every = Duration::from_millis(policy.claim_idle_ms / 2)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !*stop.borrow() {
@@ -167,13 +224,14 @@ async fn read_stage(
             &mut next_reclaim,
             &mut cursor,
             reclaim_every,
-            started,
+            &in_flight,
         )
         .await;
         match step {
             Ok(batches) => {
                 backoff = redis_backoff();
                 for events in batches {
+                    in_flight.add(&events);
                     if !events.is_empty() && out.send(events).await.is_err() {
                         // The handler stage is gone (it panicked): these stay pending.
                         return;
@@ -198,7 +256,7 @@ async fn read_step(
     next_reclaim: &mut Instant,
     cursor: &mut String,
     reclaim_every: Duration,
-    started: Instant,
+    in_flight: &InFlight,
 ) -> Result<Vec<Vec<Event>>, StoreError> {
     let mut batches = Vec::new();
     let now = Instant::now();
@@ -211,14 +269,21 @@ async fn read_step(
         batches.push(due);
     }
     if now >= *next_reclaim {
-        let (idle, next) = reader
-            .reclaim(
-                policy.batch,
-                policy.claim_idle_ms,
-                cursor,
-                started.elapsed().as_millis() as u64,
-            )
-            .await?;
+        let idle = reader
+            .reclaim(policy.batch, policy.claim_idle_ms, cursor, in_flight.ids())
+            .await;
+        // Due retries already claimed above must not be dropped because this failed.
+        let (idle, next) = match idle {
+            Ok(found) => found,
+            Err(e) if batches.iter().any(|b: &Vec<Event>| !b.is_empty()) => {
+                tracing::warn!(
+                    job = &*reader.job().job,
+                    "taking over idle entries failed: {e}"
+                );
+                return Ok(batches);
+            }
+            Err(e) => return Err(e),
+        };
         if !idle.is_empty() {
             tracing::info!(
                 job = &*reader.job().job,
@@ -317,6 +382,7 @@ async fn commit_stage(
     observer: Option<Arc<dyn CommitObserver>>,
     committed_count: watch::Sender<u64>,
     strict: bool,
+    in_flight: InFlight,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     let mut stats = RunnerStats::default();
@@ -327,6 +393,7 @@ async fn commit_stage(
             }
         }
         let committed = commit(&mut committer, &delivery, &events, &mut outcomes, strict).await;
+        in_flight.remove(&events);
         if let Some(observer) = &observer {
             observer.committed(&events, &outcomes);
         }

@@ -667,3 +667,53 @@ fn a_host_with_a_fixed_consumer_name_takes_back_what_its_previous_life_held() {
         Some(0)
     );
 }
+
+#[test]
+fn a_slow_batch_on_a_live_host_is_not_taken_over_by_another() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    // 10 events of 300 ms each in one batch: 3 s in flight, against claim_idle_ms = 1000.
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 10\ndeadline_ms = 10000\nclaim_idle_ms = 1000",
+        "target = \"out\"",
+    );
+    publish(
+        &mut conn,
+        "in",
+        10,
+        &[("action", "emit"), ("spin_ms", "300"), ("n", "{i}")],
+    );
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 10));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    let (dups, missing) = exactly_once(&field_values(&mut conn, "out", "n"), 10);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    assert_eq!(
+        counter(&mut conn, "j", "in", "received"),
+        10,
+        "each handled once: no takeover"
+    );
+    let b_log = std::fs::read_to_string(&b.log).unwrap();
+    assert!(!b_log.contains("took over entries"), "{b_log}");
+    assert_eq!(
+        a.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    assert_eq!(
+        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

@@ -9,9 +9,9 @@
 --   'due'  — retries whose time has come; returns {next due time or '', entries}
 --   'idle' — entries pending for longer than ARGV[6] ms, scanned from cursor ARGV[7] (an
 --            XPENDING start: '-' or '(<id>'); returns {next cursor ('-' when the scan went
---            round), entries}. Skipped: entries this very process holds — owned by this
---            consumer and delivered less than ARGV[8] ms ago (this process's age); entries of
---            this consumer name from an earlier process are taken back. A retry scheduled for
+--            round), entries}. ARGV[8..] are the ids this process is handling right now: those
+--            are skipped when this consumer holds them; anything else it holds (an earlier
+--            process's, or a read whose reply was lost) is taken back. A retry scheduled for
 --            later is taken over but left scheduled, without counting a delivery (JUSTID).
 -- entries: {{id, deliveries, {field, value, …}}, …}. Entries deleted from the stream are
 -- dropped from the pending list by XCLAIM (Redis ≥ 7.0) and not returned.
@@ -50,13 +50,15 @@ if mode == 'due' then
   return {nxt or '', out}
 end
 
-local min_idle, start, age = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local min_idle, start = tonumber(ARGV[6]), ARGV[7]
+local in_flight = {}
+for i = 8, #ARGV do in_flight[ARGV[i]] = true end
 local rows = redis.call('XPENDING', src, group, 'IDLE', min_idle, start, '+', count)
 local cursor = '-'
 if #rows == count then cursor = '(' .. rows[#rows][1] end
 for _, row in ipairs(rows) do
-  local id, owner, idle = row[1], row[2], tonumber(row[3])
-  if not (owner == consumer and idle < age) then
+  local id, owner = row[1], row[2]
+  if not (owner == consumer and in_flight[id]) then
     local due = redis.call('ZSCORE', retry, id)
     if due and tonumber(due) > now then
       redis.call('XCLAIM', src, group, consumer, min_idle, id, 'JUSTID')

@@ -231,23 +231,18 @@ impl StreamReader {
         Ok((events, next.parse().ok()))
     }
 
-    /// Take over entries idle for longer than `min_idle_ms` on other consumers, or on this
-    /// consumer name from before this process started `age_ms` ago (at most `count`),
-    /// scanning from `cursor` (`-` to start); returns them and the cursor to go on from
-    /// (`-` when the scan went round).
+    /// Take over entries idle for longer than `min_idle_ms` (at most `count`), except those
+    /// this consumer holds that are `in_flight` here, scanning from `cursor` (`-` to start);
+    /// returns them and the cursor to go on from (`-` when the scan went round).
     pub async fn reclaim(
         &mut self,
         count: usize,
         min_idle_ms: u64,
         cursor: &str,
-        age_ms: u64,
+        in_flight: Vec<String>,
     ) -> Result<(Vec<Event>, String), StoreError> {
-        let mode = [
-            "idle".into(),
-            min_idle_ms.to_string(),
-            cursor.into(),
-            age_ms.to_string(),
-        ];
+        let mut mode = vec!["idle".into(), min_idle_ms.to_string(), cursor.into()];
+        mode.extend(in_flight);
         let (cursor, events) = self.claim(count, &mode).await?;
         Ok((events, cursor))
     }
@@ -310,6 +305,37 @@ fn parse_claim_reply(reply: Value, job: &StreamJob) -> Result<(String, Vec<Event
         })
         .collect();
     Ok((head.unwrap_or_default(), events))
+}
+
+impl StreamCommitter {
+    /// Reset the idle time of `ids` this consumer still holds and that have been idle for
+    /// `min_idle_ms` or more, so that other hosts do not take over entries still being handled.
+    pub async fn refresh(&mut self, ids: &[String], min_idle_ms: u64) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let script = Script::new(include_str!("refresh.lua"));
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.job.stream)
+            .key(&self.job.job_key)
+            .arg(min_idle_ms)
+            .arg(&self.job.consumer)
+            .arg(&self.job.group);
+        for id in ids {
+            invocation.arg(id);
+        }
+        Ok(invocation.invoke_async(&mut self.conn).await?)
+    }
+
+    /// A handle for [`StreamCommitter::refresh`] from another task (same connection).
+    pub fn refresher(&self) -> StreamCommitter {
+        StreamCommitter {
+            conn: self.conn.clone(),
+            job: self.job.clone(),
+            script: self.script.clone(),
+        }
+    }
 }
 
 /// Commits a job's handled batches with the commit script.
