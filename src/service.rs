@@ -229,17 +229,6 @@ async fn serve(
                 continue;
             }
         };
-        let worst_batch_ms = job.batch as u64 * job.deadline_ms;
-        if worst_batch_ms >= job.claim_idle_ms {
-            tracing::warn!(
-                job = %job.name,
-                "a batch may take up to {worst_batch_ms} ms (batch × deadline_ms), not less than \
-                 claim_idle_ms ({}): other hosts may take over entries still in flight; nothing \
-                 is duplicated, but deliveries are wasted. Lower batch or deadline_ms, or raise \
-                 claim_idle_ms.",
-                job.claim_idle_ms
-            );
-        }
         let (read_conn, commit_conn) = (connect().await?, connect().await?);
         let mut stream_job = StreamJob::new(
             &keys,
