@@ -37,6 +37,8 @@ pub enum StoreError {
     Parse(#[from] redis::ParsingError),
     #[error("redis did not answer in time")]
     Timeout,
+    #[error("{0}")]
+    GroupGone(String),
 }
 
 impl StoreError {
@@ -51,6 +53,7 @@ impl StoreError {
             }
             StoreError::Parse(_) => false,
             StoreError::Timeout => true,
+            StoreError::GroupGone(_) => false,
         }
     }
 

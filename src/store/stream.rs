@@ -150,7 +150,6 @@ pub async fn open(
             conn: read_conn,
             job: job.clone(),
             claim: Script::new(include_str!("claim.lua")),
-            start,
         },
         StreamCommitter {
             conn: commit_conn,
@@ -189,8 +188,6 @@ pub struct StreamReader {
     job: Arc<StreamJob>,
     /// The claim script (EVALSHA, loaded on first use).
     claim: Script,
-    /// Where the group starts if it has to be created again.
-    start: StartFrom,
 }
 
 impl StreamReader {
@@ -276,16 +273,29 @@ impl StreamReader {
         }
     }
 
-    /// After a failed read: if the stream or group was deleted under us (NOGROUP), create it
-    /// again (from the job's `start`) and report nothing read; any other error is returned.
+    /// After a failed read: if the group is gone (NOGROUP) and the stream is empty or gone,
+    /// create it again and report nothing read. A group gone from a stream that still holds
+    /// entries is not recreated: its acks are lost with it, so starting at the beginning
+    /// would handle entries again and starting at the end would skip some. The job stalls,
+    /// loudly, until an operator recreates the group or restarts the host (which creates it
+    /// from the job's `start`). Any other error is returned as it is.
     async fn recover(&mut self, e: redis::RedisError) -> Result<(), StoreError> {
         let nogroup =
             e.code() == Some("NOGROUP") || e.detail().is_some_and(|d| d.contains("NOGROUP"));
         if !nogroup {
             return Err(e.into());
         }
-        tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished; creating it again");
-        ensure_group(&mut self.conn, &self.job, self.start).await
+        let len: u64 = self.conn.xlen(&self.job.stream).await.unwrap_or(0);
+        if len > 0 {
+            return Err(StoreError::GroupGone(format!(
+                "consumer group `{}` vanished while stream `{}` holds {len} entries; not \
+                 recreating it (its acks are gone): recreate it with XGROUP CREATE, or restart \
+                 the host to create it from the job's `start`",
+                self.job.group, self.job.stream
+            )));
+        }
+        tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished with the stream empty; creating it again");
+        ensure_group(&mut self.conn, &self.job, StartFrom::Beginning).await
     }
 }
 
