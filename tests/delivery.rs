@@ -728,3 +728,45 @@ fn a_slow_batch_on_a_live_host_is_not_taken_over_by_another() {
         Some(0)
     );
 }
+
+#[test]
+fn an_entry_deleted_while_pending_is_dead_lettered_not_lost_from_the_books() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "batch = 10\ndeadline_ms = 10000\nclaim_idle_ms = 500",
+        "target = \"out\"",
+    );
+    let ids = publish(
+        &mut conn,
+        "in",
+        5,
+        &[("action", "emit"), ("spin_ms", "300"), ("n", "{i}")],
+    );
+    let log = dir.path().join("host.log");
+    let mut a = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 5));
+    a.kill9();
+    let _: u64 = conn.xdel("in", &[&ids[2]]).unwrap();
+    let mut b = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(30), || pending(
+        &mut conn, "j", "in"
+    ) == 0
+        && counter(&mut conn, "j", "in", "acked") == 4));
+    assert_eq!(counter(&mut conn, "j", "in", "dead"), 1);
+    assert_eq!(counter(&mut conn, "j", "in", "received"), 5);
+    let letters = json(&["--redis", &redis.url, "dlq", "list", "j", "--json"]);
+    assert_eq!(letters[0]["source_id"], ids[2].as_str());
+    assert_eq!(letters[0]["fields_in"], "deleted");
+    assert_eq!(
+        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

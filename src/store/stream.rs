@@ -251,7 +251,11 @@ impl StreamReader {
         mode: &[String],
     ) -> Result<(String, Vec<Event>), StoreError> {
         let mut invocation = self.claim.prepare_invoke();
-        invocation.key(&self.job.stream).key(&self.job.retry_key);
+        invocation
+            .key(&self.job.stream)
+            .key(&self.job.retry_key)
+            .key(&self.job.job_key)
+            .key(&self.job.dlq_key);
         if let Some(delayed) = &self.job.delayed_key {
             invocation.key(delayed);
         }
