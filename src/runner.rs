@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 
-use crate::event::{Event, FailureKind, Handler, Outcome};
+use crate::event::{Effect, Event, FailureKind, Handler, Outcome};
 use crate::policy::{Decision, DeliveryPolicy};
 use crate::store::stream::{Committed, Refused, StreamCommitter, StreamReader};
 use crate::store::{self, StoreError};
@@ -392,7 +392,25 @@ async fn commit_stage(
                 tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
             }
         }
-        let committed = commit(&mut committer, &delivery, &events, &mut outcomes, strict).await;
+        // One script call per chunk of at most MAX_COMMIT_BYTES of effects, in order: each
+        // event is still all-or-nothing, and a big batch stays under Redis's request limits.
+        let mut committed = Committed::default();
+        for range in chunks(&outcomes) {
+            let c = commit(
+                &mut committer,
+                &delivery,
+                &events[range.clone()],
+                &mut outcomes[range],
+                strict,
+            )
+            .await;
+            committed.acked += c.acked;
+            committed.skipped += c.skipped;
+            committed.retried += c.retried;
+            committed.failed += c.failed;
+            committed.dead += c.dead;
+            committed.stale += c.stale;
+        }
         in_flight.remove(&events);
         if let Some(observer) = &observer {
             observer.committed(&events, &outcomes);
@@ -414,6 +432,32 @@ async fn commit_stage(
         }
     }
     stats
+}
+
+/// Most effect bytes sent in one commit script call.
+const MAX_COMMIT_BYTES: usize = 64 << 20;
+
+/// Split a batch into consecutive ranges of at most [`MAX_COMMIT_BYTES`] of effects (an event
+/// bigger than that alone in its range; events are capped far below it).
+fn chunks(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
+    let size = |o: &Outcome| match o {
+        Outcome::Handled { effects, .. } => 64 + effects.iter().map(Effect::size).sum::<usize>(),
+        Outcome::Failed(_) => 64,
+    };
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let s = size(outcome);
+        if i > start && bytes + s > MAX_COMMIT_BYTES {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += s;
+    }
+    if start < outcomes.len() {
+        ranges.push(start..outcomes.len());
+    }
+    ranges
 }
 
 /// Commit until it succeeds.
@@ -505,5 +549,31 @@ fn log_commit_error(job: &str, e: &StoreError, delay: Duration) {
         );
     } else {
         tracing::error!(job, "commit failed, retrying in {delay:?}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Disposition;
+
+    fn emitting(bytes: usize) -> Outcome {
+        Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "s".into(),
+                fields: vec![("f".into(), vec![0; bytes])],
+                max_len: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn batches_split_by_effect_bytes_in_order() {
+        let small: Vec<Outcome> = (0..10).map(|_| emitting(10)).collect();
+        assert_eq!(chunks(&small), vec![0..10]);
+        let big: Vec<Outcome> = (0..5).map(|_| emitting(30 << 20)).collect();
+        assert_eq!(chunks(&big), vec![0..2, 2..4, 4..5]);
+        assert!(chunks(&[]).is_empty());
     }
 }
