@@ -55,7 +55,9 @@ $(JS_TOOLS): plugins/package.json plugins/package-lock.json
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (apt)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
-	cd plugins && npm ci --silent --no-audit --no-fund
+	@# Not `npm ci`: it rejects this lock file (optional per-platform packages of jco have
+	@# empty versions, an npm bug); `npm install` keeps the locked versions.
+	cd plugins && npm install --silent --no-audit --no-fund
 
 rust-plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2

@@ -61,11 +61,7 @@ fn random_between(lo: u64, hi: u64, salt: u64) -> u64 {
 
 #[test]
 fn an_event_failing_twice_is_acked_on_the_third_delivery() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "chaos",
         "j",
         "in",
@@ -91,19 +87,12 @@ fn an_event_failing_twice_is_acked_on_the_third_delivery() {
             .contains("failing delivery 2 of 3"),
         "{status}"
     );
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
 fn an_always_failing_event_is_dead_lettered_and_replay_brings_it_back() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "chaos",
         "j",
         "in",
@@ -177,19 +166,12 @@ fn an_always_failing_event_is_dead_lettered_and_replay_brings_it_back() {
 
     let out = sluice(&["--redis", &redis.url, "dlq", "purge", "j", "--all"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("purged 2"));
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
 fn entries_held_by_a_dead_consumer_are_taken_over_by_another_host() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "chaos",
         "j",
         "in",
@@ -231,20 +213,13 @@ fn entries_held_by_a_dead_consumer_are_taken_over_by_another_host() {
         log_text.contains("took over entries idle on other consumers"),
         "{log_text}"
     );
-    assert_eq!(
-        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    b.stop_ok();
 }
 
 #[test]
 fn kill_9_at_five_random_moments_loses_nothing_and_duplicates_nothing() {
     const N: usize = 20_000;
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "echo",
         "j",
         "in",
@@ -304,10 +279,7 @@ fn kill_9_at_five_random_moments_loses_nothing_and_duplicates_nothing() {
     let retried = counter(&mut conn, "j", "in", "retried");
     let dead = counter(&mut conn, "j", "in", "dead");
     assert_eq!((received, retried, dead), (N as u64, 0, 0));
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
@@ -350,26 +322,13 @@ fn redis_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
     assert!(host.is_running(), "the host lived through Redis going away");
     let log = std::fs::read_to_string(&host.log).unwrap();
     assert!(log.contains("retrying in"), "the outage was logged");
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
 fn sigterm_under_load_commits_in_flight_batches_and_exits_0() {
     const N: usize = 3000;
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        "chaos",
-        "j",
-        "in",
-        "batch = 50",
-        "target = \"out\"",
-    );
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "batch = 50", "target = \"out\"");
     publish(
         &mut conn,
         "in",
@@ -409,10 +368,7 @@ fn sigterm_under_load_commits_in_flight_batches_and_exits_0() {
         dups.is_empty() && missing.is_empty(),
         "dups {dups:?} missing {missing:?}"
     );
-    assert_eq!(
-        again.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    again.stop_ok();
 }
 
 #[test]
@@ -438,18 +394,12 @@ fn a_host_started_while_redis_is_down_waits_for_it() {
     ) == 5));
     let log = std::fs::read_to_string(&host.log).unwrap();
     assert!(log.contains("waiting for redis"), "{log}");
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
 fn a_producer_can_wait_for_its_result_on_the_events_channel() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "chaos", "j", "in", "max_deliveries = 1", "");
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
     let mut sub = redis.conn();
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe("sluice:events:j").unwrap();
@@ -494,10 +444,7 @@ fn a_producer_can_wait_for_its_result_on_the_events_channel() {
     );
     let out = sluice(&["--redis", &redis.url, "event", "get", "j", "1-1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 }
 
 #[test]
@@ -545,10 +492,7 @@ fn a_very_wide_entry_is_dead_lettered_and_replayed_whole() {
         "{}",
         letters[0]
     );
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
 
     let out = sluice(&["--redis", &redis.url, "dlq", "replay", "j", "--all"]);
     assert!(
@@ -569,17 +513,8 @@ fn a_very_wide_entry_is_dead_lettered_and_replayed_whole() {
 
 #[test]
 fn a_consumer_group_deleted_under_a_running_host_stalls_the_job_loudly_until_a_restart() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        "echo",
-        "j",
-        "in",
-        "start = \"new\"",
-        "target = \"out\"",
-    );
+    let (redis, mut conn, dir, cfg) =
+        setup("echo", "j", "in", "start = \"new\"", "target = \"out\"");
     let log = dir.path().join("host.log");
     let mut host = HostProcess::start(&cfg, &redis.url, &log);
     let group_exists = |conn: &mut redis::Connection| {
@@ -610,10 +545,7 @@ fn a_consumer_group_deleted_under_a_running_host_stalls_the_job_loudly_until_a_r
         !group_exists(&mut conn),
         "not recreated behind the operator's back"
     );
-    assert_eq!(
-        host.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    host.stop_ok();
     // A restart creates it from the job's `start` (new: from now on).
     let mut again = HostProcess::start(&cfg, &redis.url, &log);
     assert!(wait_until(Duration::from_secs(20), || group_exists(
@@ -629,19 +561,12 @@ fn a_consumer_group_deleted_under_a_running_host_stalls_the_job_loudly_until_a_r
         8,
         "nothing handled twice"
     );
-    assert_eq!(
-        again.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    again.stop_ok();
 }
 
 #[test]
 fn a_host_with_a_fixed_consumer_name_takes_back_what_its_previous_life_held() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "chaos",
         "j",
         "in",
@@ -673,10 +598,7 @@ fn a_host_with_a_fixed_consumer_name_takes_back_what_its_previous_life_held() {
         dups.is_empty() && missing.is_empty(),
         "dups {dups:?} missing {missing:?}"
     );
-    assert_eq!(
-        second.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    second.stop_ok();
 }
 
 #[test]
@@ -719,23 +641,13 @@ fn a_slow_batch_on_a_live_host_is_not_taken_over_by_another() {
     );
     let b_log = std::fs::read_to_string(&b.log).unwrap();
     assert!(!b_log.contains("took over entries"), "{b_log}");
-    assert_eq!(
-        a.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
-    assert_eq!(
-        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    a.stop_ok();
+    b.stop_ok();
 }
 
 #[test]
 fn an_entry_deleted_while_pending_is_dead_lettered_not_lost_from_the_books() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
+    let (redis, mut conn, dir, cfg) = setup(
         "chaos",
         "j",
         "in",
@@ -765,8 +677,5 @@ fn an_entry_deleted_while_pending_is_dead_lettered_not_lost_from_the_books() {
     let letters = json(&["--redis", &redis.url, "dlq", "list", "j", "--json"]);
     assert_eq!(letters[0]["source_id"], ids[2].as_str());
     assert_eq!(letters[0]["fields_in"], "deleted");
-    assert_eq!(
-        b.term(Duration::from_secs(10)).and_then(|s| s.code()),
-        Some(0)
-    );
+    b.stop_ok();
 }

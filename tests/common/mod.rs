@@ -310,6 +310,16 @@ impl HostProcess {
         None
     }
 
+    /// SIGTERM, and assert a clean exit (0) within 10 s.
+    pub fn stop_ok(&mut self) {
+        let status = self.term(Duration::from_secs(10));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "sluice run did not exit 0 on SIGTERM"
+        );
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -345,6 +355,21 @@ pub fn field_values(conn: &mut redis::Connection, stream: &str, name: &str) -> V
         .into_iter()
         .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == name).map(|(_, v)| v))
         .collect()
+}
+
+/// A fresh redis-server, a connection to it, a temp dir, and a config file there for one job.
+pub fn setup(
+    plugin_name: &str,
+    job: &str,
+    stream: &str,
+    job_extra: &str,
+    config: &str,
+) -> (RedisServer, redis::Connection, tempfile::TempDir, PathBuf) {
+    let redis = RedisServer::start();
+    let conn = redis.conn();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = write_config(dir.path(), plugin_name, job, stream, job_extra, config);
+    (redis, conn, dir, cfg)
 }
 
 /// Write a config file for one job and return its path.
