@@ -462,11 +462,7 @@ async fn publish(
     fields: &[(String, String)],
     count: u64,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {}", store::redact_url(url)))?;
+    let mut conn = connect_client(url).await?;
     let templated = fields.iter().any(|(_, v)| v.contains("{i}"));
     let mut first: Option<String> = None;
     let mut last = String::new();
@@ -651,11 +647,7 @@ async fn job_status(
     name: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {}", store::redact_url(url)))?;
+    let mut conn = connect_client(url).await?;
     let keys = Keys::new(&config.host.prefix);
     let Some(status) = jobs::status(&mut conn, &keys, name).await? else {
         bail!(
