@@ -97,3 +97,8 @@ fn wordcount_python() {
 fn wordcount_js() {
     assert_eq!(run("wordcount-js"), expected());
 }
+
+#[test]
+fn wordcount_c() {
+    assert_eq!(run("wordcount-c"), expected());
+}
