@@ -281,20 +281,12 @@ fn plugin_test_runs_recorded_events_without_redis() {
         "events.jsonl",
         "# a comment\n{\"fields\": {\"text\": \"a b a\"}}\n\n{\"fields\": {\"text\": \"a\"}, \"id\": \"7-0\"}\n",
     );
-    let out = sluice()
-        .args(["plugin", "test"])
-        .arg(plugin("wordcount-rust"))
-        .arg("--events")
-        .arg(&events)
-        .args(["--set", "threshold=3", "--set", "target=hot", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, report) = plugin_test(
+        &plugin("wordcount-rust"),
+        &events,
+        &["--set", "threshold=3", "--set", "target=hot"],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["failed"], 0);
     assert_eq!(report["counters"]["a"], 3);
     assert_eq!(report["counters"]["b"], 1);
@@ -311,21 +303,8 @@ fn plugin_test_runs_recorded_events_without_redis() {
         "bad.jsonl",
         "{\"fields\": {\"action\": \"trap\"}}\n{\"fields\": {\"action\": \"log\", \"message\": \"hi\"}}\n",
     );
-    let out = sluice()
-        .args(["plugin", "test"])
-        .arg(plugin("chaos"))
-        .arg("--events")
-        .arg(&events)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, report) = plugin_test(&plugin("chaos"), &events, &[]);
+    assert_eq!(code, Some(1), "{report}");
     assert_eq!(report["failed"], 1);
     assert!(
         report["events"][0]["result"]

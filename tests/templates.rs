@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::repo;
+use common::{plugin_test, repo};
 
 fn new_build_and_test(lang: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -47,20 +47,9 @@ fn new_build_and_test(lang: &str) {
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );
-    let out = Command::new(sluice)
-        .args(["plugin", "test"])
-        .arg(project.join(format!("hello-{lang}.wasm")))
-        .arg("--events")
-        .arg(project.join("events.jsonl"))
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = project.join("events.jsonl");
+    let (code, report) = plugin_test(&project.join(format!("hello-{lang}.wasm")), &events, &[]);
+    assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["failed"], 0);
     assert_eq!(
         report["counters"],

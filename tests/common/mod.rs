@@ -389,3 +389,23 @@ pub fn write_config(
     .expect("write config");
     path
 }
+
+/// Run `sluice plugin test WASM --events EVENTS --json [extra…]`; the exit code and the report.
+pub fn plugin_test(wasm: &Path, events: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["plugin", "test"])
+        .arg(wasm)
+        .arg("--events")
+        .arg(events)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .expect("running sluice plugin test");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
