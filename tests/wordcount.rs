@@ -102,3 +102,29 @@ fn wordcount_js() {
 fn wordcount_c() {
     assert_eq!(run("wordcount-c"), expected());
 }
+
+#[test]
+fn wordcount_go() {
+    assert_eq!(run("wordcount-go"), expected());
+}
+
+/// Go's GC can run inside `cabi_realloc` and trap ("cannot leave component instance",
+/// wasmtime#14318) when events are large; the Go plugin turns the GC off and collects between
+/// calls. Without that, about 2% of these events fail (measured: 20 of 1000).
+#[test]
+fn wordcount_go_survives_large_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let text: Vec<String> = (0..400).map(|i| format!("w{}", i % 200)).collect();
+    let line = serde_json::json!({"fields": {"text": text.join(" "), "pad": "x".repeat(100_000)}});
+    std::fs::write(&events, format!("{line}\n").repeat(1000)).unwrap();
+    let (code, report) = plugin_test(
+        &plugin("wordcount-go"),
+        &events,
+        &["--set", "threshold=1000000"],
+    );
+    assert_eq!(report["failed"], 0, "{:?}", report["events"][0]);
+    assert_eq!(code, Some(0));
+    assert_eq!(report["counters"]["w0"], 2000);
+    assert_eq!(report["counters"]["w199"], 2000);
+}

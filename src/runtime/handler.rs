@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::event::{Disposition, Effect, Event, Handler, Outcome};
+use crate::event::{Disposition, Event, Handler, Outcome};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -72,8 +72,8 @@ impl PluginHandler {
 
 impl Handler for PluginHandler {
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
-        if let Ok(mut overlay) = self.overlay.lock() {
-            overlay.clear();
+        if let Ok(mut batch) = self.overlay.lock() {
+            batch.clear();
         }
         events
             .iter()
@@ -84,14 +84,9 @@ impl Handler for PluginHandler {
                     disposition: Disposition::Ack,
                     effects,
                 } = &outcome
-                    && let Ok(mut overlay) = self.overlay.lock()
+                    && let Ok(mut batch) = self.overlay.lock()
                 {
-                    overlay.extend(
-                        effects
-                            .iter()
-                            .filter(|e| !matches!(e, Effect::Emit { .. }))
-                            .cloned(),
-                    );
+                    batch.acked(effects);
                 }
                 outcome
             })

@@ -55,31 +55,41 @@ impl MemoryState {
     }
 }
 
+impl MemoryState {
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, String> {
+        let s = self
+            .inner
+            .lock()
+            .map_err(|_| "job state lock poisoned".to_string())?;
+        Ok(f(&s))
+    }
+}
+
 impl StateReader for MemoryState {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.snapshot().kv.get(key).cloned())
+        self.read(|s| s.kv.get(key).cloned())
     }
 
     fn counter_get(&self, name: &str) -> Result<i64, String> {
-        Ok(self.snapshot().counters.get(name).copied().unwrap_or(0))
+        self.read(|s| s.counters.get(name).copied().unwrap_or(0))
     }
 
     fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String> {
-        let s = self.snapshot();
-        let Some(w) = s.windows.get(name) else {
-            return Ok(0);
-        };
-        Ok(ids
-            .iter()
-            .filter(|id| w.get(*id).is_some_and(|t| *t >= since_ms))
-            .count())
+        self.read(|s| {
+            s.windows.get(name).map_or(0, |w| {
+                ids.iter()
+                    .filter(|id| w.get(*id).is_some_and(|t| *t >= since_ms))
+                    .count()
+            })
+        })
     }
 
     fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {
-        let s = self.snapshot();
-        Ok(s.windows
-            .get(name)
-            .map_or(0, |w| w.values().filter(|t| **t >= since_ms).count() as u64))
+        self.read(|s| {
+            s.windows
+                .get(name)
+                .map_or(0, |w| w.values().filter(|t| **t >= since_ms).count() as u64)
+        })
     }
 }
 

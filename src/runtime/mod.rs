@@ -19,7 +19,7 @@ pub mod memory;
 mod plugin;
 
 pub use handler::PluginHandler;
-pub use host::{GuestContext, Limits};
+pub use host::{GuestContext, Limits, Overlay};
 pub use instance::PluginInstance;
 pub use plugin::{LoadError, LoadedPlugin, sha256_hex};
 

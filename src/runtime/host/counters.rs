@@ -41,19 +41,7 @@ impl Host for HostState {
 
     fn counter_get(&mut self, name: String) -> Result<i64, String> {
         self.check_name("counter-get", &name)?;
-        let buffered: i64 = self
-            .visible_effects()
-            .iter()
-            .filter_map(|e| match e {
-                Effect::CounterAdd { name: n, delta, .. } if *n == name => Some(*delta),
-                _ => None,
-            })
-            .fold(0i64, i64::saturating_add);
-        let reader = self.reader()?;
-        let stored = reader
-            .counter_get(&name)
-            .map_err(|e| self.state_failed(e))?;
-        Ok(stored.saturating_add(buffered))
+        self.counter_value(&name)
     }
 
     fn window_add(&mut self, name: String, id: String) -> Result<(), String> {
@@ -66,18 +54,7 @@ impl Host for HostState {
     fn window_count(&mut self, name: String, seconds: u32) -> Result<u64, String> {
         self.check_name("window-count", &name)?;
         let since_ms = now_ms().saturating_sub(u64::from(seconds) * 1000);
-        let mut fresh: Vec<String> = self
-            .visible_effects()
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::WindowAdd { name: n, id, at_ms } if n == name && at_ms >= since_ms => {
-                    Some(id)
-                }
-                _ => None,
-            })
-            .collect();
-        fresh.sort();
-        fresh.dedup();
+        let fresh = self.written_window_ids(&name, since_ms);
         let reader = self.reader()?;
         let stored = reader
             .window_count(&name, since_ms)
@@ -115,6 +92,23 @@ mod tests {
         assert_eq!(s.counter_add("hits".into(), 1, Some(86_400)).unwrap(), 42);
         assert_eq!(s.counter_get("other".into()).unwrap(), 0);
         assert_eq!(s.call.effects.len(), 2);
+    }
+
+    #[test]
+    fn a_stored_counter_is_read_once_per_batch() {
+        let store = Arc::new(MemoryState::default());
+        let mut s = with_reader(&[], Limits::default(), Some(store.clone()));
+        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 1);
+        // Written behind the batch's back (another host): not seen until the next batch.
+        store.apply(&[Effect::CounterAdd {
+            name: "hits".into(),
+            delta: 10,
+            ttl_s: None,
+        }]);
+        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 2);
+        s.overlay.lock().unwrap().clear();
+        s.call = Default::default();
+        assert_eq!(s.counter_get("hits".into()).unwrap(), 10);
     }
 
     #[test]

@@ -8,16 +8,7 @@ use crate::event::Effect;
 impl Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         self.check_name("kv get", &key)?;
-        let buffered = self
-            .visible_effects()
-            .into_iter()
-            .rev()
-            .find_map(|e| match e {
-                Effect::KvSet { key: k, value, .. } if k == key => Some(Some(value)),
-                Effect::KvDelete { key: k } if k == key => Some(None),
-                _ => None,
-            });
-        if let Some(value) = buffered {
+        if let Some(value) = self.written_kv(&key) {
             return Ok(value);
         }
         let reader = self.reader()?;
@@ -78,11 +69,11 @@ pub(crate) mod tests {
             Limits::default(),
             Some(Arc::new(MemoryState::default())),
         );
-        s.overlay.lock().unwrap().push(Effect::KvSet {
+        s.overlay.lock().unwrap().acked(&[Effect::KvSet {
             key: "k".into(),
             value: b"from an earlier event".to_vec(),
             ttl_s: None,
-        });
+        }]);
         assert_eq!(
             s.get("k".into()).unwrap(),
             Some(b"from an earlier event".to_vec())

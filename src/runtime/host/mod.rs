@@ -12,8 +12,8 @@ mod effects;
 mod kv;
 mod log;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -118,6 +118,84 @@ pub struct CallState {
     pub logs: Vec<String>,
     /// Bytes of the effects buffered so far.
     pub effect_bytes: usize,
+    /// The state writes among `effects`, indexed for this event's own reads.
+    pub writes: Writes,
+}
+
+/// State writes not yet in Redis (kv, counters, windows), indexed by name so that a read
+/// costs a lookup, not a scan of every buffered effect.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Key → last value written (None: deleted).
+    pub kv: HashMap<String, Option<Vec<u8>>>,
+    /// Counter → sum of the deltas added.
+    pub counters: HashMap<String, i64>,
+    /// Window → id → time added (ms).
+    pub windows: HashMap<String, HashMap<String, u64>>,
+}
+
+impl Writes {
+    /// Record one effect (emits and enqueues are not state and are ignored).
+    pub fn apply(&mut self, effect: &Effect) {
+        match effect {
+            Effect::KvSet { key, value, .. } => {
+                self.kv.insert(key.clone(), Some(value.clone()));
+            }
+            Effect::KvDelete { key } => {
+                self.kv.insert(key.clone(), None);
+            }
+            Effect::CounterAdd { name, delta, .. } => {
+                let sum = self.counters.entry(name.clone()).or_default();
+                *sum = sum.saturating_add(*delta);
+            }
+            Effect::WindowAdd { name, id, at_ms } => {
+                self.windows
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id.clone(), *at_ms);
+            }
+            Effect::Emit { .. } | Effect::Enqueue { .. } => {}
+        }
+    }
+
+    fn window_ids_since<'a>(
+        &'a self,
+        name: &str,
+        since_ms: u64,
+    ) -> impl Iterator<Item = &'a String> {
+        self.windows
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, at)| **at >= since_ms)
+            .map(|(id, _)| id)
+    }
+}
+
+/// What the current batch knows of its job's state beyond Redis: the writes of its acked
+/// events (later events must see them before they are committed), and the counter values
+/// read from Redis so far. A state-reading job's batches run one at a time, each after the
+/// previous one is committed, so nothing on this host changes a stored value under a batch;
+/// caching them turns a read per `counter-add` into a read per counter per batch.
+#[derive(Debug, Default)]
+pub struct BatchState {
+    pub writes: Writes,
+    stored_counters: HashMap<String, i64>,
+}
+
+impl BatchState {
+    /// Forget everything: a new batch begins (the previous one is in Redis).
+    pub fn clear(&mut self) {
+        self.writes = Writes::default();
+        self.stored_counters.clear();
+    }
+
+    /// An acked event's effects: they will be committed with this batch.
+    pub fn acked(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            self.writes.apply(effect);
+        }
+    }
 }
 
 /// Log lines kept per call (all go to the host's tracing regardless).
@@ -139,9 +217,9 @@ pub struct HostState {
     pub(crate) overlay: Overlay,
 }
 
-/// State effects (kv, counters, windows) of the current batch's acked events, shared by the
-/// handler and its instances (an instance replaced mid-batch keeps seeing them).
-pub type Overlay = Arc<std::sync::Mutex<Vec<Effect>>>;
+/// The current batch's [`BatchState`], shared by the handler and its instances (an instance
+/// replaced mid-batch keeps seeing it).
+pub type Overlay = Arc<Mutex<BatchState>>;
 
 impl HostState {
     pub fn new(guest: Arc<GuestContext>, overlay: Overlay) -> Self {
@@ -156,11 +234,55 @@ impl HostState {
         }
     }
 
-    /// The state effects this call must see, oldest first: the batch's, then the event's own.
-    fn visible_effects(&self) -> Vec<Effect> {
-        let mut all = self.overlay.lock().map(|o| o.clone()).unwrap_or_default();
-        all.extend(self.call.effects.iter().cloned());
-        all
+    /// A key's value as this call must see it, if written in this event or batch: the
+    /// event's own last write, else the batch's (None: not written, read Redis).
+    fn written_kv(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        if let Some(value) = self.call.writes.kv.get(key) {
+            return Some(value.clone());
+        }
+        let batch = self.overlay.lock().ok()?;
+        batch.writes.kv.get(key).cloned()
+    }
+
+    /// A counter as this call must see it: stored value (read once per batch) plus the
+    /// batch's and the event's deltas.
+    fn counter_value(&mut self, name: &str) -> Result<i64, String> {
+        let own = self.call.writes.counters.get(name).copied().unwrap_or(0);
+        let (cached, batch) = match self.overlay.lock() {
+            Ok(b) => (
+                b.stored_counters.get(name).copied(),
+                b.writes.counters.get(name).copied().unwrap_or(0),
+            ),
+            Err(_) => (None, 0),
+        };
+        let stored = match cached {
+            Some(v) => v,
+            None => {
+                let reader = self.reader()?;
+                let v = reader.counter_get(name).map_err(|e| self.state_failed(e))?;
+                if let Ok(mut b) = self.overlay.lock() {
+                    b.stored_counters.insert(name.to_string(), v);
+                }
+                v
+            }
+        };
+        Ok(stored.saturating_add(batch).saturating_add(own))
+    }
+
+    /// Ids added to window `name` at or after `since_ms` in this event or batch, sorted.
+    fn written_window_ids(&self, name: &str, since_ms: u64) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .call
+            .writes
+            .window_ids_since(name, since_ms)
+            .cloned()
+            .collect();
+        if let Ok(b) = self.overlay.lock() {
+            ids.extend(b.writes.window_ids_since(name, since_ms).cloned());
+        }
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// The job state reader, or an error the guest sees (and that fails the event).
@@ -212,6 +334,7 @@ impl HostState {
             )));
         }
         self.call.effect_bytes = bytes;
+        self.call.writes.apply(&effect);
         self.call.effects.push(effect);
         Ok(())
     }

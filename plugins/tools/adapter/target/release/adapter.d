@@ -1,1 +1,0 @@
-/work/main/plugins/tools/adapter/target/release/adapter: /work/main/plugins/tools/adapter/src/main.rs
