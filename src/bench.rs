@@ -14,6 +14,7 @@
 //! time; the latency of an entry is the time from that stamp to the end of the commit that
 //! acked it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,19 +64,25 @@ enum Mode {
     Native,
     WasmNoop,
     Echo,
-    Python,
-    Js,
+    /// wordcount in this language, on entries without a `text` field: one call, `skip`.
+    Guest(&'static str),
 }
 
+/// The languages of the wordcount plugins benchmarked (rows of unbuilt ones are left out).
+const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
+
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 10] = [
         Mode::Bare,
         Mode::Native,
         Mode::NativeDoneRecords,
         Mode::WasmNoop,
         Mode::Echo,
-        Mode::Python,
-        Mode::Js,
+        Mode::Guest(GUESTS[0]),
+        Mode::Guest(GUESTS[1]),
+        Mode::Guest(GUESTS[2]),
+        Mode::Guest(GUESTS[3]),
+        Mode::Guest(GUESTS[4]),
     ];
 
     fn label(self) -> &'static str {
@@ -85,8 +92,11 @@ impl Mode {
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
-            Mode::Python => "host, python plugin (skips)",
-            Mode::Js => "host, js plugin (skips)",
+            Mode::Guest("rust") => "host, rust wordcount (skips)",
+            Mode::Guest("c") => "host, c wordcount (skips)",
+            Mode::Guest("go") => "host, go wordcount (skips)",
+            Mode::Guest("python") => "host, python wordcount (skips)",
+            Mode::Guest(_) => "host, js wordcount (skips)",
         }
     }
 
@@ -97,8 +107,7 @@ impl Mode {
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
             Mode::Echo => "echo",
-            Mode::Python => "python",
-            Mode::Js => "js",
+            Mode::Guest(lang) => lang,
         }
     }
 }
@@ -116,9 +125,8 @@ struct Row {
 struct Plugins {
     echo: Arc<LoadedPlugin>,
     chaos: Arc<LoadedPlugin>,
-    /// wordcount-python / wordcount-js, when built (their rows are left out otherwise).
-    python: Option<Arc<LoadedPlugin>>,
-    js: Option<Arc<LoadedPlugin>>,
+    /// wordcount-<lang> for each of [`GUESTS`] that is built.
+    wordcount: BTreeMap<&'static str, Arc<LoadedPlugin>>,
 }
 
 pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
@@ -136,8 +144,14 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
     let plugins = Plugins {
         echo: load("echo")?,
         chaos: load("chaos")?,
-        python: optional("wordcount-python")?,
-        js: optional("wordcount-js")?,
+        wordcount: GUESTS
+            .into_iter()
+            .filter_map(|lang| {
+                optional(&format!("wordcount-{lang}"))
+                    .transpose()
+                    .map(|p| p.map(|p| (lang, p)))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let (url, embedded) = match url {
@@ -164,8 +178,7 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
 async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<Vec<Row>> {
     let mut throughput = Vec::new();
     let available = |mode: &Mode| match mode {
-        Mode::Python => plugins.python.is_some(),
-        Mode::Js => plugins.js.is_some(),
+        Mode::Guest(lang) => plugins.wordcount.contains_key(lang),
         _ => true,
     };
     for mode in Mode::ALL.into_iter().filter(available) {
@@ -208,16 +221,16 @@ fn print_table(args: &BenchArgs, url: &str, rows: &[Row]) {
         store::redact_url(url)
     );
     println!(
-        "| {:<28} | {:>10} | {:>7} | {:>12} | {:>8} | {:>8} |",
+        "| {:<30} | {:>10} | {:>7} | {:>12} | {:>8} | {:>8} |",
         "mode", "events/s", "vs bare", "latency at/s", "p50 ms", "p99 ms"
     );
     println!(
-        "|{:-<30}|{:-<12}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
+        "|{:-<32}|{:-<12}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
         "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "| {:<28} | {:>10.0} | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
+            "| {:<30} | {:>10.0} | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
             r.mode,
             r.events_per_s,
             r.vs_bare * 100.0,
@@ -433,13 +446,11 @@ async fn consume(
             )
             .await?,
         )),
-        // wordcount on entries without a `text` field: one call into the guest, `skip`.
-        Mode::Python | Mode::Js => {
-            let plugin = match mode {
-                Mode::Python => plugins.python.as_ref(),
-                _ => plugins.js.as_ref(),
-            };
-            let plugin = plugin.ok_or_else(|| anyhow::anyhow!("plugin not built"))?;
+        Mode::Guest(lang) => {
+            let plugin = plugins
+                .wordcount
+                .get(lang)
+                .ok_or_else(|| anyhow::anyhow!("wordcount-{lang} is not built"))?;
             Some(Box::new(prepared(plugin, stream, &[]).await?))
         }
     };

@@ -270,6 +270,8 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    Go,
+    C,
 }
 
 /// The WIT package, as the host knows it: copied into every new project.
@@ -322,11 +324,37 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
             ("build.mjs", include_str!("templates/js.build.mjs")),
             ("build.sh", include_str!("templates/js.build.sh")),
         ],
+        Lang::Go => vec![
+            ("app.go", include_str!("templates/go.app.go")),
+            ("build.sh", include_str!("templates/go.build.sh")),
+            (
+                "tools/build-go.sh",
+                include_str!("../plugins/tools/build-go.sh"),
+            ),
+            (
+                "tools/crate-src.sh",
+                include_str!("../plugins/tools/crate-src.sh"),
+            ),
+        ],
+        Lang::C => vec![
+            ("app.c", include_str!("templates/c.app.c")),
+            ("build.sh", include_str!("templates/c.build.sh")),
+            (
+                "tools/build-c.sh",
+                include_str!("../plugins/tools/build-c.sh"),
+            ),
+            (
+                "tools/crate-src.sh",
+                include_str!("../plugins/tools/crate-src.sh"),
+            ),
+        ],
     });
     let lang_name = match lang {
         Lang::Rust => "Rust",
         Lang::Python => "Python",
         Lang::Js => "JavaScript",
+        Lang::Go => "Go",
+        Lang::C => "C",
     };
     let fill = |text: &str| {
         text.replace("{{name}}", name)
@@ -334,12 +362,15 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
             .replace("{{lang}}", lang_name)
     };
     for (file, text) in files {
-        write_file(&dir.join(file), &fill(text))?;
+        let path = dir.join(file);
+        write_file(&path, &fill(text))?;
+        if file.ends_with(".sh") {
+            make_executable(&path)?;
+        }
     }
     for (file, text) in WIT {
         write_file(&dir.join("wit").join(file), text)?;
     }
-    make_executable(&dir.join("build.sh"))?;
     Ok(())
 }
 

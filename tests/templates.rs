@@ -77,6 +77,16 @@ fn plugin_new_js() {
 }
 
 #[test]
+fn plugin_new_go() {
+    new_build_and_test("go");
+}
+
+#[test]
+fn plugin_new_c() {
+    new_build_and_test("c");
+}
+
+#[test]
 fn plugin_new_refuses_a_bad_name_or_an_existing_dir() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = env!("CARGO_BIN_EXE_sluice");
