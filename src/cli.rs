@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
 use crate::bench::{self, BenchArgs};
 use crate::config::{Config, ConfigError};
 use crate::runtime::{Limits, Runtime};
+use crate::store::control::JobState;
 use crate::store::{self, Keys, dlq, embedded, events, jobs};
-use crate::{service, tools};
+use crate::{ctl, service, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,8 +41,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the host: every configured job, until SIGTERM/SIGINT
-    Run,
+    /// Run the host: every job of the registry (the config file's are registered at start),
+    /// following plugin and job changes live, until SIGTERM/SIGINT
+    Run {
+        /// Also load every NAME.wasm of this directory as plugin NAME, and watch it for new
+        /// and changed files [default: `[plugins] dir`]
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+    },
     /// Validate the config and load every plugin (compile, type-check, init) without side effects
     CheckConfig,
     /// Append entries to a stream: `sluice publish events text=hello n={i} --count 100`
@@ -55,12 +62,13 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
-    /// Inspect jobs
+    /// Manage jobs: start, stop, resume, list, watch, status
     Job {
         #[command(subcommand)]
         command: JobCommand,
     },
-    /// Plugin authors' tools: inspect a component, test it on recorded events (no Redis)
+    /// Plugins: load versions into Redis, list, roll back, unload; authors' tools (new,
+    /// inspect, test)
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -91,6 +99,39 @@ pub enum PluginCommand {
         /// Where to create it [default: ./NAME]
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Store a component in Redis as the current version of NAME; every host switches to it
+    Load {
+        path: PathBuf,
+        /// The plugin's name, as jobs refer to it
+        #[arg(long)]
+        name: String,
+    },
+    /// Plugins in Redis: current version, size, who loaded it, jobs using it, refusals
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// A plugin's versions, newest (current) first
+    Versions {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version current again (default: the one before the current)
+    Rollback {
+        name: String,
+        /// The version's sha256 or a unique prefix of it
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Remove a plugin; refused while a running job uses it unless --force (stops them)
+    Unload {
+        name: String,
+        #[arg(long)]
+        force: bool,
     },
     /// What a component is: size, sha256, imports, exports, whether it fits our world
     Inspect {
@@ -164,6 +205,31 @@ pub enum EventCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
+    /// Register a job and start it on every host; refused if the name exists and is not stopped
+    Start {
+        name: String,
+        /// The input: stream:KEY or queue:NAME
+        #[arg(long)]
+        source: String,
+        /// The plugin (loaded with `plugin load`)
+        #[arg(long)]
+        plugin: String,
+        #[command(flatten)]
+        options: crate::ctl::JobOptions,
+    },
+    /// Stop a job on every host (in-flight batches are committed first)
+    Stop { name: String },
+    /// Start a stopped job again
+    Resume { name: String },
+    /// Every job: state, plugin version, counters, rate
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live counters until Ctrl-C or until the job is stopped and drained; exit 1 if it had
+    /// failures
+    Watch { name: String },
     /// Counters and consumer-group state of a job, read from Redis
     Status {
         /// The job's name
@@ -190,9 +256,10 @@ pub fn init_tracing() {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Run => {
+        Command::Run { plugins } => {
             let config = load_config(&cli, true)?;
-            service::run(config, cli.redis.clone(), shutdown_signal()).await?;
+            let dir = plugins.clone().or(config.plugins_dir.dir.clone());
+            service::run(config, cli.redis.clone(), dir, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         // Both call into plugins: on a blocking thread (WASI output blocks on the runtime).
@@ -215,13 +282,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             publish(&url, stream, &fields, *count).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Job {
-            command: JobCommand::Status { name, json },
-        } => {
+        Command::Job { command } => {
             let config = load_config(&cli, false)?;
             let url = client_url(&cli, &config).await?;
-            job_status(&url, &config, name, *json).await
+            match command {
+                JobCommand::Status { name, json } => job_status(&url, &config, name, *json).await,
+                JobCommand::Start {
+                    name,
+                    source,
+                    plugin,
+                    options,
+                } => {
+                    let spec = ctl::job_spec(name, source, plugin, options)?;
+                    ctl::job_start(&url, &config, &spec).await
+                }
+                JobCommand::Stop { name } => {
+                    ctl::job_set_state(&url, &config, name, JobState::Stopped).await
+                }
+                JobCommand::Resume { name } => {
+                    ctl::job_set_state(&url, &config, name, JobState::Running).await
+                }
+                JobCommand::List { json } => ctl::job_list(&url, &config, *json).await,
+                JobCommand::Watch { name } => ctl::job_watch(&url, &config, name).await,
+            }
         }
+        Command::Plugin { command } if command.uses_redis() => {
+            let config = load_config(&cli, false)?;
+            let url = client_url(&cli, &config).await?;
+            registry_plugin_command(&url, &config, command).await
+        }
+        // Authors' tools call into plugins: on a blocking thread.
         Command::Plugin { command } => {
             let command = command.clone();
             tokio::task::spawn_blocking(move || plugin_command(&command)).await?
@@ -352,6 +442,38 @@ fn check_config(path: &Path, config: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+impl PluginCommand {
+    /// The commands that change or read the registry in Redis.
+    fn uses_redis(&self) -> bool {
+        !matches!(
+            self,
+            PluginCommand::New { .. } | PluginCommand::Inspect { .. } | PluginCommand::Test { .. }
+        )
+    }
+}
+
+async fn registry_plugin_command(
+    url: &str,
+    config: &Config,
+    command: &PluginCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Load { path, name } => ctl::plugin_load(url, config, path, name).await,
+        PluginCommand::List { json } => ctl::plugin_list(url, config, *json).await,
+        PluginCommand::Versions { name, json } => {
+            ctl::plugin_versions(url, config, name, *json).await
+        }
+        PluginCommand::Rollback { name, to } => {
+            ctl::plugin_rollback(url, config, name, to.as_deref()).await
+        }
+        PluginCommand::Unload { name, force } => {
+            ctl::plugin_unload(url, config, name, *force).await
+        }
+        other => bail!("not a registry command: {other:?}"),
+    }
+}
+
+/// The authors' tools (no Redis).
 fn plugin_command(command: &PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::New { name, lang, dir } => {
@@ -443,6 +565,7 @@ fn plugin_command(command: &PluginCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        other => bail!("`sluice plugin {other:?}` needs Redis"),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::DeliveryPolicy;
 use crate::runtime::{Limits, MAX_MEMORY_BYTES};
@@ -32,6 +32,17 @@ pub struct Config {
     /// Ingest jobs (`[[job]]`).
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
+    /// A directory of plugins to load and watch (`[plugins] dir`).
+    #[serde(default, rename = "plugins")]
+    pub plugins_dir: PluginsDir,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsDir {
+    /// Every `NAME.wasm` here is loaded as plugin NAME at start and when it changes.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -80,7 +91,9 @@ pub struct PluginConfig {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// A job's definition: from a `[[job]]` of the config file, or from `sluice job start`; kept
+/// in the control registry as JSON.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     /// Unique job name (`[a-zA-Z0-9_.-]`, 1–64 chars); names its consumer group and keys.
@@ -134,7 +147,7 @@ pub struct JobConfig {
     pub config: BTreeMap<String, toml::Value>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBackoff {
     /// First retry delay in ms (default 1000).
@@ -154,7 +167,7 @@ impl Default for RetryBackoff {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Start {
     #[default]
@@ -289,45 +302,15 @@ impl Config {
         let mut job_names = HashSet::new();
         for (i, j) in self.jobs.iter().enumerate() {
             let at = |f: &str| format!("job[{i}].{f}");
-            check_name(&j.name).map_err(|m| (at("name"), m))?;
             if !job_names.insert(j.name.as_str()) {
                 return Err((at("name"), format!("duplicate job name `{}`", j.name)));
             }
-            parse_source(&j.source).map_err(|m| (at("source"), m))?;
+            j.validate().map_err(|(f, m)| (at(&f), m))?;
             if !plugin_names.contains(j.plugin.as_str()) {
                 return Err((
                     at("plugin"),
                     format!("no [[plugin]] named `{}` is configured", j.plugin),
                 ));
-            }
-            in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
-            in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
-            in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
-            in_range(j.memory_mb, 1, (MAX_MEMORY_BYTES >> 20) as u64)
-                .map_err(|m| (at("memory_mb"), m))?;
-            in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
-            in_range(j.retry_backoff.base_ms, 1, 86_400_000)
-                .map_err(|m| (at("retry_backoff.base_ms"), m))?;
-            in_range(j.retry_backoff.max_ms, j.retry_backoff.base_ms, 86_400_000).map_err(|m| {
-                (
-                    at("retry_backoff.max_ms"),
-                    format!("{m} (at least base_ms)"),
-                )
-            })?;
-            in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
-            in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
-            in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
-            for (n, pattern) in j.allowed_streams.iter().enumerate() {
-                let literal = pattern.strip_suffix('*').unwrap_or(pattern);
-                if literal.is_empty() || literal.contains('*') {
-                    return Err((
-                        format!("job[{i}].allowed_streams[{n}]"),
-                        format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
-                    ));
-                }
-            }
-            for (k, v) in &j.config {
-                config_value(v).map_err(|m| (format!("job[{i}].config.{k}"), m))?;
             }
         }
         Ok(())
@@ -335,6 +318,45 @@ impl Config {
 }
 
 impl JobConfig {
+    /// Check every field; on failure, the field (relative to the job) and what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let j = self;
+        let at = |f: &str| f.to_string();
+        check_name(&j.name).map_err(|m| (at("name"), m))?;
+        parse_source(&j.source).map_err(|m| (at("source"), m))?;
+        check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
+        in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
+        in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
+        in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
+        in_range(j.memory_mb, 1, (MAX_MEMORY_BYTES >> 20) as u64)
+            .map_err(|m| (at("memory_mb"), m))?;
+        in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
+        in_range(j.retry_backoff.base_ms, 1, 86_400_000)
+            .map_err(|m| (at("retry_backoff.base_ms"), m))?;
+        in_range(j.retry_backoff.max_ms, j.retry_backoff.base_ms, 86_400_000).map_err(|m| {
+            (
+                at("retry_backoff.max_ms"),
+                format!("{m} (at least base_ms)"),
+            )
+        })?;
+        in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
+        in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
+        in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
+        for (n, pattern) in j.allowed_streams.iter().enumerate() {
+            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+            if literal.is_empty() || literal.contains('*') {
+                return Err((
+                    format!("allowed_streams[{n}]"),
+                    format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
+                ));
+            }
+        }
+        for (k, v) in &j.config {
+            config_value(v).map_err(|m| (format!("config.{k}"), m))?;
+        }
+        Ok(())
+    }
+
     /// The source stream key (validated by [`Config::validate`]).
     pub fn stream(&self, prefix: &str) -> String {
         match parse_source(&self.source) {

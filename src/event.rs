@@ -195,4 +195,10 @@ pub trait Handler: Send + 'static {
     fn reads_state(&self) -> bool {
         false
     }
+
+    /// The version of the code handling events (a plugin's sha256), recorded with each
+    /// event's status and dead letter.
+    fn version(&self) -> &str {
+        ""
+    }
 }

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod event;
 pub mod policy;
 pub mod runner;
@@ -18,3 +19,4 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod tools;
+pub mod watch;

@@ -56,6 +56,9 @@ pub struct RunnerStats {
 pub struct JobRunner {
     reader: StreamReader,
     handler: Box<dyn Handler>,
+    /// Handlers to switch to, between batches (a new plugin version).
+    swaps: mpsc::Receiver<Box<dyn Handler>>,
+    swap_tx: mpsc::Sender<Box<dyn Handler>>,
     committer: StreamCommitter,
     policy: ReadPolicy,
     delivery: DeliveryPolicy,
@@ -72,7 +75,15 @@ fn redis_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-type Handled = (Vec<Event>, Vec<Outcome>);
+/// A handled batch on its way to the committer.
+struct Handled {
+    events: Vec<Event>,
+    outcomes: Vec<Outcome>,
+    /// The version of the handler that produced the outcomes.
+    version: String,
+    /// The handler reads state: commit the batch all-or-nothing (see [`commit`]).
+    strict: bool,
+}
 
 impl JobRunner {
     pub fn new(
@@ -81,14 +92,23 @@ impl JobRunner {
         policy: ReadPolicy,
         delivery: DeliveryPolicy,
     ) -> Self {
+        let (swap_tx, swaps) = mpsc::channel(1);
         JobRunner {
             reader,
             handler,
+            swaps,
+            swap_tx,
             committer,
             policy,
             delivery,
             observer: None,
         }
+    }
+
+    /// Where to send a new handler: the batch being handled finishes (and is committed) with
+    /// the old one, the next batch uses the new one.
+    pub fn swapper(&self) -> mpsc::Sender<Box<dyn Handler>> {
+        self.swap_tx.clone()
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CommitObserver>) -> Self {
@@ -120,10 +140,10 @@ impl JobRunner {
             in_flight.clone(),
         ));
         let max = self.delivery.max_deliveries;
-        // A plugin that reads state gets all-or-nothing commits (see `commit`).
-        let strict = self.handler.reads_state();
+        drop(self.swap_tx);
         let handler = tokio::spawn(handle_stage(
             self.handler,
+            self.swaps,
             max,
             read_rx,
             handled_tx,
@@ -135,7 +155,6 @@ impl JobRunner {
             handled_rx,
             self.observer,
             committed_tx,
-            strict,
             in_flight,
         )
         .await;
@@ -310,14 +329,30 @@ async fn read_step(
 
 async fn handle_stage(
     mut handler: Box<dyn Handler>,
+    mut swaps: mpsc::Receiver<Box<dyn Handler>>,
     max_deliveries: u32,
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
-    let reads_state = handler.reads_state();
     let mut handled = 0u64;
     while let Some(events) = input.recv().await {
+        // A new version takes over between batches: everything handled so far is on its way
+        // to the committer with the old version's name on it.
+        while let Ok(next) = swaps.try_recv() {
+            let started = Instant::now();
+            let from = handler.version().to_string();
+            let old = std::mem::replace(&mut handler, next);
+            // Dropping the old handler frees its instance; count it in the pause.
+            drop(old);
+            tracing::info!(
+                from = crate::store::control::short(&from),
+                to = crate::store::control::short(handler.version()),
+                pause_us = started.elapsed().as_micros() as u64,
+                "plugin swapped: the next batch runs on the new version"
+            );
+        }
+        let reads_state = handler.reads_state();
         if reads_state {
             // Every earlier batch must be in Redis before this one reads state.
             while *committed.borrow_and_update() < handled {
@@ -334,7 +369,13 @@ async fn handle_stage(
         .await
         .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
         handler = h;
-        if out.send((events, outcomes)).await.is_err() {
+        let batch = Handled {
+            events,
+            outcomes,
+            version: handler.version().to_string(),
+            strict: reads_state,
+        };
+        if out.send(batch).await.is_err() {
             break;
         }
     }
@@ -381,12 +422,17 @@ async fn commit_stage(
     mut input: mpsc::Receiver<Handled>,
     observer: Option<Arc<dyn CommitObserver>>,
     committed_count: watch::Sender<u64>,
-    strict: bool,
     in_flight: InFlight,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     let mut stats = RunnerStats::default();
-    while let Some((events, mut outcomes)) = input.recv().await {
+    while let Some(Handled {
+        events,
+        mut outcomes,
+        version,
+        strict,
+    }) = input.recv().await
+    {
         for (event, outcome) in events.iter().zip(&outcomes) {
             if let Outcome::Failed(failure) = outcome {
                 tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
@@ -402,6 +448,7 @@ async fn commit_stage(
                 &events[range.clone()],
                 &mut outcomes[range],
                 strict,
+                &version,
             )
             .await;
             committed.acked += c.acked;
@@ -476,6 +523,7 @@ async fn commit(
     events: &[Event],
     outcomes: &mut [Outcome],
     mut strict: bool,
+    version: &str,
 ) -> Committed {
     let job = committer.job().job.clone();
     let mut backoff = redis_backoff();
@@ -490,7 +538,10 @@ async fn commit(
             .zip(outcomes.iter())
             .map(|(e, o)| delivery.decide(o, e.delivery_count))
             .collect();
-        match committer.commit(events, outcomes, &decisions, strict).await {
+        match committer
+            .commit(events, outcomes, &decisions, strict, version)
+            .await
+        {
             Ok(Ok(committed)) => return committed,
             Ok(Err(Refused::BadTarget(bad))) => {
                 let message = format!(

@@ -1,24 +1,33 @@
-//! A host's life: load plugins → connect to Redis (or start the embedded one) → start every
-//! job → wait for the shutdown signal → let jobs finish and commit their batch within the
-//! grace period → stop the embedded Redis.
+//! A host's life: load the config file's plugins → connect to Redis (or start the embedded
+//! one) → register the config file's plugins and jobs in the control registry → run what the
+//! registry says, reconciling on every control notice and every second → on the shutdown
+//! signal, let jobs finish and commit their batches within the grace period → stop the
+//! embedded Redis.
 //!
-//! A plugin that fails to load, or whose `init` refuses a job's config, stops only the jobs
-//! that use it; the host serves the others.
+//! Reconciling: a running job of the registry that this host does not run is started; one
+//! whose plugin has a new current version gets it prepared off the job's path (fetched,
+//! compiled, type-checked, `init` with the job's config) and handed to the runner, which
+//! switches between batches; a stopped or removed job is stopped (in-flight batches commit).
+//! A version that fails to prepare is refused (logged, recorded in the registry, not tried
+//! again) and the job keeps its old version; the host serves everything else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::watch;
+use futures_util::StreamExt as _;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, JobConfig};
-use crate::event::StateReader;
+use crate::event::{Handler, StateReader};
 use crate::runner::{JobRunner, ReadPolicy};
-use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime};
+use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime, sha256_hex};
+use crate::store::control::{JobEntry, JobState, PluginVersion, Registry, short};
 use crate::store::embedded::EmbeddedRedis;
 use crate::store::state::RedisState;
 use crate::store::stream::{self, StreamJob};
@@ -82,10 +91,11 @@ pub fn prepare_handler(
 pub async fn run(
     config: Config,
     redis_url: Option<String>,
+    plugins_dir: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let data_dir = config.host.data_dir.clone();
-    let runtime = Runtime::new(Some(&data_dir.join("cache")))?;
+    let runtime = Arc::new(Runtime::new(Some(&data_dir.join("cache")))?);
     let (plugins, errors) = load_plugins(&runtime, &config);
     for e in &errors {
         tracing::error!("{e:#}");
@@ -104,7 +114,7 @@ pub async fn run(
         () = &mut shutdown => None,
     };
     let result = match ready {
-        Some(Ok(())) => serve(&config, &plugins, &url, shutdown).await,
+        Some(Ok(())) => serve(&config, &plugins, runtime, &url, plugins_dir, shutdown).await,
         Some(Err(e)) => Err(e),
         None => Ok(()),
     };
@@ -189,90 +199,85 @@ pub async fn prepare_handler_async(
         .map_err(|e| anyhow::anyhow!("preparing the plugin panicked: {e}"))?
 }
 
+/// Where a host keeps component files fetched from the registry, by sha256.
+fn blob_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("plugins")
+}
+
 async fn serve(
     config: &Config,
     plugins: &HashMap<String, Arc<LoadedPlugin>>,
+    runtime: Arc<Runtime>,
     url: &str,
+    plugins_dir: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let keys = Keys::new(&config.host.prefix);
     let consumer = consumer_name(config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let mut failed_jobs = 0;
-    for job in &config.jobs {
-        let Some(plugin) = plugins.get(&job.plugin) else {
-            tracing::error!(job = %job.name, plugin = %job.plugin, "job not started: its plugin failed to load");
-            failed_jobs += 1;
-            continue;
-        };
-        let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
-        let connect = || async {
-            store::connect(url, timeout)
-                .await
-                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))
-        };
-        let job_key = keys.job(&job.name, &job.stream(&config.host.prefix));
-        let state: Arc<dyn StateReader> = Arc::new(RedisState::new(connect().await?, job_key));
-        let prepared = prepare_handler_async(
-            plugin.clone(),
-            job.clone(),
-            config.host.prefix.clone(),
-            Some(state),
-        )
-        .await;
-        let handler = match prepared {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(job = %job.name, "{e:#}");
-                failed_jobs += 1;
-                continue;
-            }
-        };
-        let (read_conn, commit_conn) = (connect().await?, connect().await?);
-        let mut stream_job = StreamJob::new(
-            &keys,
-            &job.name,
-            &job.plugin,
-            &job.stream(&config.host.prefix),
-            &consumer,
-        );
-        stream_job.plugin_version = plugin.sha256.clone();
-        stream_job.status_ttl_s = job.status_ttl_s;
-        stream_job.done_ttl_s = job.done_ttl_s;
-        stream_job.delayed_key = job.delayed_key(&config.host.prefix);
-        let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
-            .await
-            .with_context(|| {
-                format!(
-                    "job `{}`: opening stream `{}`",
-                    job.name,
-                    job.stream(&config.host.prefix)
-                )
-            })?;
-        let policy = ReadPolicy {
-            batch: job.batch,
-            block_ms: job.block_ms,
-            claim_idle_ms: job.claim_idle_ms,
-        };
-        let runner = JobRunner::new(source, Box::new(handler), policy, job.delivery_policy());
-        let name = job.name.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(async move { (name, runner.run(stop).await) });
-    }
-    if tasks.is_empty() && failed_jobs > 0 {
-        bail!("no job could start (see the errors above)");
-    }
-    tracing::info!(redis = %redact_url(url), consumer, jobs = tasks.len(), "sluice ready");
+    let connect = store::connect(url, RESPONSE_MARGIN)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+    let mut registry = Registry::new(connect, keys.clone());
+    register_config(&mut registry, config, plugins, &consumer).await?;
 
-    tokio::select! {
-        () = shutdown => {}
-        // Every job ended by itself (a handler panicked): nothing left to serve.
-        () = wait_all_ended(&mut tasks) => {}
+    let wake = Arc::new(Notify::new());
+    let subscriber = tokio::spawn(watch_channel(
+        redis::Client::open(url)?,
+        keys.ctl_channel(),
+        wake.clone(),
+    ));
+    let watcher = match plugins_dir {
+        Some(dir) => Some(
+            crate::watch::PluginDir::start(
+                &dir,
+                registry.clone(),
+                runtime.clone(),
+                consumer.clone(),
+            )
+            .with_context(|| format!("watching {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut host = Host {
+        runtime,
+        url: url.to_string(),
+        keys,
+        prefix: config.host.prefix.clone(),
+        consumer: consumer.clone(),
+        blob_dir: blob_dir(&config.host.data_dir),
+        registry,
+        loaded: plugins
+            .values()
+            .map(|p| (p.sha256.clone(), p.clone()))
+            .collect(),
+        jobs: HashMap::new(),
+        stopping: HashSet::new(),
+        tasks: JoinSet::new(),
+        refused: HashSet::new(),
+        waiting: HashSet::new(),
+    };
+    tracing::info!(redis = %redact_url(url), consumer, "sluice ready");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = wake.notified() => host.reconcile().await,
+            _ = tick.tick() => host.reconcile().await,
+            Some(joined) = host.tasks.join_next() => host.ended(joined),
+        }
     }
+    subscriber.abort();
+    drop(watcher);
+
     let grace = Duration::from_secs(config.host.shutdown_grace_s);
     tracing::info!(?grace, "stopping: finishing in-flight batches");
-    let _ = stop_tx.send(true);
+    for (_, job) in host.jobs.drain() {
+        let _ = job.stop.send(true);
+    }
+    let tasks = &mut host.tasks;
     let drained = tokio::time::timeout(grace, async {
         while let Some(joined) = tasks.join_next().await {
             report(joined);
@@ -289,21 +294,357 @@ async fn serve(
     Ok(())
 }
 
-/// Resolves when every task has ended, reporting each; never resolves while one runs.
-async fn wait_all_ended(tasks: &mut JoinSet<(String, anyhow::Result<crate::runner::RunnerStats>)>) {
-    if tasks.is_empty() {
-        return std::future::pending().await;
+/// How often a host reads the whole registry, whatever the control channel said: a host that
+/// missed a notice (disconnected) catches up within this time.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// The config file's plugins and jobs go into the registry at start. A plugin file becomes
+/// the current version unless its bytes are already among the plugin's versions (so a
+/// restart does not undo a rollback or a live load); a job is registered unless a job of
+/// that name exists (the registry's definition and state win).
+async fn register_config(
+    registry: &mut Registry,
+    config: &Config,
+    plugins: &HashMap<String, Arc<LoadedPlugin>>,
+    consumer: &str,
+) -> anyhow::Result<()> {
+    for p in &config.plugins {
+        let Some(loaded) = plugins.get(&p.name) else {
+            continue;
+        };
+        let known = registry.versions(&p.name).await?;
+        if known.iter().any(|v| v.sha256 == loaded.sha256) {
+            continue;
+        }
+        let bytes = std::fs::read(&p.path)
+            .with_context(|| format!("reading plugin file {}", p.path.display()))?;
+        if sha256_hex(&bytes) != loaded.sha256 {
+            tracing::warn!(plugin = %p.name, "{} changed while starting; not registered", p.path.display());
+            continue;
+        }
+        let origin = p.path.display().to_string();
+        registry
+            .load_plugin(&p.name, &bytes, &loaded.sha256, &origin, consumer)
+            .await?;
+        tracing::info!(plugin = %p.name, version = short(&loaded.sha256), "plugin registered from the config file");
     }
-    while let Some(joined) = tasks.join_next().await {
+    for job in &config.jobs {
+        if !registry.start_job(job, true).await? {
+            let entry = registry.job(&job.name).await?;
+            if entry.is_some_and(|e| e.spec != *job) {
+                tracing::info!(job = %job.name, "the registry holds another definition of this job; it wins (stop the job and start it again to change it)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Subscribe to the control channel and wake the control loop on every notice, and after
+/// each (re)subscription (what happened meanwhile is read from the registry).
+async fn watch_channel(client: redis::Client, channel: String, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            wake.notify_one();
+            let mut messages = pubsub.on_message();
+            while messages.next().await.is_some() {
+                wake.notify_one();
+            }
+            tracing::debug!("control channel subscription lost; resubscribing");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A job this host runs.
+struct RunningJob {
+    spec: JobConfig,
+    /// The plugin version its handler runs (or was last sent).
+    sha256: String,
+    stop: watch::Sender<bool>,
+    swap: mpsc::Sender<Box<dyn Handler>>,
+    state: Arc<dyn StateReader>,
+}
+
+type JobResult = (String, anyhow::Result<crate::runner::RunnerStats>);
+
+/// What a host runs, reconciled with the registry.
+struct Host {
+    runtime: Arc<Runtime>,
+    url: String,
+    keys: Keys,
+    prefix: String,
+    consumer: String,
+    blob_dir: PathBuf,
+    registry: Registry,
+    /// Compiled plugin versions by sha256.
+    loaded: HashMap<String, Arc<LoadedPlugin>>,
+    jobs: HashMap<String, RunningJob>,
+    /// Jobs told to stop whose runner has not ended yet (not restarted until it has).
+    stopping: HashSet<String>,
+    tasks: JoinSet<JobResult>,
+    /// (job, sha256) pairs this host refused: not tried again.
+    refused: HashSet<(String, String)>,
+    /// Jobs waiting for a plugin that is not in the registry (logged once).
+    waiting: HashSet<String>,
+}
+
+impl Host {
+    /// Make what this host runs match the registry.
+    async fn reconcile(&mut self) {
+        let snapshot = match self.registry.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("reading the control registry failed: {e}");
+                return;
+            }
+        };
+        // Stop what is stopped, removed, or redefined.
+        let to_stop: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(name, running)| match snapshot.jobs.get(*name) {
+                Some(entry) => entry.state != JobState::Running || entry.spec != running.spec,
+                None => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in to_stop {
+            if let Some(job) = self.jobs.remove(&name) {
+                tracing::info!(job = %name, "stopping job (registry)");
+                let _ = job.stop.send(true);
+                self.stopping.insert(name);
+            }
+        }
+        for (name, entry) in &snapshot.jobs {
+            if entry.state != JobState::Running || self.stopping.contains(name) {
+                continue;
+            }
+            let Some(version) = snapshot.plugins.get(&entry.spec.plugin) else {
+                if self.waiting.insert(name.clone()) {
+                    tracing::error!(job = %name, plugin = %entry.spec.plugin, "job waits for its plugin: no plugin of that name is loaded");
+                }
+                continue;
+            };
+            self.waiting.remove(name);
+            if self
+                .refused
+                .contains(&(name.clone(), version.sha256.clone()))
+            {
+                continue;
+            }
+            let current = self.jobs.get(name).map(|j| j.sha256.clone());
+            if current.as_deref() == Some(version.sha256.as_str()) {
+                continue;
+            }
+            let outcome = match current {
+                None => self.start(name, entry, version).await,
+                Some(old) => self.swap(name, version, &old).await,
+            };
+            if let Err(Failure::Refused(reason)) = outcome {
+                let old = self.jobs.get(name).map(|j| short(&j.sha256).to_string());
+                tracing::error!(
+                    job = %name,
+                    plugin = %entry.spec.plugin,
+                    version = short(&version.sha256),
+                    serving = old.as_deref().unwrap_or("nothing"),
+                    "plugin version refused: {reason}"
+                );
+                self.refused.insert((name.clone(), version.sha256.clone()));
+                let host = self.consumer.clone();
+                if let Err(e) = self
+                    .registry
+                    .refuse(&entry.spec.plugin, &version.sha256, &host, &reason)
+                    .await
+                {
+                    tracing::warn!("recording the refusal failed: {e}");
+                }
+            } else if let Err(Failure::Transient(e)) = outcome {
+                tracing::warn!(job = %name, "will try again: {e:#}");
+            }
+        }
+        // Keep compiled versions that are current or in use.
+        let keep: HashSet<&String> = snapshot
+            .plugins
+            .values()
+            .map(|v| &v.sha256)
+            .chain(self.jobs.values().map(|j| &j.sha256))
+            .collect();
+        self.loaded.retain(|sha, _| keep.contains(sha));
+    }
+
+    /// A plugin version, compiled: from memory, else from the file cache, else from Redis.
+    async fn plugin(
+        &mut self,
+        name: &str,
+        version: &PluginVersion,
+    ) -> Result<Arc<LoadedPlugin>, Failure> {
+        if let Some(p) = self.loaded.get(&version.sha256) {
+            return Ok(p.clone());
+        }
+        let sha = version.sha256.clone();
+        let path = self.blob_dir.join(format!("{sha}.wasm"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) if sha256_hex(&bytes) == sha => bytes,
+            _ => {
+                let bytes = self
+                    .registry
+                    .blob(&sha)
+                    .await
+                    .map_err(|e| Failure::Transient(e.into()))?
+                    .ok_or_else(|| Failure::Refused("its bytes are missing from Redis".into()))?;
+                if sha256_hex(&bytes) != sha {
+                    return Err(Failure::Refused(
+                        "its bytes in Redis do not match its sha256".into(),
+                    ));
+                }
+                let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+                let written = std::fs::create_dir_all(&self.blob_dir)
+                    .and_then(|()| std::fs::write(&tmp, &bytes))
+                    .and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    tracing::warn!("caching {} failed: {e}", path.display());
+                }
+                bytes
+            }
+        };
+        let runtime = self.runtime.clone();
+        let (name, origin) = (
+            name.to_string(),
+            format!("{} ({})", version.origin, short(&sha)),
+        );
+        let loaded =
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&name, &origin, &bytes))
+                .await
+                .map_err(|e| Failure::Transient(anyhow::anyhow!("loading panicked: {e}")))?
+                .map_err(|e| Failure::Refused(e.to_string()))?;
+        self.loaded.insert(sha, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn start(
+        &mut self,
+        name: &str,
+        entry: &JobEntry,
+        version: &PluginVersion,
+    ) -> Result<(), Failure> {
+        let job = &entry.spec;
+        let plugin = self.plugin(&job.plugin, version).await?;
+        let timeout = Duration::from_millis(job.block_ms) + RESPONSE_MARGIN;
+        let url = self.url.clone();
+        let connect = || async {
+            store::connect(&url, timeout)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(&url)))
+                .map_err(Failure::Transient)
+        };
+        let stream_key = job.stream(&self.prefix);
+        let job_key = self.keys.job(&job.name, &stream_key);
+        let state: Arc<dyn StateReader> = Arc::new(RedisState::new(connect().await?, job_key));
+        let handler = prepare_handler_async(
+            plugin.clone(),
+            job.clone(),
+            self.prefix.clone(),
+            Some(state.clone()),
+        )
+        .await
+        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+        let (read_conn, commit_conn) = (connect().await?, connect().await?);
+        let mut stream_job = StreamJob::new(
+            &self.keys,
+            &job.name,
+            &job.plugin,
+            &stream_key,
+            &self.consumer,
+        );
+        stream_job.status_ttl_s = job.status_ttl_s;
+        stream_job.done_ttl_s = job.done_ttl_s;
+        stream_job.delayed_key = job.delayed_key(&self.prefix);
+        let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
+            .await
+            .with_context(|| format!("job `{}`: opening stream `{stream_key}`", job.name))
+            .map_err(Failure::Transient)?;
+        let policy = ReadPolicy {
+            batch: job.batch,
+            block_ms: job.block_ms,
+            claim_idle_ms: job.claim_idle_ms,
+        };
+        let runner = JobRunner::new(source, Box::new(handler), policy, job.delivery_policy());
+        let swap = runner.swapper();
+        let (stop, stop_rx) = watch::channel(false);
+        let task_name = name.to_string();
+        self.tasks
+            .spawn(async move { (task_name, runner.run(stop_rx).await) });
+        tracing::info!(job = %name, plugin = %job.plugin, version = short(&plugin.sha256), "job started");
+        self.jobs.insert(
+            name.to_string(),
+            RunningJob {
+                spec: job.clone(),
+                sha256: plugin.sha256.clone(),
+                stop,
+                swap,
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    /// Prepare the new version for the job (compile, type-check, `init` with the job's
+    /// config), then hand it to the runner, which switches between batches.
+    async fn swap(
+        &mut self,
+        name: &str,
+        version: &PluginVersion,
+        old: &str,
+    ) -> Result<(), Failure> {
+        let Some(job) = self.jobs.get(name) else {
+            return Ok(());
+        };
+        let (spec, state) = (job.spec.clone(), job.state.clone());
+        let plugin = self.plugin(&spec.plugin, version).await?;
+        let handler = prepare_handler_async(plugin, spec, self.prefix.clone(), Some(state))
+            .await
+            .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Ok(());
+        };
+        if job.swap.send(Box::new(handler)).await.is_err() {
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "the job's runner has ended"
+            )));
+        }
+        job.sha256 = version.sha256.clone();
+        tracing::info!(job = %name, from = short(old), to = short(&version.sha256), "new plugin version ready; switching at the next batch");
+        Ok(())
+    }
+
+    /// A job's runner ended: stopped on request, or its handler panicked (it is started
+    /// again at the next reconcile).
+    fn ended(&mut self, joined: Result<JobResult, tokio::task::JoinError>) {
+        if let Ok((name, _)) = &joined {
+            self.stopping.remove(name);
+            if let Some(job) = self.jobs.remove(name) {
+                // Not asked to stop: it failed; the next reconcile starts it again.
+                drop(job);
+            }
+        }
         report(joined);
     }
 }
 
-fn report(
-    joined: Result<(String, anyhow::Result<crate::runner::RunnerStats>), tokio::task::JoinError>,
-) {
+/// Why a job could not start or switch versions.
+enum Failure {
+    /// The version is unusable for this job (does not load, `init` refuses): recorded, not
+    /// tried again.
+    Refused(String),
+    /// Redis trouble: tried again at the next reconcile.
+    Transient(anyhow::Error),
+}
+
+fn report(joined: Result<JobResult, tokio::task::JoinError>) {
     match joined {
-        Ok((_, Ok(_))) => {}
+        Ok((name, Ok(_))) => tracing::info!(job = %name, "job ended"),
         Ok((name, Err(e))) => tracing::error!(job = %name, "job ended: {e:#}"),
         Err(e) => tracing::error!("a job task panicked: {e}"),
     }

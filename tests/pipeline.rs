@@ -24,7 +24,7 @@ impl Host {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(sluice::service::run(config, Some(url), async {
+                .block_on(sluice::service::run(config, Some(url), None, async {
                     let _ = rx.await;
                 }))
         });

@@ -44,14 +44,14 @@ async fn a_commit_run_twice_writes_and_counts_once() {
     let outcomes = acked(&events);
     let decisions = vec![Decision::Ack; 3];
     let first = committer
-        .commit(&events, &outcomes, &decisions, false)
+        .commit(&events, &outcomes, &decisions, false, "v1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((first.acked, first.stale), (3, 0));
     // The same commit again, as after a lost reply: nothing written, nothing counted.
     let again = committer
-        .commit(&events, &outcomes, &decisions, false)
+        .commit(&events, &outcomes, &decisions, false, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -79,13 +79,13 @@ async fn a_retry_commit_run_twice_schedules_and_counts_once() {
         error: "error: boom".into(),
     }];
     let first = committer
-        .commit(&events, &outcomes, &decisions, false)
+        .commit(&events, &outcomes, &decisions, false, "v1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((first.retried, first.stale), (1, 0));
     let again = committer
-        .commit(&events, &outcomes, &decisions, false)
+        .commit(&events, &outcomes, &decisions, false, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -112,7 +112,7 @@ async fn a_commit_for_an_older_delivery_is_stale() {
         .unwrap();
     let outcomes = acked(&first_delivery);
     let done = committer
-        .commit(&first_delivery, &outcomes, &[Decision::Ack], false)
+        .commit(&first_delivery, &outcomes, &[Decision::Ack], false, "v1")
         .await
         .unwrap()
         .unwrap();

@@ -96,4 +96,8 @@ impl Handler for PluginHandler {
     fn reads_state(&self) -> bool {
         self.plugin.stateful
     }
+
+    fn version(&self) -> &str {
+        &self.plugin.sha256
+    }
 }

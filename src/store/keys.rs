@@ -17,7 +17,14 @@
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | the plugin's windows: id → time (ms); entries older than a day are dropped |
 //! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |
 //!
+//! | `<prefix>:{ctl}:plugins` | hash | plugin name → current version, JSON `{sha256, size, loaded_at, origin, by}` |
+//! | `<prefix>:{ctl}:plugin:<name>:versions` | list | the plugin's versions, newest first (at most 50) |
+//! | `<prefix>:{ctl}:blob:<sha256>` | string | component bytes |
+//! | `<prefix>:{ctl}:jobs` | hash | job name → JSON `{spec, state, changed_at}`; state `running` or `stopped` |
+//! | `<prefix>:{ctl}:refused` | hash | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
+//!
 //! Names that are not keys:
+//! - pub/sub channel `<prefix>:control`: `plugin <name>` / `job <name>` after each registry change;
 //! - pub/sub channel `<prefix>:events:<job>`: one JSON message per commit,
 //!   `{"done":[ids…],"dead":[ids…]}`, listing the entries that reached a final state;
 //! - consumer group of a job on its source stream: `<prefix>:<job>`;
@@ -34,6 +41,41 @@ impl Keys {
         Keys {
             prefix: prefix.into(),
         }
+    }
+
+    /// The control registry's keys share the hash tag `{ctl}`: one slot in Redis Cluster.
+    fn ctl(&self, rest: &str) -> String {
+        format!("{}:{{ctl}}:{rest}", self.prefix)
+    }
+
+    /// Hash: plugin name → its current version (JSON).
+    pub fn ctl_plugins(&self) -> String {
+        self.ctl("plugins")
+    }
+
+    /// List: a plugin's versions, newest first (JSON).
+    pub fn ctl_versions(&self, plugin: &str) -> String {
+        self.ctl(&format!("plugin:{plugin}:versions"))
+    }
+
+    /// String: a component's bytes, by sha256.
+    pub fn ctl_blob(&self, sha256: &str) -> String {
+        self.ctl(&format!("blob:{sha256}"))
+    }
+
+    /// Hash: job name → its definition and state (JSON).
+    pub fn ctl_jobs(&self) -> String {
+        self.ctl("jobs")
+    }
+
+    /// Hash: `<plugin>@<sha256>` → why a host refused that version (JSON).
+    pub fn ctl_refused(&self) -> String {
+        self.ctl("refused")
+    }
+
+    /// Pub/sub channel announcing registry changes.
+    pub fn ctl_channel(&self) -> String {
+        format!("{}:control", self.prefix)
     }
 
     /// Hash of every job's name → its source stream.

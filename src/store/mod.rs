@@ -14,6 +14,7 @@
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
 //! | streams plugins emit to | stream | [`stream`] | written only by the commit script |
 
+pub mod control;
 pub mod dlq;
 pub mod embedded;
 pub mod events;

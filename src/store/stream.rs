@@ -54,8 +54,6 @@ pub struct StreamJob {
     pub event_prefix: String,
     /// Where finished events are announced ([`Keys::events_channel`]).
     pub channel: String,
-    /// sha256 of the plugin version, recorded in status records and dead letters.
-    pub plugin_version: String,
     /// TTL in seconds of the status records of events that ever failed; 0 writes none.
     pub status_ttl_s: u64,
     /// TTL in seconds of the status records of events done on their first delivery; 0 writes none.
@@ -80,7 +78,6 @@ impl StreamJob {
             dlq_key: keys.dlq(job, stream),
             event_prefix: keys.event_prefix(job, stream),
             channel: keys.events_channel(job),
-            plugin_version: String::new(),
             status_ttl_s: 86_400,
             done_ttl_s: 0,
             keys: keys.clone(),
@@ -368,13 +365,15 @@ impl StreamCommitter {
     /// Commit a handled batch: `outcomes[i]` and `decisions[i]` belong to `events[i]`.
     /// Everything happens in one script: all of it, or none.
     /// `strict` (for plugins that read state): if any event is no longer this consumer's,
-    /// nothing is written and [`Refused::Stale`] comes back.
+    /// nothing is written and [`Refused::Stale`] comes back. `version` (the plugin's sha256)
+    /// is recorded in status records and dead letters.
     pub async fn commit(
         &mut self,
         events: &[Event],
         outcomes: &[Outcome],
         decisions: &[Decision],
         strict: bool,
+        version: &str,
     ) -> Result<Result<Committed, Refused>, StoreError> {
         let j = &self.job;
         let now = now_ms();
@@ -394,7 +393,7 @@ impl StreamCommitter {
             .arg(format!("{}-{}", min.0, min.1))
             .arg(format!("{}-{}", max.0, max.1))
             .arg(now)
-            .arg(&j.plugin_version)
+            .arg(version)
             .arg(j.status_ttl_s)
             .arg(&j.event_prefix)
             .arg(&j.channel)

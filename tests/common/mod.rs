@@ -264,6 +264,11 @@ pub struct HostProcess {
 
 impl HostProcess {
     pub fn start(config: &Path, url: &str, log: &Path) -> Self {
+        Self::start_with(config, url, log, &[])
+    }
+
+    /// `sluice run` with extra arguments.
+    pub fn start_with(config: &Path, url: &str, log: &Path, extra: &[&str]) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -273,6 +278,7 @@ impl HostProcess {
             .args(["run", "--config"])
             .arg(config)
             .args(["--redis", url])
+            .args(extra)
             .env_remove("SLUICE_REDIS_URL")
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,506 @@
+//! The control plane against real processes: plugins and jobs in Redis, hot swaps, a fleet of
+//! hosts sharing jobs, a broken version refused, jobs stopped everywhere.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sluice(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--redis", url])
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_CONFIG")
+        .env(
+            "SLUICE_DATA_DIR",
+            std::env::temp_dir().join("sluice-control-tests"),
+        )
+        .output()
+        .expect("running sluice")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A second version of a component: the same code plus a custom section (another sha256).
+fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
+    let mut bytes = std::fs::read(original).unwrap();
+    let name = tag.as_bytes();
+    let payload_len = 1 + name.len();
+    bytes.push(0); // custom section id
+    bytes.push(payload_len as u8); // LEB128, < 128
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    let path = dir.join(format!("{tag}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A host config with no jobs of its own: everything comes from the registry.
+fn fleet_config(dir: &Path) -> PathBuf {
+    let path = dir.join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn sha_of(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["plugin", "inspect", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sha256"].as_str().unwrap().to_string()
+}
+
+/// `acked=N` of the host's "job stopped" log lines, summed.
+fn acked_in_log(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("job stopped"))
+        .filter_map(|l| l.split("acked=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
+    })
+}
+
+/// Every `n` field of the output stream: each published index exactly once.
+fn assert_each_once(conn: &mut redis::Connection, stream: &str, total: usize) {
+    let seen = field_values(conn, stream, "n");
+    let distinct: HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), total, "lost events");
+    assert_eq!(seen.len(), total, "duplicated events");
+}
+
+#[test]
+fn two_hosts_share_a_job_and_each_event_is_handled_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "echo",
+        ],
+    ));
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "share",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+            "--set",
+            "target=out",
+            "--batch",
+            "50",
+        ],
+    ));
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_for_log(&a.log, "job started", Duration::from_secs(30)));
+    assert!(wait_for_log(&b.log, "job started", Duration::from_secs(30)));
+    const N: usize = 20_000;
+    publish(&mut conn, "in", N, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(120), || counter(
+        &mut conn, "share", "in", "acked"
+    ) == N as u64));
+    a.stop_ok();
+    b.stop_ok();
+    assert_each_once(&mut conn, "out", N);
+    let (from_a, from_b) = (acked_in_log(&a.log), acked_in_log(&b.log));
+    println!("host a acked {from_a}, host b acked {from_b}");
+    assert_eq!(from_a + from_b, N as u64);
+    assert!(
+        from_a > 0 && from_b > 0,
+        "both hosts did work: {from_a} / {from_b}"
+    );
+    assert_eq!(pending(&mut conn, "share", "in"), 0);
+}
+
+#[test]
+fn a_plugin_swapped_under_load_loses_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    let v1 = plugin("echo");
+    let v2 = variant(&v1, dir.path(), "echo-v2");
+    let (sha1, sha2) = (sha_of(&v1), sha_of(&v2));
+    ok(sluice(
+        &redis.url,
+        &["plugin", "load", v1.to_str().unwrap(), "--name", "echo"],
+    ));
+    // A status record for every event names the version that handled it.
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "swap",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+            "--set",
+            "target=out",
+            "--batch",
+            "100",
+            "--done-ttl-s",
+            "600",
+        ],
+    ));
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_for_log(&a.log, "job started", Duration::from_secs(30)));
+    assert!(wait_for_log(&b.log, "job started", Duration::from_secs(30)));
+    const N: usize = 20_000;
+    // Publish in a steady flow and swap half-way through.
+    let publisher = {
+        let client = redis.client();
+        std::thread::spawn(move || {
+            let mut conn = client.get_connection().unwrap();
+            for chunk in 0..40 {
+                let mut pipe = redis::pipe();
+                for i in chunk * 500..(chunk + 1) * 500 {
+                    pipe.cmd("XADD").arg("in").arg("*").arg("n").arg(i);
+                }
+                let _: Vec<String> = pipe.query(&mut conn).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(60), || counter(
+        &mut conn, "swap", "in", "acked"
+    ) >= (N / 4) as u64));
+    let loaded_at = Instant::now();
+    ok(sluice(
+        &redis.url,
+        &["plugin", "load", v2.to_str().unwrap(), "--name", "echo"],
+    ));
+    publisher.join().unwrap();
+    assert!(wait_until(Duration::from_secs(120), || counter(
+        &mut conn, "swap", "in", "acked"
+    ) == N as u64));
+    assert!(wait_for_log(
+        &a.log,
+        "plugin swapped",
+        Duration::from_secs(10)
+    ));
+    assert!(wait_for_log(
+        &b.log,
+        "plugin swapped",
+        Duration::from_secs(10)
+    ));
+    println!("switched within {:?} of the load", loaded_at.elapsed());
+    a.stop_ok();
+    b.stop_ok();
+    assert_each_once(&mut conn, "out", N);
+    // Status records: both versions handled events.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("sluice:{in}:job:swap:event:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), N);
+    let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
+    for key in keys {
+        let record: String = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        let version = record.split('|').nth(2).unwrap().to_string();
+        *by_version.entry(version).or_default() += 1;
+    }
+    println!("events per version: {by_version:?}");
+    assert!(
+        by_version.get(&sha1).is_some_and(|n| *n > 0),
+        "{by_version:?}"
+    );
+    assert!(
+        by_version.get(&sha2).is_some_and(|n| *n > 0),
+        "{by_version:?}"
+    );
+    assert_eq!(by_version.len(), 2);
+    for log in [&a.log, &b.log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        let line = text.lines().find(|l| l.contains("plugin swapped")).unwrap();
+        println!("{line}");
+    }
+}
+
+#[test]
+fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "p",
+        ],
+    ));
+    // echo ignores `init`; chaos refuses to start when told `init = fail`.
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "p",
+            "--set",
+            "target=out",
+            "--set",
+            "init=fail",
+        ],
+    ));
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(&mut conn, "in", 100, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 100));
+
+    // A component of the wrong world never reaches the registry.
+    let out = sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("wrong-world").to_str().unwrap(),
+            "--name",
+            "p",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not implement the world"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A component that loads but refuses this job's config: the hosts refuse it.
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("chaos").to_str().unwrap(),
+            "--name",
+            "p",
+        ],
+    ));
+    assert!(wait_for_log(
+        &host.log,
+        "plugin version refused",
+        Duration::from_secs(10)
+    ));
+    let list = ok(sluice(&redis.url, &["plugin", "list"]));
+    assert!(list.contains("REFUSED"), "{list}");
+    assert!(list.contains("init told to fail"), "{list}");
+    publish(&mut conn, "in", 100, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 200));
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        200,
+        "echo served them all"
+    );
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
+
+    // Rolling back makes echo current again; the versions list shows all three loads.
+    ok(sluice(&redis.url, &["plugin", "rollback", "p"]));
+    let versions = ok(sluice(&redis.url, &["plugin", "versions", "p"]));
+    assert_eq!(versions.lines().count(), 3, "{versions}");
+    host.stop_ok();
+}
+
+#[test]
+fn job_stop_on_one_host_stops_it_on_every_host() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "echo",
+        ],
+    ));
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+            "--set",
+            "target=out",
+        ],
+    ));
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    publish(&mut conn, "in", 1000, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 1000));
+
+    // A second start of a running job is refused.
+    let again = sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+        ],
+    );
+    assert!(!again.status.success());
+
+    ok(sluice(&redis.url, &["job", "stop", "j"]));
+    assert!(wait_for_log(&a.log, "job stopped", Duration::from_secs(10)));
+    assert!(wait_for_log(&b.log, "job stopped", Duration::from_secs(10)));
+    publish(&mut conn, "in", 500, &[("n", "late{i}")]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        counter(&mut conn, "j", "in", "acked"),
+        1000,
+        "no host reads a stopped job"
+    );
+    let list = ok(sluice(&redis.url, &["job", "list", "--json"]));
+    let jobs: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(jobs[0]["state"], "stopped");
+
+    // Unloading a plugin that a running job uses is refused; a stopped job does not count.
+    ok(sluice(&redis.url, &["job", "resume", "j"]));
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 1500));
+    let unload = sluice(&redis.url, &["plugin", "unload", "echo"]);
+    assert!(!unload.status.success());
+    ok(sluice(&redis.url, &["plugin", "unload", "echo", "--force"]));
+    let jobs: serde_json::Value =
+        serde_json::from_str(&ok(sluice(&redis.url, &["job", "list", "--json"]))).unwrap();
+    assert_eq!(jobs[0]["state"], "stopped");
+    a.stop_ok();
+    b.stop_ok();
+    assert_each_once(&mut conn, "out", 1500);
+}
+
+#[test]
+fn a_watched_plugin_directory_loads_new_and_changed_files() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    let watched = dir.path().join("plugins");
+    std::fs::create_dir(&watched).unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start_with(
+        &cfg,
+        &redis.url,
+        &log,
+        &["--plugins", watched.to_str().unwrap()],
+    );
+    assert!(wait_for_log(
+        &log,
+        "watching the plugin directory",
+        Duration::from_secs(30)
+    ));
+    std::fs::copy(plugin("echo"), watched.join("hot.wasm")).unwrap();
+    assert!(wait_for_log(
+        &log,
+        "plugin file loaded",
+        Duration::from_secs(10)
+    ));
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "hot",
+            "--set",
+            "target=out",
+        ],
+    ));
+    publish(&mut conn, "in", 10, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    // A changed file becomes the new version; a deleted one stays loaded.
+    let v2 = variant(&plugin("echo"), dir.path(), "v2");
+    std::fs::copy(&v2, watched.join("hot.wasm")).unwrap();
+    assert!(wait_for_log(
+        &log,
+        "switching at the next batch",
+        Duration::from_secs(10)
+    ));
+    publish(&mut conn, "in", 10, &[("n", "{i}")]);
+    assert!(wait_for_log(
+        &log,
+        "plugin swapped",
+        Duration::from_secs(10)
+    ));
+    std::fs::remove_file(watched.join("hot.wasm")).unwrap();
+    assert!(wait_for_log(
+        &log,
+        "plugin file deleted",
+        Duration::from_secs(10)
+    ));
+    let list = ok(sluice(&redis.url, &["plugin", "list", "--json"]));
+    let plugins: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(plugins[0]["name"], "hot");
+    assert_eq!(plugins[0]["sha256"], sha_of(&v2));
+    host.stop_ok();
+}
