@@ -142,6 +142,11 @@ pub struct JobConfig {
     /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
     #[serde(default)]
     pub start: Start,
+    /// A finite job finishes once its source is drained (nothing undelivered, pending or
+    /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
+    /// For one-off loads: fill the stream, then start the job (default false).
+    #[serde(default)]
+    pub finite: bool,
     /// Handed to the plugin's `init` and `config-get`; values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,

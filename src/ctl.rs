@@ -215,6 +215,9 @@ pub struct JobOptions {
     /// Where a new group starts: beginning or new
     #[arg(long)]
     pub start: Option<String>,
+    /// Finish once the source is drained (the plugin gets `job-finished`)
+    #[arg(long)]
+    pub finite: bool,
 }
 
 /// The job a `job start` describes, with the defaults and checks of a `[[job]]`.
@@ -246,6 +249,9 @@ pub fn job_spec(
     }
     if let Some(v) = &o.start {
         table.insert("start".into(), v.as_str().into());
+    }
+    if o.finite {
+        table.insert("finite".into(), true.into());
     }
     let mut plugin_config = toml::Table::new();
     for kv in &o.plugin_config {
@@ -288,7 +294,9 @@ pub async fn job_set_state(
     reg.set_job_state(name, state).await?;
     let what = match state {
         JobState::Running => "resumed",
-        JobState::Stopped => "stopped (hosts finish and commit their batches in flight)",
+        JobState::Stopped | JobState::Finished => {
+            "stopped (hosts finish and commit their batches in flight)"
+        }
     };
     println!("job {name}: {what}");
     Ok(ExitCode::SUCCESS)
@@ -374,8 +382,8 @@ pub async fn job_list(url: &str, config: &Config, json: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Live counters every second until Ctrl-C, or until the job is stopped and has nothing
-/// pending; exit 1 if the job had failures.
+/// Live counters every second until Ctrl-C, or until the job is stopped or finished and has
+/// nothing pending; exit 1 if the job had failures.
 pub async fn job_watch(url: &str, config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let mut reg = registry(url, config).await?;
     let keys = Keys::new(&config.host.prefix);
@@ -407,7 +415,7 @@ pub async fn job_watch(url: &str, config: &Config, name: &str) -> anyhow::Result
             status.pending,
             status.lag.map_or("?".into(), |l| l.to_string()),
         );
-        if state == JobState::Stopped && status.pending == 0 {
+        if state != JobState::Running && status.pending == 0 {
             break;
         }
         tokio::select! {

@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 /// Event kind of an entry read from a Redis stream.
 pub const KIND_STREAM_ENTRY: &str = "stream-entry";
+/// Event kind delivered once per job run, before its first event.
+pub const KIND_JOB_STARTED: &str = "job-started";
+/// Event kind delivered once when a finite job has handled its whole source.
+pub const KIND_JOB_FINISHED: &str = "job-finished";
 
 /// One field of an event: a name and binary-safe value.
 pub type Field = (String, Vec<u8>);

@@ -24,12 +24,14 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, JobConfig};
-use crate::event::{Handler, StateReader};
+use crate::event::{Event, Handler, KIND_JOB_FINISHED, KIND_JOB_STARTED, Outcome, StateReader};
 use crate::runner::{JobRunner, ReadPolicy};
 use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime, sha256_hex};
-use crate::store::control::{JobEntry, JobState, PluginVersion, Registry, short};
+use crate::store::control::{JobEntry, JobState, PluginVersion, Registry, Snapshot, short};
 use crate::store::embedded::EmbeddedRedis;
+use crate::store::lifecycle::{self, Progress};
 use crate::store::state::RedisState;
+use crate::store::stream::StartFrom;
 use crate::store::stream::{self, StreamJob};
 use crate::store::{self, Keys, StoreError, redact_url};
 
@@ -217,7 +219,7 @@ async fn serve(
     let connect = store::connect(url, RESPONSE_MARGIN)
         .await
         .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
-    let mut registry = Registry::new(connect, keys.clone());
+    let mut registry = Registry::new(connect.clone(), keys.clone());
     register_config(&mut registry, config, plugins, &consumer).await?;
 
     let wake = Arc::new(Notify::new());
@@ -246,6 +248,7 @@ async fn serve(
         consumer: consumer.clone(),
         blob_dir: blob_dir(&config.host.data_dir),
         registry,
+        conn: connect,
         loaded: plugins
             .values()
             .map(|p| (p.sha256.clone(), p.clone()))
@@ -360,6 +363,10 @@ async fn watch_channel(client: redis::Client, channel: String, wake: Arc<Notify>
 /// A job this host runs.
 struct RunningJob {
     spec: JobConfig,
+    /// The run of the job (see [`JobEntry::run`]).
+    run: u64,
+    /// Where the lifecycle runner takes a new handler.
+    life_swap: mpsc::Sender<Box<dyn Handler>>,
     /// The plugin version its handler runs (or was last sent).
     sha256: String,
     stop: watch::Sender<bool>,
@@ -378,6 +385,8 @@ struct Host {
     consumer: String,
     blob_dir: PathBuf,
     registry: Registry,
+    /// For lifecycle scripts in the jobs' slots.
+    conn: redis::aio::ConnectionManager,
     /// Compiled plugin versions by sha256.
     loaded: HashMap<String, Arc<LoadedPlugin>>,
     jobs: HashMap<String, RunningJob>,
@@ -405,7 +414,11 @@ impl Host {
             .jobs
             .iter()
             .filter(|(name, running)| match snapshot.jobs.get(*name) {
-                Some(entry) => entry.state != JobState::Running || entry.spec != running.spec,
+                Some(entry) => {
+                    entry.state != JobState::Running
+                        || entry.spec != running.spec
+                        || entry.run != running.run
+                }
                 None => true,
             })
             .map(|(name, _)| name.clone())
@@ -464,6 +477,7 @@ impl Host {
                 tracing::warn!(job = %name, "will try again: {e:#}");
             }
         }
+        self.check_finite(&snapshot).await;
         // Keep compiled versions that are current or in use.
         let keep: HashSet<&String> = snapshot
             .plugins
@@ -472,6 +486,47 @@ impl Host {
             .chain(self.jobs.values().map(|j| &j.sha256))
             .collect();
         self.loaded.retain(|sha, _| keep.contains(sha));
+    }
+
+    /// Finite jobs run here whose source is drained get `job-finished` (once, fleet-wide);
+    /// once it is handled, the job is marked finished and every host stops it.
+    async fn check_finite(&mut self, snapshot: &Snapshot) {
+        let finite: Vec<(String, u64, String)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.spec.finite)
+            .map(|(n, j)| (n.clone(), j.run, j.spec.stream(&self.prefix)))
+            .collect();
+        for (name, run, source) in finite {
+            let progress =
+                lifecycle::check_finished(&mut self.conn, &self.keys, &name, &source, run).await;
+            let done = match progress {
+                Ok(Progress::Working) => false,
+                Ok(Progress::FinishIssued) => {
+                    tracing::info!(job = %name, "source drained: job-finished issued");
+                    false
+                }
+                Ok(Progress::FinishedBefore) => {
+                    lifecycle::drained(&mut self.conn, &self.keys, &name, &source)
+                        .await
+                        .unwrap_or(false)
+                }
+                Err(e) => {
+                    tracing::warn!(job = %name, "checking whether the job finished failed: {e}");
+                    false
+                }
+            };
+            let still_running = snapshot
+                .jobs
+                .get(&name)
+                .is_some_and(|e| e.state == JobState::Running && e.run == run);
+            if done && still_running {
+                tracing::info!(job = %name, "job finished");
+                if let Err(e) = self.registry.set_job_state(&name, JobState::Finished).await {
+                    tracing::warn!(job = %name, "marking the job finished failed: {e}");
+                }
+            }
+        }
     }
 
     /// A plugin version, compiled: from memory, else from the file cache, else from Redis.
@@ -550,6 +605,47 @@ impl Host {
         )
         .await
         .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+        let life_handler = LifecycleHandler::new(
+            prepare_handler_async(
+                plugin.clone(),
+                job.clone(),
+                self.prefix.clone(),
+                Some(state.clone()),
+            )
+            .await
+            .map_err(|e| Failure::Refused(format!("{e:#}")))?,
+            &stream_key,
+        );
+        let transient = |e: StoreError| Failure::Transient(anyhow::anyhow!("job `{name}`: {e}"));
+        if lifecycle::begin(&mut self.conn, &self.keys, name, &stream_key, entry.run)
+            .await
+            .map_err(transient)?
+        {
+            tracing::info!(job = %name, run = entry.run, "job-started issued");
+        }
+        let lifecycle_key = self.keys.lifecycle(&job.name, &stream_key);
+        let mut life_job = StreamJob::new(
+            &self.keys,
+            &job.name,
+            &job.plugin,
+            &lifecycle_key,
+            &self.consumer,
+        );
+        life_job.register = false;
+        life_job.retry_key = format!("{lifecycle_key}:retry");
+        life_job.counters_key = format!("{lifecycle_key}:counters");
+        life_job.event_prefix = format!("{lifecycle_key}:event:");
+        life_job.channel = format!("{}:lifecycle", self.keys.events_channel(&job.name));
+        life_job.status_ttl_s = job.status_ttl_s;
+        life_job.done_ttl_s = job.done_ttl_s;
+        let life_source = stream::open(
+            connect().await?,
+            connect().await?,
+            life_job,
+            StartFrom::Beginning,
+        )
+        .await
+        .map_err(transient)?;
         let (read_conn, commit_conn) = (connect().await?, connect().await?);
         let mut stream_job = StreamJob::new(
             &self.keys,
@@ -571,16 +667,39 @@ impl Host {
             claim_idle_ms: job.claim_idle_ms,
         };
         let runner = JobRunner::new(source, Box::new(handler), policy, job.delivery_policy());
-        let swap = runner.swapper();
+        let life_runner = JobRunner::new(
+            life_source,
+            Box::new(life_handler),
+            policy,
+            job.delivery_policy(),
+        );
+        let (swap, life_swap) = (runner.swapper(), life_runner.swapper());
         let (stop, stop_rx) = watch::channel(false);
         let task_name = name.to_string();
-        self.tasks
-            .spawn(async move { (task_name, runner.run(stop_rx).await) });
+        let gate = (
+            connect().await?,
+            self.keys.clone(),
+            name.to_string(),
+            stream_key.clone(),
+        );
+        self.tasks.spawn(async move {
+            let life = tokio::spawn(life_runner.run(stop_rx.clone()));
+            // The source waits for `job-started` to be handled (by any host).
+            let result = if wait_for_lifecycle(gate, stop_rx.clone()).await {
+                runner.run(stop_rx).await
+            } else {
+                Ok(Default::default())
+            };
+            let _ = life.await;
+            (task_name, result)
+        });
         tracing::info!(job = %name, plugin = %job.plugin, version = short(&plugin.sha256), "job started");
         self.jobs.insert(
             name.to_string(),
             RunningJob {
                 spec: job.clone(),
+                run: entry.run,
+                life_swap,
                 sha256: plugin.sha256.clone(),
                 stop,
                 swap,
@@ -603,17 +722,32 @@ impl Host {
         };
         let (spec, state) = (job.spec.clone(), job.state.clone());
         let plugin = self.plugin(&spec.plugin, version).await?;
-        let handler = prepare_handler_async(plugin, spec, self.prefix.clone(), Some(state))
-            .await
-            .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+        let prepare = || {
+            prepare_handler_async(
+                plugin.clone(),
+                spec.clone(),
+                self.prefix.clone(),
+                Some(state.clone()),
+            )
+        };
+        let refused = |e: anyhow::Error| Failure::Refused(format!("{e:#}"));
+        let handler = prepare().await.map_err(refused)?;
+        let life_handler = LifecycleHandler::new(
+            prepare().await.map_err(refused)?,
+            &spec.stream(&self.prefix),
+        );
         let Some(job) = self.jobs.get_mut(name) else {
             return Ok(());
         };
-        if job.swap.send(Box::new(handler)).await.is_err() {
-            return Err(Failure::Transient(anyhow::anyhow!(
-                "the job's runner has ended"
-            )));
-        }
+        let ended = || Failure::Transient(anyhow::anyhow!("the job's runner has ended"));
+        job.swap
+            .send(Box::new(handler))
+            .await
+            .map_err(|_| ended())?;
+        job.life_swap
+            .send(Box::new(life_handler))
+            .await
+            .map_err(|_| ended())?;
         job.sha256 = version.sha256.clone();
         tracing::info!(job = %name, from = short(old), to = short(&version.sha256), "new plugin version ready; switching at the next batch");
         Ok(())
@@ -630,6 +764,73 @@ impl Host {
             }
         }
         report(joined);
+    }
+}
+
+/// Poll until the job's lifecycle stream is drained (`job-started` handled); false if the job
+/// was stopped meanwhile.
+async fn wait_for_lifecycle(
+    (mut conn, keys, job, source): (redis::aio::ConnectionManager, Keys, String, String),
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    loop {
+        match lifecycle::drained(&mut conn, &keys, &job, &source).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(job, "waiting for job-started: {e}"),
+        }
+        if *stop.borrow() {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), stop.changed()).await;
+    }
+}
+
+/// Hands lifecycle entries (`{kind, run}`) to the plugin as events of that kind, from the
+/// job's source.
+struct LifecycleHandler {
+    inner: PluginHandler,
+    source: String,
+}
+
+impl LifecycleHandler {
+    fn new(inner: PluginHandler, source: &str) -> Self {
+        LifecycleHandler {
+            inner,
+            source: source.to_string(),
+        }
+    }
+}
+
+impl Handler for LifecycleHandler {
+    fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
+        let events: Vec<Event> = events
+            .iter()
+            .map(|e| {
+                let finished = e
+                    .fields
+                    .iter()
+                    .any(|(k, v)| k == "kind" && v == KIND_JOB_FINISHED.as_bytes());
+                Event {
+                    kind: if finished {
+                        KIND_JOB_FINISHED
+                    } else {
+                        KIND_JOB_STARTED
+                    },
+                    source: self.source.clone(),
+                    ..e.clone()
+                }
+            })
+            .collect();
+        self.inner.handle_batch(&events)
+    }
+
+    fn reads_state(&self) -> bool {
+        self.inner.reads_state()
+    }
+
+    fn version(&self) -> &str {
+        self.inner.version()
     }
 }
 

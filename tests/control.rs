@@ -504,3 +504,173 @@ fn a_watched_plugin_directory_loads_new_and_changed_files() {
     assert_eq!(plugins[0]["sha256"], sha_of(&v2));
     host.stop_ok();
 }
+
+#[test]
+fn a_host_that_missed_a_notice_catches_up() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "echo",
+        ],
+    ));
+    ok(sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+        ],
+    ));
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_for_log(
+        &host.log,
+        "job started",
+        Duration::from_secs(30)
+    ));
+    // Cut the host's control-channel subscription, then change the registry at once: the
+    // notice goes nowhere, and the host must still follow.
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(killed, 1);
+    ok(sluice(&redis.url, &["job", "stop", "j"]));
+    assert!(wait_for_log(
+        &host.log,
+        "job stopped",
+        Duration::from_secs(5)
+    ));
+    host.stop_ok();
+}
+
+/// Entries of a stream as (id, kind field).
+fn kinds(conn: &mut redis::Connection, stream: &str) -> Vec<(String, String)> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let kind: String = e.get("kind").unwrap_or_default();
+            (e.id, kind)
+        })
+        .collect()
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[test]
+fn lifecycle_events_come_once_across_the_fleet_around_the_events() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "echo",
+        ],
+    ));
+    const N: usize = 3000;
+    publish(&mut conn, "in", N, &[("n", "{i}")]);
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_for_log(
+        &a.log,
+        "sluice ready",
+        Duration::from_secs(30)
+    ));
+    assert!(wait_for_log(
+        &b.log,
+        "sluice ready",
+        Duration::from_secs(30)
+    ));
+    let start = [
+        "job",
+        "start",
+        "load",
+        "--source",
+        "stream:in",
+        "--plugin",
+        "echo",
+        "--finite",
+        "--batch",
+        "100",
+        "--set",
+        "target=out",
+        "--set",
+        "lifecycle_target=life",
+    ];
+    ok(sluice(&redis.url, &start));
+    // `job watch` returns once the job finished, exit 0 (no failures).
+    let watch = sluice(&redis.url, &["job", "watch", "load"]);
+    assert!(
+        watch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watch.stdout)
+    );
+    let jobs: serde_json::Value =
+        serde_json::from_str(&ok(sluice(&redis.url, &["job", "list", "--json"]))).unwrap();
+    assert_eq!(jobs[0]["state"], "finished");
+    assert_each_once(&mut conn, "out", N);
+    let life = kinds(&mut conn, "life");
+    let names: Vec<&str> = life.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(names, ["job-started", "job-finished"]);
+    // job-started was committed before any event, job-finished after every event.
+    let out = kinds(&mut conn, "out");
+    assert!(id_key(&life[0].0) <= id_key(&out[0].0));
+    assert!(id_key(&life[1].0) >= id_key(&out[N - 1].0));
+    assert_eq!(
+        counter(&mut conn, "load", "in", "acked"),
+        N as u64,
+        "lifecycle events are counted apart"
+    );
+
+    // A new run of the job (not finite now) gets its own job-started; restarting a host
+    // does not repeat it.
+    publish(&mut conn, "in", 10, &[("n", "second{i}")]);
+    let again: Vec<&str> = start.iter().copied().filter(|a| *a != "--finite").collect();
+    ok(sluice(&redis.url, &again));
+    assert!(wait_until(Duration::from_secs(30), || {
+        counter(&mut conn, "load", "in", "acked") == N as u64 + 10
+    }));
+    b.kill9();
+    let mut c = HostProcess::start(&cfg, &redis.url, &dir.path().join("c.log"));
+    assert!(wait_for_log(&c.log, "job started", Duration::from_secs(30)));
+    publish(&mut conn, "in", 10, &[("n", "third{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        counter(&mut conn, "load", "in", "acked") == N as u64 + 20
+    }));
+    let names: Vec<String> = kinds(&mut conn, "life")
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(names, ["job-started", "job-finished", "job-started"]);
+    a.stop_ok();
+    c.stop_ok();
+}

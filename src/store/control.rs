@@ -36,6 +36,8 @@ pub struct PluginVersion {
 pub enum JobState {
     Running,
     Stopped,
+    /// A finite job that handled its whole source (and `job-finished`).
+    Finished,
 }
 
 /// A job as the registry holds it.
@@ -45,6 +47,10 @@ pub struct JobEntry {
     pub state: JobState,
     /// When the state last changed, ms since the epoch.
     pub changed_at: u64,
+    /// Identifies one run of the job: set by `job start` (not by `resume`); each run gets
+    /// one `job-started` (and, if finite, one `job-finished`).
+    #[serde(default)]
+    pub run: u64,
 }
 
 /// Why a host would not run a plugin version.
@@ -312,21 +318,23 @@ impl Registry {
         Ok(())
     }
 
-    /// Register a job and mark it running. A job of the same name is replaced only when it is
-    /// stopped; `if_absent` (jobs of a config file at start) leaves any existing job alone.
+    /// Register a job and mark it running (a new run). A job of the same name is replaced
+    /// only when it is stopped or finished; `if_absent` (jobs of a config file at start) leaves any existing job alone.
     /// Returns false when nothing was written because of `if_absent`.
     pub async fn start_job(&mut self, spec: &JobConfig, if_absent: bool) -> Result<bool> {
+        let now = now_ms();
         let entry = JobEntry {
             spec: spec.clone(),
             state: JobState::Running,
-            changed_at: now_ms(),
+            changed_at: now,
+            run: now,
         };
         let script = redis::Script::new(
             r"
             local current = redis.call('HGET', KEYS[1], ARGV[1])
             if current then
               if ARGV[3] == '1' then return 0 end
-              if cjson.decode(current).state ~= 'stopped' then return -1 end
+              if cjson.decode(current).state == 'running' then return -1 end
             end
             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
             return 1",
@@ -340,7 +348,7 @@ impl Registry {
             .await?;
         match written {
             -1 => Err(ControlError::Refused(format!(
-                "a job named `{}` exists and is not stopped",
+                "a job named `{}` is running; stop it first",
                 spec.name
             ))),
             0 => Ok(false),

@@ -7,7 +7,8 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `<prefix>:jobs` | hash | job name → source stream key (the registry `job status` reads) |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead` |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead`; `lifecycle_run`, `finished_run`: the run whose `job-started` / `job-finished` was issued |
+//! | `<prefix>:{<tag>}:job:<job>:lifecycle` | stream | lifecycle events `{kind, run}` (`job-started`, `job-finished`), handled through the job's group before (after) its source; `…:lifecycle:retry` holds their retries, `…:lifecycle:counters` their counters, `…:lifecycle:event:<id>` their status records |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
 //! | `<prefix>:queue:{<name>}` | stream | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
@@ -86,6 +87,12 @@ impl Keys {
     /// The job's spec and counters hash, in the slot of its source stream.
     pub fn job(&self, job: &str, source: &str) -> String {
         format!("{}:{{{}}}:job:{job}", self.prefix, hash_tag(source))
+    }
+
+    /// The stream of a job's lifecycle events (`job-started`, `job-finished`), read through
+    /// the job's group; in the job's slot.
+    pub fn lifecycle(&self, job: &str, source: &str) -> String {
+        format!("{}:lifecycle", self.job(job, source))
     }
 
     /// The sorted set of a job's scheduled retries.

@@ -20,6 +20,7 @@ pub mod embedded;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod state;
 pub mod stream;
 

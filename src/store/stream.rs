@@ -42,8 +42,11 @@ pub struct StreamJob {
     pub group: String,
     /// This host's consumer name in the group.
     pub consumer: String,
-    /// The job hash ([`Keys::job`]).
+    /// The job hash ([`Keys::job`]): the namespace of the plugin's state.
     pub job_key: String,
+    /// The hash the scripts count deliveries in: the job hash, except for a job's lifecycle
+    /// stream, whose events are not the job's input and are counted apart.
+    pub counters_key: String,
     /// The job registry ([`Keys::jobs`]).
     pub registry_key: String,
     /// Scheduled retries ([`Keys::retry`]).
@@ -62,6 +65,9 @@ pub struct StreamJob {
     pub keys: Keys,
     /// When the source is a sluice queue: its delayed tasks, moved in when due.
     pub delayed_key: Option<String>,
+    /// Record the job in the registry and its hash when opened (false for a job's
+    /// lifecycle stream, which is not the job's source).
+    pub register: bool,
 }
 
 impl StreamJob {
@@ -73,6 +79,7 @@ impl StreamJob {
             group: keys.group(job),
             consumer: consumer.into(),
             job_key: keys.job(job, stream),
+            counters_key: keys.job(job, stream),
             registry_key: keys.jobs(),
             retry_key: keys.retry(job, stream),
             dlq_key: keys.dlq(job, stream),
@@ -82,6 +89,7 @@ impl StreamJob {
             done_ttl_s: 0,
             keys: keys.clone(),
             delayed_key: None,
+            register: true,
         }
     }
 }
@@ -129,19 +137,21 @@ pub async fn open(
 ) -> Result<(StreamReader, StreamCommitter), StoreError> {
     let job = Arc::new(job);
     ensure_group(&mut commit_conn, &job, start).await?;
-    let _: () = redis::pipe()
-        .hset(&job.registry_key, &*job.job, &job.stream)
-        .hset_multiple(
-            &job.job_key,
-            &[
-                ("source", job.stream.as_str()),
-                ("plugin", job.plugin.as_str()),
-                ("group", job.group.as_str()),
-            ],
-        )
-        .hset(&job.job_key, "started_at", now_ms())
-        .query_async(&mut commit_conn)
-        .await?;
+    if job.register {
+        let _: () = redis::pipe()
+            .hset(&job.registry_key, &*job.job, &job.stream)
+            .hset_multiple(
+                &job.job_key,
+                &[
+                    ("source", job.stream.as_str()),
+                    ("plugin", job.plugin.as_str()),
+                    ("group", job.group.as_str()),
+                ],
+            )
+            .hset(&job.job_key, "started_at", now_ms())
+            .query_async(&mut commit_conn)
+            .await?;
+    }
     Ok((
         StreamReader {
             conn: read_conn,
@@ -251,7 +261,7 @@ impl StreamReader {
         invocation
             .key(&self.job.stream)
             .key(&self.job.retry_key)
-            .key(&self.job.job_key)
+            .key(&self.job.counters_key)
             .key(&self.job.dlq_key);
         if let Some(delayed) = &self.job.delayed_key {
             invocation.key(delayed);
@@ -380,7 +390,7 @@ impl StreamCommitter {
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(&j.stream)
-            .key(&j.job_key)
+            .key(&j.counters_key)
             .key(&j.retry_key)
             .key(&j.dlq_key);
         let ids = events.iter().filter_map(|e| parse_id(&e.id));

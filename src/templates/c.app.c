@@ -19,6 +19,12 @@ bool exports_sluice_plugin_handler_init(plugin_list_tuple2_string_string_t *conf
 bool exports_sluice_plugin_handler_handle(exports_sluice_plugin_handler_event_t *event,
                                           exports_sluice_plugin_handler_disposition_t *ret,
                                           exports_sluice_plugin_handler_handler_error_t *err) {
+  // Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
+  if (event->kind.len != 12 || memcmp(event->kind.ptr, "stream-entry", 12) != 0) {
+    exports_sluice_plugin_handler_event_free(event);
+    ret->tag = SLUICE_PLUGIN_TYPES_DISPOSITION_SKIP;
+    return true;
+  }
   plugin_string_t kind;
   plugin_string_set(&kind, "none");
   for (size_t i = 0; i < event->fields.len; i++) {

@@ -45,6 +45,10 @@ func Handle(event types.Event) Result {
 	if calls++; calls%64 == 0 {
 		runtime.GC()
 	}
+	// Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
+	if event.Kind != "stream-entry" {
+		return witTypes.Ok[types.Disposition, types.HandlerError](types.MakeDispositionSkip())
+	}
 	kind := "none"
 	for _, field := range event.Fields {
 		if field.F0 == "kind" {

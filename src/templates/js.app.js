@@ -12,6 +12,10 @@ export const handler = {
   init(config) {},
 
   handle(event) {
+    // Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
+    if (event.kind !== 'stream-entry') {
+      return { tag: 'skip' };
+    }
     const field = event.fields.find(([name]) => name === 'kind');
     const kind = field ? decoder.decode(field[1]) : 'none';
     try {

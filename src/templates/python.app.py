@@ -11,6 +11,9 @@ class Handler(exports.Handler):
         pass
 
     def handle(self, event):
+        # Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
+        if event.kind != "stream-entry":
+            return types.Disposition_Skip()
         kind = next((v.decode("utf-8", "replace") for k, v in event.fields if k == "kind"), "none")
         try:
             count = counters.counter_add(kind, 1, None)

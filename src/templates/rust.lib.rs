@@ -18,6 +18,10 @@ impl Guest for Plugin {
     }
 
     fn handle(event: Event) -> Result<Disposition, HandlerError> {
+        // Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
+        if event.kind != "stream-entry" {
+            return Ok(Disposition::Skip);
+        }
         let error = |message: String| HandlerError { message };
         let kind = event
             .fields

@@ -1,5 +1,7 @@
-//! echo: emits each event's fields unchanged to the stream named by config key `target`
-//! (default: the source stream + `:out`), then acks.
+//! echo: emits each stream entry's fields unchanged to the stream named by config key
+//! `target` (default: the source stream + `:out`), then acks. Lifecycle events
+//! (`job-started`, `job-finished`) are emitted as `{kind, id}` to config `lifecycle_target`
+//! when it is set, and skipped otherwise.
 
 use std::cell::RefCell;
 
@@ -9,27 +11,39 @@ use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
 use sluice::plugin::effects::emit;
 
 thread_local! {
-    /// From `init`: the configured target stream, if any.
-    static TARGET: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// From `init`: the configured target stream, if any, and the lifecycle target.
+    static TARGETS: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
 }
 
 struct Echo;
 
 impl Guest for Echo {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let target = config.into_iter().find(|(k, _)| k == "target").map(|(_, v)| v);
+        let get = |key: &str| config.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let target = get("target");
         if target.as_deref() == Some("") {
             return Err("config `target` must not be empty".into());
         }
-        TARGET.with(|t| *t.borrow_mut() = target);
+        TARGETS.with(|t| *t.borrow_mut() = (target, get("lifecycle_target")));
         Ok(())
     }
 
     fn handle(event: Event) -> Result<Disposition, HandlerError> {
-        let target = TARGET
-            .with(|t| t.borrow().clone())
-            .unwrap_or_else(|| format!("{}:out", event.source));
-        emit(&target, &event.fields).map_err(|message| HandlerError { message })?;
+        let (target, lifecycle) = TARGETS.with(|t| t.borrow().clone());
+        let error = |message| HandlerError { message };
+        if event.kind != "stream-entry" {
+            let Some(lifecycle) = lifecycle else {
+                return Ok(Disposition::Skip);
+            };
+            let fields = vec![
+                ("kind".to_string(), event.kind.into_bytes()),
+                ("id".to_string(), event.id.into_bytes()),
+            ];
+            emit(&lifecycle, &fields).map_err(error)?;
+            return Ok(Disposition::Ack);
+        }
+        let target = target.unwrap_or_else(|| format!("{}:out", event.source));
+        emit(&target, &event.fields).map_err(error)?;
         Ok(Disposition::Ack)
     }
 }
