@@ -161,18 +161,141 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
             (e.url(), Some(e))
         }
     };
-    let result = measure(args, &url, &plugins).await;
+    let result = async {
+        let rows = measure(args, &url, &plugins).await?;
+        let swap = swap_pause(args, &url, &plugins).await?;
+        anyhow::Ok((rows, swap))
+    }
+    .await;
     if let Some(e) = embedded {
         e.stop().await;
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    let rows = result?;
+    let (rows, swap) = result?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let report = serde_json::json!({ "modes": rows, "swap": swap });
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(args, &url, &rows);
+        println!(
+            "hot swap of echo under full load ({} events, batch {}): the commits around the swap \
+             were at most {:.2} ms apart; elsewhere in the run p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            args.events,
+            args.batch,
+            swap.gap_at_swap_ms,
+            swap.p50_gap_ms,
+            swap.p99_gap_ms,
+            swap.max_gap_elsewhere_ms
+        );
     }
     Ok(())
+}
+
+/// What a hot swap under load costs: gaps between consecutive commits.
+#[derive(Debug, Clone, Serialize)]
+struct SwapPause {
+    /// The largest gap among the few commits right after the new handler was sent.
+    gap_at_swap_ms: f64,
+    /// Gaps over the rest of the run.
+    p50_gap_ms: f64,
+    p99_gap_ms: f64,
+    max_gap_elsewhere_ms: f64,
+}
+
+/// Records when each batch was committed; stops the runner at the target.
+struct CommitTimes {
+    times: Mutex<Vec<Instant>>,
+    count: AtomicU64,
+    target: u64,
+    stop: watch::Sender<bool>,
+}
+
+impl CommitObserver for CommitTimes {
+    fn committed(&self, events: &[Event], _outcomes: &[Outcome]) {
+        if let Ok(mut t) = self.times.lock() {
+            t.push(Instant::now());
+        }
+        let total =
+            self.count.fetch_add(events.len() as u64, Ordering::SeqCst) + events.len() as u64;
+        if total >= self.target {
+            let _ = self.stop.send(true);
+        }
+    }
+}
+
+/// Drain `args.events` entries through echo and hand the runner a freshly prepared echo
+/// handler half-way, as a hot swap does (preparation happens before, off the job's path).
+async fn swap_pause(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<SwapPause> {
+    let stream = "sluice-bench:swap";
+    let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+    cleanup(&mut conn, stream).await?;
+    prefill(&mut conn, stream, args.events).await?;
+    let keys = Keys::new("sluice-bench");
+    let job = StreamJob::new(&keys, "bench", "echo", stream, "bench");
+    let commit_conn = store::connect(url, Duration::from_secs(30)).await?;
+    let source = stream::open(conn.clone(), commit_conn, job, StartFrom::Beginning).await?;
+    let config = [("target", "sluice-bench:swap:out")];
+    let handler = prepared(&plugins.echo, stream, &config).await?;
+    let next = prepared(&plugins.echo, stream, &config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let times = Arc::new(CommitTimes {
+        times: Mutex::new(Vec::new()),
+        count: AtomicU64::new(0),
+        target: args.events,
+        stop: stop_tx,
+    });
+    let policy = ReadPolicy {
+        batch: args.batch,
+        block_ms: 100,
+        claim_idle_ms: 30_000,
+    };
+    let runner = JobRunner::new(source, Box::new(handler), policy, DeliveryPolicy::default())
+        .with_observer(times.clone());
+    let swapper = runner.swapper();
+    let run = tokio::spawn(runner.run(stop_rx));
+    while times.count.load(Ordering::SeqCst) < args.events / 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let swapped_at = Instant::now();
+    swapper
+        .send(Box::new(next))
+        .await
+        .map_err(|_| anyhow::anyhow!("the runner ended before the swap"))?;
+    run.await??;
+    cleanup(&mut conn, stream).await?;
+    cleanup(&mut conn, "sluice-bench:swap:out").await?;
+    let times = times.times.lock().map(|t| t.clone()).unwrap_or_default();
+    let gaps: Vec<(Instant, f64)> = times
+        .windows(2)
+        .map(|w| (w[1], (w[1] - w[0]).as_secs_f64() * 1000.0))
+        .collect();
+    // The batch in the handler when the swap was sent, the one after it (on the new
+    // handler) and the one the pipeline read meanwhile are committed within these.
+    let first_after = gaps.iter().position(|(t, _)| *t >= swapped_at).unwrap_or(0);
+    let around = first_after..(first_after + 3).min(gaps.len());
+    let gap_at_swap_ms = gaps[around.clone()]
+        .iter()
+        .map(|(_, g)| *g)
+        .fold(0.0, f64::max);
+    let mut elsewhere: Vec<f64> = gaps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !around.contains(i))
+        .map(|(_, (_, g))| *g)
+        .collect();
+    elsewhere.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        elsewhere
+            .get(((elsewhere.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(SwapPause {
+        gap_at_swap_ms,
+        p50_gap_ms: at(0.5),
+        p99_gap_ms: at(0.99),
+        max_gap_elsewhere_ms: elsewhere.last().copied().unwrap_or(0.0),
+    })
 }
 
 async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<Vec<Row>> {

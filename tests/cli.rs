@@ -251,10 +251,13 @@ fn bench_runs_every_mode_and_reports_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["modes"].as_array().unwrap();
+    let swap = &report["swap"];
+    assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(modes.len(), 10, "{modes:?}");
-    for r in &rows {
+    for r in rows {
         assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(
             r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
