@@ -35,6 +35,26 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A redis-server, a connection, a temp dir with a job-less host config, and echo loaded into
+/// the registry as plugin `name`.
+fn fleet(name: &str) -> (RedisServer, redis::Connection, tempfile::TempDir, PathBuf) {
+    let redis = RedisServer::start();
+    let conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    let echo = plugin("echo");
+    ok(sluice(
+        &redis.url,
+        &["plugin", "load", echo.to_str().unwrap(), "--name", name],
+    ));
+    (redis, conn, dir, cfg)
+}
+
+/// `sluice <words…>` must succeed; its stdout.
+fn cli(url: &str, line: &str) -> String {
+    ok(sluice(url, &line.split_whitespace().collect::<Vec<_>>()))
+}
+
 /// A second version of a component: the same code plus a custom section (another sha256).
 fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
     let mut bytes = std::fs::read(original).unwrap();
@@ -99,36 +119,11 @@ fn assert_each_once(conn: &mut redis::Connection, stream: &str, total: usize) {
 
 #[test]
 fn two_hosts_share_a_job_and_each_event_is_handled_once() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(dir.path());
-    ok(sluice(
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    cli(
         &redis.url,
-        &[
-            "plugin",
-            "load",
-            plugin("echo").to_str().unwrap(),
-            "--name",
-            "echo",
-        ],
-    ));
-    ok(sluice(
-        &redis.url,
-        &[
-            "job",
-            "start",
-            "share",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "echo",
-            "--set",
-            "target=out",
-            "--batch",
-            "50",
-        ],
-    ));
+        "job start share --source stream:in --plugin echo --set target=out --batch 50",
+    );
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
     let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
     assert!(wait_for_log(&a.log, "job started", Duration::from_secs(30)));
@@ -165,24 +160,10 @@ fn a_plugin_swapped_under_load_loses_and_repeats_nothing() {
         &["plugin", "load", v1.to_str().unwrap(), "--name", "echo"],
     ));
     // A status record for every event names the version that handled it.
-    ok(sluice(
+    cli(
         &redis.url,
-        &[
-            "job",
-            "start",
-            "swap",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "echo",
-            "--set",
-            "target=out",
-            "--batch",
-            "100",
-            "--done-ttl-s",
-            "600",
-        ],
-    ));
+        "job start swap --source stream:in --plugin echo --set target=out --batch 100 --done-ttl-s 600",
+    );
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
     let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
     assert!(wait_for_log(&a.log, "job started", Duration::from_secs(30)));
@@ -260,37 +241,12 @@ fn a_plugin_swapped_under_load_loses_and_repeats_nothing() {
 
 #[test]
 fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(dir.path());
-    ok(sluice(
-        &redis.url,
-        &[
-            "plugin",
-            "load",
-            plugin("echo").to_str().unwrap(),
-            "--name",
-            "p",
-        ],
-    ));
+    let (redis, mut conn, dir, cfg) = fleet("p");
     // echo ignores `init`; chaos refuses to start when told `init = fail`.
-    ok(sluice(
+    cli(
         &redis.url,
-        &[
-            "job",
-            "start",
-            "j",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "p",
-            "--set",
-            "target=out",
-            "--set",
-            "init=fail",
-        ],
-    ));
+        "job start j --source stream:in --plugin p --set target=out --set init=fail",
+    );
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
     publish(&mut conn, "in", 100, &[("n", "{i}")]);
     assert!(wait_until(Duration::from_secs(30), || counter(
@@ -331,7 +287,7 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
         "plugin version refused",
         Duration::from_secs(10)
     ));
-    let list = ok(sluice(&redis.url, &["plugin", "list"]));
+    let list = cli(&redis.url, "plugin list");
     assert!(list.contains("REFUSED"), "{list}");
     assert!(list.contains("init told to fail"), "{list}");
     publish(&mut conn, "in", 100, &[("n", "{i}")]);
@@ -346,42 +302,19 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
 
     // Rolling back makes echo current again; the versions list shows all three loads.
-    ok(sluice(&redis.url, &["plugin", "rollback", "p"]));
-    let versions = ok(sluice(&redis.url, &["plugin", "versions", "p"]));
+    cli(&redis.url, "plugin rollback p");
+    let versions = cli(&redis.url, "plugin versions p");
     assert_eq!(versions.lines().count(), 3, "{versions}");
     host.stop_ok();
 }
 
 #[test]
 fn job_stop_on_one_host_stops_it_on_every_host() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(dir.path());
-    ok(sluice(
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    cli(
         &redis.url,
-        &[
-            "plugin",
-            "load",
-            plugin("echo").to_str().unwrap(),
-            "--name",
-            "echo",
-        ],
-    ));
-    ok(sluice(
-        &redis.url,
-        &[
-            "job",
-            "start",
-            "j",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "echo",
-            "--set",
-            "target=out",
-        ],
-    ));
+        "job start j --source stream:in --plugin echo --set target=out",
+    );
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
     let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
     publish(&mut conn, "in", 1000, &[("n", "{i}")]);
@@ -404,7 +337,7 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
     );
     assert!(!again.status.success());
 
-    ok(sluice(&redis.url, &["job", "stop", "j"]));
+    cli(&redis.url, "job stop j");
     assert!(wait_for_log(&a.log, "job stopped", Duration::from_secs(10)));
     assert!(wait_for_log(&b.log, "job stopped", Duration::from_secs(10)));
     publish(&mut conn, "in", 500, &[("n", "late{i}")]);
@@ -414,20 +347,20 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
         1000,
         "no host reads a stopped job"
     );
-    let list = ok(sluice(&redis.url, &["job", "list", "--json"]));
+    let list = cli(&redis.url, "job list --json");
     let jobs: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(jobs[0]["state"], "stopped");
 
     // Unloading a plugin that a running job uses is refused; a stopped job does not count.
-    ok(sluice(&redis.url, &["job", "resume", "j"]));
+    cli(&redis.url, "job resume j");
     assert!(wait_until(Duration::from_secs(30), || counter(
         &mut conn, "j", "in", "acked"
     ) == 1500));
     let unload = sluice(&redis.url, &["plugin", "unload", "echo"]);
     assert!(!unload.status.success());
-    ok(sluice(&redis.url, &["plugin", "unload", "echo", "--force"]));
+    cli(&redis.url, "plugin unload echo --force");
     let jobs: serde_json::Value =
-        serde_json::from_str(&ok(sluice(&redis.url, &["job", "list", "--json"]))).unwrap();
+        serde_json::from_str(&cli(&redis.url, "job list --json")).unwrap();
     assert_eq!(jobs[0]["state"], "stopped");
     a.stop_ok();
     b.stop_ok();
@@ -460,20 +393,10 @@ fn a_watched_plugin_directory_loads_new_and_changed_files() {
         "plugin file loaded",
         Duration::from_secs(10)
     ));
-    ok(sluice(
+    cli(
         &redis.url,
-        &[
-            "job",
-            "start",
-            "j",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "hot",
-            "--set",
-            "target=out",
-        ],
-    ));
+        "job start j --source stream:in --plugin hot --set target=out",
+    );
     publish(&mut conn, "in", 10, &[("n", "{i}")]);
     assert!(wait_until(Duration::from_secs(30), || counter(
         &mut conn, "j", "in", "acked"
@@ -498,7 +421,7 @@ fn a_watched_plugin_directory_loads_new_and_changed_files() {
         "plugin file deleted",
         Duration::from_secs(10)
     ));
-    let list = ok(sluice(&redis.url, &["plugin", "list", "--json"]));
+    let list = cli(&redis.url, "plugin list --json");
     let plugins: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(plugins[0]["name"], "hot");
     assert_eq!(plugins[0]["sha256"], sha_of(&v2));
@@ -507,32 +430,8 @@ fn a_watched_plugin_directory_loads_new_and_changed_files() {
 
 #[test]
 fn a_host_that_missed_a_notice_catches_up() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(dir.path());
-    ok(sluice(
-        &redis.url,
-        &[
-            "plugin",
-            "load",
-            plugin("echo").to_str().unwrap(),
-            "--name",
-            "echo",
-        ],
-    ));
-    ok(sluice(
-        &redis.url,
-        &[
-            "job",
-            "start",
-            "j",
-            "--source",
-            "stream:in",
-            "--plugin",
-            "echo",
-        ],
-    ));
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    cli(&redis.url, "job start j --source stream:in --plugin echo");
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
     assert!(wait_for_log(
         &host.log,
@@ -548,7 +447,7 @@ fn a_host_that_missed_a_notice_catches_up() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(killed, 1);
-    ok(sluice(&redis.url, &["job", "stop", "j"]));
+    cli(&redis.url, "job stop j");
     assert!(wait_for_log(
         &host.log,
         "job stopped",
@@ -582,20 +481,7 @@ fn id_key(id: &str) -> (u64, u64) {
 
 #[test]
 fn lifecycle_events_come_once_across_the_fleet_around_the_events() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = fleet_config(dir.path());
-    ok(sluice(
-        &redis.url,
-        &[
-            "plugin",
-            "load",
-            plugin("echo").to_str().unwrap(),
-            "--name",
-            "echo",
-        ],
-    ));
+    let (redis, mut conn, dir, cfg) = fleet("echo");
     const N: usize = 3000;
     publish(&mut conn, "in", N, &[("n", "{i}")]);
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
@@ -635,7 +521,7 @@ fn lifecycle_events_come_once_across_the_fleet_around_the_events() {
         String::from_utf8_lossy(&watch.stdout)
     );
     let jobs: serde_json::Value =
-        serde_json::from_str(&ok(sluice(&redis.url, &["job", "list", "--json"]))).unwrap();
+        serde_json::from_str(&cli(&redis.url, "job list --json")).unwrap();
     assert_eq!(jobs[0]["state"], "finished");
     assert_each_once(&mut conn, "out", N);
     let life = kinds(&mut conn, "life");
