@@ -257,10 +257,7 @@ async fn swap_pause(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let swapped_at = Instant::now();
-    swapper
-        .send(Box::new(next))
-        .await
-        .map_err(|_| anyhow::anyhow!("the runner ended before the swap"))?;
+    swapper.put(Box::new(next));
     run.await??;
     cleanup(&mut conn, stream).await?;
     cleanup(&mut conn, "sluice-bench:swap:out").await?;

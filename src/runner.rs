@@ -56,9 +56,8 @@ pub struct RunnerStats {
 pub struct JobRunner {
     reader: StreamReader,
     handler: Box<dyn Handler>,
-    /// Handlers to switch to, between batches (a new plugin version).
-    swaps: mpsc::Receiver<Box<dyn Handler>>,
-    swap_tx: mpsc::Sender<Box<dyn Handler>>,
+    /// A handler to switch to before the next batch (a new plugin version).
+    next: HandlerSlot,
     committer: StreamCommitter,
     policy: ReadPolicy,
     delivery: DeliveryPolicy,
@@ -73,6 +72,23 @@ fn redis_backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// Where a new handler waits for the runner to take it, before its next batch. Putting one
+/// in never waits; a newer one replaces one not taken yet (the latest version wins).
+#[derive(Clone, Default)]
+pub struct HandlerSlot(Arc<std::sync::Mutex<Option<Box<dyn Handler>>>>);
+
+impl HandlerSlot {
+    pub fn put(&self, handler: Box<dyn Handler>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(handler);
+        }
+    }
+
+    fn take(&self) -> Option<Box<dyn Handler>> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// A handled batch on its way to the committer.
@@ -92,12 +108,10 @@ impl JobRunner {
         policy: ReadPolicy,
         delivery: DeliveryPolicy,
     ) -> Self {
-        let (swap_tx, swaps) = mpsc::channel(1);
         JobRunner {
             reader,
             handler,
-            swaps,
-            swap_tx,
+            next: HandlerSlot::default(),
             committer,
             policy,
             delivery,
@@ -107,8 +121,8 @@ impl JobRunner {
 
     /// Where to send a new handler: the batch being handled finishes (and is committed) with
     /// the old one, the next batch uses the new one.
-    pub fn swapper(&self) -> mpsc::Sender<Box<dyn Handler>> {
-        self.swap_tx.clone()
+    pub fn swapper(&self) -> HandlerSlot {
+        self.next.clone()
     }
 
     pub fn with_observer(mut self, observer: Arc<dyn CommitObserver>) -> Self {
@@ -120,7 +134,8 @@ impl JobRunner {
     /// the handler panicked: the job stops, the batches it held stay pending.
     pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
         let job = self.reader.job().job.clone();
-        tracing::info!(job = &*job, stream = %self.reader.job().stream, consumer = %self.reader.job().consumer, "job running");
+        let stream = self.reader.job().stream.clone();
+        tracing::info!(job = &*job, stream = %stream, consumer = %self.reader.job().consumer, "job running");
         let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
         // Commits done so far; a handler that reads state waits for the previous batch's.
@@ -140,10 +155,9 @@ impl JobRunner {
             in_flight.clone(),
         ));
         let max = self.delivery.max_deliveries;
-        drop(self.swap_tx);
         let handler = tokio::spawn(handle_stage(
             self.handler,
-            self.swaps,
+            self.next,
             max,
             read_rx,
             handled_tx,
@@ -164,6 +178,7 @@ impl JobRunner {
         let _ = reader.await;
         tracing::info!(
             job = &*job,
+            stream = %stream,
             batches = stats.batches,
             acked = stats.committed.acked,
             failed = stats.committed.failed,
@@ -329,7 +344,7 @@ async fn read_step(
 
 async fn handle_stage(
     mut handler: Box<dyn Handler>,
-    mut swaps: mpsc::Receiver<Box<dyn Handler>>,
+    next: HandlerSlot,
     max_deliveries: u32,
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
@@ -339,7 +354,7 @@ async fn handle_stage(
     while let Some(events) = input.recv().await {
         // A new version takes over between batches: everything handled so far is on its way
         // to the committer with the old version's name on it.
-        while let Ok(next) = swaps.try_recv() {
+        if let Some(next) = next.take() {
             let started = Instant::now();
             let from = handler.version().to_string();
             let old = std::mem::replace(&mut handler, next);

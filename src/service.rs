@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt as _;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, JobConfig};
 use crate::event::{Event, Handler, KIND_JOB_FINISHED, KIND_JOB_STARTED, Outcome, StateReader};
-use crate::runner::{JobRunner, ReadPolicy};
+use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
 use crate::runtime::{GuestContext, LoadedPlugin, PluginHandler, Runtime, sha256_hex};
 use crate::store::control::{JobEntry, JobState, PluginVersion, Registry, Snapshot, short};
 use crate::store::embedded::EmbeddedRedis;
@@ -220,7 +220,7 @@ async fn serve(
         .await
         .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
     let mut registry = Registry::new(connect.clone(), keys.clone());
-    register_config(&mut registry, config, plugins, &consumer).await?;
+    register_config(&mut registry, config, plugins, &consumer).await;
 
     let wake = Arc::new(Notify::new());
     let subscriber = tokio::spawn(watch_channel(
@@ -256,6 +256,7 @@ async fn serve(
         jobs: HashMap::new(),
         stopping: HashSet::new(),
         tasks: JoinSet::new(),
+        task_names: HashMap::new(),
         refused: HashSet::new(),
         waiting: HashSet::new(),
     };
@@ -269,7 +270,7 @@ async fn serve(
             () = &mut shutdown => break,
             () = wake.notified() => host.reconcile().await,
             _ = tick.tick() => host.reconcile().await,
-            Some(joined) = host.tasks.join_next() => host.ended(joined),
+            Some(joined) = host.tasks.join_next_with_id() => host.ended(joined),
         }
     }
     subscriber.abort();
@@ -310,35 +311,60 @@ async fn register_config(
     config: &Config,
     plugins: &HashMap<String, Arc<LoadedPlugin>>,
     consumer: &str,
-) -> anyhow::Result<()> {
+) {
+    // One bad entry (or a Redis hiccup) must not keep a host from serving the rest.
     for p in &config.plugins {
         let Some(loaded) = plugins.get(&p.name) else {
             continue;
         };
-        let known = registry.versions(&p.name).await?;
-        if known.iter().any(|v| v.sha256 == loaded.sha256) {
-            continue;
+        if let Err(e) = register_plugin(registry, p, loaded, consumer).await {
+            tracing::error!(plugin = %p.name, "registering the config file's plugin failed: {e:#}");
         }
-        let bytes = std::fs::read(&p.path)
-            .with_context(|| format!("reading plugin file {}", p.path.display()))?;
-        if sha256_hex(&bytes) != loaded.sha256 {
-            tracing::warn!(plugin = %p.name, "{} changed while starting; not registered", p.path.display());
-            continue;
-        }
-        let origin = p.path.display().to_string();
-        registry
-            .load_plugin(&p.name, &bytes, &loaded.sha256, &origin, consumer)
-            .await?;
-        tracing::info!(plugin = %p.name, version = short(&loaded.sha256), "plugin registered from the config file");
     }
     for job in &config.jobs {
-        if !registry.start_job(job, true).await? {
-            let entry = registry.job(&job.name).await?;
-            if entry.is_some_and(|e| e.spec != *job) {
-                tracing::info!(job = %job.name, "the registry holds another definition of this job; it wins (stop the job and start it again to change it)");
+        match registry.start_job(job, true).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if registry
+                    .job(&job.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.spec != *job)
+                {
+                    tracing::info!(job = %job.name, "the registry holds another definition of this job; it wins (stop the job and start it again to change it)");
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %job.name, "registering the config file's job failed: {e}")
             }
         }
     }
+}
+
+async fn register_plugin(
+    registry: &mut Registry,
+    p: &crate::config::PluginConfig,
+    loaded: &LoadedPlugin,
+    consumer: &str,
+) -> anyhow::Result<()> {
+    let known = registry.versions(&p.name).await?;
+    if known.iter().any(|v| v.sha256 == loaded.sha256) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(&p.path)
+        .with_context(|| format!("reading plugin file {}", p.path.display()))?;
+    if sha256_hex(&bytes) != loaded.sha256 {
+        bail!(
+            "{} changed while starting; not registered",
+            p.path.display()
+        );
+    }
+    let origin = p.path.display().to_string();
+    registry
+        .load_plugin(&p.name, &bytes, &loaded.sha256, &origin, consumer)
+        .await?;
+    tracing::info!(plugin = %p.name, version = short(&loaded.sha256), "plugin registered from the config file");
     Ok(())
 }
 
@@ -366,15 +392,15 @@ struct RunningJob {
     /// The run of the job (see [`JobEntry::run`]).
     run: u64,
     /// Where the lifecycle runner takes a new handler.
-    life_swap: mpsc::Sender<Box<dyn Handler>>,
+    life_swap: HandlerSlot,
     /// The plugin version its handler runs (or was last sent).
     sha256: String,
     stop: watch::Sender<bool>,
-    swap: mpsc::Sender<Box<dyn Handler>>,
+    swap: HandlerSlot,
     state: Arc<dyn StateReader>,
 }
 
-type JobResult = (String, anyhow::Result<crate::runner::RunnerStats>);
+type JobResult = (String, anyhow::Result<RunnerStats>);
 
 /// What a host runs, reconciled with the registry.
 struct Host {
@@ -393,8 +419,11 @@ struct Host {
     /// Jobs told to stop whose runner has not ended yet (not restarted until it has).
     stopping: HashSet<String>,
     tasks: JoinSet<JobResult>,
-    /// (job, sha256) pairs this host refused: not tried again.
-    refused: HashSet<(String, String)>,
+    /// The job each task runs.
+    task_names: HashMap<tokio::task::Id, String>,
+    /// (job, run, sha256) this host refused: not tried again for that run of the job (a new
+    /// run, e.g. with another config, tries again).
+    refused: HashSet<(String, u64, String)>,
     /// Jobs waiting for a plugin that is not in the registry (logged once).
     waiting: HashSet<String>,
 }
@@ -443,7 +472,7 @@ impl Host {
             self.waiting.remove(name);
             if self
                 .refused
-                .contains(&(name.clone(), version.sha256.clone()))
+                .contains(&(name.clone(), entry.run, version.sha256.clone()))
             {
                 continue;
             }
@@ -464,7 +493,8 @@ impl Host {
                     serving = old.as_deref().unwrap_or("nothing"),
                     "plugin version refused: {reason}"
                 );
-                self.refused.insert((name.clone(), version.sha256.clone()));
+                self.refused
+                    .insert((name.clone(), entry.run, version.sha256.clone()));
                 let host = self.consumer.clone();
                 if let Err(e) = self
                     .registry
@@ -491,15 +521,25 @@ impl Host {
     /// Finite jobs run here whose source is drained get `job-finished` (once, fleet-wide);
     /// once it is handled, the job is marked finished and every host stops it.
     async fn check_finite(&mut self, snapshot: &Snapshot) {
-        let finite: Vec<(String, u64, String)> = self
+        let finite: Vec<(String, u64, String, Option<String>)> = self
             .jobs
             .iter()
             .filter(|(_, j)| j.spec.finite)
-            .map(|(n, j)| (n.clone(), j.run, j.spec.stream(&self.prefix)))
+            .map(|(n, j)| {
+                let source = j.spec.stream(&self.prefix);
+                (n.clone(), j.run, source, j.spec.delayed_key(&self.prefix))
+            })
             .collect();
-        for (name, run, source) in finite {
-            let progress =
-                lifecycle::check_finished(&mut self.conn, &self.keys, &name, &source, run).await;
+        for (name, run, source, delayed) in finite {
+            let progress = lifecycle::check_finished(
+                &mut self.conn,
+                &self.keys,
+                &name,
+                &source,
+                delayed.as_deref(),
+                run,
+            )
+            .await;
             let done = match progress {
                 Ok(Progress::Working) => false,
                 Ok(Progress::FinishIssued) => {
@@ -521,9 +561,10 @@ impl Host {
                 .get(&name)
                 .is_some_and(|e| e.state == JobState::Running && e.run == run);
             if done && still_running {
-                tracing::info!(job = %name, "job finished");
-                if let Err(e) = self.registry.set_job_state(&name, JobState::Finished).await {
-                    tracing::warn!(job = %name, "marking the job finished failed: {e}");
+                match self.registry.finish_job(&name, run).await {
+                    Ok(Some(_)) => tracing::info!(job = %name, run, "job finished"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(job = %name, "marking the job finished failed: {e}"),
                 }
             }
         }
@@ -548,7 +589,10 @@ impl Host {
                     .blob(&sha)
                     .await
                     .map_err(|e| Failure::Transient(e.into()))?
-                    .ok_or_else(|| Failure::Refused("its bytes are missing from Redis".into()))?;
+                    // A version unloaded or replaced meanwhile: look again at the next reconcile.
+                    .ok_or_else(|| {
+                        Failure::Transient(anyhow::anyhow!("its bytes are missing from Redis"))
+                    })?;
                 if sha256_hex(&bytes) != sha {
                     return Err(Failure::Refused(
                         "its bytes in Redis do not match its sha256".into(),
@@ -682,17 +726,10 @@ impl Host {
             name.to_string(),
             stream_key.clone(),
         );
-        self.tasks.spawn(async move {
-            let life = tokio::spawn(life_runner.run(stop_rx.clone()));
-            // The source waits for `job-started` to be handled (by any host).
-            let result = if wait_for_lifecycle(gate, stop_rx.clone()).await {
-                runner.run(stop_rx).await
-            } else {
-                Ok(Default::default())
-            };
-            let _ = life.await;
-            (task_name, result)
-        });
+        let task = self
+            .tasks
+            .spawn(run_job(runner, life_runner, gate, stop_rx, task_name));
+        self.task_names.insert(task.id(), name.to_string());
         tracing::info!(job = %name, plugin = %job.plugin, version = short(&plugin.sha256), "job started");
         self.jobs.insert(
             name.to_string(),
@@ -739,38 +776,85 @@ impl Host {
         let Some(job) = self.jobs.get_mut(name) else {
             return Ok(());
         };
-        let ended = || Failure::Transient(anyhow::anyhow!("the job's runner has ended"));
-        job.swap
-            .send(Box::new(handler))
-            .await
-            .map_err(|_| ended())?;
-        job.life_swap
-            .send(Box::new(life_handler))
-            .await
-            .map_err(|_| ended())?;
+        job.swap.put(Box::new(handler));
+        job.life_swap.put(Box::new(life_handler));
         job.sha256 = version.sha256.clone();
         tracing::info!(job = %name, from = short(old), to = short(&version.sha256), "new plugin version ready; switching at the next batch");
         Ok(())
     }
 
-    /// A job's runner ended: stopped on request, or its handler panicked (it is started
-    /// again at the next reconcile).
-    fn ended(&mut self, joined: Result<JobResult, tokio::task::JoinError>) {
-        if let Ok((name, _)) = &joined {
-            self.stopping.remove(name);
-            if let Some(job) = self.jobs.remove(name) {
-                // Not asked to stop: it failed; the next reconcile starts it again.
-                drop(job);
-            }
+    /// A job's runners ended: stopped on request, or one of them failed (its handler
+    /// panicked); a failed job is started again at the next reconcile.
+    fn ended(&mut self, joined: Result<(tokio::task::Id, JobResult), tokio::task::JoinError>) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(name) = self.task_names.remove(&id) {
+            self.stopping.remove(&name);
+            // Not asked to stop: it failed, and is no longer running here.
+            self.jobs.remove(&name);
         }
-        report(joined);
+        report(joined.map(|(_, r)| r));
     }
 }
+
+/// One job on this host: its lifecycle runner, and its source runner once `job-started` is
+/// handled (by any host). Ends when the host stops the job, or when either runner fails (the
+/// other is stopped then, committing what it holds).
+async fn run_job(
+    runner: JobRunner,
+    life_runner: JobRunner,
+    gate: Gate,
+    mut stop: watch::Receiver<bool>,
+    name: String,
+) -> JobResult {
+    let (life_stop, life_stop_rx) = watch::channel(false);
+    let (source_stop, source_stop_rx) = watch::channel(false);
+    let mut life = tokio::spawn(life_runner.run(life_stop_rx));
+    let mut source = tokio::spawn(async move {
+        if wait_for_lifecycle(gate, source_stop_rx.clone()).await {
+            runner.run(source_stop_rx).await
+        } else {
+            Ok(Default::default())
+        }
+    });
+    let flat = |r: Result<anyhow::Result<RunnerStats>, tokio::task::JoinError>| {
+        r.map_err(|e| anyhow::anyhow!("a runner panicked: {e}"))
+            .and_then(|r| r)
+    };
+    let stop_both = || {
+        let _ = life_stop.send(true);
+        let _ = source_stop.send(true);
+    };
+    let result = tokio::select! {
+        () = async { drop(stop.wait_for(|s| *s).await) } => {
+            stop_both();
+            let r = flat((&mut source).await);
+            let _ = (&mut life).await;
+            r
+        }
+        r = &mut source => {
+            stop_both();
+            let _ = (&mut life).await;
+            flat(r)
+        }
+        r = &mut life => {
+            stop_both();
+            let _ = (&mut source).await;
+            flat(r).and_then(|_| Err(anyhow::anyhow!("the lifecycle runner ended")))
+        }
+    };
+    (name, result)
+}
+
+/// What the source runner waits on: a connection and the job's keys.
+type Gate = (redis::aio::ConnectionManager, Keys, String, String);
 
 /// Poll until the job's lifecycle stream is drained (`job-started` handled); false if the job
 /// was stopped meanwhile.
 async fn wait_for_lifecycle(
-    (mut conn, keys, job, source): (redis::aio::ConnectionManager, Keys, String, String),
+    (mut conn, keys, job, source): Gate,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     loop {

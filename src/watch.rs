@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::runtime::{Runtime, sha256_hex};
+use crate::runtime::{LoadError, Runtime, sha256_hex};
 use crate::store::control::{Registry, short};
 
 /// Quiet time after the last change of a file before it is read (a copy in progress).
@@ -64,11 +64,12 @@ fn is_plugin_file(path: &Path) -> bool {
 
 async fn run(
     mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    mut pending: HashSet<PathBuf>,
+    mut initial: HashSet<PathBuf>,
     mut registry: Registry,
     runtime: Arc<Runtime>,
     by: String,
 ) {
+    let mut pending = initial.clone();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -81,10 +82,28 @@ async fn run(
         while let Ok(Some(event)) = tokio::time::timeout(SETTLE, rx.recv()).await {
             note(event, &mut pending);
         }
+        let mut again = HashSet::new();
         for path in std::mem::take(&mut pending) {
-            if let Err(e) = load(&path, &mut registry, &runtime, &by).await {
-                tracing::error!(file = %path.display(), "plugin file not loaded: {e:#}");
+            let first = initial.remove(&path);
+            match load(&path, first, &mut registry, &runtime, &by).await {
+                Ok(()) => {}
+                // The file itself is bad: wait for it to change.
+                Err(e) if e.downcast_ref::<LoadError>().is_some() => {
+                    tracing::error!(file = %path.display(), "plugin file not loaded: {e:#}");
+                }
+                // Redis trouble: try again.
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "loading the plugin file failed, retrying: {e:#}");
+                    if first {
+                        initial.insert(path.clone());
+                    }
+                    again.insert(path);
+                }
             }
+        }
+        if !again.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pending.extend(again);
         }
     }
 }
@@ -113,8 +132,11 @@ fn note(event: notify::Result<notify::Event>, pending: &mut HashSet<PathBuf>) {
     }
 }
 
+/// Load a file as plugin NAME, unless it is the current version, or (for a file found at
+/// start) any earlier version: a restart must not undo a rollback.
 async fn load(
     path: &Path,
+    at_start: bool,
     registry: &mut Registry,
     runtime: &Arc<Runtime>,
     by: &str,
@@ -131,6 +153,16 @@ async fn load(
         .await?
         .is_some_and(|v| v.sha256 == sha)
     {
+        return Ok(());
+    }
+    if at_start
+        && registry
+            .versions(&name)
+            .await?
+            .iter()
+            .any(|v| v.sha256 == sha)
+    {
+        tracing::info!(plugin = %name, file = %path.display(), "not loading a version loaded before (the registry's current version wins)");
         return Ok(());
     }
     let origin = path.display().to_string();

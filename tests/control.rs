@@ -305,6 +305,78 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
     cli(&redis.url, "plugin rollback p");
     let versions = cli(&redis.url, "plugin versions p");
     assert_eq!(versions.lines().count(), 3, "{versions}");
+
+    // The refusal holds for that run of the job only: started again without `init = fail`,
+    // the job takes chaos (which acks without emitting).
+    let chaos = sha_of(&plugin("chaos"));
+    cli(
+        &redis.url,
+        &format!("plugin rollback p --to {}", &chaos[..16]),
+    );
+    cli(&redis.url, "job stop j");
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin p --set target=out",
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+        log.matches("job started").count() == 2
+    }));
+    publish(&mut conn, "in", 10, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 210));
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        200,
+        "chaos emitted nothing"
+    );
+    host.stop_ok();
+}
+
+#[test]
+fn repeated_swaps_of_an_idle_job_never_block_the_host() {
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    let v1 = plugin("echo");
+    let (v2, v3) = (
+        variant(&v1, dir.path(), "v2"),
+        variant(&v1, dir.path(), "v3"),
+    );
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin echo --set target=out",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(&mut conn, "in", 10, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    // Three versions while no event flows: each waits for a batch that does not come.
+    for v in [&v2, &v3] {
+        cli(
+            &redis.url,
+            &format!("plugin load {} --name echo", v.display()),
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    cli(
+        &redis.url,
+        &format!("plugin rollback echo --to {}", &sha_of(&v1)[..16]),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // The host still follows the registry, and the latest version takes the next batch.
+    cli(&redis.url, "job stop j");
+    assert!(wait_for_log(
+        &host.log,
+        "job stopped",
+        Duration::from_secs(10)
+    ));
+    cli(&redis.url, "job resume j");
+    publish(&mut conn, "in", 10, &[("n", "again{i}")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 20));
+    assert_each_once(&mut conn, "out", 20);
     host.stop_ok();
 }
 

@@ -47,9 +47,10 @@ pub struct JobEntry {
     pub state: JobState,
     /// When the state last changed, ms since the epoch.
     pub changed_at: u64,
-    /// Identifies one run of the job: set by `job start` (not by `resume`); each run gets
-    /// one `job-started` (and, if finite, one `job-finished`).
-    #[serde(default)]
+    /// Identifies one run of the job: a counter in Redis that every `job start` raises (not
+    /// `resume`); each run gets one `job-started` (and, if finite, one `job-finished`). Kept
+    /// apart from the JSON ([`Keys::ctl_runs`]) so that scripts never rewrite JSON.
+    #[serde(skip)]
     pub run: u64,
 }
 
@@ -113,9 +114,16 @@ impl Registry {
     /// Every plugin's current version and every job. Entries that do not decode are skipped
     /// (and logged), so one bad entry cannot stop a fleet.
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
-        let (plugins, jobs): (BTreeMap<String, String>, BTreeMap<String, String>) = redis::pipe()
+        type Maps = (
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, u64>,
+        );
+        let (plugins, jobs, runs): Maps = redis::pipe()
+            .atomic()
             .hgetall(self.keys.ctl_plugins())
             .hgetall(self.keys.ctl_jobs())
+            .hgetall(self.keys.ctl_runs())
             .query_async(&mut self.conn)
             .await?;
         let mut snapshot = Snapshot::default();
@@ -128,8 +136,9 @@ impl Registry {
             }
         }
         for (name, json) in jobs {
-            match decode(&format!("job {name}"), &json) {
-                Ok(v) => {
+            match decode::<JobEntry>(&format!("job {name}"), &json) {
+                Ok(mut v) => {
+                    v.run = runs.get(&name).copied().unwrap_or(0);
                     snapshot.jobs.insert(name, v);
                 }
                 Err(e) => tracing::error!("{e}"),
@@ -202,7 +211,14 @@ impl Registry {
             .conn
             .lrange(self.keys.ctl_versions(name), 0, -1)
             .await?;
-        list.iter().map(|j| decode("version", j)).collect()
+        Ok(list
+            .iter()
+            .filter_map(|j| {
+                decode("version", j)
+                    .inspect_err(|e| tracing::error!("plugin {name}: {e}"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// A component's bytes.
@@ -322,25 +338,26 @@ impl Registry {
     /// only when it is stopped or finished; `if_absent` (jobs of a config file at start) leaves any existing job alone.
     /// Returns false when nothing was written because of `if_absent`.
     pub async fn start_job(&mut self, spec: &JobConfig, if_absent: bool) -> Result<bool> {
-        let now = now_ms();
         let entry = JobEntry {
             spec: spec.clone(),
             state: JobState::Running,
-            changed_at: now,
-            run: now,
+            changed_at: now_ms(),
+            run: 0,
         };
         let script = redis::Script::new(
             r"
             local current = redis.call('HGET', KEYS[1], ARGV[1])
             if current then
               if ARGV[3] == '1' then return 0 end
-              if cjson.decode(current).state == 'running' then return -1 end
+              local ok, entry = pcall(cjson.decode, current)
+              if ok and type(entry) == 'table' and entry.state == 'running' then return -1 end
             end
             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-            return 1",
+            return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)",
         );
         let written: i64 = script
             .key(self.keys.ctl_jobs())
+            .key(self.keys.ctl_runs())
             .arg(&spec.name)
             .arg(encode(&entry))
             .arg(if if_absent { "1" } else { "0" })
@@ -361,24 +378,79 @@ impl Registry {
 
     /// The registry entry of one job.
     pub async fn job(&mut self, name: &str) -> Result<Option<JobEntry>> {
-        let json: Option<String> = self.conn.hget(self.keys.ctl_jobs(), name).await?;
-        json.map(|j| decode(&format!("job {name}"), &j)).transpose()
+        Ok(self.job_raw(name).await?.map(|(entry, _)| entry))
+    }
+
+    /// A job's entry, with the JSON it was read from (for compare-and-set).
+    async fn job_raw(&mut self, name: &str) -> Result<Option<(JobEntry, String)>> {
+        let (json, run): (Option<String>, Option<u64>) = redis::pipe()
+            .atomic()
+            .hget(self.keys.ctl_jobs(), name)
+            .hget(self.keys.ctl_runs(), name)
+            .query_async(&mut self.conn)
+            .await?;
+        let Some(json) = json else { return Ok(None) };
+        let mut entry: JobEntry = decode(&format!("job {name}"), &json)?;
+        entry.run = run.unwrap_or(0);
+        Ok(Some((entry, json)))
     }
 
     /// Stop or resume a job (every host follows).
     pub async fn set_job_state(&mut self, name: &str, state: JobState) -> Result<JobEntry> {
-        let mut entry = self
-            .job(name)
-            .await?
-            .ok_or_else(|| ControlError::Refused(format!("no job named `{name}`")))?;
-        entry.state = state;
-        entry.changed_at = now_ms();
-        let _: () = self
-            .conn
-            .hset(self.keys.ctl_jobs(), name, encode(&entry))
-            .await?;
-        self.notify(&format!("job {name}")).await?;
-        Ok(entry)
+        self.change_state(name, state, None).await?.ok_or_else(|| {
+            ControlError::Refused(format!("job `{name}` changed meanwhile; try again"))
+        })
+    }
+
+    /// Mark run `run` of a job finished, if it is still that run and running (a host's view
+    /// may be a second old). None when it is not.
+    pub async fn finish_job(&mut self, name: &str, run: u64) -> Result<Option<JobEntry>> {
+        self.change_state(name, JobState::Finished, Some(run)).await
+    }
+
+    /// Compare-and-set the state: written only if neither the entry nor its run changed
+    /// since it was read (and, with `expect_run`, only while that run is running).
+    async fn change_state(
+        &mut self,
+        name: &str,
+        state: JobState,
+        expect_run: Option<u64>,
+    ) -> Result<Option<JobEntry>> {
+        let script = redis::Script::new(
+            r"
+            if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+            if (redis.call('HGET', KEYS[2], ARGV[1]) or '0') ~= ARGV[3] then return 0 end
+            redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+            return 1",
+        );
+        for _ in 0..5 {
+            let (mut entry, json) = self
+                .job_raw(name)
+                .await?
+                .ok_or_else(|| ControlError::Refused(format!("no job named `{name}`")))?;
+            if let Some(run) = expect_run
+                && (entry.run != run || entry.state != JobState::Running)
+            {
+                return Ok(None);
+            }
+            let run = entry.run;
+            entry.state = state;
+            entry.changed_at = now_ms();
+            let written: i64 = script
+                .key(self.keys.ctl_jobs())
+                .key(self.keys.ctl_runs())
+                .arg(name)
+                .arg(&json)
+                .arg(run.to_string())
+                .arg(encode(&entry))
+                .invoke_async(&mut self.conn)
+                .await?;
+            if written == 1 {
+                self.notify(&format!("job {name}")).await?;
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
     }
 
     /// Record that `host` would not run version `sha256` of `plugin`.

@@ -21,7 +21,8 @@
 //! | `<prefix>:{ctl}:plugins` | hash | plugin name → current version, JSON `{sha256, size, loaded_at, origin, by}` |
 //! | `<prefix>:{ctl}:plugin:<name>:versions` | list | the plugin's versions, newest first (at most 50) |
 //! | `<prefix>:{ctl}:blob:<sha256>` | string | component bytes |
-//! | `<prefix>:{ctl}:jobs` | hash | job name → JSON `{spec, state, changed_at}`; state `running` or `stopped` |
+//! | `<prefix>:{ctl}:jobs` | hash | job name → JSON `{spec, state, changed_at}`; state `running`, `stopped` or `finished` |
+//! | `<prefix>:{ctl}:runs` | hash | job name → its current run, raised by every `job start` |
 //! | `<prefix>:{ctl}:refused` | hash | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
 //!
 //! Names that are not keys:
@@ -67,6 +68,11 @@ impl Keys {
     /// Hash: job name → its definition and state (JSON).
     pub fn ctl_jobs(&self) -> String {
         self.ctl("jobs")
+    }
+
+    /// Hash: job name → its current run (a counter only `job start` raises).
+    pub fn ctl_runs(&self) -> String {
+        self.ctl("runs")
     }
 
     /// Hash: `<plugin>@<sha256>` → why a host refused that version (JSON).

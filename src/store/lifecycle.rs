@@ -25,7 +25,10 @@ pub async fn begin(
 ) -> Result<bool, StoreError> {
     let script = Script::new(
         r"
-        if redis.call('HGET', KEYS[1], 'lifecycle_run') == ARGV[1] then return 0 end
+        -- Runs only go up: a host acting on a run that is already over issues nothing.
+        if tonumber(redis.call('HGET', KEYS[1], 'lifecycle_run') or '0') >= tonumber(ARGV[1]) then
+          return 0
+        end
         redis.call('HSET', KEYS[1], 'lifecycle_run', ARGV[1])
         redis.call('HDEL', KEYS[1], 'finished_run')
         pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
@@ -53,18 +56,21 @@ pub enum Progress {
     FinishedBefore,
 }
 
-/// For a finite job: when its source is drained (nothing undelivered, pending or scheduled)
-/// and `job-started` is handled, append `job-finished` (once per run).
+/// For a finite job: when its source is drained (nothing undelivered, pending, scheduled or,
+/// for a queue, delayed) and `job-started` is handled, append `job-finished` (once per run).
 pub async fn check_finished(
     conn: &mut ConnectionManager,
     keys: &Keys,
     job: &str,
     source: &str,
+    delayed: Option<&str>,
     run: u64,
 ) -> Result<Progress, StoreError> {
     let script = Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'finished_run') == ARGV[1] then return 2 end
+        -- Only for the run now under way (a host may still act on an older one).
+        if redis.call('HGET', KEYS[1], 'lifecycle_run') ~= ARGV[1] then return 0 end
         local function drained(stream)
           local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
           if not ok then return false end
@@ -78,7 +84,7 @@ pub async fn check_finished(
           return false
         end
         if not drained(KEYS[2]) or not drained(KEYS[3]) then return 0 end
-        if redis.call('ZCARD', KEYS[4]) > 0 then return 0 end
+        if redis.call('ZCARD', KEYS[4]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
         redis.call('HSET', KEYS[1], 'finished_run', ARGV[1])
         redis.call('XADD', KEYS[2], '*', 'kind', 'job-finished', 'run', ARGV[1])
         return 1",
@@ -88,6 +94,8 @@ pub async fn check_finished(
         .key(keys.lifecycle(job, source))
         .key(source)
         .key(keys.retry(job, source))
+        // A queue's delayed tasks (same slot); else the retry set again.
+        .key(delayed.map_or_else(|| keys.retry(job, source), str::to_string))
         .arg(run)
         .arg(keys.group(job))
         .invoke_async(conn)
