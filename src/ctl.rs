@@ -30,9 +30,10 @@ async fn registry(url: &str, config: &Config) -> anyhow::Result<Registry> {
     Ok(Registry::new(conn, Keys::new(&config.host.prefix)))
 }
 
+/// A time in ms since the epoch, as RFC 3339 (UTC).
 fn time(ms: u64) -> String {
-    // Seconds since the epoch with millis: unambiguous, sortable, no date dependency.
-    format!("{}.{:03}", ms / 1000, ms % 1000)
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// `plugin load PATH --name NAME`: checked here first (compiles, fits the world), so a
@@ -351,9 +352,10 @@ pub async fn job_list(url: &str, config: &Config, json: bool) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<20} {:<8} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8}",
+        "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8}",
         "job",
         "state",
+        "since",
         "source",
         "plugin",
         "version",
@@ -366,9 +368,10 @@ pub async fn job_list(url: &str, config: &Config, json: bool) -> anyhow::Result<
     for r in &rows {
         let s = r.status.clone().unwrap_or_default();
         println!(
-            "{:<20} {:<8} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8.0}",
+            "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8.0}",
             r.name,
             format!("{:?}", r.state).to_lowercase(),
+            time(r.changed_at),
             r.source,
             r.plugin,
             r.version.as_deref().map(short).unwrap_or("-"),
