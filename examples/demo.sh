@@ -74,6 +74,21 @@ if [ "${acked:-0}" -lt "$COUNT" ]; then
   echo "demo FAILED: only ${acked:-0} of $COUNT events acked"
   exit 1
 fi
+echo "== live, no restart: load a Python plugin into the registry and start a finite job on it"
+"$SLUICE" --config "$CONFIG" publish texts 'text=the quick brown fox jumps over the lazy dog, the end' --count 5
+"$SLUICE" --config "$CONFIG" plugin load plugins/dist/wordcount-python.wasm --name words 2>/dev/null
+"$SLUICE" --config "$CONFIG" job start words --source stream:texts --plugin words \
+  --set threshold=5 --set target=texts:hot --finite
+timeout 120 "$SLUICE" --config "$CONFIG" job watch words || { echo "demo FAILED: job words"; exit 1; }
+echo "words seen 5 times, emitted by the plugin to 'texts:hot':"
+redis-cli -s "$sock" XRANGE texts:hot - + | paste - - - - - | awk '{print "  " $3 " x" $5}'
+echo
+echo "== sluice plugin list"
+"$SLUICE" --config "$CONFIG" plugin list
+echo
+echo "== sluice job list"
+"$SLUICE" --config "$CONFIG" job list
+echo
 echo "== stopping the host (SIGTERM)"
 kill -TERM "$pid"
 wait "$pid"
@@ -83,4 +98,5 @@ if [ "${dead:-0}" -lt 4 ]; then
   exit 1
 fi
 echo "demo ok: $COUNT events handled by echo, emitted and acked; 4 bad events dead-lettered"
-echo "after 3 deliveries each, while the host and the 20 fine events carried on"
+echo "after 3 deliveries each, while the host and the 20 fine events carried on; a Python"
+echo "plugin loaded and a finite job started and finished on the running host"
