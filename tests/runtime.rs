@@ -116,6 +116,16 @@ fn each_failure_is_classified_and_the_next_event_still_runs() {
         Outcome::Failed(f) => assert!(f.message.contains("deadline of 100 ms"), "{}", f.message),
         other => panic!("{other:?}"),
     }
+    // A panic's message, which the guest prints to stderr, comes with the trap.
+    match &outcomes[0] {
+        Outcome::Failed(f) => assert!(
+            f.message.contains("the plugin printed:")
+                && f.message.contains("chaos trap on event 0-0"),
+            "{}",
+            f.message
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -149,6 +159,13 @@ fn init_failure_is_reported_when_preparing() {
     let err = h.prepare().unwrap_err();
     assert_eq!(err.kind, FailureKind::Init);
     assert!(err.message.contains("init told to fail"), "{}", err.message);
+    let mut h = handler("chaos", &[("init", "panic")]);
+    let err = h.prepare().unwrap_err();
+    assert!(
+        err.message.contains("init told to panic by config"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]

@@ -42,7 +42,10 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline);
         let init_failed = |store: &Store<HostState>, e: wasmtime::Error| {
-            let failure = classify(store, &e);
+            let mut failure = classify(store, &e);
+            if let Some(printed) = store.data().output.take() {
+                failure.message.push_str(&printed_suffix(&printed));
+            }
             Failure {
                 kind: FailureKind::Init,
                 message: format!(
@@ -121,11 +124,21 @@ impl PluginInstance {
             .sluice_plugin_handler()
             .call_handle(&mut self.store, &wit_event);
         let mut call = std::mem::take(&mut self.store.data_mut().call);
+        let printed = self.store.data().output.take();
+        if let Some(text) = &printed {
+            let state = self.store.data();
+            tracing::info!(job = &*state.guest.job, plugin = &*state.guest.plugin, event = %event.id, "the plugin printed: {text}");
+            call.logs.push(format!("printed: {text}"));
+        }
         self.last_logs = std::mem::take(&mut call.logs);
         match result {
             Err(e) => {
                 self.poisoned = true;
-                Outcome::Failed(classify(&self.store, &e))
+                let mut failure = classify(&self.store, &e);
+                if let Some(text) = &printed {
+                    failure.message.push_str(&printed_suffix(text));
+                }
+                Outcome::Failed(failure)
             }
             Ok(_) if call.violation.is_some() => {
                 Outcome::failed(FailureKind::Limit, call.violation.unwrap_or_default())
@@ -145,6 +158,17 @@ impl PluginInstance {
             },
         }
     }
+}
+
+/// What a trapped call printed, for its failure message: the last 1000 bytes (a panic
+/// message comes last).
+fn printed_suffix(text: &str) -> String {
+    let mut start = text.len().saturating_sub(1000);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let ellipsis = if start > 0 { "…" } else { "" };
+    format!("; the plugin printed: {ellipsis}{}", &text[start..])
 }
 
 /// Name what went wrong in a call that did not return: the memory cap, the deadline, or a trap.

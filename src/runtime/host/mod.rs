@@ -11,6 +11,9 @@ mod counters;
 mod effects;
 mod kv;
 mod log;
+mod output;
+
+pub use output::GuestOutput;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -215,6 +218,8 @@ pub struct HostState {
     pub(crate) call: CallState,
     /// State writes of the batch's earlier acked events: reads see them before Redis does.
     pub(crate) overlay: Overlay,
+    /// What the guest printed (stdout and stderr) since the last look.
+    pub(crate) output: GuestOutput,
 }
 
 /// The current batch's [`BatchState`], shared by the handler and its instances (an instance
@@ -224,8 +229,13 @@ pub type Overlay = Arc<Mutex<BatchState>>;
 impl HostState {
     pub fn new(guest: Arc<GuestContext>, overlay: Overlay) -> Self {
         let limiter = MemoryLimiter::new(guest.limits.memory_bytes);
+        let output = GuestOutput::default();
         HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(output.clone())
+                .stderr(output.clone())
+                .build(),
+            output,
             table: ResourceTable::new(),
             limiter,
             guest,
