@@ -51,6 +51,8 @@ const RETRY_POLL: Duration = Duration::from_millis(100);
 pub struct RunnerStats {
     pub batches: u64,
     pub committed: Committed,
+    /// The runner stopped because a newer run of its job began.
+    pub superseded: bool,
 }
 
 pub struct JobRunner {
@@ -185,6 +187,9 @@ impl JobRunner {
             "job stopped"
         );
         match handled {
+            Ok(Ok(())) if stats.superseded => Err(anyhow::anyhow!(
+                "superseded: a newer run of the job has begun"
+            )),
             Ok(Ok(())) => Ok(stats),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("the handler stage panicked: {e}")),
@@ -457,7 +462,7 @@ async fn commit_stage(
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
         let mut committed = Committed::default();
         for range in chunks(&outcomes) {
-            let c = commit(
+            let Some(c) = commit(
                 &mut committer,
                 &delivery,
                 &events[range.clone()],
@@ -465,7 +470,17 @@ async fn commit_stage(
                 strict,
                 &version,
             )
-            .await;
+            .await
+            else {
+                // Leave: the entries not committed stay pending and are taken over by the
+                // runners of the new run once idle.
+                tracing::warn!(
+                    job = &*job,
+                    "a newer run of the job has begun; this runner stops without committing"
+                );
+                stats.superseded = true;
+                return stats;
+            };
             committed.acked += c.acked;
             committed.skipped += c.skipped;
             committed.retried += c.retried;
@@ -522,7 +537,7 @@ fn chunks(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
     ranges
 }
 
-/// Commit until it succeeds.
+/// Commit until it succeeds; None when a newer run of the job has begun (nothing written).
 ///
 /// - A key of the wrong type fails the events that write it (they are retried like any
 ///   failure); for a plugin that reads state (`strict`), the whole batch, because later events
@@ -539,7 +554,7 @@ async fn commit(
     outcomes: &mut [Outcome],
     mut strict: bool,
     version: &str,
-) -> Committed {
+) -> Option<Committed> {
     let job = committer.job().job.clone();
     let mut backoff = redis_backoff();
     let fail_all = |outcomes: &mut [Outcome], message: &str| {
@@ -557,7 +572,7 @@ async fn commit(
             .commit(events, outcomes, &decisions, strict, version)
             .await
         {
-            Ok(Ok(committed)) => return committed,
+            Ok(Ok(committed)) => return Some(committed),
             Ok(Err(Refused::BadTarget(bad))) => {
                 let message = format!(
                     "`{}` holds a {}, which this write cannot use",
@@ -576,6 +591,7 @@ async fn commit(
                     }
                 }
             }
+            Ok(Err(Refused::Superseded)) => return None,
             Ok(Err(Refused::Stale)) => {
                 tracing::info!(
                     job = &*job,

@@ -701,6 +701,7 @@ impl Host {
         stream_job.status_ttl_s = job.status_ttl_s;
         stream_job.done_ttl_s = job.done_ttl_s;
         stream_job.delayed_key = job.delayed_key(&self.prefix);
+        stream_job.run = Some(entry.run);
         let source = stream::open(read_conn, commit_conn, stream_job, job.start_from())
             .await
             .with_context(|| format!("job `{}`: opening stream `{stream_key}`", job.name))

@@ -122,3 +122,51 @@ async fn a_commit_for_an_older_delivery_is_stale() {
         "the newer delivery commits, not this one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_of_an_older_run_commits_nothing() {
+    let redis = RedisServer::start();
+    let mut job = StreamJob::new(&Keys::new("sluice"), "j", "p", "in", "c1");
+    job.run = Some(1);
+    let job_key = job.job_key.clone();
+    let read = store::connect(&redis.url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let commit = store::connect(&redis.url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (mut reader, mut committer) = stream::open(read, commit, job, StartFrom::Beginning)
+        .await
+        .unwrap();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("HSET")
+        .arg(&job_key)
+        .arg("lifecycle_run")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    publish(&mut conn, "in", 4, &[("n", "{i}")]);
+    let events = reader.read(2, 100).await.unwrap();
+    let decisions = vec![Decision::Ack; events.len()];
+    let ours = committer
+        .commit(&events, &acked(&events), &decisions, false, "v1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours.acked, 2);
+    // Another host began run 2: this runner's next commit writes and acks nothing.
+    let _: () = redis::cmd("HSET")
+        .arg(&job_key)
+        .arg("lifecycle_run")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    let events = reader.read(2, 100).await.unwrap();
+    let refused = committer
+        .commit(&events, &acked(&events), &decisions, false, "v1")
+        .await
+        .unwrap();
+    assert_eq!(refused, Err(stream::Refused::Superseded));
+    assert_eq!(field_values(&mut conn, "out", "n"), ["0", "1"]);
+    assert_eq!(pending(&mut conn, "j", "in"), 2);
+}

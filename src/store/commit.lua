@@ -13,7 +13,9 @@
 --          'z' sorted set)
 -- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
--- ARGV[13..] one record per event:
+-- ARGV[13] the job run this runner serves ('' for none): if the job hash's `lifecycle_run`
+--          differs, a newer run has begun; write nothing and reply SLUICE_SUPERSEDED
+-- ARGV[14..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of effects, then per effect an op and its args:
@@ -37,7 +39,11 @@ local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local key_types, strict = ARGV[11], ARGV[12] == '1'
-local FIRST = 13
+local FIRST = 14
+
+if ARGV[13] ~= '' and redis.call('HGET', job, 'lifecycle_run') ~= ARGV[13] then
+  return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
+end
 local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000

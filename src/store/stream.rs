@@ -68,6 +68,10 @@ pub struct StreamJob {
     /// Record the job in the registry and its hash when opened (false for a job's
     /// lifecycle stream, which is not the job's source).
     pub register: bool,
+    /// The job run this runner serves: its commits are refused once the job hash names a
+    /// newer run (`lifecycle_run`), so a host that has not yet seen a restart of the job
+    /// cannot commit entries of the new run before its `job-started`. None: no fence.
+    pub run: Option<u64>,
 }
 
 impl StreamJob {
@@ -90,6 +94,7 @@ impl StreamJob {
             keys: keys.clone(),
             delayed_key: None,
             register: true,
+            run: None,
         }
     }
 }
@@ -114,6 +119,8 @@ pub enum Refused {
     BadTarget(BadTarget),
     /// (strict commits) An event is no longer this consumer's.
     Stale,
+    /// A newer run of the job has begun (see [`StreamJob::run`]): this runner must stop.
+    Superseded,
 }
 
 /// A commit refused because a key it writes holds another type than the effect needs
@@ -444,7 +451,8 @@ impl StreamCommitter {
         }
         invocation
             .arg(&key_types)
-            .arg(if strict { "1" } else { "0" });
+            .arg(if strict { "1" } else { "0" })
+            .arg(j.run.map(|r| r.to_string()).unwrap_or_default());
         // Second pass: one record per event.
         for (i, ((event, outcome), decision)) in
             events.iter().zip(outcomes).zip(decisions).enumerate()
@@ -554,6 +562,7 @@ impl StreamCommitter {
                 })))
             }
             Err(e) if e.code() == Some("SLUICE_STALE") => Ok(Err(Refused::Stale)),
+            Err(e) if e.code() == Some("SLUICE_SUPERSEDED") => Ok(Err(Refused::Superseded)),
             Err(e) => Err(e.into()),
         }
     }
