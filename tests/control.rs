@@ -632,3 +632,28 @@ fn lifecycle_events_come_once_across_the_fleet_around_the_events() {
     a.stop_ok();
     c.stop_ok();
 }
+
+#[test]
+fn a_finite_job_finishes_when_undelivered_entries_were_deleted() {
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    publish(&mut conn, "in", 5, &[("n", "{i}")]);
+    // Redis reports no lag for the group once an undelivered entry is deleted.
+    let gone = publish(&mut conn, "in", 1, &[("n", "gone")]);
+    let _: u64 = redis::cmd("XDEL")
+        .arg("in")
+        .arg(&gone[0])
+        .query(&mut conn)
+        .unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin echo --set target=out --finite",
+    );
+    assert!(wait_for_log(
+        &host.log,
+        "job finished",
+        Duration::from_secs(20)
+    ));
+    assert_each_once(&mut conn, "out", 5);
+    host.stop_ok();
+}

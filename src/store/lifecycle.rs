@@ -71,6 +71,12 @@ pub async fn check_finished(
         if redis.call('HGET', KEYS[1], 'finished_run') == ARGV[1] then return 2 end
         -- Only for the run now under way (a host may still act on an older one).
         if redis.call('HGET', KEYS[1], 'lifecycle_run') ~= ARGV[1] then return 0 end
+        local function id_at_least(a, b)
+          local am, as = string.match(a, '^(%d+)-(%d+)$')
+          local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+          am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+          return am > bm or (am == bm and as >= bs)
+        end
         local function drained(stream)
           local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
           if not ok then return false end
@@ -78,7 +84,11 @@ pub async fn check_finished(
             local f = {}
             for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
             if f['name'] == ARGV[2] then
-              return f['pending'] == 0 and f['lag'] == 0
+              if f['pending'] ~= 0 then return false end
+              if f['lag'] then return f['lag'] == 0 end
+              -- No lag when entries were deleted: compare with the newest entry.
+              local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+              return #newest == 0 or id_at_least(f['last-delivered-id'], newest[1][1])
             end
           end
           return false
