@@ -329,6 +329,17 @@ impl JobConfig {
         let at = |f: &str| f.to_string();
         check_name(&j.name).map_err(|m| (at("name"), m))?;
         parse_source(&j.source).map_err(|m| (at("source"), m))?;
+        // The job's keys carry the stream's hash tag in braces; a tag holding a `}` (a key
+        // like `a{}b`) would put them in another Redis Cluster slot than the stream.
+        if crate::store::keys::hash_tag(&j.stream("sluice")).contains('}') {
+            return Err((
+                at("source"),
+                format!(
+                    "a stream key like this (`{{}}` that Redis Cluster ignores) is not supported, got {:?}",
+                    j.source
+                ),
+            ));
+        }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
         in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
@@ -546,6 +557,11 @@ mod tests {
             invalid(&GOOD.replace("stream:events", "events")),
             "job[0].source"
         );
+        assert_eq!(
+            invalid(&GOOD.replace("stream:events", "stream:a{}b")),
+            "job[0].source"
+        );
+        Config::parse(&GOOD.replace("stream:events", "stream:orders:{eu}"), "t").unwrap();
         assert_eq!(
             invalid(&GOOD.replace("plugin = \"echo\"", "plugin = \"nope\"")),
             "job[0].plugin"
