@@ -13,6 +13,9 @@
 //! | channel `<prefix>:events:<job>` | pub/sub | [`stream`] | `{"done":[ids],"dead":[ids]}` per commit |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
 //! | streams plugins emit to | stream | [`stream`] | written only by the commit script |
+//! | `<prefix>:{<tag>}:job:<job>:lifecycle` (+ `:retry`, `:counters`, `:event:<id>`) | stream, … | [`lifecycle`], [`stream`] | the job's lifecycle events, read through its group |
+//! | `<prefix>:{ctl}:plugins`, `…:plugin:<name>:versions`, `…:blob:<sha256>`, `…:jobs`, `…:runs`, `…:refused` | hash, list, string | [`control`] | the control registry (see [`keys`]) |
+//! | channel `<prefix>:control` | pub/sub | [`control`] | a notice after every registry change |
 
 pub mod control;
 pub mod dlq;
