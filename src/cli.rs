@@ -257,7 +257,11 @@ pub fn init_tracing() {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run { plugins } => {
-            let config = load_config(&cli, true)?;
+            // Hosts are stateless: without a config file, a host runs what the registry holds.
+            let config = load_config(&cli, false)?;
+            if cli.config.is_none() && !Path::new("sluice.toml").exists() {
+                tracing::info!("no config file (sluice.toml): running the jobs of the registry");
+            }
             let dir = plugins.clone().or(config.plugins_dir.dir.clone());
             service::run(config, cli.redis.clone(), dir, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -610,10 +614,12 @@ async fn publish(
         last = ids.last().cloned().unwrap_or_default();
         i += chunk;
     }
-    println!(
-        "published {count} entries to {stream} (ids {} … {last})",
-        first.unwrap_or_default()
-    );
+    match first {
+        Some(first) if count > 1 => {
+            println!("published {count} entries to {stream} (ids {first} … {last})")
+        }
+        _ => println!("published {count} entry to {stream} (id {last})"),
+    }
     Ok(())
 }
 

@@ -223,7 +223,7 @@ fn default_backoff_max_ms() -> u64 {
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -446,7 +446,8 @@ fn parse_source(source: &str) -> Result<Source<'_>, String> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+/// A plugin, job or consumer name: 1–64 letters, digits, `_`, `-`, `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -18,7 +18,9 @@ use crate::store::{self, Keys, jobs};
 
 /// `user@host` of whoever runs the CLI, recorded with each version loaded.
 fn who() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     format!("{user}@{host}")
 }
@@ -45,6 +47,7 @@ pub async fn plugin_load(
     path: &Path,
     name: &str,
 ) -> anyhow::Result<ExitCode> {
+    crate::config::check_name(name).map_err(|m| anyhow::anyhow!("--name: {m}"))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha = sha256_hex(&bytes);
     let runtime = Arc::new(Runtime::new(Some(&config.host.data_dir.join("cache")))?);
@@ -90,7 +93,13 @@ pub async fn plugin_list(url: &str, config: &Config, json: bool) -> anyhow::Resu
         rows.push(PluginRow {
             name: name.clone(),
             version: version.clone(),
-            versions: reg.versions(name).await?.len(),
+            versions: reg
+                .versions(name)
+                .await?
+                .iter()
+                .map(|v| v.sha256.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             refused: reg.refusals(name).await?,
             jobs: snapshot
                 .jobs
@@ -120,7 +129,7 @@ pub async fn plugin_list(url: &str, config: &Config, json: bool) -> anyhow::Resu
         );
         if let Some(refusal) = r.refused.get(&r.version.sha256) {
             println!(
-                "  REFUSED by {}: {} (hosts keep serving the previous version)",
+                "  REFUSED by {}: {} (its jobs keep the version they ran, if any)",
                 refusal.host, refusal.reason
             );
         }
@@ -219,6 +228,9 @@ pub struct JobOptions {
     /// Finish once the source is drained (the plugin gets `job-finished`)
     #[arg(long)]
     pub finite: bool,
+    /// Entries idle this long (ms) on a consumer are taken over by a live host
+    #[arg(long)]
+    pub claim_idle_ms: Option<u64>,
 }
 
 /// The job a `job start` describes, with the defaults and checks of a `[[job]]`.
@@ -254,6 +266,9 @@ pub fn job_spec(
     if o.finite {
         table.insert("finite".into(), true.into());
     }
+    if let Some(v) = o.claim_idle_ms {
+        table.insert("claim_idle_ms".into(), int(v));
+    }
     let mut plugin_config = toml::Table::new();
     for kv in &o.plugin_config {
         let (k, v) = kv
@@ -270,13 +285,28 @@ pub fn job_spec(
 
 pub async fn job_start(url: &str, config: &Config, spec: &JobConfig) -> anyhow::Result<ExitCode> {
     let mut reg = registry(url, config).await?;
-    if reg.plugin(&spec.plugin).await?.is_none() {
+    let Some(version) = reg.plugin(&spec.plugin).await? else {
         bail!(
             "no plugin named `{}`: load it first with `sluice plugin load PATH --name {}`",
             spec.plugin,
             spec.plugin
         );
-    }
+    };
+    // Run `init` with this config here first: a job whose plugin refuses it is not started.
+    let bytes = reg.blob(&version.sha256).await?.with_context(|| {
+        format!(
+            "the bytes of plugin `{}` are missing from Redis; load it again",
+            spec.plugin
+        )
+    })?;
+    let runtime = Arc::new(Runtime::new(Some(&config.host.data_dir.join("cache")))?);
+    let (job, prefix) = (spec.clone(), config.host.prefix.clone());
+    let origin = format!("registry version {}", short(&version.sha256));
+    tokio::task::spawn_blocking(move || {
+        let plugin = runtime.load_bytes(&job.plugin, &origin, &bytes)?;
+        crate::service::prepare_handler(plugin, &job, &prefix, None).map(drop)
+    })
+    .await??;
     reg.start_job(spec, false).await?;
     println!(
         "job {}: started ({} → plugin {}); hosts pick it up within a second",

@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::runtime::{LoadError, Runtime, sha256_hex};
-use crate::store::control::{Registry, short};
+use crate::runtime::{Runtime, sha256_hex};
+use crate::store::control::{ControlError, Registry, short};
 
 /// Quiet time after the last change of a file before it is read (a copy in progress).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -87,17 +87,17 @@ async fn run(
             let first = initial.remove(&path);
             match load(&path, first, &mut registry, &runtime, &by).await {
                 Ok(()) => {}
-                // The file itself is bad: wait for it to change.
-                Err(e) if e.downcast_ref::<LoadError>().is_some() => {
-                    tracing::error!(file = %path.display(), "plugin file not loaded: {e:#}");
-                }
                 // Redis trouble: try again.
-                Err(e) => {
+                Err(e) if e.downcast_ref::<ControlError>().is_some() => {
                     tracing::warn!(file = %path.display(), "loading the plugin file failed, retrying: {e:#}");
                     if first {
                         initial.insert(path.clone());
                     }
                     again.insert(path);
+                }
+                // The file itself is bad (or gone): wait for it to change.
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "plugin file not loaded: {e:#}");
                 }
             }
         }
@@ -146,6 +146,8 @@ async fn load(
         .and_then(|s| s.to_str())
         .context("the file name is not UTF-8")?
         .to_string();
+    crate::config::check_name(&name)
+        .map_err(|m| anyhow::anyhow!("the file name makes an invalid plugin name: {m}"))?;
     let bytes = std::fs::read(path)?;
     let sha = sha256_hex(&bytes);
     if registry

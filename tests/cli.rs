@@ -346,3 +346,42 @@ fn plugin_inspect_tells_whether_a_component_fits() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not fit"));
 }
+
+#[test]
+fn a_second_host_cannot_share_the_embedded_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "sluice.toml",
+        &format!(
+            "[host]\ndata_dir = \"{}\"\n",
+            dir.path().join("d").display()
+        ),
+    );
+    let log = dir.path().join("first.log");
+    let mut first = sluice()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sluice ready"))
+    }));
+    let second = sluice()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(first.id().to_string())
+        .status();
+    let _ = first.wait();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another `sluice run` uses the embedded Redis"),
+        "{stderr}"
+    );
+}

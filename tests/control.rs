@@ -368,7 +368,7 @@ fn repeated_swaps_of_an_idle_job_never_block_the_host() {
     cli(&redis.url, "job stop j");
     assert!(wait_for_log(
         &host.log,
-        "job stopped",
+        "job ended",
         Duration::from_secs(10)
     ));
     cli(&redis.url, "job resume j");
@@ -410,8 +410,9 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
     assert!(!again.status.success());
 
     cli(&redis.url, "job stop j");
-    assert!(wait_for_log(&a.log, "job stopped", Duration::from_secs(10)));
-    assert!(wait_for_log(&b.log, "job stopped", Duration::from_secs(10)));
+    // Both runners of the job (lifecycle and source) have stopped.
+    assert!(wait_for_log(&a.log, "job ended", Duration::from_secs(10)));
+    assert!(wait_for_log(&b.log, "job ended", Duration::from_secs(10)));
     publish(&mut conn, "in", 500, &[("n", "late{i}")]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -520,11 +521,7 @@ fn a_host_that_missed_a_notice_catches_up() {
         .unwrap();
     assert_eq!(killed, 1);
     cli(&redis.url, "job stop j");
-    assert!(wait_for_log(
-        &host.log,
-        "job stopped",
-        Duration::from_secs(5)
-    ));
+    assert!(wait_for_log(&host.log, "job ended", Duration::from_secs(5)));
     host.stop_ok();
 }
 
@@ -656,4 +653,46 @@ fn a_finite_job_finishes_when_undelivered_entries_were_deleted() {
     ));
     assert_each_once(&mut conn, "out", 5);
     host.stop_ok();
+}
+
+#[test]
+fn the_cli_refuses_what_no_host_could_run() {
+    let (redis, _conn, _dir, _cfg) = fleet("echo");
+    let chaos = plugin("chaos");
+    let bad_name = sluice(
+        &redis.url,
+        &[
+            "plugin",
+            "load",
+            chaos.to_str().unwrap(),
+            "--name",
+            "bad name",
+        ],
+    );
+    assert!(!bad_name.status.success());
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name chaos", chaos.display()),
+    );
+    // `init` refuses this config: the job is not registered at all.
+    let refused = sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "j",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "chaos",
+            "--set",
+            "init=fail",
+        ],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("init told to fail"), "{stderr}");
+    let jobs: serde_json::Value =
+        serde_json::from_str(&cli(&redis.url, "job list --json")).unwrap();
+    assert_eq!(jobs, serde_json::json!([]));
 }

@@ -21,6 +21,8 @@ pub struct EmbeddedRedis {
     child: Option<Child>,
     /// The socket it listens on.
     socket: PathBuf,
+    /// Held while this host owns the embedded Redis: one host per data dir.
+    _lock: std::fs::File,
 }
 
 /// The directory of the embedded Redis of a data dir.
@@ -71,11 +73,23 @@ impl EmbeddedRedis {
             );
         }
         let url = socket_url(&socket)?;
+        // The embedded Redis belongs to one host: a second one would lose it when the first
+        // stops. The lock goes with the process, however it ends.
+        let lock = std::fs::File::create(dir.join("host.lock"))?;
+        if let Err(e) = lock.try_lock() {
+            bail!(
+                "another `sluice run` uses the embedded Redis of {} ({e}); the embedded Redis \
+                 belongs to one host. For several hosts, run a redis-server and give each host \
+                 its URL (--redis, [redis] url); or give this host its own --data-dir",
+                data_dir.display()
+            );
+        }
         if ping(&url).await {
-            tracing::warn!(socket = %socket.display(), "an embedded redis-server from an earlier run is still running; adopting it");
+            tracing::warn!(socket = %socket.display(), "the embedded redis-server of an earlier run (which ended without stopping it) is still running; adopting it");
             return Ok(EmbeddedRedis {
                 child: None,
                 socket,
+                _lock: lock,
             });
         }
         // A socket file nobody answers on is left over from a killed server.
@@ -138,6 +152,7 @@ impl EmbeddedRedis {
         Ok(EmbeddedRedis {
             child: Some(child),
             socket,
+            _lock: lock,
         })
     }
 
