@@ -55,6 +55,17 @@ fn cli(url: &str, line: &str) -> String {
     ok(sluice(url, &line.split_whitespace().collect::<Vec<_>>()))
 }
 
+/// Wait (up to two minutes) until job `job` on stream `in` acked `n` events.
+fn wait_acked(conn: &mut redis::Connection, job: &str, n: u64) {
+    assert!(
+        wait_until(Duration::from_secs(120), || counter(
+            conn, job, "in", "acked"
+        ) == n),
+        "job {job}: acked {} of {n}",
+        counter(conn, job, "in", "acked")
+    );
+}
+
 /// A second version of a component: the same code plus a custom section (another sha256).
 fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
     let mut bytes = std::fs::read(original).unwrap();
@@ -130,9 +141,7 @@ fn two_hosts_share_a_job_and_each_event_is_handled_once() {
     assert!(wait_for_log(&b.log, "job started", Duration::from_secs(30)));
     const N: usize = 20_000;
     publish(&mut conn, "in", N, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(120), || counter(
-        &mut conn, "share", "in", "acked"
-    ) == N as u64));
+    wait_acked(&mut conn, "share", N as u64);
     a.stop_ok();
     b.stop_ok();
     assert_each_once(&mut conn, "out", N);
@@ -193,9 +202,7 @@ fn a_plugin_swapped_under_load_loses_and_repeats_nothing() {
         &["plugin", "load", v2.to_str().unwrap(), "--name", "echo"],
     ));
     publisher.join().unwrap();
-    assert!(wait_until(Duration::from_secs(120), || counter(
-        &mut conn, "swap", "in", "acked"
-    ) == N as u64));
+    wait_acked(&mut conn, "swap", N as u64);
     assert!(wait_for_log(
         &a.log,
         "plugin swapped",
@@ -249,9 +256,7 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
     );
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
     publish(&mut conn, "in", 100, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 100));
+    wait_acked(&mut conn, "j", 100);
 
     // A component of the wrong world never reaches the registry.
     let out = sluice(
@@ -291,9 +296,7 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
     assert!(list.contains("REFUSED"), "{list}");
     assert!(list.contains("init told to fail"), "{list}");
     publish(&mut conn, "in", 100, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 200));
+    wait_acked(&mut conn, "j", 200);
     assert_eq!(
         field_values(&mut conn, "out", "n").len(),
         200,
@@ -323,9 +326,7 @@ fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
         log.matches("job started").count() == 2
     }));
     publish(&mut conn, "in", 10, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 210));
+    wait_acked(&mut conn, "j", 210);
     assert_eq!(
         field_values(&mut conn, "out", "n").len(),
         200,
@@ -348,9 +349,7 @@ fn repeated_swaps_of_an_idle_job_never_block_the_host() {
     );
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
     publish(&mut conn, "in", 10, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 10));
+    wait_acked(&mut conn, "j", 10);
     // Three versions while no event flows: each waits for a batch that does not come.
     for v in [&v2, &v3] {
         cli(
@@ -373,9 +372,7 @@ fn repeated_swaps_of_an_idle_job_never_block_the_host() {
     ));
     cli(&redis.url, "job resume j");
     publish(&mut conn, "in", 10, &[("n", "again{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 20));
+    wait_acked(&mut conn, "j", 20);
     assert_each_once(&mut conn, "out", 20);
     host.stop_ok();
 }
@@ -390,9 +387,7 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
     let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
     publish(&mut conn, "in", 1000, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 1000));
+    wait_acked(&mut conn, "j", 1000);
 
     // A second start of a running job is refused.
     let again = sluice(
@@ -426,9 +421,7 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
 
     // Unloading a plugin that a running job uses is refused; a stopped job does not count.
     cli(&redis.url, "job resume j");
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 1500));
+    wait_acked(&mut conn, "j", 1500);
     let unload = sluice(&redis.url, &["plugin", "unload", "echo"]);
     assert!(!unload.status.success());
     cli(&redis.url, "plugin unload echo --force");
@@ -471,9 +464,7 @@ fn a_watched_plugin_directory_loads_new_and_changed_files() {
         "job start j --source stream:in --plugin hot --set target=out",
     );
     publish(&mut conn, "in", 10, &[("n", "{i}")]);
-    assert!(wait_until(Duration::from_secs(30), || counter(
-        &mut conn, "j", "in", "acked"
-    ) == 10));
+    wait_acked(&mut conn, "j", 10);
     // A changed file becomes the new version; a deleted one stays loaded.
     let v2 = variant(&plugin("echo"), dir.path(), "v2");
     std::fs::copy(&v2, watched.join("hot.wasm")).unwrap();
