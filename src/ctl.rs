@@ -400,7 +400,12 @@ pub async fn job_list(url: &str, config: &Config, json: bool) -> anyhow::Result<
         println!(
             "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8.0}",
             r.name,
-            format!("{:?}", r.state).to_lowercase(),
+            // Running in the registry, but no host can run it until its plugin is loaded.
+            if r.state == JobState::Running && r.version.is_none() {
+                "waiting".to_string()
+            } else {
+                format!("{:?}", r.state).to_lowercase()
+            },
             time(r.changed_at),
             r.source,
             r.plugin,
@@ -411,6 +416,12 @@ pub async fn job_list(url: &str, config: &Config, json: bool) -> anyhow::Result<
             s.pending,
             r.rate
         );
+    }
+    if rows
+        .iter()
+        .any(|r| r.state == JobState::Running && r.version.is_none())
+    {
+        println!("waiting: the job's plugin is not loaded (sluice plugin load PATH --name NAME)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -428,6 +428,10 @@ fn job_stop_on_one_host_stops_it_on_every_host() {
     let jobs: serde_json::Value =
         serde_json::from_str(&cli(&redis.url, "job list --json")).unwrap();
     assert_eq!(jobs[0]["state"], "stopped");
+    // Resumed without its plugin, the job waits, and `job list` says so.
+    cli(&redis.url, "job resume j");
+    let list = cli(&redis.url, "job list");
+    assert!(list.contains("waiting"), "{list}");
     a.stop_ok();
     b.stop_ok();
     assert_each_once(&mut conn, "out", 1500);
