@@ -65,13 +65,13 @@ $(JS_TOOLS): plugins/package.json plugins/package-lock.json
 	@# empty versions, an npm bug); `npm install` keeps the locked versions.
 	cd plugins && npm install --silent --no-audit --no-fund
 
-plugins/dist/%.wasm: plugins/%/app.c $(WIT) plugins/tools/build-c.sh
+plugins/dist/%.wasm: plugins/%/app.c $(WIT) plugins/tools/build-c.sh plugins/tools/common.sh
 	@mkdir -p plugins/dist
-	C_BUILD_DIR=plugins/target/c/$* plugins/tools/build-c.sh plugins/$* $@ wit
+	BUILD_DIR=plugins/target/c/$* plugins/tools/build-c.sh plugins/$* $@ wit
 
-plugins/dist/%.wasm: plugins/%/app.go $(WIT) plugins/tools/build-go.sh
+plugins/dist/%.wasm: plugins/%/app.go $(WIT) plugins/tools/build-go.sh plugins/tools/common.sh
 	@mkdir -p plugins/dist
-	GO_BUILD_DIR=plugins/target/go/$* plugins/tools/build-go.sh plugins/$* $@ wit
+	BUILD_DIR=plugins/target/go/$* plugins/tools/build-go.sh plugins/$* $@ wit
 
 rust-plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2

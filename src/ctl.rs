@@ -88,6 +88,7 @@ struct PluginRow {
 pub async fn plugin_list(url: &str, config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut reg = registry(url, config).await?;
     let snapshot = reg.snapshot().await?;
+    let mut refusals = reg.all_refusals().await?;
     let mut rows = Vec::new();
     for (name, version) in &snapshot.plugins {
         rows.push(PluginRow {
@@ -100,7 +101,7 @@ pub async fn plugin_list(url: &str, config: &Config, json: bool) -> anyhow::Resu
                 .map(|v| v.sha256.as_str())
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
-            refused: reg.refusals(name).await?,
+            refused: refusals.remove(name).unwrap_or_default(),
             jobs: snapshot
                 .jobs
                 .iter()

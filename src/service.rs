@@ -667,19 +667,13 @@ impl Host {
         {
             tracing::info!(job = %name, run = entry.run, "job-started issued");
         }
-        let lifecycle_key = self.keys.lifecycle(&job.name, &stream_key);
-        let mut life_job = StreamJob::new(
+        let mut life_job = lifecycle::stream_job(
             &self.keys,
             &job.name,
             &job.plugin,
-            &lifecycle_key,
+            &stream_key,
             &self.consumer,
         );
-        life_job.register = false;
-        life_job.retry_key = format!("{lifecycle_key}:retry");
-        life_job.counters_key = format!("{lifecycle_key}:counters");
-        life_job.event_prefix = format!("{lifecycle_key}:event:");
-        life_job.channel = format!("{}:lifecycle", self.keys.events_channel(&job.name));
         life_job.status_ttl_s = job.status_ttl_s;
         life_job.done_ttl_s = job.done_ttl_s;
         let life_source = stream::open(

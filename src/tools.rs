@@ -287,6 +287,18 @@ const WIT: [(&str, &str); 9] = [
     ("counters.wit", include_str!("../wit/counters.wit")),
 ];
 
+/// Helpers of `plugins/tools/build-{c,go}.sh`, copied into C and Go projects.
+const BUILD_TOOLS: [(&str, &str); 2] = [
+    (
+        "tools/common.sh",
+        include_str!("../plugins/tools/common.sh"),
+    ),
+    (
+        "tools/crate-src.sh",
+        include_str!("../plugins/tools/crate-src.sh"),
+    ),
+];
+
 /// Write a ready-to-build plugin project `name` in `lang` into `dir` (which must not exist):
 /// the WIT, a small plugin, `build.sh`, `events.jsonl` that `plugin test` passes, a README.
 pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
@@ -331,10 +343,6 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
                 "tools/build-go.sh",
                 include_str!("../plugins/tools/build-go.sh"),
             ),
-            (
-                "tools/crate-src.sh",
-                include_str!("../plugins/tools/crate-src.sh"),
-            ),
         ],
         Lang::C => vec![
             ("app.c", include_str!("templates/c.app.c")),
@@ -343,12 +351,12 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
                 "tools/build-c.sh",
                 include_str!("../plugins/tools/build-c.sh"),
             ),
-            (
-                "tools/crate-src.sh",
-                include_str!("../plugins/tools/crate-src.sh"),
-            ),
         ],
     });
+    // The C and Go builds share the scripts `make plugins` uses.
+    if matches!(lang, Lang::Go | Lang::C) {
+        files.extend(BUILD_TOOLS);
+    }
     let lang_name = match lang {
         Lang::Rust => "Rust",
         Lang::Python => "Python",

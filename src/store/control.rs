@@ -479,13 +479,23 @@ impl Registry {
 
     /// Refusals of versions of `plugin`: sha256 → refusal.
     pub async fn refusals(&mut self, plugin: &str) -> Result<BTreeMap<String, Refusal>> {
+        Ok(self
+            .all_refusals()
+            .await?
+            .remove(plugin)
+            .unwrap_or_default())
+    }
+
+    /// Every refusal: plugin → sha256 → refusal (one read for a whole listing).
+    pub async fn all_refusals(&mut self) -> Result<BTreeMap<String, BTreeMap<String, Refusal>>> {
         let all: BTreeMap<String, String> = self.conn.hgetall(self.keys.ctl_refused()).await?;
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, BTreeMap<String, Refusal>> = BTreeMap::new();
         for (key, json) in all {
-            if let Some((p, sha)) = key.rsplit_once('@')
-                && p == plugin
-            {
-                out.insert(sha.to_string(), decode("refusal", &json)?);
+            if let Some((plugin, sha)) = key.rsplit_once('@') {
+                let refusal = decode("refusal", &json)?;
+                out.entry(plugin.to_string())
+                    .or_default()
+                    .insert(sha.to_string(), refusal);
             }
         }
         Ok(out)

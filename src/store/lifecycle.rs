@@ -13,7 +13,22 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
+use super::stream::StreamJob;
 use super::{Keys, StoreError};
+
+/// The job's lifecycle stream as a source of its own: read through the job's group, with its
+/// own retries, counters, status records and channel (its events are not the job's input),
+/// and not registered as the job's source.
+pub fn stream_job(keys: &Keys, job: &str, plugin: &str, source: &str, consumer: &str) -> StreamJob {
+    let stream = keys.lifecycle(job, source);
+    let mut life = StreamJob::new(keys, job, plugin, &stream, consumer);
+    life.register = false;
+    life.retry_key = format!("{stream}:retry");
+    life.counters_key = format!("{stream}:counters");
+    life.event_prefix = format!("{stream}:event:");
+    life.channel = format!("{}:lifecycle", keys.events_channel(job));
+    life
+}
 
 /// Append `job-started` for `run`, unless done already. True if this call appended it.
 pub async fn begin(
