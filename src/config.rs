@@ -1,24 +1,24 @@
-//! `sluice.toml`: the typed configuration, its defaults and its validation.
+//! `sluice.toml`, the file format only: the typed file, its host-level defaults, and strict
+//! parsing into [`model`](crate::model) values (`[[job]]` tables are [`JobSpec`]s).
 //!
-//! Parsing rejects unknown fields; [`Config::validate`] checks every value and names the
-//! field at fault (`job[0].batch: …`). Relative paths are taken from the current directory.
+//! A person typed this file, so it is strict: a key sluice does not know anywhere in it
+//! (`bacth = 1`) is an error naming the key, found with `serde_ignored` while parsing, rather
+//! than `deny_unknown_fields` on each struct, because the job spec it shares with the
+//! registry must stay lenient (a newer version's fields are ignored there).
+//! [`Config::validate`] checks every value and names the field at fault (`job[0].batch: …`).
+//! Relative paths are taken from the current directory.
 //! `SLUICE_REDIS_URL` / `--redis` override `[redis] url`, `SLUICE_DATA_DIR` / `--data-dir`
 //! override `[host] data_dir` (applied by the CLI).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::policy::DeliveryPolicy;
-use crate::runtime::{Limits, MAX_MEMORY_BYTES};
-use crate::store::Keys;
-use crate::store::stream::StartFrom;
+use crate::model::{JobSpec, check_name};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// This host process.
     #[serde(default)]
@@ -31,14 +31,13 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Ingest jobs (`[[job]]`).
     #[serde(default, rename = "job")]
-    pub jobs: Vec<JobConfig>,
+    pub jobs: Vec<JobSpec>,
     /// A directory of plugins to load and watch (`[plugins] dir`).
     #[serde(default, rename = "plugins")]
     pub plugins_dir: PluginsDir,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct PluginsDir {
     /// Every `NAME.wasm` here is loaded as plugin NAME at start and when it changes.
     #[serde(default)]
@@ -46,7 +45,6 @@ pub struct PluginsDir {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Directory for the compile cache and the embedded Redis (default `.sluice`).
     #[serde(default = "default_data_dir")]
@@ -74,7 +72,6 @@ impl Default for HostConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`, `rediss://…` or `unix:///path`. Omitted: start
     /// an embedded `redis-server` in the data dir.
@@ -83,101 +80,11 @@ pub struct RedisConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The name jobs use (`[a-zA-Z0-9_.-]`, 1–64 chars).
     pub name: String,
     /// The component file (`.wasm`).
     pub path: PathBuf,
-}
-
-/// A job's definition: from a `[[job]]` of the config file, or from `sluice job start`; kept
-/// in the control registry as JSON.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct JobConfig {
-    /// Unique job name (`[a-zA-Z0-9_.-]`, 1–64 chars); names its consumer group and keys.
-    pub name: String,
-    /// The input: `stream:<key>`.
-    pub source: String,
-    /// The `[[plugin]]` that handles its events.
-    pub plugin: String,
-    /// Most entries read and committed together (1–10000, default 256).
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// How long one read waits for new entries, in ms (1–60000, default 1000). Also bounds
-    /// how long a stop waits for an idle job.
-    #[serde(default = "default_block_ms")]
-    pub block_ms: u64,
-    /// Wall-clock budget of one event in the plugin, in ms (1–600000, default 1000).
-    #[serde(default = "default_deadline_ms")]
-    pub deadline_ms: u64,
-    /// Memory cap of the plugin instance, in MiB (1–4096, default 64).
-    #[serde(default = "default_memory_mb")]
-    pub memory_mb: u64,
-    /// Deliveries after which a failing event goes to the dead-letter stream (1–1000, default 5).
-    #[serde(default = "default_max_deliveries")]
-    pub max_deliveries: u32,
-    /// Retry delays: exponential from `base_ms`, capped at `max_ms`, with jitter.
-    #[serde(default)]
-    pub retry_backoff: RetryBackoff,
-    /// Entries pending on a consumer for longer than this (ms) are taken over by a live host
-    /// (100–86400000, default 30000). Keep it well above the time one batch takes.
-    #[serde(default = "default_claim_idle_ms")]
-    pub claim_idle_ms: u64,
-    /// How long the status record of an event that ever failed (retried, dead, or done after
-    /// retries) is kept, in seconds (0 turns them off; default 86400).
-    #[serde(default = "default_status_ttl_s")]
-    pub status_ttl_s: u64,
-    /// How long the status record of an event done on its first delivery is kept, in seconds
-    /// (default 0: none; `event get` still reports such an event as done, from the consumer
-    /// group). Writing them halves the throughput of a trivial job, and at 100k events/s
-    /// every second of TTL is 100k keys.
-    #[serde(default = "default_done_ttl_s")]
-    pub done_ttl_s: u64,
-    /// Streams the plugin may emit to: exact names or prefixes ending in `*`. Empty
-    /// (default): any stream outside sluice's own keys (`<prefix>:…`).
-    #[serde(default)]
-    pub allowed_streams: Vec<String>,
-    /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
-    #[serde(default)]
-    pub start: Start,
-    /// A finite job finishes once its source is drained (nothing undelivered, pending or
-    /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
-    /// For one-off loads: fill the stream, then start the job (default false).
-    #[serde(default)]
-    pub finite: bool,
-    /// Handed to the plugin's `init` and `config-get`; values may be strings, numbers or booleans.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RetryBackoff {
-    /// First retry delay in ms (default 1000).
-    #[serde(default = "default_backoff_base_ms")]
-    pub base_ms: u64,
-    /// Longest retry delay in ms (default 60000).
-    #[serde(default = "default_backoff_max_ms")]
-    pub max_ms: u64,
-}
-
-impl Default for RetryBackoff {
-    fn default() -> Self {
-        RetryBackoff {
-            base_ms: default_backoff_base_ms(),
-            max_ms: default_backoff_max_ms(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Start {
-    #[default]
-    Beginning,
-    New,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -188,36 +95,6 @@ fn default_prefix() -> String {
 }
 fn default_shutdown_grace_s() -> u64 {
     10
-}
-fn default_batch() -> usize {
-    256
-}
-fn default_block_ms() -> u64 {
-    1000
-}
-fn default_deadline_ms() -> u64 {
-    1000
-}
-fn default_memory_mb() -> u64 {
-    64
-}
-fn default_max_deliveries() -> u32 {
-    5
-}
-fn default_claim_idle_ms() -> u64 {
-    30_000
-}
-fn default_status_ttl_s() -> u64 {
-    86_400
-}
-fn default_done_ttl_s() -> u64 {
-    0
-}
-fn default_backoff_base_ms() -> u64 {
-    1000
-}
-fn default_backoff_max_ms() -> u64 {
-    60_000
 }
 
 /// A configuration problem, naming the field at fault.
@@ -250,10 +127,23 @@ impl Config {
 
     /// Parse and validate config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.into(),
             message: e.to_string().trim_end().to_string(),
-        })?;
+        };
+        let mut unknown = Vec::new();
+        let config: Config = serde_ignored::deserialize(
+            toml::Deserializer::parse(text).map_err(parse_error)?,
+            |path| unknown.push(field_path(&path)),
+        )
+        .map_err(parse_error)?;
+        if let Some(field) = unknown.into_iter().next() {
+            return Err(ConfigError::Invalid {
+                path: origin.into(),
+                field,
+                message: "unknown field (see examples/sluice.toml for every field)".into(),
+            });
+        }
         config
             .validate()
             .map_err(|(field, message)| ConfigError::Invalid {
@@ -322,164 +212,19 @@ impl Config {
     }
 }
 
-impl JobConfig {
-    /// Check every field; on failure, the field (relative to the job) and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let j = self;
-        let at = |f: &str| f.to_string();
-        check_name(&j.name).map_err(|m| (at("name"), m))?;
-        parse_source(&j.source).map_err(|m| (at("source"), m))?;
-        // The job's keys carry the stream's hash tag in braces; a tag holding a `}` (a key
-        // like `a{}b`) would put them in another Redis Cluster slot than the stream.
-        if crate::store::keys::hash_tag(&j.stream("sluice")).contains('}') {
-            return Err((
-                at("source"),
-                format!(
-                    "a stream key like this (`{{}}` that Redis Cluster ignores) is not supported, got {:?}",
-                    j.source
-                ),
-            ));
-        }
-        check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
-        in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
-        in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
-        in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
-        in_range(j.memory_mb, 1, (MAX_MEMORY_BYTES >> 20) as u64)
-            .map_err(|m| (at("memory_mb"), m))?;
-        in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
-        in_range(j.retry_backoff.base_ms, 1, 86_400_000)
-            .map_err(|m| (at("retry_backoff.base_ms"), m))?;
-        in_range(j.retry_backoff.max_ms, j.retry_backoff.base_ms, 86_400_000).map_err(|m| {
-            (
-                at("retry_backoff.max_ms"),
-                format!("{m} (at least base_ms)"),
-            )
-        })?;
-        in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
-        in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
-        in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
-        for (n, pattern) in j.allowed_streams.iter().enumerate() {
-            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
-            if literal.is_empty() || literal.contains('*') {
-                return Err((
-                    format!("allowed_streams[{n}]"),
-                    format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
-                ));
-            }
-        }
-        for (k, v) in &j.config {
-            config_value(v).map_err(|m| (format!("config.{k}"), m))?;
-        }
-        Ok(())
-    }
-
-    /// The source stream key (validated by [`Config::validate`]).
-    pub fn stream(&self, prefix: &str) -> String {
-        match parse_source(&self.source) {
-            Ok(Source::Stream(key)) => key.to_string(),
-            Ok(Source::Queue(name)) => Keys::new(prefix).queue(name),
-            Err(_) => String::new(),
-        }
-    }
-
-    /// When the source is a sluice queue, its delayed-tasks key.
-    pub fn delayed_key(&self, prefix: &str) -> Option<String> {
-        match parse_source(&self.source) {
-            Ok(Source::Queue(name)) => Some(Keys::delayed(&Keys::new(prefix).queue(name))),
-            _ => None,
-        }
-    }
-
-    /// `[job.config]` as the strings a plugin sees.
-    pub fn plugin_config(&self) -> BTreeMap<String, String> {
-        self.config
-            .iter()
-            .filter_map(|(k, v)| config_value(v).ok().map(|v| (k.clone(), v)))
-            .collect()
-    }
-
-    /// The runtime limits of the job's plugin instances; `prefix` is the host's key prefix,
-    /// whose keys a plugin may not write unless `allowed_streams` names them.
-    pub fn limits(&self, prefix: &str) -> Limits {
-        Limits {
-            deadline: Duration::from_millis(self.deadline_ms),
-            memory_bytes: (self.memory_mb as usize) << 20,
-            allowed_streams: self.allowed_streams.clone(),
-            reserved_prefix: format!("{prefix}:"),
-            ..Limits::default()
-        }
-    }
-
-    /// The job's retry and dead-letter policy.
-    pub fn delivery_policy(&self) -> DeliveryPolicy {
-        DeliveryPolicy {
-            max_deliveries: self.max_deliveries,
-            backoff_base: Duration::from_millis(self.retry_backoff.base_ms),
-            backoff_max: Duration::from_millis(self.retry_backoff.max_ms),
-        }
-    }
-
-    pub fn start_from(&self) -> StartFrom {
-        match self.start {
-            Start::Beginning => StartFrom::Beginning,
-            Start::New => StartFrom::New,
-        }
-    }
-}
-
-/// Where a job's events come from.
-enum Source<'a> {
-    /// A Redis stream, by key.
-    Stream(&'a str),
-    /// A sluice queue (filled by plugins' `enqueue`), by name.
-    Queue(&'a str),
-}
-
-fn parse_source(source: &str) -> Result<Source<'_>, String> {
-    match source.split_once(':') {
-        Some(("stream", key)) if !key.is_empty() => Ok(Source::Stream(key)),
-        Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
-        _ => Err(format!(
-            "must be `stream:<key>` or `queue:<name>` (name: 1–64 letters, digits, `_`, `-`, `.`), \
-             got {source:?}"
-        )),
-    }
-}
-
-/// A plugin, job or consumer name: 1–64 letters, digits, `_`, `-`, `.`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be 1–64 characters of letters, digits, `_`, `-` or `.`, got {name:?}"
-        ))
-    }
-}
-
-fn in_range(v: u64, min: u64, max: u64) -> Result<(), String> {
-    if (min..=max).contains(&v) {
-        Ok(())
-    } else {
-        Err(format!("must be between {min} and {max}, got {v}"))
-    }
-}
-
-fn config_value(v: &toml::Value) -> Result<String, String> {
-    match v {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "must be a string, number or boolean, got a {}",
-            other.type_str()
-        )),
+/// `job[0].retry_backoff.bse_ms`, as [`Config::validate`] names fields.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 
@@ -518,23 +263,19 @@ mod tests {
             (j.batch, j.block_ms, j.deadline_ms, j.memory_mb),
             (256, 1000, 1000, 64)
         );
-        assert_eq!(j.stream("sluice"), "events");
+        // Where the source's stream is and the plugin's limits are tested beside the code
+        // that derives them (store::keys, host::job).
+        assert_eq!(j.source(), Ok(crate::model::Source::Stream("events")));
         let q = Config::parse(&GOOD.replace("stream:events", "queue:mail"), "t").unwrap();
-        assert_eq!(q.jobs[0].stream("sluice"), "sluice:queue:{mail}");
-        assert_eq!(
-            q.jobs[0].delayed_key("sluice").as_deref(),
-            Some("sluice:queue:{mail}:delayed")
-        );
+        assert_eq!(q.jobs[0].source(), Ok(crate::model::Source::Queue("mail")));
         assert_eq!(j.plugin_config()["threshold"], "3");
-        assert_eq!(j.limits("sluice").memory_bytes, 64 << 20);
-        assert_eq!(j.limits("sluice").reserved_prefix, "sluice:");
         assert_eq!(
             (j.max_deliveries, j.claim_idle_ms, j.status_ttl_s),
             (5, 30_000, 86_400)
         );
         assert_eq!(
             j.delivery_policy().backoff_base,
-            Duration::from_millis(1000)
+            std::time::Duration::from_millis(1000)
         );
     }
 
@@ -597,5 +338,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("bacth"), "{err}");
+    }
+
+    #[test]
+    fn names_unknown_fields_by_their_whole_path() {
+        assert_eq!(
+            invalid(&GOOD.replace(
+                "[job.config]",
+                "retry_backoff = { bse_ms = 5 }\n[job.config]"
+            )),
+            "job[0].retry_backoff.bse_ms"
+        );
+        assert_eq!(
+            invalid(&format!("[host]\nprefx = \"x\"\n{GOOD}")),
+            "host.prefx"
+        );
     }
 }

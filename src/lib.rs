@@ -1,22 +1,24 @@
 //! sluice: ingest events from Redis and run each one through a sandboxed WebAssembly plugin.
 //!
-//! Layout (see `README.md` for the product, `wit/` for the plugin interface):
-//! - [`event`]: what both sides share — events, dispositions, effects, outcomes;
-//! - [`runtime`]: wasmtime — engine, plugins, instances, host functions (no Redis);
-//! - [`store`]: Redis — keys, streams, the commit script, job state (no wasmtime);
-//! - [`runner`]: one job's loop joining a source, a handler and the commit;
-//! - [`service`]: a host's life; [`config`], [`cli`], [`bench`]: the surfaces.
+//! The folders are the architecture; every arrow points down (a module imports only those
+//! below it; `README.md`'s Layout section draws the tree):
+//!
+//! - [`cli`]: the command line, one file per command group, one `Ctx`;
+//! - [`host`]: `sluice run` — a host's life, registering, the reconcile plan, plugins, jobs;
+//! - [`bench`]: `sluice bench`, measured against baselines in the same process;
+//! - [`tools`]: plugin authors' tools with no Redis (`plugin new|inspect|test`);
+//! - [`runner`]: one job's pipeline — source → handler → committer;
+//! - [`runtime`]: wasmtime only (no Redis); [`store`]: Redis only (no wasmtime);
+//! - [`config`]: the config file's format, producing [`model`] values;
+//! - [`model`]: the shared floor — events, outcomes, policy, job specs; imports nothing of ours.
 #![deny(unsafe_code)]
 
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod ctl;
-pub mod event;
-pub mod policy;
+pub mod host;
+pub mod model;
 pub mod runner;
 pub mod runtime;
-pub mod service;
 pub mod store;
 pub mod tools;
-pub mod watch;

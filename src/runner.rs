@@ -1,5 +1,6 @@
-//! The job runner: joins a source ([`store`](crate::store)) and a [`Handler`]
-//! (a plugin from [`runtime`](crate::runtime), or a native one) in a three-stage pipeline:
+//! The job runner: joins a source (a job's stream, [`store::stream`](crate::store::stream))
+//! and a [`Handler`] (a plugin from [`runtime`](crate::runtime), or a native one) in a
+//! three-stage pipeline:
 //!
 //! ```text
 //! reader ──batch──▶ handler ──batch + outcomes──▶ committer
@@ -19,13 +20,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, watch};
 
-use crate::event::{Effect, Event, FailureKind, Handler, Outcome};
-use crate::policy::{Decision, DeliveryPolicy};
+use crate::model::{Decision, DeliveryPolicy};
+use crate::model::{Effect, Event, FailureKind, Handler, Outcome};
+use crate::store::StoreError;
 use crate::store::stream::{Committed, Refused, StreamCommitter, StreamReader};
-use crate::store::{self, StoreError};
 
 /// Told about every committed batch; used by the benchmark to time publish→ack.
 pub trait CommitObserver: Send + Sync {
@@ -68,12 +68,7 @@ pub struct JobRunner {
 
 /// Delays between attempts while Redis is unreachable: 50 ms doubling to 5 s, with jitter.
 fn redis_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::model::backoff(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 /// Where a new handler waits for the runner to take it, before its next batch. Putting one
@@ -302,7 +297,7 @@ async fn read_step(
     if now >= *next_retry_check {
         let (due, next_due) = reader.take_due(policy.batch).await?;
         let until_next = next_due
-            .map(|at| Duration::from_millis(at.saturating_sub(store::now_ms())))
+            .map(|at| Duration::from_millis(at.saturating_sub(crate::model::now_ms())))
             .unwrap_or(RETRY_POLL);
         *next_retry_check = now + until_next.min(RETRY_POLL);
         batches.push(due);
@@ -366,8 +361,8 @@ async fn handle_stage(
             // Dropping the old handler frees its instance; count it in the pause.
             drop(old);
             tracing::info!(
-                from = crate::store::control::short(&from),
-                to = crate::store::control::short(handler.version()),
+                from = crate::model::short(&from),
+                to = crate::model::short(handler.version()),
                 pause_us = started.elapsed().as_micros() as u64,
                 "plugin swapped: the next batch runs on the new version"
             );
@@ -637,7 +632,7 @@ fn log_commit_error(job: &str, e: &StoreError, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Disposition;
+    use crate::model::Disposition;
 
     fn emitting(bytes: usize) -> Outcome {
         Outcome::Handled {

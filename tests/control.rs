@@ -691,3 +691,42 @@ fn the_cli_refuses_what_no_host_could_run() {
         serde_json::from_str(&cli(&redis.url, "job list --json")).unwrap();
     assert_eq!(jobs, serde_json::json!([]));
 }
+
+#[test]
+fn a_job_written_by_a_newer_version_runs_and_keeps_its_unknown_fields() {
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    // As a newer CLI would write it: fields this version has never heard of, in the entry
+    // and in its spec.
+    let entry = serde_json::json!({
+        "spec": {
+            "name": "newer", "source": "stream:in", "plugin": "echo", "batch": 10,
+            "config": {"target": "out"},
+            "breaker": {"trip_after": 3}, "rate_limit": "100/s"
+        },
+        "state": "running",
+        "changed_at": 1,
+        "owner": "a-newer-cli"
+    });
+    let _: () = redis::pipe()
+        .hset("sluice:{ctl}:jobs", "newer", entry.to_string())
+        .hincr("sluice:{ctl}:runs", "newer", 1)
+        .query(&mut conn)
+        .unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(&mut conn, "in", 100, &[("n", "{i}")]);
+    wait_acked(&mut conn, "newer", 100);
+    assert_each_once(&mut conn, "out", 100);
+    // A state change by this version keeps what it does not know.
+    cli(&redis.url, "job stop newer");
+    let stored: String = redis::cmd("HGET")
+        .arg("sluice:{ctl}:jobs")
+        .arg("newer")
+        .query(&mut conn)
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["state"], "stopped");
+    assert_eq!(stored["owner"], "a-newer-cli");
+    assert_eq!(stored["spec"]["breaker"]["trip_after"], 3);
+    assert_eq!(stored["spec"]["rate_limit"], "100/s");
+    host.stop_ok();
+}

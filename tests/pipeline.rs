@@ -9,7 +9,7 @@ use redis::Commands;
 use sluice::config::Config;
 use tokio::sync::oneshot;
 
-/// Runs `sluice::service::run` on a background thread until dropped or stopped.
+/// Runs `sluice::host::run` on a background thread until dropped or stopped.
 struct Host {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -24,7 +24,7 @@ impl Host {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(sluice::service::run(config, Some(url), None, async {
+                .block_on(sluice::host::run(config, Some(url), None, async {
                     let _ = rx.await;
                 }))
         });

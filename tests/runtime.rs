@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice::event::{Disposition, Effect, Event, FailureKind, Handler, KIND_STREAM_ENTRY, Outcome};
+use sluice::model::{Disposition, Effect, Event, FailureKind, Handler, KIND_STREAM_ENTRY, Outcome};
 use sluice::runtime::{GuestContext, Limits, PluginHandler, Runtime};
 
 fn handler(name: &str, config: &[(&str, &str)]) -> PluginHandler {

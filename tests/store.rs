@@ -5,16 +5,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sluice::event::{Disposition, Effect, Event, FailureKind, Outcome};
-use sluice::policy::Decision;
-use sluice::store::stream::{self, StartFrom, StreamCommitter, StreamJob, StreamReader};
+use sluice::model::Decision;
+use sluice::model::Start;
+use sluice::model::{Disposition, Effect, Event, FailureKind, Outcome};
+use sluice::store::stream::{self, StreamCommitter, StreamJob, StreamReader};
 use sluice::store::{self, Keys};
 
 async fn open(url: &str) -> (StreamReader, StreamCommitter) {
     let job = StreamJob::new(&Keys::new("sluice"), "j", "p", "in", "c1");
     let read = store::connect(url, Duration::from_secs(10)).await.unwrap();
     let commit = store::connect(url, Duration::from_secs(10)).await.unwrap();
-    stream::open(read, commit, job, StartFrom::Beginning)
+    stream::open(read, commit, job, Start::Beginning)
         .await
         .unwrap()
 }
@@ -135,7 +136,7 @@ async fn a_runner_of_an_older_run_commits_nothing() {
     let commit = store::connect(&redis.url, Duration::from_secs(10))
         .await
         .unwrap();
-    let (mut reader, mut committer) = stream::open(read, commit, job, StartFrom::Beginning)
+    let (mut reader, mut committer) = stream::open(read, commit, job, Start::Beginning)
         .await
         .unwrap();
     let mut conn = redis.conn();

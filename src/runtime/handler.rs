@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::event::{Disposition, Event, Handler, Outcome};
+use crate::model::{Disposition, Event, Handler, Outcome};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -40,7 +40,7 @@ impl PluginHandler {
 
     /// Make the first instance now (running `init`), so a plugin that cannot start for this
     /// job is refused before the job reads anything.
-    pub fn prepare(&mut self) -> Result<(), crate::event::Failure> {
+    pub fn prepare(&mut self) -> Result<(), crate::model::Failure> {
         if self.instance.is_none() {
             self.instance = Some(PluginInstance::new(
                 &self.plugin,

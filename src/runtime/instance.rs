@@ -10,7 +10,7 @@ use super::bindings::sluice::plugin::types as wit;
 use super::engine::deadline_ticks;
 use super::host::{CallState, GuestContext, HostState, Overlay};
 use super::plugin::LoadedPlugin;
-use crate::event::{Disposition, Event, Failure, FailureKind, Outcome};
+use crate::model::{Disposition, Event, Failure, FailureKind, Outcome};
 
 pub struct PluginInstance {
     /// The instance's memory, tables, WASI state and our per-call state.

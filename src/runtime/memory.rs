@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::event::{Effect, StateReader};
+use crate::model::{Effect, StateReader};
 
 /// Entries older than this leave a window (as in the commit script).
 const WINDOW_SPAN_MS: u64 = 86_400_000;

@@ -1,6 +1,7 @@
 //! Everything wasmtime: the engine, the one `bindgen!`, plugin compilation and its on-disk
-//! cache, plugin instances and the host side of the WIT imports. Knows nothing about Redis:
-//! it turns [`Event`](crate::event::Event)s into [`Outcome`](crate::event::Outcome)s.
+//! cache, plugin instances and the host side of the WIT imports. Knows nothing about Redis,
+//! the config file, the host or the CLI: it turns [`Event`](crate::model::Event)s into
+//! [`Outcome`](crate::model::Outcome)s, under the [`Limits`] it is given.
 //!
 //! Invariants:
 //! - one [`Engine`](wasmtime::Engine) per [`Runtime`], with the pooling allocator and epoch
@@ -34,7 +35,7 @@ use self::cache::CompileCache;
 use self::host::HostState;
 
 /// Largest memory cap a job may ask for; the pooling allocator reserves slots this big.
-pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+pub const MAX_MEMORY_BYTES: usize = (crate::model::spec::MAX_MEMORY_MB as usize) << 20;
 
 /// The WebAssembly runtime of one host process: engine, linker and compile cache.
 pub struct Runtime {
@@ -100,5 +101,17 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
         plugin::load(self, name, origin, bytes).map(Arc::new)
+    }
+
+    /// The plugin version `sha256` from the compile cache alone (no bytes needed), if it is
+    /// there; `size` is what the registry says of its bytes.
+    pub fn load_cached(
+        &self,
+        name: &str,
+        origin: &str,
+        sha256: &str,
+        size: usize,
+    ) -> Option<Result<Arc<LoadedPlugin>, LoadError>> {
+        plugin::load_cached(self, name, origin, sha256, size).map(|r| r.map(Arc::new))
     }
 }

@@ -122,6 +122,59 @@ pub(super) fn load(
             component
         }
     };
+    let plugin = link(
+        runtime,
+        name,
+        origin,
+        sha256,
+        bytes.len(),
+        component,
+        from_cache,
+    )?;
+    tracing::info!(
+        plugin = name,
+        origin,
+        sha256 = &plugin.sha256[..12],
+        size = bytes.len(),
+        from_cache,
+        ms = started.elapsed().as_millis() as u64,
+        "plugin loaded"
+    );
+    Ok(plugin)
+}
+
+/// A version known by its sha256 alone, if the compile cache holds it: a host that compiled
+/// it before (or whose fleet loaded it from this data dir) needs neither its bytes nor a
+/// compile. The cache is the one copy of a plugin a host keeps on disk.
+pub(super) fn load_cached(
+    runtime: &Runtime,
+    name: &str,
+    origin: &str,
+    sha256: &str,
+    size: usize,
+) -> Option<Result<LoadedPlugin, LoadError>> {
+    let component = runtime.cache.as_ref()?.get(&runtime.engine, sha256)?;
+    Some(link(
+        runtime,
+        name,
+        origin,
+        sha256.to_string(),
+        size,
+        component,
+        true,
+    ))
+}
+
+/// Link a compiled component against the host's imports and check it is of our world.
+fn link(
+    runtime: &Runtime,
+    name: &str,
+    origin: &str,
+    sha256: String,
+    size: usize,
+    component: Component,
+    from_cache: bool,
+) -> Result<LoadedPlugin, LoadError> {
     let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
         name: name.into(),
         origin: origin.into(),
@@ -138,20 +191,11 @@ pub(super) fn load(
         .any(|(name, _)| {
             name.starts_with("sluice:plugin/kv@") || name.starts_with("sluice:plugin/counters@")
         });
-    tracing::info!(
-        plugin = name,
-        origin,
-        sha256 = &sha256[..12],
-        size = bytes.len(),
-        from_cache,
-        ms = started.elapsed().as_millis() as u64,
-        "plugin loaded"
-    );
     Ok(LoadedPlugin {
         name: name.into(),
         origin: origin.into(),
         sha256,
-        size: bytes.len(),
+        size,
         from_cache,
         stateful,
         pre,

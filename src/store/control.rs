@@ -4,16 +4,27 @@
 //! reconcile what they run with it.
 //!
 //! Keys: [`Keys::ctl_plugins`], [`Keys::ctl_versions`], [`Keys::ctl_blob`], [`Keys::ctl_jobs`],
-//! [`Keys::ctl_refused`]; channel [`Keys::ctl_channel`].
+//! [`Keys::ctl_runs`], [`Keys::ctl_refused`]; channel [`Keys::ctl_channel`].
+//!
+//! Entries are decoded leniently, as other versions of sluice write them too: fields this
+//! version does not know are ignored when read and kept when an entry is rewritten (a state
+//! change patches the stored JSON), so a rolling upgrade never turns a newer CLI's job into
+//! a corrupt entry on an older host. An entry that does not decode at all is logged and
+//! skipped.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::Notify;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::{Keys, StoreError, now_ms};
-use crate::config::JobConfig;
+use super::{Keys, StoreError, scripts};
+use crate::model::{JobSpec, now_ms, short};
 
 /// Versions kept per plugin (older ones are forgotten, and their bytes deleted).
 const MAX_VERSIONS: isize = 50;
@@ -38,12 +49,16 @@ pub enum JobState {
     Stopped,
     /// A finite job that handled its whole source (and `job-finished`).
     Finished,
+    /// A state a newer version of sluice wrote: this host does not run the job (it cannot
+    /// know what the state asks of it), and listings show it as `unknown`.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A job as the registry holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEntry {
-    pub spec: JobConfig,
+    pub spec: JobSpec,
     pub state: JobState,
     /// When the state last changed, ms since the epoch.
     pub changed_at: u64,
@@ -86,6 +101,24 @@ impl From<redis::RedisError> for ControlError {
 
 type Result<T> = std::result::Result<T, ControlError>;
 
+/// Subscribe to the control channel and wake the control loop on every notice, and after
+/// each (re)subscription (what happened meanwhile is read from the registry).
+pub async fn watch_notices(client: redis::Client, channel: String, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            wake.notify_one();
+            let mut messages = pubsub.on_message();
+            while messages.next().await.is_some() {
+                wake.notify_one();
+            }
+            tracing::debug!("control channel subscription lost; resubscribing");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Reads and changes the registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -96,6 +129,18 @@ pub struct Registry {
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json)
         .map_err(|e| ControlError::Refused(format!("corrupt registry entry {what}: {e}")))
+}
+
+/// The JSON object `json` with `fields` set, every other field kept as it was.
+fn patch(json: &str, fields: &[(&str, serde_json::Value)]) -> Result<String> {
+    let mut value: serde_json::Value = decode("job", json)?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| ControlError::Refused("corrupt registry entry: not an object".into()))?;
+    for (k, v) in fields {
+        object.insert(k.to_string(), v.clone());
+    }
+    Ok(value.to_string())
 }
 
 fn encode<T: Serialize>(value: &T) -> String {
@@ -337,24 +382,14 @@ impl Registry {
     /// Register a job and mark it running (a new run). A job of the same name is replaced
     /// only when it is stopped or finished; `if_absent` (jobs of a config file at start) leaves any existing job alone.
     /// Returns false when nothing was written because of `if_absent`.
-    pub async fn start_job(&mut self, spec: &JobConfig, if_absent: bool) -> Result<bool> {
+    pub async fn start_job(&mut self, spec: &JobSpec, if_absent: bool) -> Result<bool> {
         let entry = JobEntry {
             spec: spec.clone(),
             state: JobState::Running,
             changed_at: now_ms(),
             run: 0,
         };
-        let script = redis::Script::new(
-            r"
-            local current = redis.call('HGET', KEYS[1], ARGV[1])
-            if current then
-              if ARGV[3] == '1' then return 0 end
-              local ok, entry = pcall(cjson.decode, current)
-              if ok and type(entry) == 'table' and entry.state == 'running' then return -1 end
-            end
-            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-            return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)",
-        );
+        let script = &*scripts::JOB_START;
         let written: i64 = script
             .key(self.keys.ctl_jobs())
             .key(self.keys.ctl_runs())
@@ -416,13 +451,7 @@ impl Registry {
         state: JobState,
         expect_run: Option<u64>,
     ) -> Result<Option<JobEntry>> {
-        let script = redis::Script::new(
-            r"
-            if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-            if (redis.call('HGET', KEYS[2], ARGV[1]) or '0') ~= ARGV[3] then return 0 end
-            redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-            return 1",
-        );
+        let script = &*scripts::JOB_STATE;
         for _ in 0..5 {
             let (mut entry, json) = self
                 .job_raw(name)
@@ -436,13 +465,22 @@ impl Registry {
             let run = entry.run;
             entry.state = state;
             entry.changed_at = now_ms();
+            // Patch the JSON as it was read rather than encode `entry`: fields a newer
+            // version wrote (in the entry or its spec) survive this version's state change.
+            let patched = patch(
+                &json,
+                &[
+                    ("state", serde_json::to_value(state).unwrap_or_default()),
+                    ("changed_at", entry.changed_at.into()),
+                ],
+            )?;
             let written: i64 = script
                 .key(self.keys.ctl_jobs())
                 .key(self.keys.ctl_runs())
                 .arg(name)
                 .arg(&json)
                 .arg(run.to_string())
-                .arg(encode(&entry))
+                .arg(patched)
                 .invoke_async(&mut self.conn)
                 .await?;
             if written == 1 {
@@ -500,9 +538,4 @@ impl Registry {
         }
         Ok(out)
     }
-}
-
-/// The first 12 hex digits of a sha256, as logs and listings show versions.
-pub fn short(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(12)]
 }

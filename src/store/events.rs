@@ -10,11 +10,10 @@
 //! first delivery get no record unless the job sets `done_ttl_s`; other records expire
 //! after `status_ttl_s`).
 
-use std::collections::HashMap;
-
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
+use super::groups::{group_info, parse_id};
 use super::{Keys, StoreError};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -101,7 +100,9 @@ pub async fn get<C: ConnectionLike + Send>(
     } else if entry.is_empty() {
         return Ok(None);
     } else {
-        let delivered = last_delivered(conn, source, &group).await?;
+        let delivered = group_info(conn, source, &group)
+            .await?
+            .map(|g| g.last_delivered);
         status.status = match delivered {
             Some(last) if parse_id(id) <= parse_id(&last) => {
                 status.note = Some(
@@ -116,28 +117,4 @@ pub async fn get<C: ConnectionLike + Send>(
         .into();
     }
     Ok(Some(status))
-}
-
-async fn last_delivered<C: ConnectionLike + Send>(
-    conn: &mut C,
-    source: &str,
-    group: &str,
-) -> Result<Option<String>, StoreError> {
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(source)
-        .query_async(conn)
-        .await?;
-    Ok(groups.into_iter().find_map(|g| {
-        let name: String = redis::from_redis_value_ref(g.get("name")?).ok()?;
-        if name != group {
-            return None;
-        }
-        redis::from_redis_value_ref(g.get("last-delivered-id")?).ok()
-    }))
-}
-
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

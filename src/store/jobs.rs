@@ -74,27 +74,10 @@ pub async fn status<C: AsyncCommands>(
         pending: 0,
         lag: None,
     };
-    // XINFO GROUPS gives pending and (Redis ≥ 7) lag for every group of the stream.
-    let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&source)
-        .query_async(conn)
-        .await;
-    if let Ok(groups) = groups {
-        for g in groups {
-            let is_ours = g
-                .get("name")
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .is_some_and(|n| n == group);
-            if is_ours {
-                let int = |k: &str| {
-                    g.get(k)
-                        .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-                };
-                status.pending = int("pending").unwrap_or(0);
-                status.lag = int("lag");
-            }
-        }
+    // Pending and (Redis ≥ 7) lag; a stream that is gone shows nothing pending.
+    if let Ok(Some(g)) = super::groups::group_info(conn, &source, &group).await {
+        status.pending = g.pending;
+        status.lag = g.lag;
     }
     Ok(Some(status))
 }

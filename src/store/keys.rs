@@ -1,36 +1,40 @@
-//! Every Redis key and name sluice uses, built in one place.
+//! Every Redis key and name sluice uses, built in one place: this table is the one list (module
+//! docs elsewhere name the builders they use, not the keys again).
 //!
 //! All keys live under a configurable prefix (default `sluice`). A job's own keys carry the
 //! hash tag of its source stream, so that in Redis Cluster they share the stream's slot and
-//! the commit script touches a single slot.
+//! the commit script touches a single slot. The control registry shares the tag `{ctl}`.
 //!
-//! | key | type | what |
-//! | --- | --- | --- |
-//! | `<prefix>:jobs` | hash | job name → source stream key (the registry `job status` reads) |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead`; `lifecycle_run`, `finished_run`: the run whose `job-started` / `job-finished` was issued |
-//! | `<prefix>:{<tag>}:job:<job>:lifecycle` | stream | lifecycle events `{kind, run}` (`job-started`, `job-finished`), handled through the job's group before (after) its source; `…:lifecycle:retry` holds their retries, `…:lifecycle:counters` their counters, `…:lifecycle:event:<id>` their status records |
-//! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
-//! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | dead letters: `sluice:*` metadata fields, then the entry's own fields |
-//! | `<prefix>:queue:{<name>}` | stream | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
-//! | `<prefix>:queue:{<name>}:delayed` | sorted set | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue when due |
-//! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | the plugin's key-value store |
-//! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | the plugin's counters |
-//! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | the plugin's windows: id → time (ms); entries older than a day are dropped |
-//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |
-//!
-//! | `<prefix>:{ctl}:plugins` | hash | plugin name → current version, JSON `{sha256, size, loaded_at, origin, by}` |
-//! | `<prefix>:{ctl}:plugin:<name>:versions` | list | the plugin's versions, newest first (at most 50) |
-//! | `<prefix>:{ctl}:blob:<sha256>` | string | component bytes |
-//! | `<prefix>:{ctl}:jobs` | hash | job name → JSON `{spec, state, changed_at}`; state `running`, `stopped` or `finished` |
-//! | `<prefix>:{ctl}:runs` | hash | job name → its current run, raised by every `job start` |
-//! | `<prefix>:{ctl}:refused` | hash | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
+//! | key | type | written by | what |
+//! | --- | --- | --- | --- |
+//! | `<prefix>:jobs` | hash | `stream` (open) | job name → source stream key (what `job status` reads) |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | `stream`, `commit.lua`, `lifecycle` | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead`; `lifecycle_run`, `finished_run`: the run whose `job-started` / `job-finished` was issued |
+//! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | `commit.lua`, `claim.lua` | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
+//! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | `commit.lua`, `claim.lua`, `dlq` | dead letters: `sluice:*` metadata fields, then the entry's own fields |
+//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | `commit.lua` | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |
+//! | `<prefix>:{<tag>}:job:<job>:lifecycle` | stream | `lifecycle` | lifecycle events `{kind, run}` (`job-started`, `job-finished`), read through the job's group before (after) its source; `…:lifecycle:retry`, `…:lifecycle:counters` and `…:lifecycle:event:<id>` are its retries, counters and status records |
+//! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | `commit.lua` | the plugin's key-value store |
+//! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | `commit.lua` | the plugin's counters |
+//! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | `commit.lua` | the plugin's windows: id → time (ms); entries older than a day are dropped |
+//! | `<prefix>:queue:{<name>}` | stream | `commit.lua`, `claim.lua` | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
+//! | `<prefix>:queue:{<name>}:delayed` | sorted set | `commit.lua` | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue by `claim.lua` when due |
+//! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
+//! | streams plugins emit to | stream | `commit.lua` | written only by the commit script |
+//! | `<prefix>:{ctl}:plugins` | hash | `control` | plugin name → current version, JSON `{sha256, size, loaded_at, origin, by}` |
+//! | `<prefix>:{ctl}:plugin:<name>:versions` | list | `control` | the plugin's versions, newest first (at most 50) |
+//! | `<prefix>:{ctl}:blob:<sha256>` | string | `control` | component bytes |
+//! | `<prefix>:{ctl}:jobs` | hash | `control` | job name → JSON `{spec, state, changed_at}`; state `running`, `stopped` or `finished` |
+//! | `<prefix>:{ctl}:runs` | hash | `control` | job name → its current run, raised by every `job start` |
+//! | `<prefix>:{ctl}:refused` | hash | `control` | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
 //!
 //! Names that are not keys:
 //! - pub/sub channel `<prefix>:control`: `plugin <name>` / `job <name>` after each registry change;
-//! - pub/sub channel `<prefix>:events:<job>`: one JSON message per commit,
+//! - pub/sub channel `<prefix>:events:<job>` (and `…:lifecycle`): one JSON message per commit,
 //!   `{"done":[ids…],"dead":[ids…]}`, listing the entries that reached a final state;
-//! - consumer group of a job on its source stream: `<prefix>:<job>`;
+//! - consumer group of a job on its source (and lifecycle) stream: `<prefix>:<job>`;
 //! - consumer name of a host: `[host] consumer`, else `<hostname>-<pid>`.
+
+use crate::model::{JobSpec, Source, hash_tag};
 
 /// Builds keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,22 +150,28 @@ impl Keys {
         format!("{queue_stream}:delayed")
     }
 
+    /// The stream a job reads: its source stream, or its queue's stream.
+    pub fn source_stream(&self, spec: &JobSpec) -> String {
+        match spec.source() {
+            Ok(Source::Stream(key)) => key.to_string(),
+            Ok(Source::Queue(name)) => self.queue(name),
+            // Specs are validated before they are run; an invalid one reads nothing real.
+            Err(_) => String::new(),
+        }
+    }
+
+    /// When a job's source is a sluice queue, its delayed-tasks key.
+    pub fn delayed_of(&self, spec: &JobSpec) -> Option<String> {
+        match spec.source() {
+            Ok(Source::Queue(name)) => Some(Keys::delayed(&self.queue(name))),
+            _ => None,
+        }
+    }
+
     /// The consumer group a job reads its source stream with.
     pub fn group(&self, job: &str) -> String {
         format!("{}:{job}", self.prefix)
     }
-}
-
-/// The part of a key Redis Cluster hashes: the content of the first non-empty `{…}`,
-/// else the whole key.
-pub fn hash_tag(key: &str) -> &str {
-    if let Some(open) = key.find('{')
-        && let Some(len) = key[open + 1..].find('}')
-        && len > 0
-    {
-        return &key[open + 1..open + 1 + len];
-    }
-    key
 }
 
 #[cfg(test)]
@@ -169,12 +179,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_tags_follow_redis_cluster_rules() {
-        assert_eq!(hash_tag("events"), "events");
-        assert_eq!(hash_tag("orders:{eu}:in"), "eu");
-        assert_eq!(hash_tag("a{}b"), "a{}b");
-        assert_eq!(hash_tag("a{b"), "a{b");
-        assert_eq!(hash_tag("{x}{y}"), "x");
+    fn a_jobs_source_is_a_stream_or_a_queues_stream() {
+        let k = Keys::new("sluice");
+        let j = JobSpec::new("j", "stream:events", "echo");
+        assert_eq!(k.source_stream(&j), "events");
+        assert_eq!(k.delayed_of(&j), None);
+        let q = JobSpec::new("j", "queue:mail", "echo");
+        assert_eq!(k.source_stream(&q), "sluice:queue:{mail}");
+        assert_eq!(
+            k.delayed_of(&q).as_deref(),
+            Some("sluice:queue:{mail}:delayed")
+        );
     }
 
     #[test]

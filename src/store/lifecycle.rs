@@ -5,30 +5,17 @@
 //! Both are entries of the job's lifecycle stream ([`Keys::lifecycle`]), appended by a script
 //! that runs at most once per run (the job hash remembers the run it issued them for), and
 //! handled like any event through the job's consumer group: committed with their effects,
-//! retried, taken over from a dead host, dead-lettered. A host reads the job's source only
-//! once the lifecycle stream has nothing undelivered or pending.
+//! retried, taken over from a dead host, dead-lettered (the stream is opened with
+//! [`StreamJob::lifecycle`](super::stream::StreamJob::lifecycle)). A host reads the job's
+//! source only once the lifecycle stream has nothing undelivered or pending ([`Gate`]).
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use tokio::sync::watch;
 
-use super::stream::StreamJob;
-use super::{Keys, StoreError};
-
-/// The job's lifecycle stream as a source of its own: read through the job's group, with its
-/// own retries, counters, status records and channel (its events are not the job's input),
-/// and not registered as the job's source.
-pub fn stream_job(keys: &Keys, job: &str, plugin: &str, source: &str, consumer: &str) -> StreamJob {
-    let stream = keys.lifecycle(job, source);
-    let mut life = StreamJob::new(keys, job, plugin, &stream, consumer);
-    life.register = false;
-    life.retry_key = format!("{stream}:retry");
-    life.counters_key = format!("{stream}:counters");
-    life.event_prefix = format!("{stream}:event:");
-    life.channel = format!("{}:lifecycle", keys.events_channel(job));
-    life
-}
+use super::groups::group_info;
+use super::{Keys, StoreError, scripts};
 
 /// Append `job-started` for `run`, unless done already. True if this call appended it.
 pub async fn begin(
@@ -38,18 +25,7 @@ pub async fn begin(
     source: &str,
     run: u64,
 ) -> Result<bool, StoreError> {
-    let script = Script::new(
-        r"
-        -- Runs only go up: a host acting on a run that is already over issues nothing.
-        if tonumber(redis.call('HGET', KEYS[1], 'lifecycle_run') or '0') >= tonumber(ARGV[1]) then
-          return 0
-        end
-        redis.call('HSET', KEYS[1], 'lifecycle_run', ARGV[1])
-        redis.call('HDEL', KEYS[1], 'finished_run')
-        pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')
-        redis.call('XADD', KEYS[2], '*', 'kind', 'job-started', 'run', ARGV[1])
-        return 1",
-    );
+    let script = &*scripts::LIFECYCLE_BEGIN;
     let added: i64 = script
         .key(keys.job(job, source))
         .key(keys.lifecycle(job, source))
@@ -81,39 +57,7 @@ pub async fn check_finished(
     delayed: Option<&str>,
     run: u64,
 ) -> Result<Progress, StoreError> {
-    let script = Script::new(
-        r"
-        if redis.call('HGET', KEYS[1], 'finished_run') == ARGV[1] then return 2 end
-        -- Only for the run now under way (a host may still act on an older one).
-        if redis.call('HGET', KEYS[1], 'lifecycle_run') ~= ARGV[1] then return 0 end
-        local function id_at_least(a, b)
-          local am, as = string.match(a, '^(%d+)-(%d+)$')
-          local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-          am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-          return am > bm or (am == bm and as >= bs)
-        end
-        local function drained(stream)
-          local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-          if not ok then return false end
-          for _, g in ipairs(groups) do
-            local f = {}
-            for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-            if f['name'] == ARGV[2] then
-              if f['pending'] ~= 0 then return false end
-              if f['lag'] then return f['lag'] == 0 end
-              -- No lag when entries were deleted: compare with the newest entry.
-              local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-              return #newest == 0 or id_at_least(f['last-delivered-id'], newest[1][1])
-            end
-          end
-          return false
-        end
-        if not drained(KEYS[2]) or not drained(KEYS[3]) then return 0 end
-        if redis.call('ZCARD', KEYS[4]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
-        redis.call('HSET', KEYS[1], 'finished_run', ARGV[1])
-        redis.call('XADD', KEYS[2], '*', 'kind', 'job-finished', 'run', ARGV[1])
-        return 1",
-    );
+    let script = &*scripts::LIFECYCLE_FINISH;
     let state: i64 = script
         .key(keys.job(job, source))
         .key(keys.lifecycle(job, source))
@@ -139,21 +83,32 @@ pub async fn drained(
     job: &str,
     source: &str,
 ) -> Result<bool, StoreError> {
-    let reply: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(keys.lifecycle(job, source))
-        .query_async(conn)
-        .await?;
-    let group = keys.group(job);
-    Ok(reply.iter().any(|g| {
-        let int = |k: &str| {
-            g.get(k)
-                .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
-        };
-        g.get("name")
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            .is_some_and(|n| n == group)
-            && int("pending") == Some(0)
-            && int("lag") == Some(0)
-    }))
+    let group = group_info(conn, &keys.lifecycle(job, source), &keys.group(job)).await?;
+    Ok(group.is_some_and(|g| g.pending == 0 && g.lag == Some(0)))
+}
+
+/// What a job's source runner waits behind: the job's lifecycle stream must be drained
+/// (`job-started` handled, by any host) before the source is read.
+pub struct Gate {
+    pub conn: ConnectionManager,
+    pub keys: Keys,
+    pub job: String,
+    pub source: String,
+}
+
+impl Gate {
+    /// Poll until the lifecycle stream is drained; false if `stop` turned true meanwhile.
+    pub async fn wait(mut self, mut stop: watch::Receiver<bool>) -> bool {
+        loop {
+            match drained(&mut self.conn, &self.keys, &self.job, &self.source).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(job = %self.job, "waiting for job-started: {e}"),
+            }
+            if *stop.borrow() {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), stop.changed()).await;
+        }
+    }
 }

@@ -1,33 +1,26 @@
-//! Everything Redis: connections, key builders, the job's stream and its commit script,
-//! job counters, and the embedded `redis-server`. Knows nothing about wasmtime.
+//! Everything Redis: connections, the key table ([`keys`]), the Lua scripts ([`scripts`]), a
+//! job's stream (reading, committing) and consumer group, the control registry, job state,
+//! lifecycle events, dead letters, status records, and the embedded `redis-server`. Knows
+//! nothing about wasmtime, the config file, the host or the CLI: it speaks
+//! [`model`](crate::model) values.
 //!
-//! Keys (all under the prefix, default `sluice`; see [`keys`] for the builders):
-//!
-//! | key | type | owner | what |
-//! | --- | --- | --- | --- |
-//! | `<prefix>:jobs` | hash | [`stream`] | job name → source stream key |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | [`stream`], [`jobs`] | spec (`source`, `plugin`, `group`, `started_at`) and counters (`received`, `acked`, `skipped`, `retried`, `failed`, `dead`) |
-//! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | [`stream`] | entry id → due time of its next delivery |
-//! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | [`stream`], [`dlq`] | dead letters |
-//! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string (TTL) | [`stream`], [`events`] | status record of one entry |
-//! | channel `<prefix>:events:<job>` | pub/sub | [`stream`] | `{"done":[ids],"dead":[ids]}` per commit |
-//! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
-//! | streams plugins emit to | stream | [`stream`] | written only by the commit script |
-//! | `<prefix>:{<tag>}:job:<job>:lifecycle` (+ `:retry`, `:counters`, `:event:<id>`) | stream, … | [`lifecycle`], [`stream`] | the job's lifecycle events, read through its group |
-//! | `<prefix>:{ctl}:plugins`, `…:plugin:<name>:versions`, `…:blob:<sha256>`, `…:jobs`, `…:runs`, `…:refused` | hash, list, string | [`control`] | the control registry (see [`keys`]) |
-//! | channel `<prefix>:control` | pub/sub | [`control`] | a notice after every registry change |
+//! Every key and channel is listed once, in [`keys`].
 
 pub mod control;
 pub mod dlq;
 pub mod embedded;
 pub mod events;
+pub mod groups;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;
+pub mod scripts;
 pub mod state;
 pub mod stream;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -68,14 +61,6 @@ impl StoreError {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A reconnecting connection to `url`. `response_timeout` must exceed the longest blocking
 /// command sent on it (a job's `XREADGROUP … BLOCK`).
 pub async fn connect(
@@ -88,6 +73,64 @@ pub async fn connect(
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_max_delay(Duration::from_secs(2));
     Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+/// Return once Redis at `url` answers; while it does not, log and try again with backoff.
+/// Fails at once on errors that waiting cannot fix (a bad URL, wrong credentials).
+pub async fn wait_until_up(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)
+        .with_context(|| format!("invalid Redis URL {}", redact_url(url)))?;
+    let mut delays = crate::model::backoff(Duration::from_millis(100), Duration::from_secs(5));
+    let mut warned = false;
+    loop {
+        // One attempt at a time (no client-side retries), so that the wait is logged at once.
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(info)) => {
+                if warned {
+                    tracing::info!(redis = %redact_url(url), "redis is up");
+                }
+                return check_version(&info);
+            }
+            Ok(Err(e)) => StoreError::from(e),
+            Err(_) => StoreError::Timeout,
+        };
+        if !error.is_connection() && !error.is_loading() {
+            return Err(anyhow::Error::from(error))
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)));
+        }
+        if !warned {
+            tracing::warn!(redis = %redact_url(url), "waiting for redis: {error}");
+            warned = true;
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+    }
+}
+
+/// sluice needs Redis 7.0 or later: `XPENDING … IDLE` and exclusive ranges (6.2), XCLAIM
+/// dropping entries deleted from the stream from the pending list (7.0).
+fn check_version(info: &str) -> anyhow::Result<()> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        bail!("sluice needs Redis 7.0 or later; this server is {version:?}");
+    }
+    Ok(())
 }
 
 /// Hide the password of a Redis URL, for logs.

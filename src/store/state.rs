@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
 use super::Keys;
-use crate::event::StateReader;
+use crate::model::StateReader;
 
 /// Reads one job's state over its own connection.
 pub struct RedisState {

@@ -1,21 +1,12 @@
 //! `sluice:plugin/counters`: the job's counters and sliding windows. Updates are buffered
 //! effects; a read adds this event's and the batch's earlier acked events' updates to Redis.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::super::bindings::sluice::plugin::counters::Host;
 use super::HostState;
-use crate::event::Effect;
+use crate::model::{Effect, now_ms};
 
 /// Largest counter step: ±2^40 (a counter would need 2^23 maximal steps to overflow).
 const MAX_DELTA: u64 = 1 << 40;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl Host for HostState {
     fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {

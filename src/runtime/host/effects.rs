@@ -4,7 +4,7 @@
 
 use super::super::bindings::sluice::plugin::effects::Host;
 use super::HostState;
-use crate::event::{Effect, Field};
+use crate::model::{Effect, Field};
 
 impl Host for HostState {
     fn emit(&mut self, stream: String, fields: Vec<Field>) -> Result<(), String> {

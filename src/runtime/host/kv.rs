@@ -3,7 +3,7 @@
 
 use super::super::bindings::sluice::plugin::kv::Host;
 use super::HostState;
-use crate::event::Effect;
+use crate::model::Effect;
 
 impl Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {

@@ -23,7 +23,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::event::{Effect, StateReader};
+use crate::model::{Effect, StateReader};
 
 use super::bindings;
 

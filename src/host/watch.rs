@@ -13,8 +13,9 @@ use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
+use crate::model::short;
 use crate::runtime::{Runtime, sha256_hex};
-use crate::store::control::{ControlError, Registry, short};
+use crate::store::control::{ControlError, Registry};
 
 /// Quiet time after the last change of a file before it is read (a copy in progress).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -146,7 +147,7 @@ async fn load(
         .and_then(|s| s.to_str())
         .context("the file name is not UTF-8")?
         .to_string();
-    crate::config::check_name(&name)
+    crate::model::check_name(&name)
         .map_err(|m| anyhow::anyhow!("the file name makes an invalid plugin name: {m}"))?;
     let bytes = std::fs::read(path)?;
     let sha = sha256_hex(&bytes);

@@ -11,7 +11,19 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::event::{Disposition, Outcome};
+use super::event::{Disposition, Outcome};
+
+/// Delays for a retry loop: exponential from `min` doubling to `max`, with jitter, without
+/// end. Every loop that waits and tries again (event retries, Redis reconnects, commits) takes
+/// its delays from here.
+pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// A job's retry and dead-letter settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +62,7 @@ pub enum Decision {
 impl DeliveryPolicy {
     /// The retry delay after delivery number `delivery` (1-based): exponential with jitter.
     pub fn backoff(&self, delivery: u32) -> Duration {
-        ExponentialBuilder::default()
-            .with_min_delay(self.backoff_base)
-            .with_max_delay(self.backoff_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        backoff(self.backoff_base, self.backoff_max)
             .nth(delivery.saturating_sub(1) as usize)
             .unwrap_or(self.backoff_max)
             .min(self.backoff_max)
@@ -104,7 +111,7 @@ impl DeliveryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FailureKind;
+    use crate::model::event::FailureKind;
 
     fn policy() -> DeliveryPolicy {
         DeliveryPolicy {

@@ -1,4 +1,4 @@
--- Commit one handled batch of a job in one atomic step (see src/store/stream.rs).
+-- Commit one handled batch of a job in one atomic step (see src/store/stream/commit.rs).
 --
 -- KEYS[1]   the source stream          KEYS[2] the job's hash (counters)
 -- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream

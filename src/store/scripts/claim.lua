@@ -1,4 +1,4 @@
--- Take entries a job must deliver again (see src/store/stream.rs), claiming each for this
+-- Take entries a job must deliver again (see src/store/stream/read.rs), claiming each for this
 -- consumer with XCLAIM, which counts a delivery.
 --
 -- KEYS[1] the source stream   KEYS[2] the job's retry sorted set

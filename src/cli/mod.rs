@@ -1,0 +1,290 @@
+//! The command line: one file per command group, each converting a parsed command into
+//! calls on the store, the runtime or the host, and their answers into text (or `--json`).
+//!
+//! [`run`] builds one [`Ctx`] (the config file, and where Redis is) and dispatches: `run`
+//! ([`crate::host`]), [`check`] (`check-config`), [`publish`], [`job`], [`plugin`] (the
+//! registry, and the authors' tools of [`crate::tools`]), [`dlq`], [`event`], and `bench`
+//! ([`crate::bench`]).
+//!
+//! `--config` (env `SLUICE_CONFIG`, default `sluice.toml`), `--redis` (env
+//! `SLUICE_REDIS_URL`) and `--data-dir` (env `SLUICE_DATA_DIR`) apply to every command.
+//! Commands that only talk to Redis find it in this order: `--redis`, `[redis] url`, the
+//! embedded Redis of a `sluice run` using the same data dir.
+
+mod check;
+mod dlq;
+mod event;
+mod job;
+mod plugin;
+mod publish;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::bench::BenchArgs;
+use crate::config::{Config, ConfigError};
+use crate::store::control::Registry;
+use crate::store::{self, Keys, embedded};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Ingest events from Redis and run each one through a sandboxed WebAssembly plugin"
+)]
+pub struct Cli {
+    /// Config file [default: sluice.toml]
+    #[arg(long, short, global = true, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL; overrides `[redis] url` (redis://host:port/db, unix:///path)
+    #[arg(long, global = true, env = "SLUICE_REDIS_URL")]
+    pub redis: Option<String>,
+    /// Data directory (compile cache, embedded Redis); overrides `[host] data_dir`
+    #[arg(long, global = true, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: every job of the registry (the config file's are registered at start),
+    /// following plugin and job changes live, until SIGTERM/SIGINT
+    Run {
+        /// Also load every NAME.wasm of this directory as plugin NAME, and watch it for new
+        /// and changed files [default: `[plugins] dir`]
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+    },
+    /// Validate the config and load every plugin (compile, type-check, init) without side effects
+    CheckConfig,
+    /// Append entries to a stream: `sluice publish events text=hello n={i} --count 100`
+    Publish {
+        /// The stream key
+        stream: String,
+        /// Fields as name=value; `{i}` in a value becomes the entry's index (0-based)
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+        /// How many entries to append
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Manage jobs: start, stop, resume, list, watch, status
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
+    /// Plugins: load versions into Redis, list, roll back, unload; authors' tools (new,
+    /// inspect, test)
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
+    /// Dead letters of a job: list, replay, purge
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// Events of a job
+    Event {
+        #[command(subcommand)]
+        command: event::EventCommand,
+    },
+    /// Measure throughput and latency against baselines, in one process
+    Bench(BenchArgs),
+}
+
+/// Log to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The authors' tools need neither a config file nor Redis.
+    if let Command::Plugin { command } = &cli.command
+        && !command.uses_redis()
+    {
+        let command = command.clone();
+        // They call into plugins: on a blocking thread (WASI output blocks on the runtime).
+        return tokio::task::spawn_blocking(move || plugin::tool(&command)).await?;
+    }
+    let ctx = Ctx::new(&cli, matches!(cli.command, Command::CheckConfig))?;
+    match &cli.command {
+        Command::Run { plugins } => {
+            // Hosts are stateless: without a config file, a host runs what the registry holds.
+            if cli.config.is_none() && !Path::new("sluice.toml").exists() {
+                tracing::info!("no config file (sluice.toml): running the jobs of the registry");
+            }
+            let dir = plugins.clone().or(ctx.config.plugins_dir.dir.clone());
+            crate::host::run(ctx.config, cli.redis.clone(), dir, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            tokio::task::spawn_blocking(move || check::check_config(&ctx)).await?
+        }
+        Command::Bench(args) => {
+            let url = cli.redis.clone().or(ctx.config.redis.url.clone());
+            crate::bench::run(args, url).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish {
+            stream,
+            fields,
+            count,
+        } => publish::publish(&ctx.client().await?, stream, fields, *count).await,
+        Command::Job { command } => job::run(&ctx.client().await?, command).await,
+        Command::Plugin { command } => plugin::registry(&ctx.client().await?, command).await,
+        Command::Dlq { command } => dlq::run(&ctx.client().await?, command).await,
+        Command::Event { command } => event::run(&ctx.client().await?, command).await,
+    }
+}
+
+/// What every command works from, built once: the config file (its defaults when none was
+/// named or found), with `--data-dir` applied, and the global options.
+pub struct Ctx {
+    pub config: Config,
+    /// The config file named or defaulted to (it may not exist).
+    pub config_path: PathBuf,
+    /// `--redis`.
+    redis: Option<String>,
+}
+
+/// A [`Ctx`] that has found Redis, for the commands that talk to it.
+pub struct Client {
+    pub ctx: Ctx,
+    /// Where Redis is.
+    pub url: String,
+    pub keys: Keys,
+}
+
+impl Ctx {
+    /// The config from `--config` (or `sluice.toml`). When not `required` and no file was
+    /// named or found, the defaults.
+    fn new(cli: &Cli, required: bool) -> Result<Ctx, ConfigError> {
+        let path = cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("sluice.toml"));
+        let mut config = if required || cli.config.is_some() || path.exists() {
+            Config::load(&path)?
+        } else {
+            Config::default()
+        };
+        if let Some(dir) = &cli.data_dir {
+            config.host.data_dir = dir.clone();
+        }
+        Ok(Ctx {
+            config,
+            config_path: path,
+            redis: cli.redis.clone(),
+        })
+    }
+
+    /// Find Redis: `--redis`, `[redis] url`, else the embedded Redis of a running host.
+    async fn client(self) -> anyhow::Result<Client> {
+        let url = match self.redis.clone().or(self.config.redis.url.clone()) {
+            Some(url) => url,
+            None => match embedded::running_url(&self.config.host.data_dir).await {
+                Some(url) => url,
+                None => bail!(
+                    "no Redis to talk to: set --redis, SLUICE_REDIS_URL or [redis] url, or start \
+                     `sluice run` (which starts an embedded Redis) with the same data dir ({})",
+                    self.config.host.data_dir.display()
+                ),
+            },
+        };
+        let keys = Keys::new(&self.config.host.prefix);
+        Ok(Client {
+            ctx: self,
+            url,
+            keys,
+        })
+    }
+}
+
+impl Client {
+    /// A connection to Redis: the one way commands connect.
+    pub async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        store::connect(&self.url, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("connecting to Redis at {}", store::redact_url(&self.url)))
+    }
+
+    /// The control registry.
+    pub async fn registry(&self) -> anyhow::Result<Registry> {
+        Ok(Registry::new(self.conn().await?, self.keys.clone()))
+    }
+
+    /// The prefix of every key, as errors name it.
+    pub fn prefix(&self) -> &str {
+        &self.ctx.config.host.prefix
+    }
+
+    /// The data dir's compile cache, for commands that check plugins before they reach the
+    /// fleet.
+    pub fn runtime(&self) -> anyhow::Result<crate::runtime::Runtime> {
+        crate::runtime::Runtime::new(Some(&self.ctx.config.host.data_dir.join("cache")))
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    // A second signal means: stop now. Nothing is lost: uncommitted entries stay pending.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once; uncommitted entries stay pending in Redis");
+        std::process::exit(130);
+    });
+}
+
+pub fn parse_fields(fields: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    fields
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("field `{f}` is not name=value"),
+        })
+        .collect()
+}
+
+/// `user@host` of whoever runs the CLI, recorded with each version loaded.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{user}@{host}")
+}
+
+/// A time in ms since the epoch, as RFC 3339 (UTC).
+pub fn time(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}

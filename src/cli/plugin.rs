@@ -1,0 +1,353 @@
+//! `sluice plugin load|list|versions|rollback|unload` (the registry in Redis) and the
+//! authors' tools `plugin new|inspect|test` ([`crate::tools`], no Redis).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::{Client, parse_fields, time, who};
+use crate::model::short;
+use crate::runtime::{Limits, Runtime, sha256_hex};
+use crate::store::control::{JobState, PluginVersion, Refusal};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PluginCommand {
+    /// Start a plugin project: WIT, a small plugin, build.sh, events.jsonl that `plugin test`
+    /// passes
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`, `_`)
+        name: String,
+        #[arg(long, value_enum)]
+        lang: crate::tools::Lang,
+        /// Where to create it [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Store a component in Redis as the current version of NAME; every host switches to it
+    Load {
+        path: PathBuf,
+        /// The plugin's name, as jobs refer to it
+        #[arg(long)]
+        name: String,
+    },
+    /// Plugins in Redis: current version, size, who loaded it, jobs using it, refusals
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// A plugin's versions, newest (current) first
+    Versions {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version current again (default: the one before the current)
+    Rollback {
+        name: String,
+        /// The version's sha256 or a unique prefix of it
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Remove a plugin; refused while a running job uses it unless --force (stops them)
+    Unload {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// What a component is: size, sha256, imports, exports, whether it fits our world
+    Inspect {
+        path: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin on events from a JSON-lines file, with the host's runtime and limits and
+    /// job state in memory; exits 1 if any event failed
+    Test {
+        path: PathBuf,
+        /// One event per line: {"fields": {"name": "value", …}, "id": …, "delivery_count": …}
+        #[arg(long)]
+        events: PathBuf,
+        /// The job's config for the plugin, as key=value (repeatable). Not `--config`: that
+        /// names the config file on every command.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        plugin_config: Vec<String>,
+        /// Per-event deadline in ms
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        /// Memory cap in MiB
+        #[arg(long, default_value_t = 64)]
+        memory_mb: u64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl PluginCommand {
+    /// The commands that change or read the registry in Redis.
+    pub fn uses_redis(&self) -> bool {
+        !matches!(
+            self,
+            PluginCommand::New { .. } | PluginCommand::Inspect { .. } | PluginCommand::Test { .. }
+        )
+    }
+}
+
+pub async fn registry(c: &Client, command: &PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Load { path, name } => plugin_load(c, path, name).await,
+        PluginCommand::List { json } => plugin_list(c, *json).await,
+        PluginCommand::Versions { name, json } => plugin_versions(c, name, *json).await,
+        PluginCommand::Rollback { name, to } => plugin_rollback(c, name, to.as_deref()).await,
+        PluginCommand::Unload { name, force } => plugin_unload(c, name, *force).await,
+        other => bail!("not a registry command: {other:?}"),
+    }
+}
+
+/// The authors' tools (no Redis).
+pub fn tool(command: &PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::New { name, lang, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            crate::tools::new_plugin(name, *lang, &dir)?;
+            println!(
+                "created {}: build it with {}/build.sh, then\n  sluice plugin test {}/{name}.wasm --events {}/events.jsonl",
+                dir.display(),
+                dir.display(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Inspect { path, json } => {
+            let i = crate::tools::inspect(path)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("file      {} ({} bytes)", i.path, i.size);
+                println!("sha256    {}", i.sha256);
+                println!("kind      {}", i.kind);
+                for import in &i.imports {
+                    println!("import    {import}");
+                }
+                for export in &i.exports {
+                    println!("export    {export}");
+                }
+                match &i.problem {
+                    None => println!(
+                        "world     fits sluice:plugin/plugin@0.1.0{}",
+                        if i.stateful { " (uses job state)" } else { "" }
+                    ),
+                    Some(p) => println!("world     does not fit: {p}"),
+                }
+            }
+            Ok(if i.fits_world {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Test {
+            path,
+            events,
+            plugin_config,
+            deadline_ms,
+            memory_mb,
+            json,
+        } => {
+            let config = parse_fields(plugin_config)?.into_iter().collect();
+            let limits = Limits {
+                deadline: std::time::Duration::from_millis(*deadline_ms),
+                memory_bytes: (*memory_mb as usize) << 20,
+                ..Limits::default()
+            };
+            let events = crate::tools::read_events(events)?;
+            let runtime = Runtime::new(None)?;
+            let plugin = runtime.load_file("plugin", path)?;
+            let report = crate::tools::run_test(plugin, &events, config, limits)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for e in &report.events {
+                    println!(
+                        "{}  {}  ({} µs, memory {} KiB)",
+                        e.id,
+                        e.result,
+                        e.micros,
+                        e.memory_bytes >> 10
+                    );
+                    for effect in &e.effects {
+                        println!("    {effect}");
+                    }
+                    for log in &e.logs {
+                        println!("    log {log}");
+                    }
+                }
+                println!(
+                    "{} events, {} failed; counters: {:?}",
+                    report.events.len(),
+                    report.failed,
+                    report.counters
+                );
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        other => bail!("`sluice plugin {other:?}` needs Redis"),
+    }
+}
+
+/// `plugin load PATH --name NAME`: checked here first (compiles, fits the world), so a
+/// broken file never reaches the fleet; hosts still run `init` with each job's config and
+/// refuse what fails there.
+pub async fn plugin_load(c: &Client, path: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    crate::model::check_name(name).map_err(|m| anyhow::anyhow!("--name: {m}"))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha = sha256_hex(&bytes);
+    let runtime = Arc::new(c.runtime()?);
+    let (n, origin, b) = (name.to_string(), path.display().to_string(), bytes.clone());
+    tokio::task::spawn_blocking(move || runtime.load_bytes(&n, &origin, &b)).await??;
+    let mut reg = c.registry().await?;
+    let origin = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let (version, changed) = reg
+        .load_plugin(name, &bytes, &sha, &origin.display().to_string(), &who())
+        .await?;
+    if changed {
+        println!(
+            "plugin {name}: version {} loaded ({} bytes); hosts switch within a second",
+            short(&version.sha256),
+            version.size
+        );
+    } else {
+        println!(
+            "plugin {name}: {} is already the current version",
+            short(&version.sha256)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct PluginRow {
+    name: String,
+    #[serde(flatten)]
+    version: PluginVersion,
+    versions: usize,
+    /// Versions hosts refused, by sha256.
+    refused: BTreeMap<String, Refusal>,
+    /// Running jobs using it.
+    jobs: Vec<String>,
+}
+
+pub async fn plugin_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let snapshot = reg.snapshot().await?;
+    let mut refusals = reg.all_refusals().await?;
+    let mut rows = Vec::new();
+    for (name, version) in &snapshot.plugins {
+        rows.push(PluginRow {
+            name: name.clone(),
+            version: version.clone(),
+            versions: reg
+                .versions(name)
+                .await?
+                .iter()
+                .map(|v| v.sha256.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            refused: refusals.remove(name).unwrap_or_default(),
+            jobs: snapshot
+                .jobs
+                .iter()
+                .filter(|(_, j)| &j.spec.plugin == name && j.state == JobState::Running)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<12} {:>10} {:>8}  {:<20} jobs",
+        "plugin", "version", "bytes", "versions", "loaded by"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:<12} {:>10} {:>8}  {:<20} {}",
+            r.name,
+            short(&r.version.sha256),
+            r.version.size,
+            r.versions,
+            r.version.by,
+            r.jobs.join(",")
+        );
+        if let Some(refusal) = r.refused.get(&r.version.sha256) {
+            println!(
+                "  REFUSED by {}: {} (its jobs keep the version they ran, if any)",
+                refusal.host, refusal.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plugin_versions(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let versions = reg.versions(name).await?;
+    if versions.is_empty() {
+        bail!("no plugin named `{name}`");
+    }
+    let refused = reg.refusals(name).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&versions)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, v) in versions.iter().enumerate() {
+        let mark = if i == 0 { "*" } else { " " };
+        let refusal = refused
+            .get(&v.sha256)
+            .map(|r| format!("  refused by {}: {}", r.host, r.reason))
+            .unwrap_or_default();
+        println!(
+            "{mark} {}  {:>10} bytes  at {}  by {}  from {}{refusal}",
+            short(&v.sha256),
+            v.size,
+            time(v.loaded_at),
+            v.by,
+            v.origin
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plugin_rollback(c: &Client, name: &str, to: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let version = reg.rollback(name, to).await?;
+    println!(
+        "plugin {name}: back to version {}; hosts switch within a second",
+        short(&version.sha256)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plugin_unload(c: &Client, name: &str, force: bool) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let stopped = reg.unload(name, force).await?;
+    if !stopped.is_empty() {
+        println!("stopped jobs: {}", stopped.join(", "));
+    }
+    println!("plugin {name}: unloaded");
+    Ok(ExitCode::SUCCESS)
+}

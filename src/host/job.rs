@@ -1,0 +1,352 @@
+//! Spec + plugin → a running job: the ONE place a job is assembled. The host, the benchmark,
+//! `check-config` and `job start` all build their handlers and runners here, so the limits,
+//! names and connections a job gets do not depend on who asked.
+//!
+//! A job on a host is two runners sharing one task: the lifecycle runner (the job's
+//! lifecycle stream, [`StreamJob::lifecycle`]) and the source runner, which reads only once
+//! `job-started` is handled ([`Gate`]). Both hand events to instances of the same plugin
+//! version; both swap versions together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::plugins::Failure;
+use crate::model::{Handler, JobSpec, StateReader, short};
+use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
+use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
+use crate::store::lifecycle::{self, Gate};
+use crate::store::state::RedisState;
+use crate::store::stream::{self, StreamJob};
+use crate::store::{self, Keys, StoreError, redact_url};
+
+/// Extra time a Redis reply may take beyond a job's blocking read.
+pub const RESPONSE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The runtime limits of a job's plugin instances; `prefix` is the host's key prefix, whose
+/// keys a plugin may not write unless `allowed_streams` names them.
+pub fn limits(spec: &JobSpec, prefix: &str) -> Limits {
+    Limits {
+        deadline: Duration::from_millis(spec.deadline_ms),
+        memory_bytes: (spec.memory_mb as usize) << 20,
+        allowed_streams: spec.allowed_streams.clone(),
+        reserved_prefix: format!("{prefix}:"),
+        ..Limits::default()
+    }
+}
+
+/// A handler for `spec`, with its first instance made (so `init` has run with the job's
+/// config). Calls into the plugin, so it must run on a blocking thread, never on an async
+/// worker: WASI output streams block on the async runtime (see [`prepare_handler_async`]).
+pub fn prepare_handler(
+    plugin: Arc<LoadedPlugin>,
+    spec: &JobSpec,
+    prefix: &str,
+    state: Option<Arc<dyn StateReader>>,
+) -> anyhow::Result<PluginHandler> {
+    let mut handler = PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: spec.name.as_str().into(),
+            plugin: spec.plugin.as_str().into(),
+            config: spec.plugin_config(),
+            limits: limits(spec, prefix),
+            state,
+        },
+    );
+    handler
+        .prepare()
+        .map_err(|f| anyhow::anyhow!("job `{}` cannot start: {}", spec.name, f.message))?;
+    Ok(handler)
+}
+
+/// [`prepare_handler`] on a blocking thread, for async callers.
+pub async fn prepare_handler_async(
+    plugin: Arc<LoadedPlugin>,
+    spec: JobSpec,
+    prefix: String,
+    state: Option<Arc<dyn StateReader>>,
+) -> anyhow::Result<PluginHandler> {
+    tokio::task::spawn_blocking(move || prepare_handler(plugin, &spec, &prefix, state))
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing the plugin panicked: {e}"))?
+}
+
+/// The names of a job's source stream, as the store reads and commits it. `run`: the run it
+/// serves (its commits are fenced on it), None for no fence.
+pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>) -> StreamJob {
+    let stream = keys.source_stream(spec);
+    StreamJob {
+        status_ttl_s: spec.status_ttl_s,
+        done_ttl_s: spec.done_ttl_s,
+        delayed_key: keys.delayed_of(spec),
+        run,
+        ..StreamJob::new(keys, &spec.name, &spec.plugin, &stream, consumer)
+    }
+}
+
+fn read_policy(spec: &JobSpec) -> ReadPolicy {
+    ReadPolicy {
+        batch: spec.batch,
+        block_ms: spec.block_ms,
+        claim_idle_ms: spec.claim_idle_ms,
+    }
+}
+
+/// Where and as whom jobs run: one per host (or benchmark).
+#[derive(Clone)]
+pub struct Assembly {
+    pub url: String,
+    pub keys: Keys,
+    /// The key prefix (`keys`' own), for the plugin's limits.
+    pub prefix: String,
+    /// This host's consumer name in every job's group.
+    pub consumer: String,
+}
+
+/// A job started on this host.
+pub struct RunningJob {
+    pub spec: JobSpec,
+    /// The run it serves.
+    pub run: u64,
+    /// The plugin version both runners use.
+    pub sha256: String,
+    /// Send true to stop both runners (they commit what they hold first).
+    pub stop: watch::Sender<bool>,
+    /// Where new handlers go, for the source and the lifecycle runner.
+    swap: [HandlerSlot; 2],
+    /// Job-state reads of both runners' handlers.
+    state: Arc<dyn StateReader>,
+}
+
+/// What a job's task returns: its name, and how its runners ended.
+pub type JobResult = (String, anyhow::Result<RunnerStats>);
+
+impl Assembly {
+    /// A reconnecting connection for one of `spec`'s blocking readers or committers.
+    async fn connect(&self, spec: &JobSpec) -> Result<ConnectionManager, StoreError> {
+        store::connect(
+            &self.url,
+            Duration::from_millis(spec.block_ms) + RESPONSE_MARGIN,
+        )
+        .await
+    }
+
+    /// A runner of `spec`'s source stream, fenced on `run`, handing events to `handler`.
+    pub async fn source_runner(
+        &self,
+        spec: &JobSpec,
+        run: Option<u64>,
+        handler: Box<dyn Handler>,
+    ) -> Result<JobRunner, StoreError> {
+        let job = stream_job(&self.keys, spec, &self.consumer, run);
+        let (read, commit) = (self.connect(spec).await?, self.connect(spec).await?);
+        let source = stream::open(read, commit, job, spec.start).await?;
+        Ok(JobRunner::new(
+            source,
+            handler,
+            read_policy(spec),
+            spec.delivery_policy(),
+        ))
+    }
+
+    /// Start run `run` of `spec` on `plugin` as a task of `tasks`: issue `job-started`
+    /// (once per run, fleet-wide), then run the lifecycle runner and, behind its gate, the
+    /// source runner.
+    pub async fn start(
+        &self,
+        spec: &JobSpec,
+        run: u64,
+        plugin: Arc<LoadedPlugin>,
+        tasks: &mut JoinSet<JobResult>,
+    ) -> Result<(RunningJob, tokio::task::Id), Failure> {
+        let name = spec.name.as_str();
+        let transient = |e: StoreError| {
+            Failure::Transient(anyhow::Error::from(e).context(format!(
+                "job `{name}`: connecting to Redis at {}",
+                redact_url(&self.url)
+            )))
+        };
+        let source = self.keys.source_stream(spec);
+        let job_key = self.keys.job(name, &source);
+        let state: Arc<dyn StateReader> = Arc::new(RedisState::new(
+            self.connect(spec).await.map_err(transient)?,
+            job_key,
+        ));
+        let [handler, life_handler] = self.handlers(spec, &plugin, &state).await?;
+        let mut conn = self.connect(spec).await.map_err(transient)?;
+        if lifecycle::begin(&mut conn, &self.keys, name, &source, run)
+            .await
+            .map_err(transient)?
+        {
+            tracing::info!(job = %name, run, "job-started issued");
+        }
+        let life = StreamJob {
+            status_ttl_s: spec.status_ttl_s,
+            done_ttl_s: spec.done_ttl_s,
+            ..StreamJob::lifecycle(&self.keys, name, &spec.plugin, &source, &self.consumer)
+        };
+        let (read, commit) = (
+            self.connect(spec).await.map_err(transient)?,
+            self.connect(spec).await.map_err(transient)?,
+        );
+        let life = stream::open(read, commit, life, crate::model::Start::Beginning)
+            .await
+            .map_err(transient)?;
+        let life_runner = JobRunner::new(
+            life,
+            life_handler,
+            read_policy(spec),
+            spec.delivery_policy(),
+        );
+        let runner = self
+            .source_runner(spec, Some(run), handler)
+            .await
+            .with_context(|| format!("job `{name}`: opening stream `{source}`"))
+            .map_err(Failure::Transient)?;
+        let swap = [runner.swapper(), life_runner.swapper()];
+        let (stop, stop_rx) = watch::channel(false);
+        let gate = Gate {
+            conn,
+            keys: self.keys.clone(),
+            job: name.to_string(),
+            source,
+        };
+        let task = tasks.spawn(run_job(
+            runner,
+            life_runner,
+            gate,
+            stop_rx,
+            name.to_string(),
+        ));
+        tracing::info!(job = %name, plugin = %spec.plugin, version = short(&plugin.sha256), "job started");
+        let job = RunningJob {
+            spec: spec.clone(),
+            run,
+            sha256: plugin.sha256.clone(),
+            stop,
+            swap,
+            state,
+        };
+        Ok((job, task.id()))
+    }
+
+    /// One handler for each runner of `spec`, `init` run on both.
+    async fn handlers(
+        &self,
+        spec: &JobSpec,
+        plugin: &Arc<LoadedPlugin>,
+        state: &Arc<dyn StateReader>,
+    ) -> Result<[Box<dyn Handler>; 2], Failure> {
+        let prepare = || {
+            prepare_handler_async(
+                plugin.clone(),
+                spec.clone(),
+                self.prefix.clone(),
+                Some(state.clone()),
+            )
+        };
+        let refused = |e: anyhow::Error| Failure::Refused(format!("{e:#}"));
+        Ok([
+            Box::new(prepare().await.map_err(refused)?),
+            Box::new(prepare().await.map_err(refused)?),
+        ])
+    }
+
+    /// Prepare `plugin` for a running job (compile, type-check, `init` with the job's
+    /// config), then hand it to both runners, which switch between batches.
+    pub async fn swap(
+        &self,
+        job: &mut RunningJob,
+        plugin: Arc<LoadedPlugin>,
+    ) -> Result<(), Failure> {
+        let handlers = self.handlers(&job.spec, &plugin, &job.state).await?;
+        for (slot, handler) in job.swap.iter().zip(handlers) {
+            slot.put(handler);
+        }
+        tracing::info!(job = %job.spec.name, from = short(&job.sha256), to = short(&plugin.sha256), "new plugin version ready; switching at the next batch");
+        job.sha256 = plugin.sha256.clone();
+        Ok(())
+    }
+}
+
+/// One job on this host: its lifecycle runner, and its source runner once `job-started` is
+/// handled (by any host). Ends when the host stops the job, or when either runner fails (the
+/// other is stopped then, committing what it holds).
+async fn run_job(
+    runner: JobRunner,
+    life_runner: JobRunner,
+    gate: Gate,
+    mut stop: watch::Receiver<bool>,
+    name: String,
+) -> JobResult {
+    let (life_stop, life_stop_rx) = watch::channel(false);
+    let (source_stop, source_stop_rx) = watch::channel(false);
+    let mut life = tokio::spawn(life_runner.run(life_stop_rx));
+    let mut source = tokio::spawn(async move {
+        if gate.wait(source_stop_rx.clone()).await {
+            runner.run(source_stop_rx).await
+        } else {
+            Ok(Default::default())
+        }
+    });
+    let flat = |r: Result<anyhow::Result<RunnerStats>, tokio::task::JoinError>| {
+        r.map_err(|e| anyhow::anyhow!("a runner panicked: {e}"))
+            .and_then(|r| r)
+    };
+    let stop_both = || {
+        let _ = life_stop.send(true);
+        let _ = source_stop.send(true);
+    };
+    let result = tokio::select! {
+        () = async { drop(stop.wait_for(|s| *s).await) } => {
+            stop_both();
+            let r = flat((&mut source).await);
+            let _ = (&mut life).await;
+            r
+        }
+        r = &mut source => {
+            stop_both();
+            let _ = (&mut life).await;
+            flat(r)
+        }
+        r = &mut life => {
+            stop_both();
+            let _ = (&mut source).await;
+            flat(r).and_then(|_| Err(anyhow::anyhow!("the lifecycle runner ended")))
+        }
+    };
+    (name, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_plugin_gets_its_limits_and_may_not_write_sluices_keys() {
+        let j = JobSpec::new("echo-events", "stream:events", "echo");
+        assert_eq!(limits(&j, "sluice").memory_bytes, 64 << 20);
+        assert_eq!(limits(&j, "sluice").reserved_prefix, "sluice:");
+        assert_eq!(limits(&j, "sluice").deadline, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn a_queue_jobs_stream_moves_its_delayed_tasks_in() {
+        let keys = Keys::new("sluice");
+        let mut j = JobSpec::new("mailer", "queue:mail", "echo");
+        j.done_ttl_s = 5;
+        let s = stream_job(&keys, &j, "host-1", Some(3));
+        assert_eq!(s.stream, "sluice:queue:{mail}");
+        assert_eq!(
+            s.delayed_key.as_deref(),
+            Some("sluice:queue:{mail}:delayed")
+        );
+        assert_eq!((s.done_ttl_s, s.run), (5, Some(3)));
+        assert_eq!(s.consumer, "host-1");
+    }
+}

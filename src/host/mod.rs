@@ -1,0 +1,168 @@
+//! `sluice run`: a host's life, in order (read [`run`] top to bottom):
+//! compile the config file's plugins → find Redis (or start the embedded one) and wait for it
+//! → register the config file's plugins and jobs → follow the control channel and the plugin
+//! directory → reconcile with the registry on every notice and every second, until the
+//! shutdown signal → let jobs finish and commit their batches within the grace period →
+//! stop the embedded Redis.
+//!
+//! The rooms: [`register`] (what a host registers at start), [`plan`] (the pure reconcile
+//! decision), [`reconcile`] (carrying it out), [`plugins`] (compiled versions: memory, compile
+//! cache, registry), [`job`] (spec + plugin → running job, the one place a job is
+//! assembled), [`watch`] (`--plugins DIR`).
+
+pub mod job;
+pub mod plan;
+pub mod plugins;
+pub mod reconcile;
+pub mod register;
+pub mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use self::job::{Assembly, RESPONSE_MARGIN};
+use self::plugins::Plugins;
+use self::reconcile::{Host, report};
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::store::control::{Registry, watch_notices};
+use crate::store::embedded::EmbeddedRedis;
+use crate::store::{self, Keys, redact_url};
+
+/// How often a host reads the whole registry, whatever the control channel said: a host that
+/// missed a notice (disconnected) catches up within this time.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// The consumer name of this process: `[host] consumer`, else `<hostname>-<pid>`.
+pub fn consumer_name(config: &Config) -> String {
+    config.host.consumer.clone().unwrap_or_else(|| {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Run the host until `shutdown` completes. `redis_url` overrides the config's.
+pub async fn run(
+    config: Config,
+    redis_url: Option<String>,
+    plugins_dir: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let data_dir = config.host.data_dir.clone();
+    let runtime = Arc::new(Runtime::new(Some(&data_dir.join("cache")))?);
+    // A plugin file that does not load is reported; the host serves the rest.
+    let (plugins, errors) = register::load_plugins(&runtime, &config);
+    for e in &errors {
+        tracing::error!("{e:#}");
+    }
+
+    let (url, embedded) = match redis_url.or_else(|| config.redis.url.clone()) {
+        Some(url) => (url, None),
+        None => {
+            let embedded = EmbeddedRedis::start(&data_dir).await?;
+            (embedded.url(), Some(embedded))
+        }
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let ready = tokio::select! {
+        ready = store::wait_until_up(&url) => Some(ready),
+        () = &mut shutdown => None,
+    };
+    let result = match ready {
+        Some(Ok(())) => serve(&config, plugins, runtime, &url, plugins_dir, shutdown).await,
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    config: &Config,
+    plugins: HashMap<String, Arc<crate::runtime::LoadedPlugin>>,
+    runtime: Arc<Runtime>,
+    url: &str,
+    plugins_dir: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let keys = Keys::new(&config.host.prefix);
+    let consumer = consumer_name(config);
+    let conn = store::connect(url, RESPONSE_MARGIN)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+    let mut registry = Registry::new(conn.clone(), keys.clone());
+    register::register_config(&mut registry, config, &plugins, &consumer).await;
+
+    let wake = Arc::new(Notify::new());
+    let client = redis::Client::open(url)?;
+    let subscriber = tokio::spawn(watch_notices(client, keys.ctl_channel(), wake.clone()));
+    let watcher = match plugins_dir {
+        Some(dir) => Some(
+            watch::PluginDir::start(&dir, registry.clone(), runtime.clone(), consumer.clone())
+                .with_context(|| format!("watching {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut host = Host {
+        assembly: Assembly {
+            url: url.to_string(),
+            keys,
+            prefix: config.host.prefix.clone(),
+            consumer: consumer.clone(),
+        },
+        registry,
+        conn,
+        plugins: Plugins::new(runtime, plugins.into_values()),
+        jobs: HashMap::new(),
+        stopping: HashSet::new(),
+        tasks: JoinSet::new(),
+        task_names: HashMap::new(),
+        refused: HashSet::new(),
+        waiting: HashSet::new(),
+    };
+    tracing::info!(redis = %redact_url(url), consumer, "sluice ready");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = wake.notified() => host.reconcile().await,
+            _ = tick.tick() => host.reconcile().await,
+            Some(joined) = host.tasks.join_next_with_id() => host.ended(joined),
+        }
+    }
+    subscriber.abort();
+    drop(watcher);
+
+    let grace = Duration::from_secs(config.host.shutdown_grace_s);
+    tracing::info!(?grace, "stopping: finishing in-flight batches");
+    for (_, job) in host.jobs.drain() {
+        let _ = job.stop.send(true);
+    }
+    let tasks = &mut host.tasks;
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(joined) = tasks.join_next().await {
+            report(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            jobs = tasks.len(),
+            "grace period over: abandoning batches still in flight; they stay pending in Redis"
+        );
+        tasks.abort_all();
+    }
+    Ok(())
+}

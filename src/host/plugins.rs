@@ -1,0 +1,98 @@
+//! The plugin versions a host has compiled, by sha256: from memory, else from the compile
+//! cache in the data dir (no bytes needed), else fetched from the registry, checked against
+//! their sha256 and compiled (which fills the cache). Compiling runs on a blocking thread.
+//!
+//! Why no copy of the bytes on disk: the compile cache already keeps every version this data
+//! dir has compiled, keyed by sha256, and a version not in it has to be compiled anyway.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::model::short;
+use crate::runtime::{LoadedPlugin, Runtime, sha256_hex};
+use crate::store::control::{PluginVersion, Registry};
+
+/// Why a version could not be had.
+pub enum Failure {
+    /// The version is unusable for this job (does not load, `init` refuses): recorded, not
+    /// tried again.
+    Refused(String),
+    /// Redis trouble: tried again at the next reconcile.
+    Transient(anyhow::Error),
+}
+
+/// Compiled plugin versions, by sha256.
+pub struct Plugins {
+    runtime: Arc<Runtime>,
+    loaded: HashMap<String, Arc<LoadedPlugin>>,
+}
+
+impl Plugins {
+    /// Starting with the config file's plugins, already compiled.
+    pub fn new(runtime: Arc<Runtime>, loaded: impl IntoIterator<Item = Arc<LoadedPlugin>>) -> Self {
+        Plugins {
+            runtime,
+            loaded: loaded.into_iter().map(|p| (p.sha256.clone(), p)).collect(),
+        }
+    }
+
+    /// Version `version` of plugin `name`, compiled.
+    pub async fn get(
+        &mut self,
+        registry: &mut Registry,
+        name: &str,
+        version: &PluginVersion,
+    ) -> Result<Arc<LoadedPlugin>, Failure> {
+        if let Some(p) = self.loaded.get(&version.sha256) {
+            return Ok(p.clone());
+        }
+        let sha = version.sha256.clone();
+        let origin = format!("{} ({})", version.origin, short(&sha));
+        let runtime = self.runtime.clone();
+        let (n, o, s, size) = (name.to_string(), origin.clone(), sha.clone(), version.size);
+        let cached =
+            tokio::task::spawn_blocking(move || runtime.load_cached(&n, &o, &s, size as usize))
+                .await
+                .map_err(|e| Failure::Transient(anyhow::anyhow!("loading panicked: {e}")))?;
+        let loaded = match cached {
+            Some(Ok(loaded)) => loaded,
+            // Not cached (or the cached artifact does not link): fetch and compile.
+            Some(Err(_)) | None => self.compile(registry, name, &sha, origin).await?,
+        };
+        self.loaded.insert(sha, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn compile(
+        &self,
+        registry: &mut Registry,
+        name: &str,
+        sha: &str,
+        origin: String,
+    ) -> Result<Arc<LoadedPlugin>, Failure> {
+        let bytes = registry
+            .blob(sha)
+            .await
+            .map_err(|e| Failure::Transient(e.into()))?
+            // A version unloaded or replaced meanwhile: look again at the next reconcile.
+            .ok_or_else(|| {
+                Failure::Transient(anyhow::anyhow!("its bytes are missing from Redis"))
+            })?;
+        if sha256_hex(&bytes) != sha {
+            return Err(Failure::Refused(
+                "its bytes in Redis do not match its sha256".into(),
+            ));
+        }
+        let runtime = self.runtime.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || runtime.load_bytes(&name, &origin, &bytes))
+            .await
+            .map_err(|e| Failure::Transient(anyhow::anyhow!("loading panicked: {e}")))?
+            .map_err(|e| Failure::Refused(e.to_string()))
+    }
+
+    /// Forget compiled versions other than these.
+    pub fn retain(&mut self, keep: &HashSet<&String>) {
+        self.loaded.retain(|sha, _| keep.contains(sha));
+    }
+}

@@ -1,0 +1,349 @@
+//! A job's definition, [`JobSpec`]: what a `[[job]]` of the config file, `sluice job start`
+//! and the control registry in Redis all describe, with its defaults (in one place, the
+//! `default_*` functions below) and its checks.
+//!
+//! Decoding is lenient on purpose: a field this version does not know (written by a newer
+//! CLI during a rolling upgrade) is ignored here, not an error. The config file is strict
+//! (`config.rs` rejects unknown fields before it hands values over), and the registry keeps
+//! unknown fields when it rewrites an entry (`store::control` patches the JSON).
+//!
+//! Why here and not in `config.rs`: the registry (`store/`) and the host read specs too, and
+//! they must not depend on the file format.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::DeliveryPolicy;
+
+/// Largest memory cap a job may ask for, in MiB (the runtime reserves slots this big).
+pub const MAX_MEMORY_MB: u64 = 4096;
+
+/// A job: a named binding source → plugin with its delivery policy and limits.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct JobSpec {
+    /// Unique job name (`[a-zA-Z0-9_.-]`, 1–64 chars); names its consumer group and keys.
+    pub name: String,
+    /// The input: `stream:<key>` or `queue:<name>` (see [`Source`]).
+    pub source: String,
+    /// The plugin that handles its events.
+    pub plugin: String,
+    /// Most entries read and committed together (1–10000, default 256).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How long one read waits for new entries, in ms (1–60000, default 1000). Also bounds
+    /// how long a stop waits for an idle job.
+    #[serde(default = "default_block_ms")]
+    pub block_ms: u64,
+    /// Wall-clock budget of one event in the plugin, in ms (1–600000, default 1000).
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Memory cap of the plugin instance, in MiB (1–4096, default 64).
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Deliveries after which a failing event goes to the dead-letter stream (1–1000, default 5).
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+    /// Retry delays: exponential from `base_ms`, capped at `max_ms`, with jitter.
+    #[serde(default)]
+    pub retry_backoff: RetryBackoff,
+    /// Entries pending on a consumer for longer than this (ms) are taken over by a live host
+    /// (100–86400000, default 30000). Keep it well above the time one batch takes.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// How long the status record of an event that ever failed (retried, dead, or done after
+    /// retries) is kept, in seconds (0 turns them off; default 86400).
+    #[serde(default = "default_status_ttl_s")]
+    pub status_ttl_s: u64,
+    /// How long the status record of an event done on its first delivery is kept, in seconds
+    /// (default 0: none; `event get` still reports such an event as done, from the consumer
+    /// group). Writing them halves the throughput of a trivial job, and at 100k events/s
+    /// every second of TTL is 100k keys.
+    #[serde(default)]
+    pub done_ttl_s: u64,
+    /// Streams the plugin may emit to: exact names or prefixes ending in `*`. Empty
+    /// (default): any stream outside sluice's own keys (`<prefix>:…`).
+    #[serde(default)]
+    pub allowed_streams: Vec<String>,
+    /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
+    #[serde(default)]
+    pub start: Start,
+    /// A finite job finishes once its source is drained (nothing undelivered, pending or
+    /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
+    /// For one-off loads: fill the stream, then start the job (default false).
+    #[serde(default)]
+    pub finite: bool,
+    /// Handed to the plugin's `init` and `config-get`; values may be strings, numbers or
+    /// booleans (checked by [`JobSpec::validate`]).
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Retry delays of a job.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// First retry delay in ms (default 1000).
+    #[serde(default = "default_backoff_base_ms")]
+    pub base_ms: u64,
+    /// Longest retry delay in ms (default 60000).
+    #[serde(default = "default_backoff_max_ms")]
+    pub max_ms: u64,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff {
+            base_ms: default_backoff_base_ms(),
+            max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Every entry already in the stream, then new ones (`XGROUP CREATE … 0`).
+    #[default]
+    Beginning,
+    /// Only entries added after the group is created (`XGROUP CREATE … $`).
+    New,
+}
+
+/// Where a job's events come from, parsed from [`JobSpec::source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A Redis stream, by key.
+    Stream(&'a str),
+    /// A sluice queue (filled by plugins' `enqueue`), by name.
+    Queue(&'a str),
+}
+
+impl<'a> Source<'a> {
+    pub fn parse(source: &'a str) -> Result<Self, String> {
+        match source.split_once(':') {
+            Some(("stream", key)) if !key.is_empty() => Ok(Source::Stream(key)),
+            Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
+            _ => Err(format!(
+                "must be `stream:<key>` or `queue:<name>` (name: 1–64 letters, digits, `_`, \
+                 `-`, `.`), got {source:?}"
+            )),
+        }
+    }
+}
+
+fn default_batch() -> usize {
+    256
+}
+fn default_block_ms() -> u64 {
+    1000
+}
+fn default_deadline_ms() -> u64 {
+    1000
+}
+fn default_memory_mb() -> u64 {
+    64
+}
+fn default_max_deliveries() -> u32 {
+    5
+}
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+fn default_status_ttl_s() -> u64 {
+    86_400
+}
+fn default_backoff_base_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+
+impl JobSpec {
+    /// A job with every default: what `[[job]]` with only these three fields means.
+    pub fn new(name: &str, source: &str, plugin: &str) -> Self {
+        JobSpec {
+            name: name.into(),
+            source: source.into(),
+            plugin: plugin.into(),
+            batch: default_batch(),
+            block_ms: default_block_ms(),
+            deadline_ms: default_deadline_ms(),
+            memory_mb: default_memory_mb(),
+            max_deliveries: default_max_deliveries(),
+            retry_backoff: RetryBackoff::default(),
+            claim_idle_ms: default_claim_idle_ms(),
+            status_ttl_s: default_status_ttl_s(),
+            done_ttl_s: 0,
+            allowed_streams: Vec::new(),
+            start: Start::default(),
+            finite: false,
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// The parsed source ([`JobSpec::validate`] checks it parses).
+    pub fn source(&self) -> Result<Source<'_>, String> {
+        Source::parse(&self.source)
+    }
+
+    /// Check every field; on failure, the field (relative to the job) and what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let j = self;
+        let at = |f: &str| f.to_string();
+        check_name(&j.name).map_err(|m| (at("name"), m))?;
+        if let Source::Stream(key) = j.source().map_err(|m| (at("source"), m))? {
+            // The job's keys carry the stream's hash tag in braces; a tag holding a `}` (a
+            // key like `a{}b`) would put them in another Redis Cluster slot than the stream.
+            if hash_tag(key).contains('}') {
+                return Err((
+                    at("source"),
+                    format!(
+                        "a stream key like this (`{{}}` that Redis Cluster ignores) is not \
+                         supported, got {:?}",
+                        j.source
+                    ),
+                ));
+            }
+        }
+        check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
+        in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
+        in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
+        in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
+        in_range(j.memory_mb, 1, MAX_MEMORY_MB).map_err(|m| (at("memory_mb"), m))?;
+        in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
+        in_range(j.retry_backoff.base_ms, 1, 86_400_000)
+            .map_err(|m| (at("retry_backoff.base_ms"), m))?;
+        in_range(j.retry_backoff.max_ms, j.retry_backoff.base_ms, 86_400_000).map_err(|m| {
+            (
+                at("retry_backoff.max_ms"),
+                format!("{m} (at least base_ms)"),
+            )
+        })?;
+        in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
+        in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
+        in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
+        for (n, pattern) in j.allowed_streams.iter().enumerate() {
+            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+            if literal.is_empty() || literal.contains('*') {
+                return Err((
+                    format!("allowed_streams[{n}]"),
+                    format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
+                ));
+            }
+        }
+        for (k, v) in &j.config {
+            config_value(v).map_err(|m| (format!("config.{k}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// `config` as the strings a plugin sees.
+    pub fn plugin_config(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .filter_map(|(k, v)| config_value(v).ok().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// The job's retry and dead-letter policy.
+    pub fn delivery_policy(&self) -> DeliveryPolicy {
+        DeliveryPolicy {
+            max_deliveries: self.max_deliveries,
+            backoff_base: Duration::from_millis(self.retry_backoff.base_ms),
+            backoff_max: Duration::from_millis(self.retry_backoff.max_ms),
+        }
+    }
+}
+
+/// The one name rule, for plugins, jobs, queues and consumers: 1–64 letters, digits, `_`,
+/// `-`, `.` (so a name is safe inside a Redis key and a file name).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1–64 characters of letters, digits, `_`, `-` or `.`, got {name:?}"
+        ))
+    }
+}
+
+/// The part of a key Redis Cluster hashes: the content of the first non-empty `{…}`,
+/// else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+/// `min ≤ v ≤ max`, or what is wrong.
+pub fn in_range(v: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("must be between {min} and {max}, got {v}"))
+    }
+}
+
+fn config_value(v: &serde_json::Value) -> Result<String, String> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Array(_) => Err("must be a string, number or boolean, got an array".into()),
+        Value::Object(_) => Err("must be a string, number or boolean, got a table".into()),
+        Value::Null => Err("must be a string, number or boolean, got nothing".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster_rules() {
+        assert_eq!(hash_tag("events"), "events");
+        assert_eq!(hash_tag("orders:{eu}:in"), "eu");
+        assert_eq!(hash_tag("a{}b"), "a{}b");
+        assert_eq!(hash_tag("a{b"), "a{b");
+        assert_eq!(hash_tag("{x}{y}"), "x");
+    }
+
+    #[test]
+    fn a_spec_from_a_newer_version_decodes_with_its_unknown_fields_ignored() {
+        let json = r#"{"name":"j","source":"stream:s","plugin":"p","batch":8,
+                       "paused_by_breaker":true,"retry_backoff":{"base_ms":5,"jitter":"full"}}"#;
+        let spec: JobSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.batch, 8);
+        assert_eq!(spec.retry_backoff.base_ms, 5);
+        assert_eq!(
+            spec.deadline_ms,
+            JobSpec::new("j", "stream:s", "p").deadline_ms
+        );
+    }
+
+    #[test]
+    fn config_values_are_scalars_seen_as_strings() {
+        let mut spec = JobSpec::new("j", "stream:s", "p");
+        spec.config.insert("n".into(), 3.into());
+        spec.config.insert("f".into(), 1.5.into());
+        spec.config.insert("b".into(), true.into());
+        assert_eq!(spec.plugin_config()["n"], "3");
+        assert_eq!(spec.plugin_config()["f"], "1.5");
+        assert_eq!(spec.plugin_config()["b"], "true");
+        spec.config.insert("nested".into(), serde_json::json!([1]));
+        assert_eq!(spec.validate().unwrap_err().0, "config.nested");
+    }
+}

@@ -1,0 +1,37 @@
+//! Every Lua script sluice runs in Redis, one `.lua` file each beside this module, each built
+//! once per process: a [`Script`] hashes its source when built, and is then sent as `EVALSHA`
+//! (redis-rs loads it on `NOSCRIPT`). Each file's header lists its KEYS and ARGV.
+//!
+//! Scripts are the unit of atomicity: everything one of them does happens together or not
+//! at all, in one Cluster slot (every key it touches shares one hash tag).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! scripts {
+    ($($(#[$doc:meta])* $name:ident = $file:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new(include_str!($file)));
+        )*
+    };
+}
+
+scripts! {
+    /// A batch's effects, acks, retries, dead letters, status records and counters.
+    COMMIT = "commit.lua";
+    /// Redelivery: due retries, idle entries of other consumers, due delayed queue tasks.
+    CLAIM = "claim.lua";
+    /// Resets the idle time of entries still being handled here.
+    REFRESH = "refresh.lua";
+    /// Registers a job as a new run in the control registry.
+    JOB_START = "job_start.lua";
+    /// Compare-and-set of a job's registry entry.
+    JOB_STATE = "job_state.lua";
+    /// Appends `job-started`, once per run.
+    LIFECYCLE_BEGIN = "lifecycle_begin.lua";
+    /// Appends `job-finished` once a finite job's source is drained, once per run.
+    LIFECYCLE_FINISH = "lifecycle_finish.lua";
+}

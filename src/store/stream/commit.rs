@@ -1,0 +1,291 @@
+//! Committing a handled batch with `commit.lua`: every acked event's effects, every event's
+//! ack, retry or dead letter, status records and counters, in one atomic step; and keeping
+//! in-flight entries fresh (`refresh.lua`) so that live hosts' slow batches are not taken over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use super::StreamJob;
+use crate::model::{Decision, Effect, Event, Outcome, now_ms};
+use crate::store::groups::parse_id;
+use crate::store::{Keys, StoreError, scripts};
+
+/// What one commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub acked: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub dead: u64,
+    /// Events no longer pending for this consumer (committed before, or reclaimed):
+    /// nothing of them was written.
+    pub stale: u64,
+}
+
+/// Why a commit wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A key it writes holds another type than the effect needs.
+    BadTarget(BadTarget),
+    /// (strict commits) An event is no longer this consumer's.
+    Stale,
+    /// A newer run of the job has begun (see [`StreamJob::run`]): this runner must stop.
+    Superseded,
+}
+
+/// A commit refused because a key it writes holds another type than the effect needs
+/// (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadTarget {
+    pub key: String,
+    pub kind: String,
+    /// Indices of the batch's events that write that key.
+    pub events: Vec<usize>,
+}
+
+/// Commits a job's handled batches with the commit script.
+pub struct StreamCommitter {
+    pub(super) conn: ConnectionManager,
+    pub(super) job: Arc<StreamJob>,
+}
+
+impl StreamCommitter {
+    pub fn job(&self) -> &StreamJob {
+        &self.job
+    }
+
+    /// Commit a handled batch: `outcomes[i]` and `decisions[i]` belong to `events[i]`.
+    /// Everything happens in one script: all of it, or none.
+    /// `strict` (for plugins that read state): if any event is no longer this consumer's,
+    /// nothing is written and [`Refused::Stale`] comes back. `version` (the plugin's sha256)
+    /// is recorded in status records and dead letters.
+    pub async fn commit(
+        &mut self,
+        events: &[Event],
+        outcomes: &[Outcome],
+        decisions: &[Decision],
+        strict: bool,
+        version: &str,
+    ) -> Result<Result<Committed, Refused>, StoreError> {
+        let j = &self.job;
+        let now = now_ms();
+        let mut invocation = scripts::COMMIT.prepare_invoke();
+        invocation
+            .key(&j.stream)
+            .key(&j.counters_key)
+            .key(&j.retry_key)
+            .key(&j.dlq_key);
+        let ids = events.iter().filter_map(|e| parse_id(&e.id));
+        let (min, max) = ids.fold(((u64::MAX, u64::MAX), (0, 0)), |(lo, hi), id| {
+            (lo.min(id), hi.max(id))
+        });
+        invocation
+            .arg(&j.group)
+            .arg(&j.consumer)
+            .arg(format!("{}-{}", min.0, min.1))
+            .arg(format!("{}-{}", max.0, max.1))
+            .arg(now)
+            .arg(version)
+            .arg(j.status_ttl_s)
+            .arg(&j.event_prefix)
+            .arg(&j.channel)
+            .arg(j.done_ttl_s);
+        // Effects are written only for acked events.
+        let effects_of = |i: usize| -> &[Effect] {
+            match (&decisions[i], &outcomes[i]) {
+                (Decision::Ack, Outcome::Handled { effects, .. }) => effects,
+                _ => &[],
+            }
+        };
+        // First pass: every key beyond the first four, once, with its type and the events
+        // writing it (KEYS and their types go before the records).
+        let mut targets: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
+        let mut key_types = String::new();
+        for i in 0..events.len() {
+            for effect in effects_of(i) {
+                let (key, kind) = target(j, effect);
+                let next = targets.len() + 5;
+                let entry = targets.entry(key.clone()).or_insert_with_key(|key| {
+                    invocation.key(key.as_str());
+                    key_types.push(kind);
+                    (next, Vec::new())
+                });
+                if entry.1.last() != Some(&i) {
+                    entry.1.push(i);
+                }
+                // One key written as two types (a stream and a kv key, say) could only fail
+                // half-way through the script: refuse it before Redis sees anything.
+                if key_types.as_bytes()[entry.0 - 5] != kind as u8 {
+                    return Ok(Err(Refused::BadTarget(BadTarget {
+                        key,
+                        kind: "key written as two different types".into(),
+                        events: entry.1.clone(),
+                    })));
+                }
+            }
+        }
+        invocation
+            .arg(&key_types)
+            .arg(if strict { "1" } else { "0" })
+            .arg(j.run.map(|r| r.to_string()).unwrap_or_default());
+        // Second pass: one record per event.
+        for (i, ((event, outcome), decision)) in
+            events.iter().zip(outcomes).zip(decisions).enumerate()
+        {
+            let (flag, due, text) = match decision {
+                Decision::Ack => ("a", 0, ""),
+                Decision::Skip => ("s", 0, ""),
+                Decision::Retry { delay, error } => {
+                    ("r", now + delay.as_millis() as u64, error.as_str())
+                }
+                Decision::Dead { reason } => ("d", 0, reason.as_str()),
+            };
+            let effects = effects_of(i);
+            let failed = matches!(outcome, Outcome::Failed(_));
+            invocation
+                .arg(&event.id)
+                .arg(flag)
+                .arg(if failed { "1" } else { "0" })
+                .arg(event.delivery_count)
+                .arg(due)
+                .arg(text)
+                .arg(effects.len());
+            for (n, effect) in effects.iter().enumerate() {
+                let index = targets[&target(j, effect).0].0;
+                match effect {
+                    Effect::Emit {
+                        fields, max_len, ..
+                    } => {
+                        let max_len = max_len.map(|m| m.to_string()).unwrap_or_default();
+                        invocation
+                            .arg("x")
+                            .arg(index)
+                            .arg(max_len)
+                            .arg(fields.len());
+                        for (name, value) in fields {
+                            invocation.arg(name).arg(value);
+                        }
+                    }
+                    Effect::KvSet { value, ttl_s, .. } => {
+                        invocation
+                            .arg("k")
+                            .arg(index)
+                            .arg(ttl_s.unwrap_or(0))
+                            .arg(value);
+                    }
+                    Effect::KvDelete { .. } => {
+                        invocation.arg("K").arg(index);
+                    }
+                    Effect::CounterAdd { delta, ttl_s, .. } => {
+                        invocation
+                            .arg("c")
+                            .arg(index)
+                            .arg(delta)
+                            .arg(ttl_s.unwrap_or(0));
+                    }
+                    Effect::WindowAdd { id, at_ms, .. } => {
+                        invocation.arg("w").arg(index).arg(id).arg(at_ms);
+                    }
+                    Effect::Enqueue {
+                        payload,
+                        delay_ms: 0,
+                        ..
+                    } => {
+                        invocation.arg("q").arg(index).arg(payload);
+                    }
+                    Effect::Enqueue {
+                        payload, delay_ms, ..
+                    } => {
+                        // Unique per event and effect, so equal payloads do not merge.
+                        let mut member = format!("{}/{}/{n}\n", j.job, event.id).into_bytes();
+                        member.extend_from_slice(payload);
+                        invocation
+                            .arg("Q")
+                            .arg(index)
+                            .arg(now + u64::from(*delay_ms))
+                            .arg(member);
+                    }
+                }
+            }
+        }
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
+            invocation.invoke_async(&mut self.conn).await;
+        match reply {
+            Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
+                acked,
+                skipped,
+                retried,
+                failed,
+                dead,
+                stale,
+            })),
+            Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
+                // "<index into KEYS> <type>": the index, not the name (Redis rewrites newlines
+                // in error replies, so a name may not come back as it went).
+                let detail = e.detail().unwrap_or_default();
+                let (index, kind) = detail.split_once(' ').unwrap_or((detail, ""));
+                let index: usize = index.parse().unwrap_or(0);
+                let (key, events) = targets
+                    .iter()
+                    .find(|(_, t)| t.0 == index)
+                    .map(|(k, t)| (k.clone(), t.1.clone()))
+                    .unwrap_or_default();
+                Ok(Err(Refused::BadTarget(BadTarget {
+                    key,
+                    kind: kind.to_string(),
+                    events,
+                })))
+            }
+            Err(e) if e.code() == Some("SLUICE_STALE") => Ok(Err(Refused::Stale)),
+            Err(e) if e.code() == Some("SLUICE_SUPERSEDED") => Ok(Err(Refused::Superseded)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The full key an effect writes, and its type letter for the commit script.
+fn target(job: &StreamJob, effect: &Effect) -> (String, char) {
+    let job_key = job.job_key.as_str();
+    match effect {
+        Effect::Enqueue {
+            queue, delay_ms: 0, ..
+        } => (job.keys.queue(queue), 's'),
+        Effect::Enqueue { queue, .. } => (Keys::delayed(&job.keys.queue(queue)), 'z'),
+        Effect::Emit { stream, .. } => (stream.clone(), 's'),
+        Effect::KvSet { key, .. } | Effect::KvDelete { key } => (Keys::kv(job_key, key), 't'),
+        Effect::CounterAdd { name, .. } => (Keys::counter(job_key, name), 't'),
+        Effect::WindowAdd { name, .. } => (Keys::window(job_key, name), 'z'),
+    }
+}
+
+impl StreamCommitter {
+    /// Reset the idle time of `ids` this consumer still holds and that have been idle for
+    /// `min_idle_ms` or more, so that other hosts do not take over entries still being handled.
+    pub async fn refresh(&mut self, ids: &[String], min_idle_ms: u64) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = scripts::REFRESH.prepare_invoke();
+        invocation
+            .key(&self.job.stream)
+            .key(&self.job.job_key)
+            .arg(min_idle_ms)
+            .arg(&self.job.consumer)
+            .arg(&self.job.group);
+        for id in ids {
+            invocation.arg(id);
+        }
+        Ok(invocation.invoke_async(&mut self.conn).await?)
+    }
+
+    /// A handle for [`StreamCommitter::refresh`] from another task (same connection).
+    pub fn refresher(&self) -> StreamCommitter {
+        StreamCommitter {
+            conn: self.conn.clone(),
+            job: self.job.clone(),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! A job's view of a stream it reads through its consumer group: [`StreamJob`] names it,
+//! [`open`] creates the group and registers the job, [`read`] takes entries (new ones, due
+//! retries, entries idle on dead consumers), [`commit`] writes a handled batch's effects,
+//! acks, retries, dead letters, status records and counters in one atomic step.
+//!
+//! This is the source seam: every kind of input a job reads is a stream here (a Redis
+//! stream, a sluice queue's stream, the job's lifecycle stream), and [`Entries`] says how its
+//! entries become events; the runner never knows which.
+//!
+//! Keys touched (see [`Keys`]): the stream, [`Keys::jobs`], [`Keys::job`], [`Keys::retry`],
+//! [`Keys::dlq`], [`Keys::event_prefix`], every stream plugins emit to, the channel
+//! [`Keys::events_channel`].
+
+mod commit;
+mod read;
+
+pub use commit::{BadTarget, Committed, Refused, StreamCommitter};
+pub use read::{StreamReader, parse_read_reply};
+
+use std::sync::Arc;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::StoreError;
+use super::keys::Keys;
+use crate::model::{
+    Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Start, now_ms,
+};
+
+/// The identity and names of one job on its source stream.
+#[derive(Debug, Clone)]
+pub struct StreamJob {
+    /// The job's name.
+    pub job: Arc<str>,
+    /// The plugin it runs, recorded in the job hash.
+    pub plugin: String,
+    /// The stream read: the source stream (or the job's lifecycle stream).
+    pub stream: String,
+    /// The consumer group ([`Keys::group`]).
+    pub group: String,
+    /// This host's consumer name in the group.
+    pub consumer: String,
+    /// The job hash ([`Keys::job`]): the namespace of the plugin's state.
+    pub job_key: String,
+    /// The hash the scripts count deliveries in: the job hash, except for a job's lifecycle
+    /// stream, whose events are not the job's input and are counted apart.
+    pub counters_key: String,
+    /// The job registry ([`Keys::jobs`]).
+    pub registry_key: String,
+    /// Scheduled retries ([`Keys::retry`]).
+    pub retry_key: String,
+    /// Dead letters ([`Keys::dlq`]).
+    pub dlq_key: String,
+    /// Prefix of event status records ([`Keys::event_prefix`]).
+    pub event_prefix: String,
+    /// Where finished events are announced ([`Keys::events_channel`]).
+    pub channel: String,
+    /// TTL in seconds of the status records of events that ever failed; 0 writes none.
+    pub status_ttl_s: u64,
+    /// TTL in seconds of the status records of events done on their first delivery; 0 writes none.
+    pub done_ttl_s: u64,
+    /// Builds queue keys for `enqueue` effects.
+    pub keys: Keys,
+    /// When the source is a sluice queue: its delayed tasks, moved in when due.
+    pub delayed_key: Option<String>,
+    /// What the stream's entries are: the job's input, or its lifecycle notices.
+    pub entries: Entries,
+    /// The job run this runner serves: its commits are refused once the job hash names a
+    /// newer run (`lifecycle_run`), so a host that has not yet seen a restart of the job
+    /// cannot commit entries of the new run before its `job-started`. None: no fence.
+    pub run: Option<u64>,
+}
+
+impl StreamJob {
+    pub fn new(keys: &Keys, job: &str, plugin: &str, stream: &str, consumer: &str) -> Self {
+        StreamJob {
+            job: job.into(),
+            plugin: plugin.into(),
+            stream: stream.into(),
+            group: keys.group(job),
+            consumer: consumer.into(),
+            job_key: keys.job(job, stream),
+            counters_key: keys.job(job, stream),
+            registry_key: keys.jobs(),
+            retry_key: keys.retry(job, stream),
+            dlq_key: keys.dlq(job, stream),
+            event_prefix: keys.event_prefix(job, stream),
+            channel: keys.events_channel(job),
+            status_ttl_s: 86_400,
+            done_ttl_s: 0,
+            keys: keys.clone(),
+            delayed_key: None,
+            entries: Entries::Source,
+            run: None,
+        }
+    }
+
+    /// The job's lifecycle stream as a source of its own ([`Entries::Lifecycle`]): read
+    /// through the job's group, with its own retries, counters, status records and channel
+    /// (its events are not the job's input).
+    pub fn lifecycle(keys: &Keys, job: &str, plugin: &str, source: &str, consumer: &str) -> Self {
+        let stream = keys.lifecycle(job, source);
+        StreamJob {
+            retry_key: format!("{stream}:retry"),
+            counters_key: format!("{stream}:counters"),
+            event_prefix: format!("{stream}:event:"),
+            channel: format!("{}:lifecycle", keys.events_channel(job)),
+            entries: Entries::Lifecycle {
+                source: source.to_string(),
+            },
+            ..StreamJob::new(keys, job, plugin, &stream, consumer)
+        }
+    }
+
+    /// The event an entry of this stream is.
+    fn event(&self, id: String, fields: Vec<Field>, delivery_count: u32) -> Event {
+        let (kind, source) = match &self.entries {
+            Entries::Source => (KIND_STREAM_ENTRY, self.stream.clone()),
+            Entries::Lifecycle { source } => {
+                let finished = fields
+                    .iter()
+                    .any(|(k, v)| k == "kind" && v == KIND_JOB_FINISHED.as_bytes());
+                let kind = if finished {
+                    KIND_JOB_FINISHED
+                } else {
+                    KIND_JOB_STARTED
+                };
+                (kind, source.clone())
+            }
+        };
+        Event {
+            kind,
+            id,
+            source,
+            fields,
+            delivery_count,
+            job: self.job.clone(),
+        }
+    }
+}
+
+/// What the entries of a job's stream are: the seam where a kind of input becomes events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entries {
+    /// The job's input (a stream, or a sluice queue's stream): each entry is a
+    /// `stream-entry` event from that stream. Opening such a stream registers the job.
+    Source,
+    /// The job's lifecycle stream: each entry `{kind, run}` is a `job-started` or
+    /// `job-finished` event from the job's source stream `source`.
+    Lifecycle { source: String },
+}
+
+/// Open a job's stream: create the consumer group (and the stream) if missing, register
+/// the job, and return its reader and committer, each on its own connection (a blocking
+/// read must not hold up a commit).
+pub async fn open(
+    read_conn: ConnectionManager,
+    mut commit_conn: ConnectionManager,
+    job: StreamJob,
+    start: Start,
+) -> Result<(StreamReader, StreamCommitter), StoreError> {
+    let job = Arc::new(job);
+    ensure_group(&mut commit_conn, &job, start).await?;
+    if job.entries == Entries::Source {
+        let _: () = redis::pipe()
+            .hset(&job.registry_key, &*job.job, &job.stream)
+            .hset_multiple(
+                &job.job_key,
+                &[
+                    ("source", job.stream.as_str()),
+                    ("plugin", job.plugin.as_str()),
+                    ("group", job.group.as_str()),
+                ],
+            )
+            .hset(&job.job_key, "started_at", now_ms())
+            .query_async(&mut commit_conn)
+            .await?;
+    }
+    Ok((
+        StreamReader {
+            conn: read_conn,
+            job: job.clone(),
+        },
+        StreamCommitter {
+            conn: commit_conn,
+            job,
+        },
+    ))
+}
+
+pub(super) async fn ensure_group(
+    conn: &mut ConnectionManager,
+    job: &StreamJob,
+    start: Start,
+) -> Result<(), StoreError> {
+    let id = match start {
+        Start::Beginning => "0",
+        Start::New => "$",
+    };
+    let created: redis::RedisResult<()> = conn
+        .xgroup_create_mkstream(&job.stream, &job.group, id)
+        .await;
+    match created {
+        Ok(()) => {
+            tracing::info!(job = &*job.job, stream = %job.stream, group = %job.group, "created consumer group");
+            Ok(())
+        }
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,72 @@
+//! `sluice plugin inspect`: what a component is (size, sha256, imports, exports) and whether
+//! it fits our world.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use wasmtime::component::types::ComponentItem;
+
+use crate::runtime::Runtime;
+
+/// What `plugin inspect` tells.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub size: usize,
+    pub sha256: String,
+    /// "component", "core module" or "not WebAssembly".
+    pub kind: String,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Whether it loads as a plugin of this host (world sluice:plugin/plugin@0.1.0).
+    pub fits_world: bool,
+    /// Why not, if it does not.
+    pub problem: Option<String>,
+    /// Whether it uses job state (kv, counters): its batches are not pipelined.
+    pub stateful: bool,
+}
+
+pub fn inspect(path: &Path) -> anyhow::Result<Inspection> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = crate::runtime::sha256_hex(&bytes);
+    let kind = if !bytes.starts_with(b"\0asm") {
+        "not WebAssembly"
+    } else if wasmparser::Parser::is_core_wasm(&bytes) {
+        "core module"
+    } else {
+        "component"
+    };
+    let runtime = Runtime::new(None)?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    if kind == "component"
+        && let Ok(component) = wasmtime::component::Component::new(runtime.engine(), &bytes)
+    {
+        let ty = component.component_type();
+        let label = |name: &str, item: &ComponentItem| match item {
+            ComponentItem::ComponentInstance(_) => format!("instance {name}"),
+            ComponentItem::ComponentFunc(_) => format!("func {name}"),
+            _ => name.to_string(),
+        };
+        imports = ty
+            .imports(runtime.engine())
+            .map(|(n, i)| label(n, &i.ty))
+            .collect();
+        exports = ty
+            .exports(runtime.engine())
+            .map(|(n, i)| label(n, &i.ty))
+            .collect();
+    }
+    let loaded = runtime.load_bytes("plugin", &path.display().to_string(), &bytes);
+    Ok(Inspection {
+        path: path.display().to_string(),
+        size: bytes.len(),
+        sha256,
+        kind: kind.into(),
+        imports,
+        exports,
+        fits_world: loaded.is_ok(),
+        stateful: loaded.as_ref().is_ok_and(|p| p.stateful),
+        problem: loaded.err().map(|e| e.to_string()),
+    })
+}
