@@ -80,10 +80,10 @@ pub enum PluginCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         plugin_config: Vec<String>,
         /// Per-event deadline in ms
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = crate::model::spec::defaults::DEADLINE_MS)]
         deadline_ms: u64,
         /// Memory cap in MiB
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = crate::model::spec::defaults::MEMORY_MB)]
         memory_mb: u64,
         /// Print JSON
         #[arg(long)]

@@ -74,12 +74,9 @@ impl Host {
             }
         }
         self.waiting.retain(|name| plan.waiting.contains(name));
-        for (name, sha) in plan.start {
-            let outcome = self.start(&snapshot, &name).await;
-            self.failed(&snapshot, &name, &sha, outcome).await;
-        }
-        for (name, sha, _) in plan.swap {
-            let outcome = self.swap(&snapshot, &name).await;
+        let swaps = plan.swap.into_iter().map(|(name, sha, _)| (name, sha));
+        for (name, sha) in plan.start.into_iter().chain(swaps) {
+            let outcome = self.run_current(&snapshot, &name).await;
             self.failed(&snapshot, &name, &sha, outcome).await;
         }
         self.check_finite(&snapshot).await;
@@ -93,13 +90,17 @@ impl Host {
         self.plugins.retain(&keep);
     }
 
-    async fn start(&mut self, snapshot: &Snapshot, name: &str) -> Result<(), Failure> {
+    /// Run job `name` on its plugin's current version: start it, or (running) switch it.
+    async fn run_current(&mut self, snapshot: &Snapshot, name: &str) -> Result<(), Failure> {
         let entry = &snapshot.jobs[name];
         let version = &snapshot.plugins[&entry.spec.plugin];
         let plugin = self
             .plugins
             .get(&mut self.registry, &entry.spec.plugin, version)
             .await?;
+        if let Some(job) = self.jobs.get_mut(name) {
+            return self.assembly.swap(job, plugin).await;
+        }
         let (job, task) = self
             .assembly
             .start(&entry.spec, entry.run, plugin, &mut self.tasks)
@@ -107,19 +108,6 @@ impl Host {
         self.task_names.insert(task, name.to_string());
         self.jobs.insert(name.to_string(), job);
         Ok(())
-    }
-
-    async fn swap(&mut self, snapshot: &Snapshot, name: &str) -> Result<(), Failure> {
-        let entry = &snapshot.jobs[name];
-        let version = &snapshot.plugins[&entry.spec.plugin];
-        let plugin = self
-            .plugins
-            .get(&mut self.registry, &entry.spec.plugin, version)
-            .await?;
-        match self.jobs.get_mut(name) {
-            Some(job) => self.assembly.swap(job, plugin).await,
-            None => Ok(()),
-        }
     }
 
     /// Log a failed start or swap; a refusal is recorded (here and in the registry).

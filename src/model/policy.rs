@@ -12,6 +12,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::event::{Disposition, Outcome};
+use super::spec::defaults;
 
 /// Delays for a retry loop: exponential from `min` doubling to `max`, with jitter, without
 /// end. Every loop that waits and tries again (event retries, Redis reconnects, commits) takes
@@ -39,9 +40,9 @@ pub struct DeliveryPolicy {
 impl Default for DeliveryPolicy {
     fn default() -> Self {
         DeliveryPolicy {
-            max_deliveries: 5,
-            backoff_base: Duration::from_millis(1000),
-            backoff_max: Duration::from_millis(60_000),
+            max_deliveries: defaults::MAX_DELIVERIES,
+            backoff_base: Duration::from_millis(defaults::BACKOFF_BASE_MS),
+            backoff_max: Duration::from_millis(defaults::BACKOFF_MAX_MS),
         }
     }
 }

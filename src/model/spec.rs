@@ -133,32 +133,47 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Every default of a job, in one place: the spec's serde defaults, [`JobSpec::new`], and the
+/// defaults of the runtime's limits, the delivery policy and `plugin test` all read these.
+pub mod defaults {
+    pub const BATCH: usize = 256;
+    pub const BLOCK_MS: u64 = 1000;
+    pub const DEADLINE_MS: u64 = 1000;
+    pub const MEMORY_MB: u64 = 64;
+    pub const MAX_DELIVERIES: u32 = 5;
+    pub const CLAIM_IDLE_MS: u64 = 30_000;
+    pub const STATUS_TTL_S: u64 = 86_400;
+    pub const DONE_TTL_S: u64 = 0;
+    pub const BACKOFF_BASE_MS: u64 = 1000;
+    pub const BACKOFF_MAX_MS: u64 = 60_000;
+}
+
 fn default_batch() -> usize {
-    256
+    defaults::BATCH
 }
 fn default_block_ms() -> u64 {
-    1000
+    defaults::BLOCK_MS
 }
 fn default_deadline_ms() -> u64 {
-    1000
+    defaults::DEADLINE_MS
 }
 fn default_memory_mb() -> u64 {
-    64
+    defaults::MEMORY_MB
 }
 fn default_max_deliveries() -> u32 {
-    5
+    defaults::MAX_DELIVERIES
 }
 fn default_claim_idle_ms() -> u64 {
-    30_000
+    defaults::CLAIM_IDLE_MS
 }
 fn default_status_ttl_s() -> u64 {
-    86_400
+    defaults::STATUS_TTL_S
 }
 fn default_backoff_base_ms() -> u64 {
-    1000
+    defaults::BACKOFF_BASE_MS
 }
 fn default_backoff_max_ms() -> u64 {
-    60_000
+    defaults::BACKOFF_MAX_MS
 }
 
 impl JobSpec {
@@ -176,7 +191,7 @@ impl JobSpec {
             retry_backoff: RetryBackoff::default(),
             claim_idle_ms: default_claim_idle_ms(),
             status_ttl_s: default_status_ttl_s(),
-            done_ttl_s: 0,
+            done_ttl_s: defaults::DONE_TTL_S,
             allowed_streams: Vec::new(),
             start: Start::default(),
             finite: false,

@@ -43,12 +43,13 @@ const BUILD_TOOLS: [(&str, &str); 2] = [
 /// Write a ready-to-build plugin project `name` in `lang` into `dir` (which must not exist):
 /// the WIT, a small plugin, `build.sh`, `events.jsonl` that `plugin test` passes, a README.
 pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
+    // The one name rule, narrowed: the name also becomes a package name in every language
+    // (a Rust crate, a Go module, an npm package), which allows no `.`, upper case or
+    // leading digit.
+    let valid = crate::model::check_name(name).is_ok()
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && !name.contains('.')
+        && !name.contains(|c: char| c.is_ascii_uppercase());
     if !valid {
         bail!(
             "a plugin name is 1-64 lower-case letters, digits, `-` or `_`, starting with a letter; got {name:?}"

@@ -1,15 +1,11 @@
 //! `sluice:plugin/clock`: the host's wall clock.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::super::bindings::sluice::plugin::clock::Host;
 use super::HostState;
+use crate::model::now_ms;
 
 impl Host for HostState {
     fn now(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        now_ms()
     }
 }

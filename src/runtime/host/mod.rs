@@ -10,80 +10,24 @@ mod config;
 mod counters;
 mod effects;
 mod kv;
+mod limits;
 mod log;
 mod output;
+mod overlay;
 
+pub use limits::{Limits, MemoryLimiter};
 pub use output::GuestOutput;
+pub use overlay::{BatchState, Overlay, Writes};
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::model::{Effect, StateReader};
 
 use super::bindings;
-
-/// What a plugin instance may use, per job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock budget of one `handle` (and of `init`).
-    pub deadline: Duration,
-    /// Largest linear memory an instance may grow to.
-    pub memory_bytes: usize,
-    /// Most effects one event may buffer.
-    pub max_effects: usize,
-    /// Longest stream or key name a guest may name.
-    pub max_name_bytes: usize,
-    /// Largest total size of the fields of one `emit`.
-    pub max_payload_bytes: usize,
-    /// Largest total size of all the effects of one event (bounds a batch's commit).
-    pub max_event_bytes: usize,
-    /// Longest log message kept (longer ones are cut).
-    pub max_log_bytes: usize,
-    /// Most fields in one emitted entry.
-    pub max_fields: usize,
-    /// Streams the plugin may emit to: exact names, or prefixes ending in `*`. Empty: any
-    /// stream except sluice's own keys (those under the key prefix).
-    pub allowed_streams: Vec<String>,
-    /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
-    pub reserved_prefix: String,
-}
-
-impl Limits {
-    /// May the plugin append to `stream`?
-    pub fn stream_allowed(&self, stream: &str) -> bool {
-        if self.allowed_streams.is_empty() {
-            return self.reserved_prefix.is_empty() || !stream.starts_with(&self.reserved_prefix);
-        }
-        self.allowed_streams
-            .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => stream.starts_with(prefix),
-                None => stream == pattern,
-            })
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            deadline: Duration::from_secs(1),
-            memory_bytes: 64 << 20,
-            max_effects: 1000,
-            max_name_bytes: 512,
-            max_payload_bytes: 1 << 20,
-            max_event_bytes: 2 << 20,
-            max_log_bytes: 8 << 10,
-            max_fields: 1000,
-            allowed_streams: Vec::new(),
-            reserved_prefix: "sluice:".into(),
-        }
-    }
-}
 
 /// Who an instance works for: fixed for the instance's life.
 #[derive(Debug, Clone)]
@@ -125,82 +69,6 @@ pub struct CallState {
     pub writes: Writes,
 }
 
-/// State writes not yet in Redis (kv, counters, windows), indexed by name so that a read
-/// costs a lookup, not a scan of every buffered effect.
-#[derive(Debug, Default)]
-pub struct Writes {
-    /// Key → last value written (None: deleted).
-    pub kv: HashMap<String, Option<Vec<u8>>>,
-    /// Counter → sum of the deltas added.
-    pub counters: HashMap<String, i64>,
-    /// Window → id → time added (ms).
-    pub windows: HashMap<String, HashMap<String, u64>>,
-}
-
-impl Writes {
-    /// Record one effect (emits and enqueues are not state and are ignored).
-    pub fn apply(&mut self, effect: &Effect) {
-        match effect {
-            Effect::KvSet { key, value, .. } => {
-                self.kv.insert(key.clone(), Some(value.clone()));
-            }
-            Effect::KvDelete { key } => {
-                self.kv.insert(key.clone(), None);
-            }
-            Effect::CounterAdd { name, delta, .. } => {
-                let sum = self.counters.entry(name.clone()).or_default();
-                *sum = sum.saturating_add(*delta);
-            }
-            Effect::WindowAdd { name, id, at_ms } => {
-                self.windows
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(id.clone(), *at_ms);
-            }
-            Effect::Emit { .. } | Effect::Enqueue { .. } => {}
-        }
-    }
-
-    fn window_ids_since<'a>(
-        &'a self,
-        name: &str,
-        since_ms: u64,
-    ) -> impl Iterator<Item = &'a String> {
-        self.windows
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(move |(_, at)| **at >= since_ms)
-            .map(|(id, _)| id)
-    }
-}
-
-/// What the current batch knows of its job's state beyond Redis: the writes of its acked
-/// events (later events must see them before they are committed), and the counter values
-/// read from Redis so far. A state-reading job's batches run one at a time, each after the
-/// previous one is committed, so nothing on this host changes a stored value under a batch;
-/// caching them turns a read per `counter-add` into a read per counter per batch.
-#[derive(Debug, Default)]
-pub struct BatchState {
-    pub writes: Writes,
-    stored_counters: HashMap<String, i64>,
-}
-
-impl BatchState {
-    /// Forget everything: a new batch begins (the previous one is in Redis).
-    pub fn clear(&mut self) {
-        self.writes = Writes::default();
-        self.stored_counters.clear();
-    }
-
-    /// An acked event's effects: they will be committed with this batch.
-    pub fn acked(&mut self, effects: &[Effect]) {
-        for effect in effects {
-            self.writes.apply(effect);
-        }
-    }
-}
-
 /// Log lines kept per call (all go to the host's tracing regardless).
 pub const MAX_LOGS_KEPT: usize = 100;
 
@@ -221,10 +89,6 @@ pub struct HostState {
     /// What the guest printed (stdout and stderr) since the last look.
     pub(crate) output: GuestOutput,
 }
-
-/// The current batch's [`BatchState`], shared by the handler and its instances (an instance
-/// replaced mid-batch keeps seeing it).
-pub type Overlay = Arc<Mutex<BatchState>>;
 
 impl HostState {
     pub fn new(guest: Arc<GuestContext>, overlay: Overlay) -> Self {
@@ -367,58 +231,6 @@ impl WasiView for HostState {
     }
 }
 
-/// wasmtime's [`StoreLimits`], plus a note of whether the memory cap was hit, so a failure
-/// can be reported as "memory cap exceeded" rather than as an anonymous trap.
-pub struct MemoryLimiter {
-    limits: StoreLimits,
-    /// The cap, for messages.
-    pub(crate) cap: usize,
-    /// Set when a growth past the cap was refused.
-    pub(crate) exceeded: bool,
-    /// Largest memory size any memory of the instance reached.
-    pub(crate) peak: usize,
-}
-
-impl MemoryLimiter {
-    fn new(cap: usize) -> Self {
-        MemoryLimiter {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(cap)
-                .trap_on_grow_failure(true)
-                .build(),
-            cap,
-            exceeded: false,
-            peak: 0,
-        }
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum);
-        match &allowed {
-            Ok(true) => self.peak = self.peak.max(desired),
-            _ => self.exceeded = desired > self.cap,
-        }
-        allowed
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-}
-
-// `sluice:plugin/types` holds only types; its (empty) host trait still needs an impl.
 impl bindings::sluice::plugin::types::Host for HostState {}
 
 /// Add WASI p2 and every interface of our world to the linker.
@@ -479,27 +291,5 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo".into(), 2), "h…");
         assert_eq!(truncate("abc".into(), 3), "abc");
-    }
-
-    #[test]
-    fn by_default_any_stream_but_sluices_own_keys() {
-        let l = Limits::default();
-        assert!(l.stream_allowed("events:out"));
-        assert!(!l.stream_allowed("sluice:{events}:job:x:dlq"));
-        let l = Limits {
-            allowed_streams: vec!["a".into(), "b:*".into()],
-            ..Limits::default()
-        };
-        assert!(l.stream_allowed("a") && l.stream_allowed("b:1"));
-        assert!(!l.stream_allowed("ab") && !l.stream_allowed("c"));
-    }
-
-    #[test]
-    fn limiter_reports_the_cap_was_hit() {
-        let mut l = MemoryLimiter::new(1 << 20);
-        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
-        assert!(l.memory_growing(1 << 19, 2 << 20, None).is_err());
-        assert!(l.exceeded);
-        assert_eq!(l.peak, 1 << 19);
     }
 }

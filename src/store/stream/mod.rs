@@ -24,6 +24,7 @@ use redis::aio::ConnectionManager;
 
 use super::StoreError;
 use super::keys::Keys;
+use crate::model::spec::defaults;
 use crate::model::{
     Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Start, now_ms,
 };
@@ -87,8 +88,8 @@ impl StreamJob {
             dlq_key: keys.dlq(job, stream),
             event_prefix: keys.event_prefix(job, stream),
             channel: keys.events_channel(job),
-            status_ttl_s: 86_400,
-            done_ttl_s: 0,
+            status_ttl_s: defaults::STATUS_TTL_S,
+            done_ttl_s: defaults::DONE_TTL_S,
             keys: keys.clone(),
             delayed_key: None,
             entries: Entries::Source,

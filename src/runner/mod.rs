@@ -1,0 +1,223 @@
+//! The job runner: joins a source (a job's stream, [`store::stream`](crate::store::stream))
+//! and a [`Handler`] (a plugin from [`runtime`](crate::runtime), or a native one) in a
+//! three-stage pipeline:
+//!
+//! ```text
+//! reader ──batch──▶ handler ──batch + outcomes──▶ committer
+//! (XREADGROUP)      (blocking thread)             (commit script, in read order)
+//! ```
+//!
+//! Each stage holds at most one batch and hands it on through a channel of one, so Redis
+//! serves the next read and the previous commit while the plugin runs.
+//!
+//! Invariants: nothing is acknowledged unless the commit script wrote its effects in the
+//! same step; batches are committed in the order they were read; a batch that was read is
+//! always handled and committed, even when a stop arrives meanwhile (the reader checks the
+//! stop between reads, and the later stages drain what it sent). A commit that fails on the
+//! connection is retried (the script skips events it already committed) until it succeeds or
+//! the service's grace period runs out, in which case the batch stays pending in Redis.
+
+mod commit;
+mod handle;
+mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use self::commit::commit_stage;
+use self::handle::handle_stage;
+use self::read::{keep_fresh, read_stage};
+use crate::model::{DeliveryPolicy, Event, Handler, Outcome};
+use crate::store::stream::{Committed, StreamCommitter, StreamReader};
+
+/// Told about every committed batch; used by the benchmark to time publish→ack.
+pub trait CommitObserver: Send + Sync {
+    fn committed(&self, events: &[Event], outcomes: &[Outcome]);
+}
+
+/// How a runner reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPolicy {
+    /// Most entries per batch.
+    pub batch: usize,
+    /// How long a read blocks waiting for entries.
+    pub block_ms: u64,
+    /// Entries idle on a consumer this long are taken over.
+    pub claim_idle_ms: u64,
+}
+
+/// How often to look for due retries when no retry is known to be due sooner.
+pub(crate) const RETRY_POLL: Duration = Duration::from_millis(100);
+
+/// What a runner did over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerStats {
+    pub batches: u64,
+    pub committed: Committed,
+    /// The runner stopped because a newer run of its job began.
+    pub superseded: bool,
+}
+
+pub struct JobRunner {
+    reader: StreamReader,
+    handler: Box<dyn Handler>,
+    /// A handler to switch to before the next batch (a new plugin version).
+    next: HandlerSlot,
+    committer: StreamCommitter,
+    policy: ReadPolicy,
+    delivery: DeliveryPolicy,
+    observer: Option<Arc<dyn CommitObserver>>,
+}
+
+/// Delays between attempts while Redis is unreachable: 50 ms doubling to 5 s, with jitter.
+pub(crate) fn redis_backoff() -> impl Iterator<Item = Duration> {
+    crate::model::backoff(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+/// Where a new handler waits for the runner to take it, before its next batch. Putting one
+/// in never waits; a newer one replaces one not taken yet (the latest version wins).
+#[derive(Clone, Default)]
+pub struct HandlerSlot(Arc<std::sync::Mutex<Option<Box<dyn Handler>>>>);
+
+impl HandlerSlot {
+    pub fn put(&self, handler: Box<dyn Handler>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(handler);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<Box<dyn Handler>> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// A handled batch on its way to the committer.
+pub(crate) struct Handled {
+    pub events: Vec<Event>,
+    pub outcomes: Vec<Outcome>,
+    /// The version of the handler that produced the outcomes.
+    pub version: String,
+    /// The handler reads state: commit the batch all-or-nothing (see [`commit`]).
+    pub strict: bool,
+}
+
+impl JobRunner {
+    pub fn new(
+        (reader, committer): (StreamReader, StreamCommitter),
+        handler: Box<dyn Handler>,
+        policy: ReadPolicy,
+        delivery: DeliveryPolicy,
+    ) -> Self {
+        JobRunner {
+            reader,
+            handler,
+            next: HandlerSlot::default(),
+            committer,
+            policy,
+            delivery,
+            observer: None,
+        }
+    }
+
+    /// Where to send a new handler: the batch being handled finishes (and is committed) with
+    /// the old one, the next batch uses the new one.
+    pub fn swapper(&self) -> HandlerSlot {
+        self.next.clone()
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn CommitObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Run until `stop` turns true and every batch read so far is committed. An error means
+    /// the handler panicked: the job stops, the batches it held stay pending.
+    pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
+        let job = self.reader.job().job.clone();
+        let stream = self.reader.job().stream.clone();
+        tracing::info!(job = &*job, stream = %stream, consumer = %self.reader.job().consumer, "job running");
+        let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
+        let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
+        // Commits done so far; a handler that reads state waits for the previous batch's.
+        let (committed_tx, committed_rx) = watch::channel(0u64);
+        // Ids read and not yet committed: never taken back from ourselves, kept fresh.
+        let in_flight = InFlight::default();
+        let keeper = tokio::spawn(keep_fresh(
+            self.committer.refresher(),
+            in_flight.clone(),
+            self.policy.claim_idle_ms,
+        ));
+        let reader = tokio::spawn(read_stage(
+            self.reader,
+            self.policy,
+            stop,
+            read_tx,
+            in_flight.clone(),
+        ));
+        let max = self.delivery.max_deliveries;
+        let handler = tokio::spawn(handle_stage(
+            self.handler,
+            self.next,
+            max,
+            read_rx,
+            handled_tx,
+            committed_rx,
+        ));
+        let stats = commit_stage(
+            self.committer,
+            self.delivery,
+            handled_rx,
+            self.observer,
+            committed_tx,
+            in_flight,
+        )
+        .await;
+        keeper.abort();
+        // The committer ends when the handler stage has ended, which ends after the reader.
+        let handled = handler.await;
+        let _ = reader.await;
+        tracing::info!(
+            job = &*job,
+            stream = %stream,
+            batches = stats.batches,
+            acked = stats.committed.acked,
+            failed = stats.committed.failed,
+            "job stopped"
+        );
+        match handled {
+            Ok(Ok(())) if stats.superseded => Err(anyhow::anyhow!(
+                "superseded: a newer run of the job has begun"
+            )),
+            Ok(Ok(())) => Ok(stats),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("the handler stage panicked: {e}")),
+        }
+    }
+}
+
+/// The ids a runner has read and not yet committed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlight(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl InFlight {
+    pub fn add(&self, events: &[Event]) {
+        if let Ok(mut set) = self.0.lock() {
+            set.extend(events.iter().map(|e| e.id.clone()));
+        }
+    }
+    pub fn remove(&self, events: &[Event]) {
+        if let Ok(mut set) = self.0.lock() {
+            for e in events {
+                set.remove(&e.id);
+            }
+        }
+    }
+    pub fn ids(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}

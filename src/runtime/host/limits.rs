@@ -1,0 +1,146 @@
+//! What a plugin instance may use: [`Limits`] per job (deadline, memory, effect sizes, the
+//! streams it may write), and the [`MemoryLimiter`] that enforces the memory cap.
+
+use std::time::Duration;
+
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+
+use crate::model::spec::defaults;
+
+/// What a plugin instance may use, per job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one `handle` (and of `init`).
+    pub deadline: Duration,
+    /// Largest linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Most effects one event may buffer.
+    pub max_effects: usize,
+    /// Longest stream or key name a guest may name.
+    pub max_name_bytes: usize,
+    /// Largest total size of the fields of one `emit`.
+    pub max_payload_bytes: usize,
+    /// Largest total size of all the effects of one event (bounds a batch's commit).
+    pub max_event_bytes: usize,
+    /// Longest log message kept (longer ones are cut).
+    pub max_log_bytes: usize,
+    /// Most fields in one emitted entry.
+    pub max_fields: usize,
+    /// Streams the plugin may emit to: exact names, or prefixes ending in `*`. Empty: any
+    /// stream except sluice's own keys (those under the key prefix).
+    pub allowed_streams: Vec<String>,
+    /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
+    pub reserved_prefix: String,
+}
+
+impl Limits {
+    /// May the plugin append to `stream`?
+    pub fn stream_allowed(&self, stream: &str) -> bool {
+        if self.allowed_streams.is_empty() {
+            return self.reserved_prefix.is_empty() || !stream.starts_with(&self.reserved_prefix);
+        }
+        self.allowed_streams
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => stream.starts_with(prefix),
+                None => stream == pattern,
+            })
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(defaults::DEADLINE_MS),
+            memory_bytes: (defaults::MEMORY_MB as usize) << 20,
+            max_effects: 1000,
+            max_name_bytes: 512,
+            max_payload_bytes: 1 << 20,
+            max_event_bytes: 2 << 20,
+            max_log_bytes: 8 << 10,
+            max_fields: 1000,
+            allowed_streams: Vec::new(),
+            reserved_prefix: "sluice:".into(),
+        }
+    }
+}
+
+/// wasmtime's [`StoreLimits`], plus a note of whether the memory cap was hit, so a failure
+/// can be reported as "memory cap exceeded" rather than as an anonymous trap.
+pub struct MemoryLimiter {
+    limits: StoreLimits,
+    /// The cap, for messages.
+    pub(crate) cap: usize,
+    /// Set when a growth past the cap was refused.
+    pub(crate) exceeded: bool,
+    /// Largest memory size any memory of the instance reached.
+    pub(crate) peak: usize,
+}
+
+impl MemoryLimiter {
+    pub fn new(cap: usize) -> Self {
+        MemoryLimiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .trap_on_grow_failure(true)
+                .build(),
+            cap,
+            exceeded: false,
+            peak: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        match &allowed {
+            Ok(true) => self.peak = self.peak.max(desired),
+            _ => self.exceeded = desired > self.cap,
+        }
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+}
+
+// `sluice:plugin/types` holds only types; its (empty) host trait still needs an impl.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_default_any_stream_but_sluices_own_keys() {
+        let l = Limits::default();
+        assert!(l.stream_allowed("events:out"));
+        assert!(!l.stream_allowed("sluice:{events}:job:x:dlq"));
+        let l = Limits {
+            allowed_streams: vec!["a".into(), "b:*".into()],
+            ..Limits::default()
+        };
+        assert!(l.stream_allowed("a") && l.stream_allowed("b:1"));
+        assert!(!l.stream_allowed("ab") && !l.stream_allowed("c"));
+    }
+
+    #[test]
+    fn limiter_reports_the_cap_was_hit() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(l.memory_growing(1 << 19, 2 << 20, None).is_err());
+        assert!(l.exceeded);
+        assert_eq!(l.peak, 1 << 19);
+    }
+}

@@ -1,0 +1,250 @@
+//! The control registry: plugins and jobs kept in Redis, so that every host of a fleet runs
+//! the same versions of the same jobs. Hosts are stateless: they read the registry (on a
+//! notice on the control channel, and every second to catch up on missed notices) and
+//! reconcile what they run with it.
+//!
+//! Keys: [`Keys::ctl_plugins`], [`Keys::ctl_versions`], [`Keys::ctl_blob`], [`Keys::ctl_jobs`],
+//! [`Keys::ctl_runs`], [`Keys::ctl_refused`]; channel [`Keys::ctl_channel`].
+//!
+//! Entries are decoded leniently, as other versions of sluice write them too: fields this
+//! version does not know are ignored when read and kept when an entry is rewritten (a state
+//! change patches the stored JSON), so a rolling upgrade never turns a newer CLI's job into
+//! a corrupt entry on an older host. An entry that does not decode at all is logged and
+//! skipped.
+//!
+//! [`plugins`]: versions, bytes, rollback, unload; [`jobs`]: job entries and their state.
+mod jobs;
+mod plugins;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{Keys, StoreError};
+use crate::model::{JobSpec, now_ms};
+
+/// Versions kept per plugin (older ones are forgotten, and their bytes deleted).
+pub(super) const MAX_VERSIONS: isize = 50;
+
+/// One version of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub sha256: String,
+    pub size: u64,
+    /// When it was loaded, ms since the epoch.
+    pub loaded_at: u64,
+    /// Where the bytes came from (a path).
+    pub origin: String,
+    /// Who loaded it: `user@host` of the CLI, or the host that loaded a watched file.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Stopped,
+    /// A finite job that handled its whole source (and `job-finished`).
+    Finished,
+    /// A state a newer version of sluice wrote: this host does not run the job (it cannot
+    /// know what the state asks of it), and listings show it as `unknown`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A job as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEntry {
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// When the state last changed, ms since the epoch.
+    pub changed_at: u64,
+    /// Identifies one run of the job: a counter in Redis that every `job start` raises (not
+    /// `resume`); each run gets one `job-started` (and, if finite, one `job-finished`). Kept
+    /// apart from the JSON ([`Keys::ctl_runs`]) so that scripts never rewrite JSON.
+    #[serde(skip)]
+    pub run: u64,
+}
+
+/// Why a host would not run a plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub host: String,
+    pub reason: String,
+    pub at: u64,
+}
+
+/// The registry at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub plugins: BTreeMap<String, PluginVersion>,
+    pub jobs: BTreeMap<String, JobEntry>,
+}
+
+/// Why a registry change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<redis::RedisError> for ControlError {
+    fn from(e: redis::RedisError) -> Self {
+        ControlError::Store(e.into())
+    }
+}
+
+pub(super) type Result<T> = std::result::Result<T, ControlError>;
+
+/// Subscribe to the control channel and wake the control loop on every notice, and after
+/// each (re)subscription (what happened meanwhile is read from the registry).
+pub async fn watch_notices(client: redis::Client, channel: String, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            wake.notify_one();
+            let mut messages = pubsub.on_message();
+            while messages.next().await.is_some() {
+                wake.notify_one();
+            }
+            tracing::debug!("control channel subscription lost; resubscribing");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads and changes the registry.
+#[derive(Clone)]
+pub struct Registry {
+    pub(super) conn: ConnectionManager,
+    pub(super) keys: Keys,
+}
+
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json)
+        .map_err(|e| ControlError::Refused(format!("corrupt registry entry {what}: {e}")))
+}
+
+/// The JSON object `json` with `fields` set, every other field kept as it was.
+pub(super) fn patch(json: &str, fields: &[(&str, serde_json::Value)]) -> Result<String> {
+    let mut value: serde_json::Value = decode("job", json)?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| ControlError::Refused("corrupt registry entry: not an object".into()))?;
+    for (k, v) in fields {
+        object.insert(k.to_string(), v.clone());
+    }
+    Ok(value.to_string())
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("registry entries serialise")
+}
+
+impl Registry {
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        Registry { conn, keys }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Every plugin's current version and every job. Entries that do not decode are skipped
+    /// (and logged), so one bad entry cannot stop a fleet.
+    pub async fn snapshot(&mut self) -> Result<Snapshot> {
+        type Maps = (
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, u64>,
+        );
+        let (plugins, jobs, runs): Maps = redis::pipe()
+            .atomic()
+            .hgetall(self.keys.ctl_plugins())
+            .hgetall(self.keys.ctl_jobs())
+            .hgetall(self.keys.ctl_runs())
+            .query_async(&mut self.conn)
+            .await?;
+        let mut snapshot = Snapshot::default();
+        for (name, json) in plugins {
+            match decode(&format!("plugin {name}"), &json) {
+                Ok(v) => {
+                    snapshot.plugins.insert(name, v);
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        for (name, json) in jobs {
+            match decode::<JobEntry>(&format!("job {name}"), &json) {
+                Ok(mut v) => {
+                    v.run = runs.get(&name).copied().unwrap_or(0);
+                    snapshot.jobs.insert(name, v);
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(snapshot)
+    }
+
+    pub(super) async fn notify(&mut self, what: &str) -> Result<()> {
+        let _: i64 = self.conn.publish(self.keys.ctl_channel(), what).await?;
+        Ok(())
+    }
+
+    /// Record that `host` would not run version `sha256` of `plugin`.
+    pub async fn refuse(
+        &mut self,
+        plugin: &str,
+        sha256: &str,
+        host: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let refusal = Refusal {
+            host: host.to_string(),
+            reason: reason.to_string(),
+            at: now_ms(),
+        };
+        let _: () = self
+            .conn
+            .hset(
+                self.keys.ctl_refused(),
+                format!("{plugin}@{sha256}"),
+                encode(&refusal),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Refusals of versions of `plugin`: sha256 → refusal.
+    pub async fn refusals(&mut self, plugin: &str) -> Result<BTreeMap<String, Refusal>> {
+        Ok(self
+            .all_refusals()
+            .await?
+            .remove(plugin)
+            .unwrap_or_default())
+    }
+
+    /// Every refusal: plugin → sha256 → refusal (one read for a whole listing).
+    pub async fn all_refusals(&mut self) -> Result<BTreeMap<String, BTreeMap<String, Refusal>>> {
+        let all: BTreeMap<String, String> = self.conn.hgetall(self.keys.ctl_refused()).await?;
+        let mut out: BTreeMap<String, BTreeMap<String, Refusal>> = BTreeMap::new();
+        for (key, json) in all {
+            if let Some((plugin, sha)) = key.rsplit_once('@') {
+                let refusal = decode("refusal", &json)?;
+                out.entry(plugin.to_string())
+                    .or_default()
+                    .insert(sha.to_string(), refusal);
+            }
+        }
+        Ok(out)
+    }
+}
