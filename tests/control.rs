@@ -728,5 +728,26 @@ fn a_job_written_by_a_newer_version_runs_and_keeps_its_unknown_fields() {
     assert_eq!(stored["owner"], "a-newer-cli");
     assert_eq!(stored["spec"]["breaker"]["trip_after"], 3);
     assert_eq!(stored["spec"]["rate_limit"], "100/s");
+    // A job this version cannot read at all (a start mode it does not know) is not run
+    // here, but an operator can still stop it from this version's CLI.
+    let future = serde_json::json!({
+        "spec": {"name": "future", "source": "stream:in2", "plugin": "echo", "start": "at-time"},
+        "state": "running",
+        "changed_at": 1
+    });
+    let _: () = redis::cmd("HSET")
+        .arg("sluice:{ctl}:jobs")
+        .arg("future")
+        .arg(future.to_string())
+        .query(&mut conn)
+        .unwrap();
+    cli(&redis.url, "job stop future");
+    let stored: String = redis::cmd("HGET")
+        .arg("sluice:{ctl}:jobs")
+        .arg("future")
+        .query(&mut conn)
+        .unwrap();
+    assert!(stored.contains(r#""state":"stopped""#), "{stored}");
+    assert!(stored.contains(r#""start":"at-time""#), "{stored}");
     host.stop_ok();
 }

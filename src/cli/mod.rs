@@ -218,7 +218,7 @@ impl Ctx {
 impl Client {
     /// A connection to Redis: the one way commands connect.
     pub async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        store::connect(&self.url, Duration::from_secs(10))
+        store::connect_once(&self.url)
             .await
             .with_context(|| format!("connecting to Redis at {}", store::redact_url(&self.url)))
     }

@@ -128,12 +128,13 @@ pub type JobResult = (String, anyhow::Result<RunnerStats>);
 
 impl Assembly {
     /// A reconnecting connection for one of `spec`'s blocking readers or committers.
-    async fn connect(&self, spec: &JobSpec) -> Result<ConnectionManager, StoreError> {
+    async fn connect(&self, spec: &JobSpec) -> anyhow::Result<ConnectionManager> {
         store::connect(
             &self.url,
             Duration::from_millis(spec.block_ms) + RESPONSE_MARGIN,
         )
         .await
+        .with_context(|| format!("connecting to Redis at {}", redact_url(&self.url)))
     }
 
     /// A runner of `spec`'s source stream, fenced on `run`, handing events to `handler`.
@@ -142,7 +143,7 @@ impl Assembly {
         spec: &JobSpec,
         run: Option<u64>,
         handler: Box<dyn Handler>,
-    ) -> Result<JobRunner, StoreError> {
+    ) -> anyhow::Result<JobRunner> {
         let job = stream_job(&self.keys, spec, &self.consumer, run);
         let (read, commit) = (self.connect(spec).await?, self.connect(spec).await?);
         let source = stream::open(read, commit, job, spec.start).await?;
@@ -165,12 +166,9 @@ impl Assembly {
         tasks: &mut JoinSet<JobResult>,
     ) -> Result<(RunningJob, tokio::task::Id), Failure> {
         let name = spec.name.as_str();
-        let transient = |e: StoreError| {
-            Failure::Transient(anyhow::Error::from(e).context(format!(
-                "job `{name}`: connecting to Redis at {}",
-                redact_url(&self.url)
-            )))
-        };
+        // Redis trouble: the job is tried again at the next reconcile.
+        let transient = |e: anyhow::Error| Failure::Transient(e.context(format!("job `{name}`")));
+        let store = |e: StoreError| transient(e.into());
         let source = self.keys.source_stream(spec);
         let job_key = self.keys.job(name, &source);
         let state: Arc<dyn StateReader> = Arc::new(RedisState::new(
@@ -181,7 +179,7 @@ impl Assembly {
         let mut conn = self.connect(spec).await.map_err(transient)?;
         if lifecycle::begin(&mut conn, &self.keys, name, &source, run)
             .await
-            .map_err(transient)?
+            .map_err(store)?
         {
             tracing::info!(job = %name, run, "job-started issued");
         }
@@ -196,7 +194,7 @@ impl Assembly {
         );
         let life = stream::open(read, commit, life, crate::model::Start::Beginning)
             .await
-            .map_err(transient)?;
+            .map_err(store)?;
         let life_runner = JobRunner::new(
             life,
             life_handler,
@@ -206,8 +204,8 @@ impl Assembly {
         let runner = self
             .source_runner(spec, Some(run), handler)
             .await
-            .with_context(|| format!("job `{name}`: opening stream `{source}`"))
-            .map_err(Failure::Transient)?;
+            .with_context(|| format!("opening stream `{source}`"))
+            .map_err(transient)?;
         let swap = [runner.swapper(), life_runner.swapper()];
         let (stop, stop_rx) = watch::channel(false);
         let gate = Gate {

@@ -56,8 +56,9 @@ impl Plugins {
                 .map_err(|e| Failure::Transient(anyhow::anyhow!("loading panicked: {e}")))?;
         let loaded = match cached {
             Some(Ok(loaded)) => loaded,
-            // Not cached (or the cached artifact does not link): fetch and compile.
-            Some(Err(_)) | None => self.compile(registry, name, &sha, origin).await?,
+            // Compiled from these very bytes by this engine: compiling again would fail alike.
+            Some(Err(e)) => return Err(Failure::Refused(e.to_string())),
+            None => self.compile(registry, name, &sha, origin).await?,
         };
         self.loaded.insert(sha, loaded.clone());
         Ok(loaded)

@@ -190,8 +190,8 @@ impl Host {
                 .is_some_and(|e| e.state == JobState::Running && e.run == run);
             if done && still_running {
                 match self.registry.finish_job(&name, run).await {
-                    Ok(Some(_)) => tracing::info!(job = %name, run, "job finished"),
-                    Ok(None) => {}
+                    Ok(true) => tracing::info!(job = %name, run, "job finished"),
+                    Ok(false) => {}
                     Err(e) => tracing::warn!(job = %name, "marking the job finished failed: {e}"),
                 }
             }

@@ -315,11 +315,18 @@ fn config_value(v: &serde_json::Value) -> Result<String, String> {
     use serde_json::Value;
     match v {
         Value::String(s) => Ok(s.clone()),
+        // Whole numbers as written; other numbers as Rust shows an f64 (`3.0` → "3"), which
+        // is what plugins have always been handed.
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.is_finite() => Ok(f.to_string()),
+            _ => Err("must be a finite number".into()),
+        },
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Array(_) => Err("must be a string, number or boolean, got an array".into()),
         Value::Object(_) => Err("must be a string, number or boolean, got a table".into()),
-        Value::Null => Err("must be a string, number or boolean, got nothing".into()),
+        // TOML's `inf` and `nan` arrive as nothing: JSON (the registry) cannot hold them.
+        Value::Null => Err("must be a string, finite number or boolean, got nothing".into()),
     }
 }
 
@@ -357,6 +364,8 @@ mod tests {
         spec.config.insert("b".into(), true.into());
         assert_eq!(spec.plugin_config()["n"], "3");
         assert_eq!(spec.plugin_config()["f"], "1.5");
+        spec.config.insert("whole".into(), 3.0.into());
+        assert_eq!(spec.plugin_config()["whole"], "3");
         assert_eq!(spec.plugin_config()["b"], "true");
         spec.config.insert("nested".into(), serde_json::json!([1]));
         assert_eq!(spec.validate().unwrap_err().0, "config.nested");

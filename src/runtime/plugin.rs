@@ -153,8 +153,9 @@ pub(super) fn load_cached(
     sha256: &str,
     size: usize,
 ) -> Option<Result<LoadedPlugin, LoadError>> {
+    let started = Instant::now();
     let component = runtime.cache.as_ref()?.get(&runtime.engine, sha256)?;
-    Some(link(
+    let plugin = link(
         runtime,
         name,
         origin,
@@ -162,7 +163,19 @@ pub(super) fn load_cached(
         size,
         component,
         true,
-    ))
+    );
+    if plugin.is_ok() {
+        tracing::info!(
+            plugin = name,
+            origin,
+            sha256 = &sha256[..sha256.len().min(12)],
+            size,
+            from_cache = true,
+            ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+    }
+    Some(plugin)
 }
 
 /// Link a compiled component against the host's imports and check it is of our world.

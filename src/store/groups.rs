@@ -10,8 +10,8 @@ use super::StoreError;
 /// One consumer group of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupInfo {
-    /// Entries delivered to the group and not acknowledged yet.
-    pub pending: u64,
+    /// Entries delivered to the group and not acknowledged yet (None if Redis did not say).
+    pub pending: Option<u64>,
     /// Entries not yet delivered to the group; None when Redis cannot tell (entries were
     /// deleted from the stream).
     pub lag: Option<u64>,
@@ -39,7 +39,7 @@ pub async fn group_info<C: ConnectionLike + Send>(
         }
         let int = |k: &str| get(k).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok());
         Some(GroupInfo {
-            pending: int("pending").unwrap_or(0),
+            pending: int("pending"),
             lag: int("lag"),
             last_delivered: get("last-delivered-id")
                 .and_then(|v| redis::from_redis_value_ref(v).ok())

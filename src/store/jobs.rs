@@ -76,7 +76,7 @@ pub async fn status<C: AsyncCommands>(
     };
     // Pending and (Redis ≥ 7) lag; a stream that is gone shows nothing pending.
     if let Ok(Some(g)) = super::groups::group_info(conn, &source, &group).await {
-        status.pending = g.pending;
+        status.pending = g.pending.unwrap_or(0);
         status.lag = g.lag;
     }
     Ok(Some(status))

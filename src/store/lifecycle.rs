@@ -84,7 +84,7 @@ pub async fn drained(
     source: &str,
 ) -> Result<bool, StoreError> {
     let group = group_info(conn, &keys.lifecycle(job, source), &keys.group(job)).await?;
-    Ok(group.is_some_and(|g| g.pending == 0 && g.lag == Some(0)))
+    Ok(group.is_some_and(|g| g.pending == Some(0) && g.lag == Some(0)))
 }
 
 /// What a job's source runner waits behind: the job's lifecycle stream must be drained

@@ -67,12 +67,21 @@ pub async fn connect(
     url: &str,
     response_timeout: Duration,
 ) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_max_delay(Duration::from_secs(2));
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+    Ok(ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?)
+}
+
+/// A connection for one command of the CLI: the same kind as [`connect`]'s, but a person is
+/// waiting, so an unreachable Redis or a wrong password fails within a second, not retried.
+pub async fn connect_once(url: &str) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(0);
+    Ok(ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?)
 }
 
 /// Return once Redis at `url` answers; while it does not, log and try again with backoff.

@@ -45,28 +45,38 @@ impl Registry {
 
     /// A job's entry, with the JSON it was read from (for compare-and-set).
     async fn job_raw(&mut self, name: &str) -> Result<Option<(JobEntry, String)>> {
+        let Some((json, run)) = self.job_json(name).await? else {
+            return Ok(None);
+        };
+        let mut entry: JobEntry = decode(&format!("job {name}"), &json)?;
+        entry.run = run;
+        Ok(Some((entry, json)))
+    }
+
+    /// A job's entry as stored (JSON) and its run.
+    async fn job_json(&mut self, name: &str) -> Result<Option<(String, u64)>> {
         let (json, run): (Option<String>, Option<u64>) = redis::pipe()
             .atomic()
             .hget(self.keys.ctl_jobs(), name)
             .hget(self.keys.ctl_runs(), name)
             .query_async(&mut self.conn)
             .await?;
-        let Some(json) = json else { return Ok(None) };
-        let mut entry: JobEntry = decode(&format!("job {name}"), &json)?;
-        entry.run = run.unwrap_or(0);
-        Ok(Some((entry, json)))
+        Ok(json.map(|json| (json, run.unwrap_or(0))))
     }
 
     /// Stop or resume a job (every host follows).
-    pub async fn set_job_state(&mut self, name: &str, state: JobState) -> Result<JobEntry> {
-        self.change_state(name, state, None).await?.ok_or_else(|| {
-            ControlError::Refused(format!("job `{name}` changed meanwhile; try again"))
-        })
+    pub async fn set_job_state(&mut self, name: &str, state: JobState) -> Result<()> {
+        match self.change_state(name, state, None).await? {
+            true => Ok(()),
+            false => Err(ControlError::Refused(format!(
+                "job `{name}` changed meanwhile; try again"
+            ))),
+        }
     }
 
     /// Mark run `run` of a job finished, if it is still that run and running (a host's view
-    /// may be a second old). None when it is not.
-    pub async fn finish_job(&mut self, name: &str, run: u64) -> Result<Option<JobEntry>> {
+    /// may be a second old). False when it is not.
+    pub async fn finish_job(&mut self, name: &str, run: u64) -> Result<bool> {
         self.change_state(name, JobState::Finished, Some(run)).await
     }
 
@@ -77,28 +87,28 @@ impl Registry {
         name: &str,
         state: JobState,
         expect_run: Option<u64>,
-    ) -> Result<Option<JobEntry>> {
+    ) -> Result<bool> {
         let script = &*scripts::JOB_STATE;
         for _ in 0..5 {
-            let (mut entry, json) = self
-                .job_raw(name)
+            // The entry as stored, not decoded into this version's types: a state change
+            // works on a job whose spec this version cannot read, and fields a newer version
+            // wrote (in the entry or its spec) survive it.
+            let (json, run) = self
+                .job_json(name)
                 .await?
                 .ok_or_else(|| ControlError::Refused(format!("no job named `{name}`")))?;
-            if let Some(run) = expect_run
-                && (entry.run != run || entry.state != JobState::Running)
-            {
-                return Ok(None);
+            if let Some(expected) = expect_run {
+                let current: serde_json::Value = decode(&format!("job {name}"), &json)?;
+                let running = current.get("state").and_then(|s| s.as_str()) == Some("running");
+                if run != expected || !running {
+                    return Ok(false);
+                }
             }
-            let run = entry.run;
-            entry.state = state;
-            entry.changed_at = now_ms();
-            // Patch the JSON as it was read rather than encode `entry`: fields a newer
-            // version wrote (in the entry or its spec) survive this version's state change.
             let patched = patch(
                 &json,
                 &[
                     ("state", serde_json::to_value(state).unwrap_or_default()),
-                    ("changed_at", entry.changed_at.into()),
+                    ("changed_at", now_ms().into()),
                 ],
             )?;
             let written: i64 = script
@@ -112,9 +122,9 @@ impl Registry {
                 .await?;
             if written == 1 {
                 self.notify(&format!("job {name}")).await?;
-                return Ok(Some(entry));
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 }
