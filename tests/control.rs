@@ -5,35 +5,10 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn sluice(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .args(["--redis", url])
-        .env_remove("SLUICE_REDIS_URL")
-        .env_remove("SLUICE_CONFIG")
-        .env(
-            "SLUICE_DATA_DIR",
-            std::env::temp_dir().join("sluice-control-tests"),
-        )
-        .output()
-        .expect("running sluice")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A redis-server, a connection, a temp dir with a job-less host config, and echo loaded into
 /// the registry as plugin `name`.
@@ -48,11 +23,6 @@ fn fleet(name: &str) -> (RedisServer, redis::Connection, tempfile::TempDir, Path
         &["plugin", "load", echo.to_str().unwrap(), "--name", name],
     ));
     (redis, conn, dir, cfg)
-}
-
-/// `sluice <words…>` must succeed; its stdout.
-fn cli(url: &str, line: &str) -> String {
-    ok(sluice(url, &line.split_whitespace().collect::<Vec<_>>()))
 }
 
 /// Wait (up to two minutes) until job `job` on stream `in` acked `n` events.
@@ -77,20 +47,6 @@ fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
     bytes.extend_from_slice(name);
     let path = dir.join(format!("{tag}.wasm"));
     std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-/// A host config with no jobs of its own: everything comes from the registry.
-fn fleet_config(dir: &Path) -> PathBuf {
-    let path = dir.join("fleet.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
     path
 }
 

@@ -45,14 +45,14 @@ async fn a_commit_run_twice_writes_and_counts_once() {
     let outcomes = acked(&events);
     let decisions = vec![Decision::Ack; 3];
     let first = committer
-        .commit(&events, &outcomes, &decisions, false, "v1")
+        .commit(&events, &outcomes, &decisions, None, "v1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((first.acked, first.stale), (3, 0));
     // The same commit again, as after a lost reply: nothing written, nothing counted.
     let again = committer
-        .commit(&events, &outcomes, &decisions, false, "v1")
+        .commit(&events, &outcomes, &decisions, None, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -80,13 +80,13 @@ async fn a_retry_commit_run_twice_schedules_and_counts_once() {
         error: "error: boom".into(),
     }];
     let first = committer
-        .commit(&events, &outcomes, &decisions, false, "v1")
+        .commit(&events, &outcomes, &decisions, None, "v1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((first.retried, first.stale), (1, 0));
     let again = committer
-        .commit(&events, &outcomes, &decisions, false, "v1")
+        .commit(&events, &outcomes, &decisions, None, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -113,7 +113,7 @@ async fn a_commit_for_an_older_delivery_is_stale() {
         .unwrap();
     let outcomes = acked(&first_delivery);
     let done = committer
-        .commit(&first_delivery, &outcomes, &[Decision::Ack], false, "v1")
+        .commit(&first_delivery, &outcomes, &[Decision::Ack], None, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -150,7 +150,7 @@ async fn a_runner_of_an_older_run_commits_nothing() {
     let events = reader.read(2, 100).await.unwrap();
     let decisions = vec![Decision::Ack; events.len()];
     let ours = committer
-        .commit(&events, &acked(&events), &decisions, false, "v1")
+        .commit(&events, &acked(&events), &decisions, None, "v1")
         .await
         .unwrap()
         .unwrap();
@@ -164,10 +164,74 @@ async fn a_runner_of_an_older_run_commits_nothing() {
         .unwrap();
     let events = reader.read(2, 100).await.unwrap();
     let refused = committer
-        .commit(&events, &acked(&events), &decisions, false, "v1")
+        .commit(&events, &acked(&events), &decisions, None, "v1")
         .await
         .unwrap();
     assert_eq!(refused, Err(stream::Refused::Superseded));
     assert_eq!(field_values(&mut conn, "out", "n"), ["0", "1"]);
     assert_eq!(pending(&mut conn, "j", "in"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_whose_reads_changed_is_refused_whole() {
+    use sluice::model::ReadSet;
+    use sluice::store::stream::Refused;
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 2, &[("n", "{i}")]);
+    let events = reader.read(10, 100).await.unwrap();
+    let outcomes = acked(&events);
+    let decisions = vec![Decision::Ack; 2];
+    // What the batch read: counter `c` at 5, kv `k` absent, window `w` without id `x`,
+    // and no entry in `w` since 0.
+    let mut reads = ReadSet::default();
+    reads.counters.insert("c".into(), 5);
+    reads.kv.insert("k".into(), None);
+    reads.window_ids.insert(("w".into(), "x".into()), None);
+    reads.window_counts.insert(("w".into(), 0), 0);
+    let job = "sluice:{in}:job:j";
+    let _: () = redis::cmd("SET")
+        .arg(format!("{job}:counter:c"))
+        .arg(5)
+        .query(&mut conn)
+        .unwrap();
+    // Another host's write to each read in turn refuses the batch, naming the key.
+    let writes: [(&str, Vec<&str>); 3] = [
+        ("kv:k", vec!["SET", "v"]),
+        ("counter:c", vec!["INCRBY", "1"]),
+        ("window:w", vec!["ZADD", "1", "x"]),
+    ];
+    for (key, command) in writes {
+        let full = format!("{job}:{key}");
+        let mut cmd = redis::cmd(command[0]);
+        cmd.arg(&full).arg(&command[1..]);
+        let _: redis::Value = cmd.query(&mut conn).unwrap();
+        let refused = committer
+            .commit(&events, &outcomes, &decisions, Some(&reads), "v1")
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(Refused::Conflict { key: full.clone() }));
+        assert_eq!(
+            field_values(&mut conn, "out", "n").len(),
+            0,
+            "nothing written"
+        );
+        // Put the read value back for the next case.
+        let _: () = redis::cmd("DEL").arg(&full).query(&mut conn).unwrap();
+        if key == "counter:c" {
+            let _: () = redis::cmd("SET")
+                .arg(&full)
+                .arg(5)
+                .query(&mut conn)
+                .unwrap();
+        }
+    }
+    // Unchanged: it commits.
+    let committed = committer
+        .commit(&events, &outcomes, &decisions, Some(&reads), "v1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed.acked, 2);
 }

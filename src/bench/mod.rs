@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 mod load;
+mod state;
 mod swap;
 
 use self::load::{NoopHandler, Tally, bare_loop, cleanup, prefill, publish_paced};
@@ -165,16 +166,17 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
     let result = async {
         let rows = measure(args, &url, &plugins).await?;
         let swap = swap::swap_pause(args, &url, &plugins).await?;
-        anyhow::Ok((rows, swap))
+        let state = state::stateful(args, &url, &plugins).await?;
+        anyhow::Ok((rows, swap, state))
     }
     .await;
     if let Some(e) = embedded {
         e.stop().await;
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    let (rows, swap) = result?;
+    let (rows, swap, state) = result?;
     if args.json {
-        let report = serde_json::json!({ "modes": rows, "swap": swap });
+        let report = serde_json::json!({ "modes": rows, "swap": swap, "stateful": state });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(args, &url, &rows);
@@ -188,6 +190,7 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
             swap.p99_gap_ms,
             swap.max_gap_elsewhere_ms
         );
+        print_state_table(args, &state);
     }
     Ok(())
 }
@@ -227,6 +230,27 @@ async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Resu
         });
     }
     Ok(rows)
+}
+
+fn print_state_table(args: &BenchArgs, rows: &[state::StateRow]) {
+    println!(
+        "stateful job (chaos kv-incr: get a key, set it plus one; batch {}), hosts = runners of one job:",
+        args.batch
+    );
+    println!(
+        "| {:<10} | {:>5} | {:>8} | {:>10} | {:>9} | {:>8} | {:>5} |",
+        "keys", "hosts", "events", "events/s", "conflicts", "batches", "exact"
+    );
+    println!(
+        "|{:-<12}|{:-<7}|{:-<10}|{:-<12}|{:-<11}|{:-<10}|{:-<7}|",
+        "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<10} | {:>5} | {:>8} | {:>10.0} | {:>9} | {:>8} | {:>5} |",
+            r.keys, r.hosts, r.events, r.events_per_s, r.conflicts, r.batches, r.exact
+        );
+    }
 }
 
 fn print_table(args: &BenchArgs, url: &str, rows: &[Row]) {

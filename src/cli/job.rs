@@ -341,6 +341,12 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
         println!("retried   {}", status.retried);
         println!("failed    {}", status.failed);
         println!("dead      {}", status.dead);
+        if status.conflicts > 0 {
+            println!(
+                "conflicts {}  (batches handled again: another host wrote what they read)",
+                status.conflicts
+            );
+        }
         println!(
             "pending   {}  (of which scheduled retries: {})",
             status.pending, status.scheduled

@@ -4,6 +4,7 @@
 //! [`Event`] is what a source produced; an [`Outcome`] is what handling it decided, with the
 //! [`Effect`]s to commit in the same transaction as its acknowledgement.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -109,11 +110,40 @@ impl Effect {
 pub trait StateReader: Send + Sync {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
     fn counter_get(&self, name: &str) -> Result<i64, String>;
-    /// How many of `ids` window `name` already holds from `since_ms` on (to count
-    /// distinct ids).
-    fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String>;
+    /// When (ms) each of `ids` was added to window `name`, if it is there.
+    fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String>;
     /// How many ids window `name` holds from `since_ms` on.
     fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String>;
+}
+
+/// What a batch read of its job's stored state (Redis, before the batch's own writes), each
+/// read once per batch: later reads of the same thing in the batch see the same value
+/// (repeatable reads). The commit writes the batch only if every value is still what was
+/// read, so a state-reading job is serializable across a fleet of hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadSet {
+    /// kv key → its stored value (None: absent).
+    pub kv: BTreeMap<String, Option<Vec<u8>>>,
+    /// Counter → its stored value (absent counts as 0).
+    pub counters: BTreeMap<String, i64>,
+    /// (window, id) → when the id was added (None: not in the window).
+    pub window_ids: BTreeMap<(String, String), Option<u64>>,
+    /// (window, since ms) → how many ids the window held from then on.
+    pub window_counts: BTreeMap<(String, u64), u64>,
+}
+
+impl ReadSet {
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty()
+            && self.counters.is_empty()
+            && self.window_ids.is_empty()
+            && self.window_counts.is_empty()
+    }
+
+    /// How many values the commit checks.
+    pub fn len(&self) -> usize {
+        self.kv.len() + self.counters.len() + self.window_ids.len() + self.window_counts.len()
+    }
 }
 
 /// Why handling an event failed. Each is a failure of that event only.
@@ -134,6 +164,9 @@ pub enum FailureKind {
     /// Delivered more than `max_deliveries` times without a result: the hosts handling it
     /// died or lost it. Not handed to the plugin again.
     Abandoned,
+    /// The batch's reads of job state kept being changed by other hosts before it could
+    /// commit (see [`ReadSet`]): handled again later on fresh state.
+    Conflict,
 }
 
 impl FailureKind {
@@ -147,6 +180,7 @@ impl FailureKind {
             FailureKind::Limit => "limit",
             FailureKind::Init => "init",
             FailureKind::Abandoned => "abandoned",
+            FailureKind::Conflict => "conflict",
         }
     }
 }
@@ -204,5 +238,11 @@ pub trait Handler: Send + 'static {
     /// event's status and dead letter.
     fn version(&self) -> &str {
         ""
+    }
+
+    /// What the last batch read of stored job state, for the commit to check (taken: the
+    /// next batch starts a new read set).
+    fn take_reads(&mut self) -> ReadSet {
+        ReadSet::default()
     }
 }

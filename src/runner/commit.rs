@@ -7,9 +7,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{CommitObserver, Handled, InFlight, RunnerStats, redis_backoff};
-use crate::model::{Decision, DeliveryPolicy, Effect, Event, FailureKind, Outcome};
+use crate::model::{Decision, DeliveryPolicy, Effect, Event, FailureKind, Outcome, ReadSet};
 use crate::store::StoreError;
 use crate::store::stream::{Committed, Refused, StreamCommitter};
+
+/// How many times a state-reading batch is handled again on fresh state after losing to
+/// another host's writes, before its events are failed (and retried later with the job's
+/// backoff, then dead-lettered: a batch that can never win ends visibly).
+const MAX_REDOS: u32 = 20;
 
 pub(super) async fn commit_stage(
     mut committer: StreamCommitter,
@@ -18,14 +23,19 @@ pub(super) async fn commit_stage(
     observer: Option<Arc<dyn CommitObserver>>,
     committed_count: watch::Sender<u64>,
     in_flight: InFlight,
+    redo: mpsc::UnboundedSender<Vec<Event>>,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     let mut stats = RunnerStats::default();
-    while let Some(Handled {
+    // Conflicts of the batch being committed (its redos come back through `input`).
+    let mut redos = 0u32;
+    let mut redo_backoff =
+        crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
+    'batches: while let Some(Handled {
         events,
         mut outcomes,
         version,
-        strict,
+        reads,
     }) = input.recv().await
     {
         for (event, outcome) in events.iter().zip(&outcomes) {
@@ -35,26 +45,74 @@ pub(super) async fn commit_stage(
         }
         // One script call per chunk of at most MAX_COMMIT_BYTES of effects, in order: each
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
+        // The read set is checked with the first chunk (later chunks read its writes).
         let mut committed = Committed::default();
-        for range in chunks(&outcomes) {
-            let Some(c) = commit(
+        let no_reads = ReadSet::default();
+        for (n, range) in chunks(&outcomes).into_iter().enumerate() {
+            // Later chunks stay all-or-nothing (strict) but check no reads: they read the
+            // first chunk's writes.
+            let checked = reads.as_ref().map(|r| if n == 0 { r } else { &no_reads });
+            let mut result = commit(
                 &mut committer,
                 &delivery,
                 &events[range.clone()],
-                &mut outcomes[range],
-                strict,
+                &mut outcomes[range.clone()],
+                checked,
                 &version,
             )
-            .await
-            else {
-                // Leave: the entries not committed stay pending and are taken over by the
-                // runners of the new run once idle.
-                tracing::warn!(
-                    job = &*job,
-                    "a newer run of the job has begun; this runner stops without committing"
-                );
-                stats.superseded = true;
-                return stats;
+            .await;
+            if let Commit::Conflict(key) = &result {
+                stats.conflicts += 1;
+                committer.count_conflict().await;
+                let rest = events[range.start..].to_vec();
+                if redos < MAX_REDOS {
+                    redos += 1;
+                    tracing::debug!(job = &*job, key = %key, redos, "another host wrote what the batch read; handling it again");
+                    // What was committed of the batch is done; the rest is handled again.
+                    observe(
+                        &observer,
+                        &in_flight,
+                        &events[..range.start],
+                        &outcomes[..range.start],
+                    );
+                    tokio::time::sleep(redo_backoff.next().unwrap_or(Duration::from_millis(100)))
+                        .await;
+                    if redo.send(rest).is_err() {
+                        return stats;
+                    }
+                    continue 'batches;
+                }
+                tracing::warn!(job = &*job, key = %key, redos, "the batch kept losing to other hosts' writes; its events are retried later");
+                for outcome in &mut outcomes[range.start..] {
+                    *outcome = Outcome::failed(
+                        FailureKind::Conflict,
+                        format!("`{key}` kept changing under the batch ({redos} tries)"),
+                    );
+                }
+                result = commit(
+                    &mut committer,
+                    &delivery,
+                    &events[range.start..],
+                    &mut outcomes[range.start..],
+                    None,
+                    &version,
+                )
+                .await;
+            }
+            let c = match result {
+                Commit::Done(c) => c,
+                // Conflicts are not reported without a read set.
+                Commit::Conflict(_) => Committed::default(),
+                Commit::Superseded => {
+                    // Leave: the entries not committed stay pending and are taken over by
+                    // the runners of the new run once idle.
+                    tracing::warn!(
+                        job = &*job,
+                        "a newer run of the job has begun; this runner stops without committing"
+                    );
+                    stats.superseded = true;
+                    return stats;
+                }
             };
             committed.acked += c.acked;
             committed.skipped += c.skipped;
@@ -63,10 +121,9 @@ pub(super) async fn commit_stage(
             committed.dead += c.dead;
             committed.stale += c.stale;
         }
-        in_flight.remove(&events);
-        if let Some(observer) = &observer {
-            observer.committed(&events, &outcomes);
-        }
+        redos = 0;
+        redo_backoff = crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
+        observe(&observer, &in_flight, &events, &outcomes);
         stats.batches += 1;
         let _ = committed_count.send(stats.batches);
         stats.committed.acked += committed.acked;
@@ -84,6 +141,32 @@ pub(super) async fn commit_stage(
         }
     }
     stats
+}
+
+/// Committed events: no longer in flight here, and told to the observer.
+fn observe(
+    observer: &Option<Arc<dyn CommitObserver>>,
+    in_flight: &InFlight,
+    events: &[Event],
+    outcomes: &[Outcome],
+) {
+    if events.is_empty() {
+        return;
+    }
+    in_flight.remove(events);
+    if let Some(observer) = observer {
+        observer.committed(events, outcomes);
+    }
+}
+
+/// How a commit ended.
+enum Commit {
+    Done(Committed),
+    /// A newer run of the job has begun: nothing was written, the runner stops.
+    Superseded,
+    /// (with a read set) Another host wrote this key, which the batch read: nothing was
+    /// written; the batch must be handled again.
+    Conflict(String),
 }
 
 /// Most effect bytes sent in one commit script call.
@@ -112,12 +195,13 @@ fn chunks(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
     ranges
 }
 
-/// Commit until it succeeds; None when a newer run of the job has begun (nothing written).
+/// Commit until it succeeds, a newer run of the job has begun, or (with `reads`) the batch
+/// read something another host changed meanwhile.
 ///
 /// - A key of the wrong type fails the events that write it (they are retried like any
-///   failure); for a plugin that reads state (`strict`), the whole batch, because later events
+///   failure); for a plugin that reads state (`reads`), the whole batch, because later events
 ///   may have read those events' writes.
-/// - (strict) An event taken over by another host: the whole batch is failed and retried, for
+/// - (reads) An event taken over by another host: the whole batch is failed and retried, for
 ///   the same reason.
 /// - A connection error is retried with backoff (the script skips what it already committed).
 /// - Any other error of the script means it could fail again the same way: the batch's events
@@ -127,9 +211,9 @@ async fn commit(
     delivery: &DeliveryPolicy,
     events: &[Event],
     outcomes: &mut [Outcome],
-    mut strict: bool,
+    mut reads: Option<&ReadSet>,
     version: &str,
-) -> Option<Committed> {
+) -> Commit {
     let job = committer.job().job.clone();
     let mut backoff = redis_backoff();
     let fail_all = |outcomes: &mut [Outcome], message: &str| {
@@ -144,10 +228,11 @@ async fn commit(
             .map(|(e, o)| delivery.decide(o, e.delivery_count))
             .collect();
         match committer
-            .commit(events, outcomes, &decisions, strict, version)
+            .commit(events, outcomes, &decisions, reads, version)
             .await
         {
-            Ok(Ok(committed)) => return Some(committed),
+            Ok(Ok(committed)) => return Commit::Done(committed),
+            Ok(Err(Refused::Conflict { key })) => return Commit::Conflict(key),
             Ok(Err(Refused::BadTarget(bad))) => {
                 let message = format!(
                     "`{}` holds a {}, which this write cannot use",
@@ -158,15 +243,17 @@ async fn commit(
                     events = bad.events.len(),
                     "commit refused: {message}"
                 );
-                if strict || bad.events.is_empty() {
+                if reads.is_some() || bad.events.is_empty() {
                     fail_all(outcomes, &format!("batch refused: {message}"));
+                    // Failures write nothing: there is nothing left to serialize.
+                    reads = None;
                 } else {
                     for &i in &bad.events {
                         outcomes[i] = Outcome::failed(FailureKind::Limit, message.clone());
                     }
                 }
             }
-            Ok(Err(Refused::Superseded)) => return None,
+            Ok(Err(Refused::Superseded)) => return Commit::Superseded,
             Ok(Err(Refused::Stale)) => {
                 tracing::info!(
                     job = &*job,
@@ -178,7 +265,7 @@ async fn commit(
                      events may have read",
                 );
                 // What is left to write (retries of the events still ours) reads nothing.
-                strict = false;
+                reads = None;
             }
             Err(e) if !e.is_connection() && !e.is_loading() => {
                 tracing::error!(
@@ -186,7 +273,7 @@ async fn commit(
                     "commit failed, failing the batch's events: {e}"
                 );
                 fail_all(outcomes, &format!("commit failed: {e}"));
-                strict = false;
+                reads = None;
                 tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
             }
             Err(e) => {

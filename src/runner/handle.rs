@@ -16,9 +16,10 @@ pub(super) async fn handle_stage(
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
+    mut redo: mpsc::UnboundedReceiver<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut handled = 0u64;
-    while let Some(events) = input.recv().await {
+    while let Some(mut events) = input.recv().await {
         // A new version takes over between batches: everything handled so far is on its way
         // to the committer with the old version's name on it.
         if let Some(next) = next.take() {
@@ -35,30 +36,43 @@ pub(super) async fn handle_stage(
             );
         }
         let reads_state = handler.reads_state();
-        if reads_state {
+        if reads_state && committed.wait_for(|c| *c >= handled).await.is_err() {
             // Every earlier batch must be in Redis before this one reads state.
-            while *committed.borrow_and_update() < handled {
-                if committed.changed().await.is_err() {
-                    return Ok(());
-                }
-            }
+            return Ok(());
         }
         handled += 1;
-        let (h, events, outcomes) = tokio::task::spawn_blocking(move || {
-            let outcomes = handle_batch(handler.as_mut(), &events, max_deliveries);
-            (handler, events, outcomes)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
-        handler = h;
-        let batch = Handled {
-            events,
-            outcomes,
-            version: handler.version().to_string(),
-            strict: reads_state,
-        };
-        if out.send(batch).await.is_err() {
-            break;
+        loop {
+            let (h, evs, outcomes, reads) = tokio::task::spawn_blocking(move || {
+                let outcomes = handle_batch(handler.as_mut(), &events, max_deliveries);
+                let reads = handler.take_reads();
+                (handler, events, outcomes, reads)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
+            handler = h;
+            let batch = Handled {
+                events: evs,
+                outcomes,
+                version: handler.version().to_string(),
+                reads: reads_state.then_some(reads),
+            };
+            if out.send(batch).await.is_err() {
+                return Ok(());
+            }
+            if !reads_state {
+                break;
+            }
+            // A state-reading batch is committed, or comes back (what is left of it) when
+            // another host wrote what it read: then it is handled again, on fresh state.
+            tokio::select! {
+                done = committed.wait_for(|c| *c >= handled) => {
+                    if done.is_err() {
+                        return Ok(());
+                    }
+                    break;
+                }
+                Some(again) = redo.recv() => events = again,
+            }
         }
     }
     Ok(())

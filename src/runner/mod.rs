@@ -58,6 +58,8 @@ pub struct RunnerStats {
     pub committed: Committed,
     /// The runner stopped because a newer run of its job began.
     pub superseded: bool,
+    /// Commits refused because another host wrote what the batch read (each handled again).
+    pub conflicts: u64,
 }
 
 pub struct JobRunner {
@@ -99,8 +101,9 @@ pub(crate) struct Handled {
     pub outcomes: Vec<Outcome>,
     /// The version of the handler that produced the outcomes.
     pub version: String,
-    /// The handler reads state: commit the batch all-or-nothing (see [`commit`]).
-    pub strict: bool,
+    /// The handler reads state: what it read, for the commit to check, which also commits
+    /// the batch all-or-nothing (see [`commit`]). None for handlers that read no state.
+    pub reads: Option<crate::model::ReadSet>,
 }
 
 impl JobRunner {
@@ -140,6 +143,8 @@ impl JobRunner {
         tracing::info!(job = &*job, stream = %stream, consumer = %self.reader.job().consumer, "job running");
         let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
+        // State-reading batches that lost to another host's writes, back to the handler.
+        let (redo_tx, redo_rx) = mpsc::unbounded_channel::<Vec<Event>>();
         // Commits done so far; a handler that reads state waits for the previous batch's.
         let (committed_tx, committed_rx) = watch::channel(0u64);
         // Ids read and not yet committed: never taken back from ourselves, kept fresh.
@@ -164,6 +169,7 @@ impl JobRunner {
             read_rx,
             handled_tx,
             committed_rx,
+            redo_rx,
         ));
         let stats = commit_stage(
             self.committer,
@@ -172,6 +178,7 @@ impl JobRunner {
             self.observer,
             committed_tx,
             in_flight,
+            redo_tx,
         )
         .await;
         keeper.abort();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::model::{Disposition, Event, Handler, Outcome};
+use crate::model::{Disposition, Event, Handler, Outcome, ReadSet};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -99,5 +99,12 @@ impl Handler for PluginHandler {
 
     fn version(&self) -> &str {
         &self.plugin.sha256
+    }
+
+    fn take_reads(&mut self) -> ReadSet {
+        self.overlay
+            .lock()
+            .map(|mut b| std::mem::take(&mut b.reads))
+            .unwrap_or_default()
     }
 }

@@ -74,13 +74,12 @@ impl StateReader for MemoryState {
         self.read(|s| s.counters.get(name).copied().unwrap_or(0))
     }
 
-    fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String> {
+    fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String> {
         self.read(|s| {
-            s.windows.get(name).map_or(0, |w| {
-                ids.iter()
-                    .filter(|id| w.get(*id).is_some_and(|t| *t >= since_ms))
-                    .count()
-            })
+            let w = s.windows.get(name);
+            ids.iter()
+                .map(|id| w.and_then(|w| w.get(id).copied()))
+                .collect()
         })
     }
 
@@ -126,8 +125,8 @@ mod tests {
         assert_eq!(m.counter_get("c").unwrap(), 5);
         assert_eq!(m.window_count("w", 0).unwrap(), 1);
         assert_eq!(
-            m.window_known("w", &["a".into(), "b".into()], 0).unwrap(),
-            1
+            m.window_scores("w", &["a".into(), "b".into()]).unwrap(),
+            vec![Some(1000), None]
         );
         m.apply(&[Effect::KvDelete { key: "k".into() }]);
         assert_eq!(m.kv_get("k").unwrap(), None);

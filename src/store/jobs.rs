@@ -31,6 +31,9 @@ pub struct JobStatus {
     pub failed: u64,
     /// Events moved to the dead-letter stream.
     pub dead: u64,
+    /// Commits refused because another host wrote what the batch read (state-reading
+    /// plugins); each batch was handled again on fresh state.
+    pub conflicts: u64,
     /// Retries scheduled now.
     pub scheduled: u64,
     /// Entries in the dead-letter stream now.
@@ -69,6 +72,7 @@ pub async fn status<C: AsyncCommands>(
         retried: num("retried"),
         failed: num("failed"),
         dead: num("dead"),
+        conflicts: num("conflicts"),
         scheduled: conn.zcard(keys.retry(name, &source)).await?,
         dead_letters: conn.xlen(keys.dlq(name, &source)).await?,
         pending: 0,

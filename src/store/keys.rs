@@ -8,7 +8,7 @@
 //! | key | type | written by | what |
 //! | --- | --- | --- | --- |
 //! | `<prefix>:jobs` | hash | `stream` (open) | job name → source stream key (what `job status` reads) |
-//! | `<prefix>:{<tag>}:job:<job>` | hash | `stream`, `commit.lua`, `lifecycle` | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead`; `lifecycle_run`, `finished_run`: the run whose `job-started` / `job-finished` was issued |
+//! | `<prefix>:{<tag>}:job:<job>` | hash | `stream`, `commit.lua`, `lifecycle` | the job's spec and counters: `source`, `plugin`, `group`, `started_at`, `received`, `acked`, `skipped`, `retried`, `failed`, `dead`, `conflicts` (commits refused because another host wrote what the batch read); `lifecycle_run`, `finished_run`: the run whose `job-started` / `job-finished` was issued |
 //! | `<prefix>:{<tag>}:job:<job>:retry` | sorted set | `commit.lua`, `claim.lua` | entry id → when (ms since epoch) to deliver it again; the entry stays pending meanwhile |
 //! | `<prefix>:{<tag>}:job:<job>:dlq` | stream | `commit.lua`, `claim.lua`, `dlq` | dead letters: `sluice:*` metadata fields, then the entry's own fields |
 //! | `<prefix>:{<tag>}:job:<job>:event:<id>` | string, with a TTL | `commit.lua` | status record of a source entry: `status\|attempts\|plugin\|updated_at\|error`, status `done`, `retrying` or `dead` |

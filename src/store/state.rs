@@ -52,15 +52,13 @@ impl StateReader for RedisState {
             .map(|v| v.unwrap_or(0))
     }
 
-    fn window_known(&self, name: &str, ids: &[String], since_ms: u64) -> Result<usize, String> {
+    fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String> {
         let key = Keys::window(&self.job_key, name);
         let ids = ids.to_vec();
         let scores: Vec<Option<f64>> = self
             .block(async move |c| redis::cmd("ZMSCORE").arg(key).arg(ids).query_async(c).await)?;
-        Ok(scores
-            .into_iter()
-            .filter(|s| s.is_some_and(|s| s >= since_ms as f64))
-            .count())
+        // Scores are ms timestamps, exact in an f64.
+        Ok(scores.into_iter().map(|s| s.map(|s| s as u64)).collect())
     }
 
     fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {

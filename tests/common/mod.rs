@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -414,4 +414,49 @@ pub fn plugin_test(wasm: &Path, events: &Path, extra: &[&str]) -> (Option<i32>, 
         )
     });
     (out.status.code(), report)
+}
+
+/// `sluice ARGS --redis URL` with a data dir of its own; its output.
+pub fn sluice(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--redis", url])
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_CONFIG")
+        .env(
+            "SLUICE_DATA_DIR",
+            std::env::temp_dir().join("sluice-control-tests"),
+        )
+        .output()
+        .expect("running sluice")
+}
+
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sluice <words…>` must succeed; its stdout.
+pub fn cli(url: &str, line: &str) -> String {
+    ok(sluice(url, &line.split_whitespace().collect::<Vec<_>>()))
+}
+
+/// A host config with no jobs of its own: everything comes from the registry.
+pub fn fleet_config(dir: &Path) -> PathBuf {
+    let path = dir.join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
 }

@@ -13,6 +13,8 @@
 //! - `fail-until`: fail until the delivery count reaches field `n`, then ack;
 //! - `kv-set` (fields `key`, `value`, optional `ttl`), `kv-delete` (`key`): write job state;
 //! - `kv-get` (`key`): emit `{value}` (empty if unset) to the target;
+//! - `kv-incr` (`key`): read-modify-write: read the key as a number (0 if unset), write it
+//!   back plus one;
 //! - `window` (`name`, `id`, `seconds`): add `id` to the window, emit `{count}` of the last
 //!   `seconds` to the target;
 //! - `enqueue` (`queue`, `payload`, optional `delay_ms`): push a task onto a sluice queue.
@@ -117,6 +119,16 @@ impl Guest for Chaos {
                 let target =
                     config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
                 emit(&target, &[("value".to_string(), value)])
+                    .map_err(|message| HandlerError { message })?;
+                Ok(Disposition::Ack)
+            }
+            b"kv-incr" => {
+                let key = text(&event, "key", "");
+                let n: u64 = kv::get(&key)
+                    .map_err(|message| HandlerError { message })?
+                    .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+                kv::set(&key, (n + 1).to_string().as_bytes(), None)
                     .map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }

@@ -46,16 +46,15 @@ impl Host for HostState {
         self.check_name("window-count", &name)?;
         let since_ms = now_ms().saturating_sub(u64::from(seconds) * 1000);
         let fresh = self.written_window_ids(&name, since_ms);
-        let reader = self.reader()?;
-        let stored = reader
-            .window_count(&name, since_ms)
-            .map_err(|e| self.state_failed(e))?;
+        let stored = self.stored_window_count(&name, since_ms)?;
+        // Ids written in this batch that the window already held in range are counted once.
         let known = if fresh.is_empty() {
             0
         } else {
-            reader
-                .window_known(&name, &fresh, since_ms)
-                .map_err(|e| self.state_failed(e))?
+            self.stored_window_scores(&name, &fresh)?
+                .into_iter()
+                .filter(|s| s.is_some_and(|s| s >= since_ms))
+                .count()
         };
         Ok(stored + (fresh.len() - known.min(fresh.len())) as u64)
     }

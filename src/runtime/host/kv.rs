@@ -11,8 +11,7 @@ impl Host for HostState {
         if let Some(value) = self.written_kv(&key) {
             return Ok(value);
         }
-        let reader = self.reader()?;
-        reader.kv_get(&key).map_err(|e| self.state_failed(e))
+        self.stored_kv(&key)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_s: Option<u32>) -> Result<(), String> {
@@ -98,5 +97,30 @@ pub(crate) mod tests {
         assert!(s.set("".into(), vec![0; 1], None).is_err());
         assert!(s.call.effects.is_empty());
         assert!(s.call.violation.is_some());
+    }
+
+    #[test]
+    fn a_batch_reads_each_stored_value_once_and_records_it_for_the_commit() {
+        let store = Arc::new(MemoryState::default());
+        store.apply(&[Effect::KvSet {
+            key: "a".into(),
+            value: b"1".to_vec(),
+            ttl_s: None,
+        }]);
+        let mut s = with_reader(&[], Limits::default(), Some(store.clone()));
+        assert_eq!(s.get("a".into()).unwrap(), Some(b"1".to_vec()));
+        // Another host writes meanwhile: the batch keeps seeing what it read (the commit
+        // will refuse it), never a mix of two states.
+        store.apply(&[Effect::KvSet {
+            key: "a".into(),
+            value: b"2".to_vec(),
+            ttl_s: None,
+        }]);
+        assert_eq!(s.get("a".into()).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get("missing".into()).unwrap(), None);
+        let reads = s.overlay.lock().unwrap().reads.clone();
+        assert_eq!(reads.kv.get("a"), Some(&Some(b"1".to_vec())));
+        assert_eq!(reads.kv.get("missing"), Some(&None));
+        assert_eq!(reads.len(), 2);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::model::{Effect, StateReader};
+use crate::model::{Effect, ReadSet, StateReader};
 
 use super::bindings;
 
@@ -119,28 +119,102 @@ impl HostState {
     }
 
     /// A counter as this call must see it: stored value (read once per batch) plus the
-    /// batch's and the event's deltas.
+    /// batch's and the event's deltas — what Redis will hold once the batch commits, since
+    /// the commit refuses the batch if the stored value changed meanwhile.
     fn counter_value(&mut self, name: &str) -> Result<i64, String> {
         let own = self.call.writes.counters.get(name).copied().unwrap_or(0);
-        let (cached, batch) = match self.overlay.lock() {
-            Ok(b) => (
-                b.stored_counters.get(name).copied(),
-                b.writes.counters.get(name).copied().unwrap_or(0),
-            ),
-            Err(_) => (None, 0),
-        };
-        let stored = match cached {
-            Some(v) => v,
-            None => {
-                let reader = self.reader()?;
-                let v = reader.counter_get(name).map_err(|e| self.state_failed(e))?;
-                if let Ok(mut b) = self.overlay.lock() {
-                    b.stored_counters.insert(name.to_string(), v);
-                }
-                v
-            }
-        };
+        let batch = self
+            .overlay
+            .lock()
+            .map(|b| b.writes.counters.get(name).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let stored = self.stored(
+            |r| r.counters.get(name).copied(),
+            |reader| reader.counter_get(name),
+            |r, v| {
+                r.counters.insert(name.to_string(), v);
+            },
+        )?;
         Ok(stored.saturating_add(batch).saturating_add(own))
+    }
+
+    /// A kv key's stored value (read once per batch).
+    fn stored_kv(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.stored(
+            |r| r.kv.get(key).cloned(),
+            |reader| reader.kv_get(key),
+            |r, v| {
+                r.kv.insert(key.to_string(), v);
+            },
+        )
+    }
+
+    /// How many ids window `name` holds from `since_ms` on (read once per batch and time).
+    fn stored_window_count(&mut self, name: &str, since_ms: u64) -> Result<u64, String> {
+        let at = (name.to_string(), since_ms);
+        self.stored(
+            |r| r.window_counts.get(&at).copied(),
+            |reader| reader.window_count(name, since_ms),
+            |r, v| {
+                r.window_counts.insert(at.clone(), v);
+            },
+        )
+    }
+
+    /// When each of `ids` was added to window `name`, if it is there (each read once per
+    /// batch).
+    fn stored_window_scores(
+        &mut self,
+        name: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<u64>>, String> {
+        let key = |id: &String| (name.to_string(), id.clone());
+        let unknown: Vec<String> = match self.overlay.lock() {
+            Ok(b) => ids
+                .iter()
+                .filter(|id| !b.reads.window_ids.contains_key(&key(id)))
+                .cloned()
+                .collect(),
+            Err(_) => ids.to_vec(),
+        };
+        if !unknown.is_empty() {
+            let reader = self.reader()?;
+            let scores = reader
+                .window_scores(name, &unknown)
+                .map_err(|e| self.state_failed(e))?;
+            if let Ok(mut b) = self.overlay.lock() {
+                for (id, score) in unknown.iter().zip(scores) {
+                    b.reads.window_ids.insert(key(id), score);
+                }
+            }
+        }
+        let scores = match self.overlay.lock() {
+            Ok(b) => Ok(ids
+                .iter()
+                .map(|id| b.reads.window_ids.get(&key(id)).copied().flatten())
+                .collect()),
+            Err(_) => Err(()),
+        };
+        scores.map_err(|()| self.state_failed("the batch's state lock is poisoned".into()))
+    }
+
+    /// A stored value: from the batch's read set if read before, else from Redis (and
+    /// recorded in the read set, for the commit to check).
+    fn stored<T: Clone>(
+        &mut self,
+        cached: impl FnOnce(&ReadSet) -> Option<T>,
+        read: impl FnOnce(&dyn StateReader) -> Result<T, String>,
+        record: impl FnOnce(&mut ReadSet, T),
+    ) -> Result<T, String> {
+        if let Some(v) = self.overlay.lock().ok().and_then(|b| cached(&b.reads)) {
+            return Ok(v);
+        }
+        let reader = self.reader()?;
+        let v = read(reader.as_ref()).map_err(|e| self.state_failed(e))?;
+        if let Ok(mut b) = self.overlay.lock() {
+            record(&mut b.reads, v.clone());
+        }
+        Ok(v)
     }
 
     /// Ids added to window `name` at or after `since_ms` in this event or batch, sorted.

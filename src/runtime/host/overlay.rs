@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::model::Effect;
+use crate::model::{Effect, ReadSet};
 
 /// State writes not yet in Redis (kv, counters, windows), indexed by name so that a read
 /// costs a lookup, not a scan of every buffered effect.
@@ -58,21 +58,21 @@ impl Writes {
 }
 
 /// What the current batch knows of its job's state beyond Redis: the writes of its acked
-/// events (later events must see them before they are committed), and the counter values
-/// read from Redis so far. A state-reading job's batches run one at a time, each after the
-/// previous one is committed, so nothing on this host changes a stored value under a batch;
-/// caching them turns a read per `counter-add` into a read per counter per batch.
+/// events (later events must see them before they are committed), and every stored value it
+/// read, each read from Redis once per batch. Those reads are the batch's [`ReadSet`]: the
+/// commit checks they still hold (another host may have written meanwhile) and refuses the
+/// batch otherwise, so reading each value once also makes a batch's reads repeatable.
 #[derive(Debug, Default)]
 pub struct BatchState {
     pub writes: Writes,
-    pub(super) stored_counters: HashMap<String, i64>,
+    pub reads: ReadSet,
 }
 
 impl BatchState {
     /// Forget everything: a new batch begins (the previous one is in Redis).
     pub fn clear(&mut self) {
         self.writes = Writes::default();
-        self.stored_counters.clear();
+        self.reads = ReadSet::default();
     }
 
     /// An acked event's effects: they will be committed with this batch.

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]   the source stream          KEYS[2] the job's hash (counters)
 -- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream
--- KEYS[5..] every other key the batch writes, each once, with its expected type in ARGV[11]
+-- KEYS[5..] every other key the batch writes, each once, with its expected type in ARGV[11];
+--           then the key of each read check (ARGV[14])
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
 -- ARGV[5] now (ms)         ARGV[6] plugin version (sha256)
@@ -15,7 +16,15 @@
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
 -- ARGV[13] the job run this runner serves ('' for none): if the job hash's `lifecycle_run`
 --          differs, a newer run has begun; write nothing and reply SLUICE_SUPERSEDED
--- ARGV[14..] one record per event:
+-- ARGV[14] R, the number of read checks (strict commits: the batch's read set), then R
+--   checks of four values each: op, key index (into KEYS, after the written keys), a, b:
+--     'k' present ('1'/'0'), value   GET must give that value (or nothing)
+--     'c' value, ''                  GET must give that integer (nothing counts as 0)
+--     'z' id, score ('': absent)     ZSCORE must give that score
+--     'n' since (ms), count          ZCOUNT since +inf must give that count
+--   Any that fails: another host wrote what the batch read; write nothing and reply
+--   SLUICE_CONFLICT <key index>.
+-- ARGV[15 + 4R..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of effects, then per effect an op and its args:
@@ -39,7 +48,8 @@ local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local key_types, strict = ARGV[11], ARGV[12] == '1'
-local FIRST = 14
+local n_reads = tonumber(ARGV[14])
+local FIRST = 15 + 4 * n_reads
 
 if ARGV[13] ~= '' and redis.call('HGET', job, 'lifecycle_run') ~= ARGV[13] then
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
@@ -48,7 +58,7 @@ local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
 
-for i = 5, #KEYS do
+for i = 5, 4 + #key_types do
   local t = redis.call('TYPE', KEYS[i])['ok']
   local want = TYPE_NAMES[string.sub(key_types, i - 4, i - 4)]
   if t ~= 'none' and t ~= want then
@@ -108,6 +118,25 @@ if strict then
     end
     pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
   end
+end
+
+-- The read set: everything the batch read must still be what it read.
+for r = 0, n_reads - 1 do
+  local at = 15 + 4 * r
+  local op, index, a, b = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
+  local key, same = KEYS[index], false
+  if op == 'k' then
+    local v = redis.call('GET', key)
+    if a == '1' then same = v == b else same = v == false end
+  elseif op == 'c' then
+    same = (redis.call('GET', key) or '0') == a
+  elseif op == 'z' then
+    local s = redis.call('ZSCORE', key, a)
+    if b == '' then same = s == false else same = s ~= false and tonumber(s) == tonumber(b) end
+  elseif op == 'n' then
+    same = redis.call('ZCOUNT', key, a, '+inf') == tonumber(b)
+  end
+  if not same then return redis.error_reply('SLUICE_CONFLICT ' .. index) end
 end
 
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use super::StreamJob;
-use crate::model::{Decision, Effect, Event, Outcome, now_ms};
+use crate::model::{Decision, Effect, Event, Outcome, ReadSet, now_ms};
 use crate::store::groups::parse_id;
 use crate::store::{Keys, StoreError, scripts};
 
@@ -30,6 +30,12 @@ pub struct Committed {
 pub enum Refused {
     /// A key it writes holds another type than the effect needs.
     BadTarget(BadTarget),
+    /// (strict commits) A value the batch read is no longer what it read: another host
+    /// wrote it meanwhile. Handle the batch again on fresh state.
+    Conflict {
+        /// The key that changed (the first one the script found).
+        key: String,
+    },
     /// (strict commits) An event is no longer this consumer's.
     Stale,
     /// A newer run of the job has begun (see [`StreamJob::run`]): this runner must stop.
@@ -67,9 +73,10 @@ impl StreamCommitter {
         events: &[Event],
         outcomes: &[Outcome],
         decisions: &[Decision],
-        strict: bool,
+        reads: Option<&ReadSet>,
         version: &str,
     ) -> Result<Result<Committed, Refused>, StoreError> {
+        let strict = reads.is_some();
         let j = &self.job;
         let now = now_ms();
         let mut invocation = scripts::COMMIT.prepare_invoke();
@@ -131,6 +138,18 @@ impl StreamCommitter {
             .arg(&key_types)
             .arg(if strict { "1" } else { "0" })
             .arg(j.run.map(|r| r.to_string()).unwrap_or_default());
+        // The read set, each check naming a key after the written ones.
+        let reads = reads.map(|r| read_checks(j, r)).unwrap_or_default();
+        invocation.arg(reads.len());
+        for (n, check) in reads.iter().enumerate() {
+            invocation.key(&check.key);
+            let index = 5 + key_types.len() + n;
+            invocation
+                .arg(check.op)
+                .arg(index)
+                .arg(&check.a)
+                .arg(&check.b);
+        }
         // Second pass: one record per event.
         for (i, ((event, outcome), decision)) in
             events.iter().zip(outcomes).zip(decisions).enumerate()
@@ -240,10 +259,73 @@ impl StreamCommitter {
                 })))
             }
             Err(e) if e.code() == Some("SLUICE_STALE") => Ok(Err(Refused::Stale)),
+            Err(e) if e.code() == Some("SLUICE_CONFLICT") => {
+                let index: usize = e.detail().unwrap_or_default().parse().unwrap_or(0);
+                let key = index
+                    .checked_sub(5 + key_types.len())
+                    .and_then(|n| reads.get(n))
+                    .map(|c| c.key.clone())
+                    .unwrap_or_default();
+                Ok(Err(Refused::Conflict { key }))
+            }
             Err(e) if e.code() == Some("SLUICE_SUPERSEDED") => Ok(Err(Refused::Superseded)),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// One check of a read set in the commit script: op, key, two arguments.
+struct ReadCheck {
+    op: &'static str,
+    key: String,
+    a: Vec<u8>,
+    b: Vec<u8>,
+}
+
+/// A batch's read set as the commit script checks it (see `commit.lua`).
+fn read_checks(job: &StreamJob, reads: &ReadSet) -> Vec<ReadCheck> {
+    let job_key = job.job_key.as_str();
+    let mut checks = Vec::with_capacity(reads.len());
+    for (key, value) in &reads.kv {
+        checks.push(ReadCheck {
+            op: "k",
+            key: Keys::kv(job_key, key),
+            a: if value.is_some() {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+            b: value.clone().unwrap_or_default(),
+        });
+    }
+    for (name, value) in &reads.counters {
+        checks.push(ReadCheck {
+            op: "c",
+            key: Keys::counter(job_key, name),
+            a: value.to_string().into_bytes(),
+            b: Vec::new(),
+        });
+    }
+    for ((name, id), score) in &reads.window_ids {
+        checks.push(ReadCheck {
+            op: "z",
+            key: Keys::window(job_key, name),
+            a: id.clone().into_bytes(),
+            b: score
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+        });
+    }
+    for ((name, since), count) in &reads.window_counts {
+        checks.push(ReadCheck {
+            op: "n",
+            key: Keys::window(job_key, name),
+            a: since.to_string().into_bytes(),
+            b: count.to_string().into_bytes(),
+        });
+    }
+    checks
 }
 
 /// The full key an effect writes, and its type letter for the commit script.
@@ -279,6 +361,20 @@ impl StreamCommitter {
             invocation.arg(id);
         }
         Ok(invocation.invoke_async(&mut self.conn).await?)
+    }
+
+    /// Count a commit refused for a conflict (`conflicts` in the job hash); a failure to
+    /// count is logged, never fatal.
+    pub async fn count_conflict(&mut self) {
+        let counted: redis::RedisResult<i64> = redis::cmd("HINCRBY")
+            .arg(&self.job.counters_key)
+            .arg("conflicts")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await;
+        if let Err(e) = counted {
+            tracing::debug!(job = &*self.job.job, "counting a conflict failed: {e}");
+        }
     }
 
     /// A handle for [`StreamCommitter::refresh`] from another task (same connection).
