@@ -45,12 +45,21 @@ pub(super) async fn commit_stage(
         }
         // One script call per chunk of at most MAX_COMMIT_BYTES of effects, in order: each
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
-        // The read set is checked with the first chunk (later chunks read its writes).
         let mut committed = Committed::default();
         let no_reads = ReadSet::default();
         for (n, range) in chunks(&outcomes).into_iter().enumerate() {
-            // Later chunks stay all-or-nothing (strict) but check no reads: they read the
-            // first chunk's writes.
+            // A batch that read state is checked whole with its first chunk. What follows it
+            // was derived from values read before that chunk was written, and another host
+            // may write between two commits: it is handled again on fresh state, as after a
+            // conflict (it makes progress: each round commits at least a chunk).
+            if n > 0 && reads.as_ref().is_some_and(|r| !r.is_empty()) {
+                observe(&observer, &in_flight, &events[..range.start], &outcomes[..range.start]);
+                if redo.send(events[range.start..].to_vec()).is_err() {
+                    return stats;
+                }
+                continue 'batches;
+            }
+            // Later chunks of a batch that read nothing stay all-or-nothing (strict).
             let checked = reads.as_ref().map(|r| if n == 0 { r } else { &no_reads });
             let mut result = commit(
                 &mut committer,

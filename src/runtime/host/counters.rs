@@ -8,26 +8,43 @@ use crate::model::{Effect, now_ms};
 /// Largest counter step: ±2^40 (a counter would need 2^23 maximal steps to overflow).
 const MAX_DELTA: u64 = 1 << 40;
 
-impl Host for HostState {
-    fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {
-        self.check_name("counter-add", &name)?;
+impl HostState {
+    /// Buffer a counter update, within the limits.
+    fn add_to_counter(
+        &mut self,
+        what: &str,
+        name: &str,
+        delta: i64,
+        ttl_s: Option<u32>,
+    ) -> Result<(), String> {
+        self.check_name(what, name)?;
         // Far from i64's ends, so that no INCRBY in the commit can overflow in practice (a
         // failing command half-way through the commit script would leave partial writes).
         if delta.unsigned_abs() > MAX_DELTA {
             return Err(self.violate(format!(
-                "counter-add `{name}`: a delta of {delta} is over the limit of ±{MAX_DELTA}"
+                "{what} `{name}`: a delta of {delta} is over the limit of ±{MAX_DELTA}"
             )));
         }
         let ttl_s = ttl_s.filter(|t| *t > 0);
         self.buffer(
-            "counter-add",
+            what,
             Effect::CounterAdd {
-                name: name.clone(),
+                name: name.to_string(),
                 delta,
                 ttl_s,
             },
-        )?;
+        )
+    }
+}
+
+impl Host for HostState {
+    fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {
+        self.add_to_counter("counter-add", &name, delta, ttl_s)?;
         self.counter_get(name)
+    }
+
+    fn counter_incr(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<(), String> {
+        self.add_to_counter("counter-incr", &name, delta, ttl_s)
     }
 
     fn counter_get(&mut self, name: String) -> Result<i64, String> {
@@ -124,5 +141,16 @@ mod tests {
         s.window_add("w".into(), "b".into()).unwrap(); // same id twice
         assert_eq!(s.window_count("w".into(), 60).unwrap(), 2);
         assert_eq!(s.window_count("w".into(), 3600).unwrap(), 3);
+    }
+
+    #[test]
+    fn an_increment_reads_nothing_so_it_never_conflicts() {
+        let store = Arc::new(MemoryState::default());
+        let mut s = with_reader(&[], Limits::default(), Some(store));
+        s.counter_incr("hot".into(), 1, None).unwrap();
+        assert!(s.overlay.lock().unwrap().reads.is_empty());
+        assert_eq!(s.counter_add("hot".into(), 1, None).unwrap(), 2);
+        assert_eq!(s.overlay.lock().unwrap().reads.counters.get("hot"), Some(&0));
+        assert_eq!(s.call.effects.len(), 2);
     }
 }

@@ -123,4 +123,19 @@ pub(crate) mod tests {
         assert_eq!(reads.kv.get("missing"), Some(&None));
         assert_eq!(reads.len(), 2);
     }
+
+    #[test]
+    fn a_batch_may_read_only_so_many_values() {
+        let limits = Limits {
+            max_batch_reads: 2,
+            ..Limits::default()
+        };
+        let mut s = with_reader(&[], limits, Some(Arc::new(MemoryState::default())));
+        assert!(s.get("a".into()).is_ok());
+        assert!(s.get("b".into()).is_ok());
+        // Read again: no new value to keep.
+        assert!(s.get("a".into()).is_ok());
+        assert!(s.get("c".into()).is_err());
+        assert!(s.call.violation.as_deref().unwrap().contains("more than 2"));
+    }
 }

@@ -26,6 +26,11 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Most fields in one emitted entry.
     pub max_fields: usize,
+    /// Most distinct stored values (kv keys, counters, window entries and counts) one batch
+    /// may read: every one is kept for the batch and checked by its commit.
+    pub max_batch_reads: usize,
+    /// Largest total size of those values (names and bytes) in one batch.
+    pub max_batch_read_bytes: usize,
     /// Streams the plugin may emit to: exact names, or prefixes ending in `*`. Empty: any
     /// stream except sluice's own keys (those under the key prefix).
     pub allowed_streams: Vec<String>,
@@ -59,6 +64,8 @@ impl Default for Limits {
             max_event_bytes: 2 << 20,
             max_log_bytes: 8 << 10,
             max_fields: 1000,
+            max_batch_reads: 10_000,
+            max_batch_read_bytes: 16 << 20,
             allowed_streams: Vec::new(),
             reserved_prefix: "sluice:".into(),
         }

@@ -131,6 +131,7 @@ impl HostState {
         let stored = self.stored(
             |r| r.counters.get(name).copied(),
             |reader| reader.counter_get(name),
+            |_| name.len() + 8,
             |r, v| {
                 r.counters.insert(name.to_string(), v);
             },
@@ -143,6 +144,7 @@ impl HostState {
         self.stored(
             |r| r.kv.get(key).cloned(),
             |reader| reader.kv_get(key),
+            |v| key.len() + v.as_ref().map_or(0, Vec::len),
             |r, v| {
                 r.kv.insert(key.to_string(), v);
             },
@@ -155,6 +157,7 @@ impl HostState {
         self.stored(
             |r| r.window_counts.get(&at).copied(),
             |reader| reader.window_count(name, since_ms),
+            |_| name.len() + 16,
             |r, v| {
                 r.window_counts.insert(at.clone(), v);
             },
@@ -178,11 +181,14 @@ impl HostState {
             Err(_) => ids.to_vec(),
         };
         if !unknown.is_empty() {
+            let bytes = unknown.iter().map(|id| name.len() + id.len() + 8).sum();
+            self.check_reads(unknown.len(), bytes)?;
             let reader = self.reader()?;
             let scores = reader
                 .window_scores(name, &unknown)
                 .map_err(|e| self.state_failed(e))?;
             if let Ok(mut b) = self.overlay.lock() {
+                b.read_bytes += bytes;
                 for (id, score) in unknown.iter().zip(scores) {
                     b.reads.window_ids.insert(key(id), score);
                 }
@@ -204,17 +210,46 @@ impl HostState {
         &mut self,
         cached: impl FnOnce(&ReadSet) -> Option<T>,
         read: impl FnOnce(&dyn StateReader) -> Result<T, String>,
+        size: impl FnOnce(&T) -> usize,
         record: impl FnOnce(&mut ReadSet, T),
     ) -> Result<T, String> {
         if let Some(v) = self.overlay.lock().ok().and_then(|b| cached(&b.reads)) {
             return Ok(v);
         }
+        self.check_reads(1, 0)?;
         let reader = self.reader()?;
         let v = read(reader.as_ref()).map_err(|e| self.state_failed(e))?;
+        let bytes = size(&v);
+        self.check_reads(1, bytes)?;
         if let Ok(mut b) = self.overlay.lock() {
+            b.read_bytes += bytes;
             record(&mut b.reads, v.clone());
         }
         Ok(v)
+    }
+
+    /// May the batch keep `more` more stored values of `bytes` bytes? Else the event fails:
+    /// every value read is held for the batch and checked by its commit.
+    fn check_reads(&mut self, more: usize, bytes: usize) -> Result<(), String> {
+        let (reads, read_bytes) = self
+            .overlay
+            .lock()
+            .map(|b| (b.reads.len(), b.read_bytes))
+            .unwrap_or((0, 0));
+        let limits = &self.guest.limits;
+        if reads + more > limits.max_batch_reads {
+            let max = limits.max_batch_reads;
+            return Err(self.violate(format!(
+                "job state: more than {max} distinct values read in one batch"
+            )));
+        }
+        if read_bytes + bytes > limits.max_batch_read_bytes {
+            let max = limits.max_batch_read_bytes;
+            return Err(self.violate(format!(
+                "job state: the values read in one batch would take over {max} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Ids added to window `name` at or after `since_ms` in this event or batch, sorted.

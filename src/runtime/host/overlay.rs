@@ -66,6 +66,8 @@ impl Writes {
 pub struct BatchState {
     pub writes: Writes,
     pub reads: ReadSet,
+    /// Bytes of `reads` (names and values), bounded by the job's limits.
+    pub read_bytes: usize,
 }
 
 impl BatchState {
@@ -73,6 +75,7 @@ impl BatchState {
     pub fn clear(&mut self) {
         self.writes = Writes::default();
         self.reads = ReadSet::default();
+        self.read_bytes = 0;
     }
 
     /// An acked event's effects: they will be committed with this batch.

@@ -129,10 +129,18 @@ for r = 0, n_reads - 1 do
     local v = redis.call('GET', key)
     if a == '1' then same = v == b else same = v == false end
   elseif op == 'c' then
-    same = (redis.call('GET', key) or '0') == a
+    -- As written by INCRBY the value reads back as it was read; a number written another
+    -- way ("+7") compares by value.
+    local v = redis.call('GET', key) or '0'
+    same = v == a or (tonumber(v) ~= nil and tonumber(v) == tonumber(a))
   elseif op == 'z' then
+    -- The host reads a score as whole milliseconds (a fraction dropped, below 0 as 0).
     local s = redis.call('ZSCORE', key, a)
-    if b == '' then same = s == false else same = s ~= false and tonumber(s) == tonumber(b) end
+    if b == '' then
+      same = s == false
+    else
+      same = s ~= false and math.max(0, math.floor(tonumber(s))) == tonumber(b)
+    end
   elseif op == 'n' then
     same = redis.call('ZCOUNT', key, a, '+inf') == tonumber(b)
   end

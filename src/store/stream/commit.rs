@@ -363,11 +363,12 @@ impl StreamCommitter {
         Ok(invocation.invoke_async(&mut self.conn).await?)
     }
 
-    /// Count a commit refused for a conflict (`conflicts` in the job hash); a failure to
-    /// count is logged, never fatal.
+    /// Count a commit refused for a conflict (`conflicts` in the job hash, for the job's
+    /// lifecycle stream too: its state is the job's); a failure to count is logged, never
+    /// fatal.
     pub async fn count_conflict(&mut self) {
         let counted: redis::RedisResult<i64> = redis::cmd("HINCRBY")
-            .arg(&self.job.counters_key)
+            .arg(&self.job.job_key)
             .arg("conflicts")
             .arg(1)
             .query_async(&mut self.conn)
