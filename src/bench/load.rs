@@ -109,8 +109,8 @@ pub struct Tally {
     pub count: AtomicU64,
     /// Stop once this many were committed (set after publishing when pacing).
     target: AtomicU64,
-    pub started: Instant,
-    pub finished: Mutex<Option<Duration>>,
+    started: Instant,
+    finished: Mutex<Option<Duration>>,
     pub hist: Mutex<Histogram<u64>>,
     stop: watch::Sender<bool>,
 }
@@ -161,6 +161,15 @@ impl Tally {
             }
             let _ = self.stop.send(true);
         }
+    }
+
+    /// From the start to the commit that reached the target (or until now).
+    pub fn elapsed(&self) -> Duration {
+        self.finished
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .unwrap_or_else(|| self.started.elapsed())
     }
 
     pub fn set_target(&self, target: u64) {

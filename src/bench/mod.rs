@@ -238,17 +238,17 @@ fn print_state_table(args: &BenchArgs, rows: &[state::StateRow]) {
         args.batch
     );
     println!(
-        "| {:<10} | {:>5} | {:>8} | {:>10} | {:>9} | {:>8} | {:>5} |",
-        "keys", "hosts", "events", "events/s", "conflicts", "batches", "exact"
+        "| {:<6} | {:>5} | {:>8} | {:>10} | {:>9} | {:>8} | {:>6} | {:>5} |",
+        "keys", "hosts", "events", "events/s", "conflicts", "batches", "failed", "exact"
     );
     println!(
-        "|{:-<12}|{:-<7}|{:-<10}|{:-<12}|{:-<11}|{:-<10}|{:-<7}|",
-        "", "", "", "", "", "", ""
+        "|{:-<8}|{:-<7}|{:-<10}|{:-<12}|{:-<11}|{:-<10}|{:-<8}|{:-<7}|",
+        "", "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "| {:<10} | {:>5} | {:>8} | {:>10.0} | {:>9} | {:>8} | {:>5} |",
-            r.keys, r.hosts, r.events, r.events_per_s, r.conflicts, r.batches, r.exact
+            "| {:<6} | {:>5} | {:>8} | {:>10.0} | {:>9} | {:>8} | {:>6} | {:>5} |",
+            r.keys, r.hosts, r.events, r.events_per_s, r.conflicts, r.batches, r.failed, r.exact
         );
     }
 }
@@ -352,12 +352,7 @@ async fn consume(
         tally.set_target(published);
     }
     consumer.await??;
-    let elapsed = tally
-        .finished
-        .lock()
-        .ok()
-        .and_then(|f| *f)
-        .unwrap_or_else(|| tally.started.elapsed());
+    let elapsed = tally.elapsed();
     let count = tally.count.load(Ordering::SeqCst);
     let hist = tally
         .hist

@@ -12,7 +12,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::load::{Tally, cleanup};
-use super::{BenchArgs, Plugins, assembly, job_spec, prepared};
+use super::{BenchArgs, Plugins, assembly, job_spec};
+use crate::host::job::prepare_handler_async;
 use crate::store;
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,8 @@ pub struct StateRow {
     pub conflicts: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Deliveries that failed (a conflict lost 20 times in a row, or a plugin error).
+    pub failed: u64,
     /// The keys' values summed to the number of events.
     pub exact: bool,
 }
@@ -84,7 +87,14 @@ async fn run(
     for host in 0..hosts {
         let mut assembly = assembly(url);
         assembly.consumer = format!("bench-{host}");
-        let handler = prepared(&plugins.chaos, &spec).await?;
+        let state = assembly.state(&spec).await?;
+        let handler = prepare_handler_async(
+            plugins.chaos.clone(),
+            spec.clone(),
+            "sluice-bench".into(),
+            Some(state),
+        )
+        .await?;
         runners.push(
             assembly
                 .source_runner(&spec, None, Box::new(handler))
@@ -98,18 +108,14 @@ async fn run(
         .into_iter()
         .map(|r| tokio::spawn(r.with_observer(tally.clone()).run(stop_rx.clone())))
         .collect();
-    let (mut conflicts, mut batches) = (0, 0);
+    let (mut conflicts, mut batches, mut failed) = (0, 0, 0);
     for run in runs {
         let stats = run.await??;
         conflicts += stats.conflicts;
         batches += stats.batches;
+        failed += stats.committed.failed;
     }
-    let elapsed = tally
-        .finished
-        .lock()
-        .ok()
-        .and_then(|f| *f)
-        .unwrap_or_else(|| tally.started.elapsed());
+    let elapsed = tally.elapsed();
     let job_key = assembly(url).keys.job("bench", &stream);
     let mut sum = 0u64;
     for key in 0..keys {
@@ -127,6 +133,7 @@ async fn run(
         events_per_s: events as f64 / elapsed.as_secs_f64(),
         conflicts,
         batches,
+        failed,
         exact: sum == events,
     })
 }

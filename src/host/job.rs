@@ -137,6 +137,16 @@ impl Assembly {
         .with_context(|| format!("connecting to Redis at {}", redact_url(&self.url)))
     }
 
+    /// Where `spec`'s plugin reads its job state (its own connection; reads block on it from
+    /// the plugin's thread).
+    pub async fn state(&self, spec: &JobSpec) -> anyhow::Result<Arc<dyn StateReader>> {
+        let job_key = self.keys.job(&spec.name, &self.keys.source_stream(spec));
+        Ok(Arc::new(RedisState::new(
+            self.connect(spec).await?,
+            job_key,
+        )))
+    }
+
     /// A runner of `spec`'s source stream, fenced on `run`, handing events to `handler`.
     pub async fn source_runner(
         &self,
@@ -170,11 +180,7 @@ impl Assembly {
         let transient = |e: anyhow::Error| Failure::Transient(e.context(format!("job `{name}`")));
         let store = |e: StoreError| transient(e.into());
         let source = self.keys.source_stream(spec);
-        let job_key = self.keys.job(name, &source);
-        let state: Arc<dyn StateReader> = Arc::new(RedisState::new(
-            self.connect(spec).await.map_err(transient)?,
-            job_key,
-        ));
+        let state = self.state(spec).await.map_err(transient)?;
         let [handler, life_handler] = self.handlers(spec, &plugin, &state).await?;
         let mut conn = self.connect(spec).await.map_err(transient)?;
         if lifecycle::begin(&mut conn, &self.keys, name, &source, run)

@@ -53,7 +53,12 @@ pub(super) async fn commit_stage(
             // may write between two commits: it is handled again on fresh state, as after a
             // conflict (it makes progress: each round commits at least a chunk).
             if n > 0 && reads.as_ref().is_some_and(|r| !r.is_empty()) {
-                observe(&observer, &in_flight, &events[..range.start], &outcomes[..range.start]);
+                observe(
+                    &observer,
+                    &in_flight,
+                    &events[..range.start],
+                    &outcomes[..range.start],
+                );
                 if redo.send(events[range.start..].to_vec()).is_err() {
                     return stats;
                 }

@@ -150,7 +150,10 @@ mod tests {
         s.counter_incr("hot".into(), 1, None).unwrap();
         assert!(s.overlay.lock().unwrap().reads.is_empty());
         assert_eq!(s.counter_add("hot".into(), 1, None).unwrap(), 2);
-        assert_eq!(s.overlay.lock().unwrap().reads.counters.get("hot"), Some(&0));
+        assert_eq!(
+            s.overlay.lock().unwrap().reads.counters.get("hot"),
+            Some(&0)
+        );
         assert_eq!(s.call.effects.len(), 2);
     }
 }
