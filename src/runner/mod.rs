@@ -15,7 +15,7 @@
 //! always handled and committed, even when a stop arrives meanwhile (the reader checks the
 //! stop between reads, and the later stages drain what it sent). A commit that fails on the
 //! connection is retried (the script skips events it already committed) until it succeeds or
-//! the service's grace period runs out, in which case the batch stays pending in Redis.
+//! the host's grace period runs out, in which case the batch stays pending in Redis.
 
 mod commit;
 mod handle;

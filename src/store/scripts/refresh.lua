@@ -1,4 +1,4 @@
--- Keep entries this consumer is still handling from looking abandoned (see src/runner.rs):
+-- Keep entries this consumer is still handling from looking abandoned (see src/runner/read.rs):
 -- for each id in ARGV[3..] still pending for ARGV[2] and idle for at least ARGV[1] ms, reset
 -- its idle time (XCLAIM … JUSTID: no delivery counted). Entries another consumer took over
 -- are left alone. KEYS[1] the source stream, KEYS[2] unused (slot), ARGV[2] the consumer,
