@@ -224,3 +224,25 @@ fn emitting_outside_the_allowed_streams_fails_the_event() {
         "{out:?}"
     );
 }
+
+#[test]
+fn what_a_guest_says_is_cut_to_the_limit() {
+    let huge = "x".repeat(100_000);
+    let out = handler("chaos", &[]).handle_batch(&[
+        event("1-0", &[("action", "error"), ("message", &huge)]),
+        event("2-0", &[("action", "dead-letter"), ("message", &huge)]),
+    ]);
+    let Outcome::Failed(failure) = &out[0] else {
+        panic!("{:?}", out[0]);
+    };
+    assert!(failure.message.len() < 4200, "{}", failure.message.len());
+    assert!(failure.message.ends_with("(cut: 100000 bytes)"));
+    let Outcome::Handled {
+        disposition: Disposition::DeadLetter(reason),
+        ..
+    } = &out[1]
+    else {
+        panic!("{:?}", out[1]);
+    };
+    assert!(reason.len() < 4200 && reason.ends_with("(cut: 100000 bytes)"));
+}

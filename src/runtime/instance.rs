@@ -8,7 +8,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::Plugin;
 use super::bindings::sluice::plugin::types as wit;
 use super::engine::deadline_ticks;
-use super::host::{CallState, GuestContext, HostState, Overlay};
+use super::host::{CallState, GuestContext, HostState, Overlay, clamp};
 use super::plugin::LoadedPlugin;
 use crate::model::{Disposition, Event, Failure, FailureKind, Outcome};
 
@@ -46,11 +46,15 @@ impl PluginInstance {
             if let Some(printed) = store.data().output.take() {
                 failure.message.push_str(&printed_suffix(&printed));
             }
+            let max = store.data().guest.limits.max_guest_string_bytes;
             Failure {
                 kind: FailureKind::Init,
-                message: format!(
-                    "plugin `{}`: instantiating and initialising failed: {}",
-                    plugin.name, failure
+                message: clamp(
+                    format!(
+                        "plugin `{}`: instantiating and initialising failed: {}",
+                        plugin.name, failure
+                    ),
+                    max,
                 ),
             }
         };
@@ -72,8 +76,9 @@ impl PluginInstance {
             Ok(Err(message)) => Err(Failure {
                 kind: FailureKind::Init,
                 message: format!(
-                    "plugin `{}`: init refused the config: {message}",
-                    plugin.name
+                    "plugin `{}`: init refused the config: {}",
+                    plugin.name,
+                    clamp(message, store.data().guest.limits.max_guest_string_bytes)
                 ),
             }),
             Err(e) => Err(init_failed(&store, e)),
@@ -131,6 +136,7 @@ impl PluginInstance {
             call.logs.push(format!("printed: {text}"));
         }
         self.last_logs = std::mem::take(&mut call.logs);
+        let max_string = self.store.data().guest.limits.max_guest_string_bytes;
         match result {
             Err(e) => {
                 self.poisoned = true;
@@ -138,20 +144,27 @@ impl PluginInstance {
                 if let Some(text) = &printed {
                     failure.message.push_str(&printed_suffix(text));
                 }
+                failure.message = clamp(failure.message, max_string);
                 Outcome::Failed(failure)
             }
-            Ok(_) if call.violation.is_some() => {
-                Outcome::failed(FailureKind::Limit, call.violation.unwrap_or_default())
+            Ok(_) if call.violation.is_some() => Outcome::failed(
+                FailureKind::Limit,
+                clamp(call.violation.unwrap_or_default(), max_string),
+            ),
+            Ok(_) if call.state_error.is_some() => Outcome::failed(
+                FailureKind::Error,
+                clamp(call.state_error.unwrap_or_default(), max_string),
+            ),
+            Ok(Err(wit::HandlerError { message })) => {
+                Outcome::failed(FailureKind::Error, clamp(message, max_string))
             }
-            Ok(_) if call.state_error.is_some() => {
-                Outcome::failed(FailureKind::Error, call.state_error.unwrap_or_default())
-            }
-            Ok(Err(wit::HandlerError { message })) => Outcome::failed(FailureKind::Error, message),
             Ok(Ok(disposition)) => Outcome::Handled {
                 disposition: match disposition {
                     wit::Disposition::Ack => Disposition::Ack,
                     wit::Disposition::Retry(after) => Disposition::Retry(after),
-                    wit::Disposition::DeadLetter(reason) => Disposition::DeadLetter(reason),
+                    wit::Disposition::DeadLetter(reason) => {
+                        Disposition::DeadLetter(clamp(reason, max_string))
+                    }
                     wit::Disposition::Skip => Disposition::Skip,
                 },
                 effects: call.effects,

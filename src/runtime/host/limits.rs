@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Most fields in one emitted entry.
     pub max_fields: usize,
+    /// Longest string a guest hands the host that the host keeps: an error message, a
+    /// dead-letter reason, an `init` refusal (longer ones are cut, with a marker saying so).
+    pub max_guest_string_bytes: usize,
     /// Most distinct stored values (kv keys, counters, window entries and counts) one batch
     /// may read: every one is kept for the batch and checked by its commit.
     pub max_batch_reads: usize,
@@ -36,6 +39,22 @@ pub struct Limits {
     pub allowed_streams: Vec<String>,
     /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
     pub reserved_prefix: String,
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary) with a marker saying how long it
+/// was: what a guest says goes into dead letters, status records and logs, never unbounded.
+pub fn clamp(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let len = s.len();
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("… (cut: {len} bytes)"));
+    s
 }
 
 impl Limits {
@@ -64,6 +83,7 @@ impl Default for Limits {
             max_event_bytes: 2 << 20,
             max_log_bytes: 8 << 10,
             max_fields: 1000,
+            max_guest_string_bytes: 4096,
             max_batch_reads: 10_000,
             max_batch_read_bytes: 16 << 20,
             allowed_streams: Vec::new(),
@@ -149,5 +169,11 @@ mod tests {
         assert!(l.memory_growing(1 << 19, 2 << 20, None).is_err());
         assert!(l.exceeded);
         assert_eq!(l.peak, 1 << 19);
+    }
+
+    #[test]
+    fn guest_strings_are_cut_with_a_marker() {
+        assert_eq!(clamp("short".into(), 8), "short");
+        assert_eq!(clamp("héllo wörld".into(), 2), "h… (cut: 13 bytes)");
     }
 }

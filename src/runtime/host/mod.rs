@@ -16,7 +16,7 @@ mod output;
 mod overlay;
 mod reads;
 
-pub use limits::{Limits, MemoryLimiter};
+pub use limits::{Limits, MemoryLimiter, clamp};
 pub use output::GuestOutput;
 pub use overlay::{BatchState, Overlay, Writes};
 
