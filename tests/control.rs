@@ -707,3 +707,44 @@ fn a_job_written_by_a_newer_version_runs_and_keeps_its_unknown_fields() {
     assert!(stored.contains(r#""start":"at-time""#), "{stored}");
     host.stop_ok();
 }
+
+#[test]
+fn bad_registry_entries_are_skipped_and_the_host_serves_the_rest() {
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    cli(
+        &redis.url,
+        "job start good --source stream:in --plugin echo --set target=out",
+    );
+    // A version whose sha256 is not one (it once made every host panic slicing it), and a
+    // job no `job start` would accept (it would dead-letter its stream unhandled).
+    let bad_version = serde_json::json!({
+        "sha256": "ééééééééééééééééééééééééééééééééé", "size": 1, "loaded_at": 1,
+        "origin": "x", "by": "x"
+    });
+    let bad_job = serde_json::json!({
+        "spec": {"name": "bad", "source": "stream:in2", "plugin": "echo", "max_deliveries": 0},
+        "state": "running", "changed_at": 1
+    });
+    let _: () = redis::pipe()
+        .hset("sluice:{ctl}:plugins", "broken", bad_version.to_string())
+        .hset("sluice:{ctl}:jobs", "bad", bad_job.to_string())
+        .query(&mut conn)
+        .unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(&mut conn, "in", 50, &[("n", "{i}")]);
+    wait_acked(&mut conn, "good", 50);
+    publish(&mut conn, "in2", 5, &[("n", "{i}")]);
+    assert!(wait_for_log(
+        &host.log,
+        "bad registry entry job bad",
+        Duration::from_secs(10)
+    ));
+    assert!(wait_for_log(
+        &host.log,
+        "bad registry entry plugin broken",
+        Duration::from_secs(10)
+    ));
+    assert!(host.is_running());
+    assert_eq!(counter(&mut conn, "bad", "in2", "dead"), 0);
+    host.stop_ok();
+}

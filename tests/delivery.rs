@@ -679,3 +679,45 @@ fn an_entry_deleted_while_pending_is_dead_lettered_not_lost_from_the_books() {
     assert_eq!(letters[0]["fields_in"], "deleted");
     b.stop_ok();
 }
+
+#[test]
+fn a_commit_refused_by_redis_trouble_charges_no_event() {
+    // One delivery only: an event charged for Redis's trouble would be dead-lettered at once.
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    // Three events that take the plugin ~1.2 s and emit (the commit's first write is then
+    // one Redis refuses when out of memory): Redis runs out of memory while they run.
+    publish(
+        &mut conn,
+        "in",
+        3,
+        &[("action", "emit"), ("spin_ms", "400")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 3));
+    let config_set = |conn: &mut redis::Connection, value: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(value)
+            .query(conn)
+            .unwrap();
+    };
+    config_set(&mut conn, "1");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        counter(&mut conn, "j", "in", "acked"),
+        0,
+        "committed under OOM?"
+    );
+    config_set(&mut conn, "0");
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 3));
+    assert_eq!(counter(&mut conn, "j", "in", "dead"), 0);
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(log.contains("OOM"), "the commit met OOM:\n{log}");
+    host.stop_ok();
+}

@@ -25,7 +25,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The first 12 hex digits of a sha256, as logs and listings show plugin versions.
+/// The first 12 hex digits of a sha256, as logs and listings show plugin versions (the first
+/// 12 characters of whatever it is given: never a panic on a bad value).
 pub fn short(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(12)]
+    match sha256.char_indices().nth(12) {
+        Some((end, _)) => &sha256[..end],
+        None => sha256,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_versions_cut_on_characters() {
+        assert_eq!(super::short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(super::short("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(super::short("abc"), "abc");
+    }
 }

@@ -281,7 +281,7 @@ async fn commit(
                 // What is left to write (retries of the events still ours) reads nothing.
                 reads = None;
             }
-            Err(e) if !e.is_connection() && !e.is_loading() => {
+            Err(e) if !e.is_redis_trouble() => {
                 tracing::error!(
                     job = &*job,
                     "commit failed, failing the batch's events: {e}"

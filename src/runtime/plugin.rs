@@ -134,7 +134,7 @@ pub(super) fn load(
     tracing::info!(
         plugin = name,
         origin,
-        sha256 = &plugin.sha256[..12],
+        sha256 = crate::model::short(&plugin.sha256),
         size = bytes.len(),
         from_cache,
         ms = started.elapsed().as_millis() as u64,
@@ -168,7 +168,7 @@ pub(super) fn load_cached(
         tracing::info!(
             plugin = name,
             origin,
-            sha256 = &sha256[..sha256.len().min(12)],
+            sha256 = crate::model::short(sha256),
             size,
             from_cache = true,
             ms = started.elapsed().as_millis() as u64,

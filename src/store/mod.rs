@@ -59,6 +59,26 @@ impl StoreError {
     pub fn is_loading(&self) -> bool {
         matches!(self, StoreError::Redis(e) if e.code() == Some("LOADING"))
     }
+
+    /// True when the failure is Redis's trouble, not the command's: it is away, loading, busy
+    /// with a script, out of memory, read-only (a replica, or failing over), unable to
+    /// persist, or denying this user. Waiting (and an operator) can fix it; the events of the
+    /// command did nothing wrong and must not be charged for it.
+    pub fn is_redis_trouble(&self) -> bool {
+        const TROUBLE: [&str; 9] = [
+            "LOADING",
+            "BUSY",
+            "OOM",
+            "READONLY",
+            "MISCONF",
+            "NOPERM",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MASTERDOWN",
+        ];
+        self.is_connection()
+            || matches!(self, StoreError::Redis(e) if e.code().is_some_and(|c| TROUBLE.contains(&c)))
+    }
 }
 
 /// A reconnecting connection to `url`. `response_timeout` must exceed the longest blocking

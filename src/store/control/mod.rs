@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{Keys, StoreError};
-use crate::model::{JobSpec, now_ms};
+use crate::model::{JobSpec, check_name, now_ms};
 
 /// Versions kept per plugin (older ones are forgotten, and their bytes deleted).
 pub(super) const MAX_VERSIONS: isize = 50;
@@ -122,6 +122,30 @@ pub async fn watch_notices(client: redis::Client, channel: String, wake: Arc<Not
     }
 }
 
+/// A plugin version as the registry holds it, if it makes sense: a valid name, a sha256 of
+/// 64 hex digits.
+fn checked_version(name: &str, v: PluginVersion) -> Result<PluginVersion> {
+    let bad =
+        |why: String| ControlError::Refused(format!("bad registry entry plugin {name}: {why}"));
+    check_name(name).map_err(|m| bad(format!("name {m}")))?;
+    if v.sha256.len() != 64 || !v.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!("sha256 {:?} is not 64 hex digits", v.sha256)));
+    }
+    Ok(v)
+}
+
+/// A job as the registry holds it, if its spec would pass `job start` and names itself.
+fn checked_job(name: &str, e: JobEntry) -> Result<JobEntry> {
+    let bad = |why: String| ControlError::Refused(format!("bad registry entry job {name}: {why}"));
+    if e.spec.name != name {
+        return Err(bad(format!("its spec is named {:?}", e.spec.name)));
+    }
+    e.spec
+        .validate()
+        .map_err(|(field, message)| bad(format!("{field}: {message}")))?;
+    Ok(e)
+}
+
 /// Reads and changes the registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -175,8 +199,13 @@ impl Registry {
             .query_async(&mut self.conn)
             .await?;
         let mut snapshot = Snapshot::default();
+        // What Redis holds is untrusted: an entry that does not decode, or does not make sense
+        // (a sha256 that is not one, a job spec that would not pass `job start`), is logged and
+        // left out, never run and never fatal.
         for (name, json) in plugins {
-            match decode(&format!("plugin {name}"), &json) {
+            let version = decode::<PluginVersion>(&format!("plugin {name}"), &json)
+                .and_then(|v| checked_version(&name, v));
+            match version {
                 Ok(v) => {
                     snapshot.plugins.insert(name, v);
                 }
@@ -184,7 +213,9 @@ impl Registry {
             }
         }
         for (name, json) in jobs {
-            match decode::<JobEntry>(&format!("job {name}"), &json) {
+            let entry = decode::<JobEntry>(&format!("job {name}"), &json)
+                .and_then(|e| checked_job(&name, e));
+            match entry {
                 Ok(mut v) => {
                     v.run = runs.get(&name).copied().unwrap_or(0);
                     snapshot.jobs.insert(name, v);
