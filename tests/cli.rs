@@ -385,3 +385,19 @@ fn a_second_host_cannot_share_the_embedded_redis() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_redis_that_evicts_any_key_is_refused_at_start() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(
+        wait_until(Duration::from_secs(20), || !host.is_running()),
+        "the host kept running on an evicting Redis"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("maxmemory-policy allkeys-lru"), "{text}");
+}

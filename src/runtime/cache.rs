@@ -58,6 +58,14 @@ impl CompileCache {
     /// An unreadable or incompatible file is ignored (and later overwritten).
     pub fn get(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let path = self.path(sha256);
+        // A file others could have written is not loaded as native code (see `put`: the
+        // directory is private to this user).
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).ok()?.permissions());
+        if mode & 0o022 != 0 {
+            tracing::warn!(path = %path.display(), "ignoring a compile cache entry others may write (mode {mode:o})");
+            return None;
+        }
         let bytes = std::fs::read(&path).ok()?;
         // SAFETY: `deserialize` trusts the bytes to be a wasmtime artifact. Only this module
         // writes files in the cache directory, each under a name that includes the engine
@@ -82,11 +90,24 @@ impl CompileCache {
             return;
         }
         let result = (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&self.dir)?;
+            // Only this user may write native code this host will load.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&self.dir)?;
             let bytes = component.serialize().map_err(anyhow::Error::from)?;
             let path = self.path(sha256);
             let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
+            let mut file = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                0o600,
+            )
+            .open(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
             std::fs::rename(&tmp, &path)?;
             Ok(())
         })();

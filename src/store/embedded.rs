@@ -62,7 +62,9 @@ impl EmbeddedRedis {
     /// Start (or adopt) the embedded Redis of `data_dir` and wait until it answers.
     pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
         let dir = std::path::absolute(redis_dir(data_dir))?;
-        std::fs::create_dir_all(&dir)
+        // Its append-only file holds every event and the registry: private to this user.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
             .with_context(|| format!("creating the embedded redis directory {}", dir.display()))?;
         let socket = dir.join("redis.sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {

@@ -115,10 +115,8 @@ pub async fn wait_until_up(url: &str) -> anyhow::Result<()> {
         // One attempt at a time (no client-side retries), so that the wait is logged at once.
         let attempt = tokio::time::timeout(Duration::from_secs(2), async {
             let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("INFO")
-                .arg("server")
-                .query_async::<String>(&mut conn)
-                .await
+            // The default sections: `server` (the version) and `memory` (eviction).
+            redis::cmd("INFO").query_async::<String>(&mut conn).await
         })
         .await;
         let error = match attempt {
@@ -126,7 +124,7 @@ pub async fn wait_until_up(url: &str) -> anyhow::Result<()> {
                 if warned {
                     tracing::info!(redis = %redact_url(url), "redis is up");
                 }
-                return check_version(&info);
+                return check_server(&info);
             }
             Ok(Err(e)) => StoreError::from(e),
             Err(_) => StoreError::Timeout,
@@ -143,14 +141,29 @@ pub async fn wait_until_up(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// sluice needs Redis 7.0 or later: `XPENDING … IDLE` and exclusive ranges (6.2), XCLAIM
-/// dropping entries deleted from the stream from the pending list (7.0).
-fn check_version(info: &str) -> anyhow::Result<()> {
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(str::trim)
-        .unwrap_or("");
+/// What sluice needs of the server, from its `INFO`:
+/// - Redis 7.0 or later: `XPENDING … IDLE` and exclusive ranges (6.2), XCLAIM dropping entries
+///   deleted from the stream from the pending list (7.0);
+/// - no eviction of arbitrary keys: with `maxmemory` set, an `allkeys-*` policy would silently
+///   evict streams, consumer groups and the registry — events lost without a trace. (The
+///   `volatile-*` policies evict only keys with a TTL, which sluice gives only to what may
+///   expire: status records, and kv keys a plugin set with one.)
+fn check_server(info: &str) -> anyhow::Result<()> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let version = field("redis_version");
+    let policy = field("maxmemory_policy");
+    if field("maxmemory") != "0" && policy.starts_with("allkeys-") {
+        bail!(
+            "this Redis evicts any key when it is full (maxmemory-policy {policy}), streams and \
+             consumer groups included, which would lose events without a trace; set \
+             maxmemory-policy to noeviction (or a volatile-* policy), or maxmemory to 0"
+        );
+    }
     let major: u32 = version
         .split('.')
         .next()
@@ -185,5 +198,20 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn refuses_old_servers_and_eviction_of_any_key() {
+        let info = |v: &str, max: &str, policy: &str| {
+            format!(
+                "# Server\r\nredis_version:{v}\r\n# Memory\r\nmaxmemory:{max}\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert!(check_server(&info("7.0.15", "0", "noeviction")).is_ok());
+        assert!(check_server(&info("7.2.4", "0", "allkeys-lru")).is_ok());
+        assert!(check_server(&info("7.2.4", "1000000", "volatile-lru")).is_ok());
+        let evicting = check_server(&info("7.2.4", "1000000", "allkeys-lru")).unwrap_err();
+        assert!(evicting.to_string().contains("allkeys-lru"), "{evicting}");
+        assert!(check_server(&info("6.2.0", "0", "noeviction")).is_err());
     }
 }
