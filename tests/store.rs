@@ -235,3 +235,54 @@ async fn a_batch_whose_reads_changed_is_refused_whole() {
         .unwrap();
     assert_eq!(committed.acked, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_a_batch_would_overflow_refuses_it_before_any_write() {
+    use sluice::store::stream::Refused;
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 2, &[("n", "{i}")]);
+    let events = reader.read(10, 100).await.unwrap();
+    let counter = "sluice:{in}:job:j:counter:c";
+    let _: () = redis::cmd("SET")
+        .arg(counter)
+        .arg(i64::MAX - 10)
+        .query(&mut conn)
+        .unwrap();
+    // The first event emits (written first), the second pushes the counter past i64.
+    let outcomes = vec![
+        acked(&events[..1]).remove(0),
+        Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::CounterAdd {
+                name: "c".into(),
+                delta: 1000,
+                ttl_s: None,
+            }],
+        },
+    ];
+    let refused = committer
+        .commit(
+            &events,
+            &outcomes,
+            &[Decision::Ack, Decision::Ack],
+            None,
+            "v1",
+        )
+        .await
+        .unwrap();
+    let Err(Refused::BadTarget(bad)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(
+        (bad.key.as_str(), bad.events.as_slice()),
+        (counter, &[1][..])
+    );
+    assert!(bad.kind.contains("overflow"), "{}", bad.kind);
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        0,
+        "nothing written"
+    );
+}

@@ -92,6 +92,31 @@ do
     pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
+-- Counters must not overflow: INCRBY would fail half-way through the writes. The batch's
+-- deltas per counter (of every event, whether written or not) are added to what it holds, and
+-- a sum near the edge of a signed 64-bit integer refuses the batch before anything is written.
+do
+  local sums = {}
+  local pos = FIRST
+  while pos <= #ARGV do
+    local n_effects = tonumber(ARGV[pos + 6])
+    pos = pos + 7
+    for _ = 1, n_effects do
+      if ARGV[pos] == 'c' then
+        local index = tonumber(ARGV[pos + 1])
+        sums[index] = (sums[index] or 0) + tonumber(ARGV[pos + 2])
+      end
+      pos = past_effects(pos, 1)
+    end
+  end
+  for index, sum in pairs(sums) do
+    local now_at = tonumber(redis.call('GET', KEYS[index]) or '0') or 0
+    if math.abs(now_at + sum) >= 9.2e18 then
+      return redis.error_reply('SLUICE_BADTARGET ' .. index .. ' counter-this-batch-would-overflow')
+    end
+  end
+end
+
 local mine = {}
 local limit = n_events + 1000
 local ranged = {}

@@ -254,7 +254,7 @@ impl StreamCommitter {
                     .unwrap_or_default();
                 Ok(Err(Refused::BadTarget(BadTarget {
                     key,
-                    kind: kind.to_string(),
+                    kind: kind.replace('-', " "),
                     events,
                 })))
             }
