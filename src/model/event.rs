@@ -107,13 +107,14 @@ impl Effect {
 /// Where a plugin's reads of its job state (key-value, counters, windows) go. Implemented by
 /// the store against Redis; reads of what the current batch wrote are answered by the runtime
 /// before asking it.
+#[async_trait::async_trait]
 pub trait StateReader: Send + Sync {
-    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn counter_get(&self, name: &str) -> Result<i64, String>;
+    async fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    async fn counter_get(&self, name: &str) -> Result<i64, String>;
     /// When (ms) each of `ids` was added to window `name`, if it is there.
-    fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String>;
+    async fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String>;
     /// How many ids window `name` holds from `since_ms` on.
-    fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String>;
+    async fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String>;
 }
 
 /// What a batch read of its job's stored state (Redis, before the batch's own writes), each

@@ -39,6 +39,11 @@ pub struct JobSpec {
     /// Wall-clock budget of one event in the plugin, in ms (1–600000, default 1000).
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// Wall-clock budget of starting a plugin instance (instantiating it and running its
+    /// `init`), in ms (1–600000, default 10000). A version whose `init` does not return in
+    /// time is refused for the job.
+    #[serde(default = "default_init_timeout_ms")]
+    pub init_timeout_ms: u64,
     /// Memory cap of the plugin instance, in MiB (1–4096, default 64).
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
@@ -139,6 +144,7 @@ pub mod defaults {
     pub const BATCH: usize = 256;
     pub const BLOCK_MS: u64 = 1000;
     pub const DEADLINE_MS: u64 = 1000;
+    pub const INIT_TIMEOUT_MS: u64 = 10_000;
     pub const MEMORY_MB: u64 = 64;
     pub const MAX_DELIVERIES: u32 = 5;
     pub const CLAIM_IDLE_MS: u64 = 30_000;
@@ -156,6 +162,9 @@ fn default_block_ms() -> u64 {
 }
 fn default_deadline_ms() -> u64 {
     defaults::DEADLINE_MS
+}
+fn default_init_timeout_ms() -> u64 {
+    defaults::INIT_TIMEOUT_MS
 }
 fn default_memory_mb() -> u64 {
     defaults::MEMORY_MB
@@ -186,6 +195,7 @@ impl JobSpec {
             batch: default_batch(),
             block_ms: default_block_ms(),
             deadline_ms: default_deadline_ms(),
+            init_timeout_ms: default_init_timeout_ms(),
             memory_mb: default_memory_mb(),
             max_deliveries: default_max_deliveries(),
             retry_backoff: RetryBackoff::default(),
@@ -227,6 +237,7 @@ impl JobSpec {
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
         in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
         in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
+        in_range(j.init_timeout_ms, 1, 600_000).map_err(|m| (at("init_timeout_ms"), m))?;
         in_range(j.memory_mb, 1, MAX_MEMORY_MB).map_err(|m| (at("memory_mb"), m))?;
         in_range(j.max_deliveries.into(), 1, 1000).map_err(|m| (at("max_deliveries"), m))?;
         in_range(j.retry_backoff.base_ms, 1, 86_400_000)

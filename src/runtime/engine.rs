@@ -6,15 +6,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::MAX_MEMORY_BYTES;
 
-/// How often the epoch advances: the resolution of per-event deadlines.
+/// How often the epoch advances: how often running wasm checks its deadline and yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Deadline in epoch ticks for a wall-clock budget: rounded up, plus one tick because the
-/// current tick may end at any moment.
-pub fn deadline_ticks(budget: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    (budget.as_nanos().div_ceil(tick) as u64).saturating_add(1)
-}
 
 pub fn new_engine() -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
@@ -34,6 +27,9 @@ pub fn new_engine() -> wasmtime::Result<Engine> {
         .max_memory_size(MAX_MEMORY_BYTES);
 
     let mut config = Config::new();
+    // Async calls: a guest blocked in a host call (a WASI sleep or poll, a state read) waits
+    // on a tokio future, so the per-event wall-clock bound still fires; long-running wasm
+    // yields at every epoch tick (see `instance`).
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
@@ -55,16 +51,4 @@ pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadline_rounds_up_and_adds_a_tick() {
-        assert_eq!(deadline_ticks(Duration::from_millis(5)), 2);
-        assert_eq!(deadline_ticks(Duration::from_millis(6)), 3);
-        assert_eq!(deadline_ticks(Duration::from_secs(1)), 201);
-    }
 }

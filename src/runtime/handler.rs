@@ -40,28 +40,31 @@ impl PluginHandler {
 
     /// Make the first instance now (running `init`), so a plugin that cannot start for this
     /// job is refused before the job reads anything.
+    /// Blocks: call it from a blocking thread, never from an async task.
     pub fn prepare(&mut self) -> Result<(), crate::model::Failure> {
         if self.instance.is_none() {
-            self.instance = Some(PluginInstance::new(
+            self.instance = Some(super::block_on(PluginInstance::new(
                 &self.plugin,
                 self.guest.clone(),
                 self.overlay.clone(),
-            )?);
+            ))?);
         }
         Ok(())
     }
 
-    fn handle_one(&mut self, event: &Event) -> Outcome {
+    async fn handle_one(&mut self, event: &Event) -> Outcome {
         let mut instance = match self.instance.take() {
             Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
             _ => {
-                match PluginInstance::new(&self.plugin, self.guest.clone(), self.overlay.clone()) {
+                let made =
+                    PluginInstance::new(&self.plugin, self.guest.clone(), self.overlay.clone());
+                match made.await {
                     Ok(i) => i,
                     Err(failure) => return Outcome::Failed(failure),
                 }
             }
         };
-        let outcome = instance.handle(event);
+        let outcome = instance.handle(event).await;
         // A trapped instance is dropped here, giving its memory back at once.
         if instance.is_usable() {
             self.instance = Some(instance);
@@ -71,14 +74,15 @@ impl PluginHandler {
 }
 
 impl Handler for PluginHandler {
+    /// Blocks (on the calling thread's runtime): the runner calls it on a blocking thread.
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
         if let Ok(mut batch) = self.overlay.lock() {
             batch.clear();
         }
-        events
-            .iter()
-            .map(|e| {
-                let outcome = self.handle_one(e);
+        super::block_on(async {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for e in events {
+                let outcome = self.handle_one(e).await;
                 // An acked event's state writes will be committed: later events must see them.
                 if let Outcome::Handled {
                     disposition: Disposition::Ack,
@@ -88,9 +92,10 @@ impl Handler for PluginHandler {
                 {
                     batch.acked(effects);
                 }
-                outcome
-            })
-            .collect()
+                outcomes.push(outcome);
+            }
+            outcomes
+        })
     }
 
     fn reads_state(&self) -> bool {

@@ -1,13 +1,20 @@
 //! One live plugin instance: a `Store` with its limits, the instantiated component, and the
 //! calls into it with a deadline, a memory cap and classified failures.
+//!
+//! The deadline is wall-clock and holds whatever the guest does. Every call is async: while
+//! wasm runs, each epoch tick checks the deadline (a trap past it, else a yield to the
+//! executor); while the guest waits in a host call (a WASI sleep or poll, a state read) the
+//! call is a pending future, and [`tokio::time::timeout_at`] drops it at the deadline. Either
+//! way the instance is poisoned and dropped.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::Plugin;
 use super::bindings::sluice::plugin::types as wit;
-use super::engine::deadline_ticks;
+use super::engine::EPOCH_TICK;
 use super::host::{CallState, GuestContext, HostState, Overlay, clamp};
 use super::plugin::LoadedPlugin;
 use crate::model::{Disposition, Event, Failure, FailureKind, Outcome};
@@ -25,28 +32,60 @@ pub struct PluginInstance {
     last_logs: Vec<String>,
 }
 
+/// Why a call did not return a value.
+enum CallError {
+    /// It trapped (or hit the deadline or memory cap while wasm ran).
+    Trap(wasmtime::Error),
+    /// It was still waiting in a host call at the deadline.
+    Blocked,
+}
+
+/// Run `call` (a call into the guest) until `deadline`: past it, the future is dropped.
+async fn bounded<T>(
+    deadline: Instant,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, CallError> {
+    // The epoch check traps a running guest at the deadline; the timer is for a guest
+    // waiting in a host call, and fires a tick later so a running guest's trap comes first.
+    match tokio::time::timeout_at((deadline + EPOCH_TICK).into(), call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError::Trap(e)),
+        Err(_) => Err(CallError::Blocked),
+    }
+}
+
 impl PluginInstance {
-    /// Instantiate the plugin and run its `init` with the job's config, under the job's limits.
-    pub fn new(
+    /// Instantiate the plugin and run its `init` with the job's config, under the job's limits
+    /// (`init_timeout` for both together).
+    pub async fn new(
         plugin: &LoadedPlugin,
         guest: Arc<GuestContext>,
         overlay: Overlay,
     ) -> Result<Self, Failure> {
-        let deadline = deadline_ticks(guest.limits.deadline);
         let config: Vec<(String, String)> = guest
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let timeout = guest.limits.init_timeout;
+        let max = guest.limits.max_guest_string_bytes;
         let mut store = Store::new(plugin.pre.engine(), HostState::new(guest, overlay));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline);
-        let init_failed = |store: &Store<HostState>, e: wasmtime::Error| {
-            let mut failure = classify(store, &e);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().call_deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        store.data_mut().call_deadline = deadline;
+        store.set_epoch_deadline(1);
+        let init_failed = |store: &Store<HostState>, e: CallError| {
+            let mut failure = classify(store, &e, "init", timeout);
             if let Some(printed) = store.data().output.take() {
                 failure.message.push_str(&printed_suffix(&printed));
             }
-            let max = store.data().guest.limits.max_guest_string_bytes;
             Failure {
                 kind: FailureKind::Init,
                 message: clamp(
@@ -58,14 +97,14 @@ impl PluginInstance {
                 ),
             }
         };
-        let bindings = plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| init_failed(&store, e))?;
-        match bindings
+        let bindings = match bounded(deadline, plugin.pre.instantiate_async(&mut store)).await {
+            Ok(b) => b,
+            Err(e) => return Err(init_failed(&store, e)),
+        };
+        let init = bindings
             .sluice_plugin_handler()
-            .call_init(&mut store, &config)
-        {
+            .call_init(&mut store, &config);
+        match bounded(deadline, init).await {
             Ok(Ok(())) => Ok(PluginInstance {
                 store,
                 bindings,
@@ -78,7 +117,7 @@ impl PluginInstance {
                 message: format!(
                     "plugin `{}`: init refused the config: {}",
                     plugin.name,
-                    clamp(message, store.data().guest.limits.max_guest_string_bytes)
+                    clamp(message, max)
                 ),
             }),
             Err(e) => Err(init_failed(&store, e)),
@@ -107,11 +146,13 @@ impl PluginInstance {
 
     /// Hand one event to the plugin. Never panics and never returns a trap: every failure is
     /// an [`Outcome::Failed`], and a trapped instance marks itself unusable.
-    pub fn handle(&mut self, event: &Event) -> Outcome {
+    pub async fn handle(&mut self, event: &Event) -> Outcome {
         debug_assert!(!self.poisoned, "a trapped instance was entered again");
         self.calls += 1;
-        let deadline = deadline_ticks(self.store.data().guest.limits.deadline);
-        self.store.set_epoch_deadline(deadline);
+        let budget = self.store.data().guest.limits.deadline;
+        let deadline = Instant::now() + budget;
+        self.store.data_mut().call_deadline = deadline;
+        self.store.set_epoch_deadline(1);
         self.store.data_mut().call = CallState {
             event_id: Some(event.id.clone()),
             ..CallState::default()
@@ -124,10 +165,11 @@ impl PluginInstance {
             delivery_count: event.delivery_count,
             job: event.job.to_string(),
         };
-        let result = self
+        let call = self
             .bindings
             .sluice_plugin_handler()
             .call_handle(&mut self.store, &wit_event);
+        let result = bounded(deadline, call).await;
         let mut call = std::mem::take(&mut self.store.data_mut().call);
         let printed = self.store.data().output.take();
         if let Some(text) = &printed {
@@ -140,7 +182,7 @@ impl PluginInstance {
         match result {
             Err(e) => {
                 self.poisoned = true;
-                let mut failure = classify(&self.store, &e);
+                let mut failure = classify(&self.store, &e, "the event", budget);
                 if let Some(text) = &printed {
                     failure.message.push_str(&printed_suffix(text));
                 }
@@ -184,9 +226,24 @@ fn printed_suffix(text: &str) -> String {
     format!("; the plugin printed: {ellipsis}{}", &text[start..])
 }
 
-/// Name what went wrong in a call that did not return: the memory cap, the deadline, or a trap.
-fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
+/// Name what went wrong in a call that did not return: the memory cap, the deadline (wasm
+/// running, or the guest waiting in a host call), or a trap. `what` names the call and
+/// `budget` its deadline, for the message.
+fn classify(store: &Store<HostState>, e: &CallError, what: &str, budget: Duration) -> Failure {
     let state = store.data();
+    let ms = budget.as_millis();
+    let e = match e {
+        CallError::Blocked => {
+            return Failure {
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "exceeded the deadline of {ms} ms for {what} while waiting in a host call \
+                     (a sleep, a poll or a state read)"
+                ),
+            };
+        }
+        CallError::Trap(e) => e,
+    };
     if state.limiter.exceeded {
         Failure {
             kind: FailureKind::Memory,
@@ -195,10 +252,7 @@ fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
     } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         Failure {
             kind: FailureKind::Timeout,
-            message: format!(
-                "exceeded the deadline of {} ms",
-                state.guest.limits.deadline.as_millis()
-            ),
+            message: format!("exceeded the deadline of {ms} ms for {what}"),
         }
     } else {
         // The trap's reason ("wasm `unreachable` instruction executed" for a Rust panic)

@@ -65,16 +65,17 @@ impl MemoryState {
     }
 }
 
+#[async_trait::async_trait]
 impl StateReader for MemoryState {
-    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.read(|s| s.kv.get(key).cloned())
     }
 
-    fn counter_get(&self, name: &str) -> Result<i64, String> {
+    async fn counter_get(&self, name: &str) -> Result<i64, String> {
         self.read(|s| s.counters.get(name).copied().unwrap_or(0))
     }
 
-    fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String> {
+    async fn window_scores(&self, name: &str, ids: &[String]) -> Result<Vec<Option<u64>>, String> {
         self.read(|s| {
             let w = s.windows.get(name);
             ids.iter()
@@ -83,7 +84,7 @@ impl StateReader for MemoryState {
         })
     }
 
-    fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {
+    async fn window_count(&self, name: &str, since_ms: u64) -> Result<u64, String> {
         self.read(|s| {
             s.windows
                 .get(name)
@@ -96,8 +97,8 @@ impl StateReader for MemoryState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn applies_effects_like_the_commit() {
+    #[tokio::test]
+    async fn applies_effects_like_the_commit() {
         let m = MemoryState::default();
         m.apply(&[
             Effect::KvSet {
@@ -121,14 +122,16 @@ mod tests {
                 at_ms: 1000,
             },
         ]);
-        assert_eq!(m.kv_get("k").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(m.counter_get("c").unwrap(), 5);
-        assert_eq!(m.window_count("w", 0).unwrap(), 1);
+        assert_eq!(m.kv_get("k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(m.counter_get("c").await.unwrap(), 5);
+        assert_eq!(m.window_count("w", 0).await.unwrap(), 1);
         assert_eq!(
-            m.window_scores("w", &["a".into(), "b".into()]).unwrap(),
+            m.window_scores("w", &["a".into(), "b".into()])
+                .await
+                .unwrap(),
             vec![Some(1000), None]
         );
         m.apply(&[Effect::KvDelete { key: "k".into() }]);
-        assert_eq!(m.kv_get("k").unwrap(), None);
+        assert_eq!(m.kv_get("k").await.unwrap(), None);
     }
 }

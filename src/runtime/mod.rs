@@ -34,6 +34,25 @@ use wasmtime::component::Linker;
 use self::cache::CompileCache;
 use self::host::HostState;
 
+/// Run a call into plugins to completion from synchronous code: on the tokio runtime of the
+/// calling thread (a blocking-pool thread of the host), else on a small runtime of its own
+/// (tests, tools). Never call it from an async task.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    static FALLBACK: std::sync::LazyLock<tokio::runtime::Runtime> =
+        std::sync::LazyLock::new(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sluice-plugin-rt")
+                .enable_all()
+                .build()
+                .expect("starting a tokio runtime for plugin calls")
+        });
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(f),
+        Err(_) => FALLBACK.block_on(f),
+    }
+}
+
 /// Largest memory cap a job may ask for; the pooling allocator reserves slots this big.
 pub const MAX_MEMORY_BYTES: usize = (crate::model::spec::MAX_MEMORY_MB as usize) << 20;
 

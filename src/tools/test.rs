@@ -107,7 +107,11 @@ pub fn run_test(
             b.clear();
         }
         if instance.as_ref().is_none_or(|i| !i.is_usable()) {
-            match PluginInstance::new(&plugin, guest.clone(), batch.clone()) {
+            match crate::runtime::block_on(PluginInstance::new(
+                &plugin,
+                guest.clone(),
+                batch.clone(),
+            )) {
                 Ok(i) => instance = Some(i),
                 Err(f) => bail!("the plugin cannot start: {}", f.message),
             }
@@ -115,7 +119,7 @@ pub fn run_test(
         let Some(inst) = instance.as_mut() else {
             bail!("no instance")
         };
-        let outcome = inst.handle(event);
+        let outcome = crate::runtime::block_on(inst.handle(event));
         let micros = started.elapsed().as_micros() as u64;
         let (result, failed, effects) = match &outcome {
             Outcome::Handled {

@@ -38,18 +38,23 @@ impl HostState {
 }
 
 impl Host for HostState {
-    fn counter_add(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<i64, String> {
+    async fn counter_add(
+        &mut self,
+        name: String,
+        delta: i64,
+        ttl_s: Option<u32>,
+    ) -> Result<i64, String> {
         self.add_to_counter("counter-add", &name, delta, ttl_s)?;
-        self.counter_get(name)
+        self.counter_get(name).await
     }
 
     fn counter_incr(&mut self, name: String, delta: i64, ttl_s: Option<u32>) -> Result<(), String> {
         self.add_to_counter("counter-incr", &name, delta, ttl_s)
     }
 
-    fn counter_get(&mut self, name: String) -> Result<i64, String> {
+    async fn counter_get(&mut self, name: String) -> Result<i64, String> {
         self.check_name("counter-get", &name)?;
-        self.counter_value(&name)
+        self.counter_value(&name).await
     }
 
     fn window_add(&mut self, name: String, id: String) -> Result<(), String> {
@@ -59,16 +64,17 @@ impl Host for HostState {
         self.buffer("window-add", Effect::WindowAdd { name, id, at_ms })
     }
 
-    fn window_count(&mut self, name: String, seconds: u32) -> Result<u64, String> {
+    async fn window_count(&mut self, name: String, seconds: u32) -> Result<u64, String> {
         self.check_name("window-count", &name)?;
         let since_ms = now_ms().saturating_sub(u64::from(seconds) * 1000);
         let fresh = self.written_window_ids(&name, since_ms);
-        let stored = self.stored_window_count(&name, since_ms)?;
+        let stored = self.stored_window_count(&name, since_ms).await?;
         // Ids written in this batch that the window already held in range are counted once.
         let known = if fresh.is_empty() {
             0
         } else {
-            self.stored_window_scores(&name, &fresh)?
+            self.stored_window_scores(&name, &fresh)
+                .await?
                 .into_iter()
                 .filter(|s| s.is_some_and(|s| s >= since_ms))
                 .count()
@@ -86,8 +92,8 @@ mod tests {
     use super::super::test_support::with_reader;
     use super::*;
 
-    #[test]
-    fn counters_add_to_the_stored_value() {
+    #[tokio::test]
+    async fn counters_add_to_the_stored_value() {
         let store = Arc::new(MemoryState::default());
         store.apply(&[Effect::CounterAdd {
             name: "hits".into(),
@@ -95,31 +101,34 @@ mod tests {
             ttl_s: None,
         }]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
-        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 41);
-        assert_eq!(s.counter_add("hits".into(), 1, Some(86_400)).unwrap(), 42);
-        assert_eq!(s.counter_get("other".into()).unwrap(), 0);
+        assert_eq!(s.counter_add("hits".into(), 1, None).await.unwrap(), 41);
+        assert_eq!(
+            s.counter_add("hits".into(), 1, Some(86_400)).await.unwrap(),
+            42
+        );
+        assert_eq!(s.counter_get("other".into()).await.unwrap(), 0);
         assert_eq!(s.call.effects.len(), 2);
     }
 
-    #[test]
-    fn a_stored_counter_is_read_once_per_batch() {
+    #[tokio::test]
+    async fn a_stored_counter_is_read_once_per_batch() {
         let store = Arc::new(MemoryState::default());
         let mut s = with_reader(&[], Limits::default(), Some(store.clone()));
-        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 1);
+        assert_eq!(s.counter_add("hits".into(), 1, None).await.unwrap(), 1);
         // Written behind the batch's back (another host): not seen until the next batch.
         store.apply(&[Effect::CounterAdd {
             name: "hits".into(),
             delta: 10,
             ttl_s: None,
         }]);
-        assert_eq!(s.counter_add("hits".into(), 1, None).unwrap(), 2);
+        assert_eq!(s.counter_add("hits".into(), 1, None).await.unwrap(), 2);
         s.overlay.lock().unwrap().clear();
         s.call = Default::default();
-        assert_eq!(s.counter_get("hits".into()).unwrap(), 10);
+        assert_eq!(s.counter_get("hits".into()).await.unwrap(), 10);
     }
 
-    #[test]
-    fn windows_count_distinct_ids_within_the_span() {
+    #[tokio::test]
+    async fn windows_count_distinct_ids_within_the_span() {
         let store = Arc::new(MemoryState::default());
         let now = now_ms();
         store.apply(&[
@@ -135,21 +144,21 @@ mod tests {
             },
         ]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
-        assert_eq!(s.window_count("w".into(), 60).unwrap(), 1);
+        assert_eq!(s.window_count("w".into(), 60).await.unwrap(), 1);
         s.window_add("w".into(), "a".into()).unwrap(); // already counted
         s.window_add("w".into(), "b".into()).unwrap();
         s.window_add("w".into(), "b".into()).unwrap(); // same id twice
-        assert_eq!(s.window_count("w".into(), 60).unwrap(), 2);
-        assert_eq!(s.window_count("w".into(), 3600).unwrap(), 3);
+        assert_eq!(s.window_count("w".into(), 60).await.unwrap(), 2);
+        assert_eq!(s.window_count("w".into(), 3600).await.unwrap(), 3);
     }
 
-    #[test]
-    fn an_increment_reads_nothing_so_it_never_conflicts() {
+    #[tokio::test]
+    async fn an_increment_reads_nothing_so_it_never_conflicts() {
         let store = Arc::new(MemoryState::default());
         let mut s = with_reader(&[], Limits::default(), Some(store));
         s.counter_incr("hot".into(), 1, None).unwrap();
         assert!(s.overlay.lock().unwrap().reads.is_empty());
-        assert_eq!(s.counter_add("hot".into(), 1, None).unwrap(), 2);
+        assert_eq!(s.counter_add("hot".into(), 1, None).await.unwrap(), 2);
         assert_eq!(
             s.overlay.lock().unwrap().reads.counters.get("hot"),
             Some(&0)

@@ -6,12 +6,12 @@ use super::HostState;
 use crate::model::Effect;
 
 impl Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         self.check_name("kv get", &key)?;
         if let Some(value) = self.written_kv(&key) {
             return Ok(value);
         }
-        self.stored_kv(&key)
+        self.stored_kv(&key).await
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_s: Option<u32>) -> Result<(), String> {
@@ -43,8 +43,8 @@ pub(crate) mod tests {
 
     pub use crate::runtime::memory::MemoryState;
 
-    #[test]
-    fn reads_see_the_events_own_writes_before_the_store() {
+    #[tokio::test]
+    async fn reads_see_the_events_own_writes_before_the_store() {
         let store = Arc::new(MemoryState::default());
         store.apply(&[Effect::KvSet {
             key: "a".into(),
@@ -52,17 +52,17 @@ pub(crate) mod tests {
             ttl_s: None,
         }]);
         let mut s = with_reader(&[], Limits::default(), Some(store));
-        assert_eq!(s.get("a".into()).unwrap(), Some(b"stored".to_vec()));
+        assert_eq!(s.get("a".into()).await.unwrap(), Some(b"stored".to_vec()));
         s.set("a".into(), b"new".to_vec(), Some(60)).unwrap();
-        assert_eq!(s.get("a".into()).unwrap(), Some(b"new".to_vec()));
+        assert_eq!(s.get("a".into()).await.unwrap(), Some(b"new".to_vec()));
         s.delete("a".into()).unwrap();
-        assert_eq!(s.get("a".into()).unwrap(), None);
-        assert_eq!(s.get("missing".into()).unwrap(), None);
+        assert_eq!(s.get("a".into()).await.unwrap(), None);
+        assert_eq!(s.get("missing".into()).await.unwrap(), None);
         assert_eq!(s.call.effects.len(), 2);
     }
 
-    #[test]
-    fn reads_see_the_batchs_earlier_writes() {
+    #[tokio::test]
+    async fn reads_see_the_batchs_earlier_writes() {
         let mut s = with_reader(
             &[],
             Limits::default(),
@@ -74,15 +74,15 @@ pub(crate) mod tests {
             ttl_s: None,
         }]);
         assert_eq!(
-            s.get("k".into()).unwrap(),
+            s.get("k".into()).await.unwrap(),
             Some(b"from an earlier event".to_vec())
         );
     }
 
-    #[test]
-    fn without_a_store_reads_fail_the_event() {
+    #[tokio::test]
+    async fn without_a_store_reads_fail_the_event() {
         let mut s = with_reader(&[], Limits::default(), None);
-        assert!(s.get("a".into()).is_err());
+        assert!(s.get("a".into()).await.is_err());
         assert!(s.call.state_error.is_some());
     }
 
@@ -99,8 +99,8 @@ pub(crate) mod tests {
         assert!(s.call.violation.is_some());
     }
 
-    #[test]
-    fn a_batch_reads_each_stored_value_once_and_records_it_for_the_commit() {
+    #[tokio::test]
+    async fn a_batch_reads_each_stored_value_once_and_records_it_for_the_commit() {
         let store = Arc::new(MemoryState::default());
         store.apply(&[Effect::KvSet {
             key: "a".into(),
@@ -108,7 +108,7 @@ pub(crate) mod tests {
             ttl_s: None,
         }]);
         let mut s = with_reader(&[], Limits::default(), Some(store.clone()));
-        assert_eq!(s.get("a".into()).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get("a".into()).await.unwrap(), Some(b"1".to_vec()));
         // Another host writes meanwhile: the batch keeps seeing what it read (the commit
         // will refuse it), never a mix of two states.
         store.apply(&[Effect::KvSet {
@@ -116,26 +116,26 @@ pub(crate) mod tests {
             value: b"2".to_vec(),
             ttl_s: None,
         }]);
-        assert_eq!(s.get("a".into()).unwrap(), Some(b"1".to_vec()));
-        assert_eq!(s.get("missing".into()).unwrap(), None);
+        assert_eq!(s.get("a".into()).await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s.get("missing".into()).await.unwrap(), None);
         let reads = s.overlay.lock().unwrap().reads.clone();
         assert_eq!(reads.kv.get("a"), Some(&Some(b"1".to_vec())));
         assert_eq!(reads.kv.get("missing"), Some(&None));
         assert_eq!(reads.len(), 2);
     }
 
-    #[test]
-    fn a_batch_may_read_only_so_many_values() {
+    #[tokio::test]
+    async fn a_batch_may_read_only_so_many_values() {
         let limits = Limits {
             max_batch_reads: 2,
             ..Limits::default()
         };
         let mut s = with_reader(&[], limits, Some(Arc::new(MemoryState::default())));
-        assert!(s.get("a".into()).is_ok());
-        assert!(s.get("b".into()).is_ok());
+        assert!(s.get("a".into()).await.is_ok());
+        assert!(s.get("b".into()).await.is_ok());
         // Read again: no new value to keep.
-        assert!(s.get("a".into()).is_ok());
-        assert!(s.get("c".into()).is_err());
+        assert!(s.get("a".into()).await.is_ok());
+        assert!(s.get("c".into()).await.is_err());
         assert!(s.call.violation.as_deref().unwrap().contains("more than 2"));
     }
 }

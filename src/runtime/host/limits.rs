@@ -10,9 +10,12 @@ use crate::model::spec::defaults;
 /// What a plugin instance may use, per job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock budget of one `handle` (and of `init`).
+    /// Wall-clock budget of one `handle`, whatever the guest does (computes, sleeps, polls,
+    /// waits for a state read).
     pub deadline: Duration,
-    /// Largest linear memory an instance may grow to.
+    /// Wall-clock budget of making an instance: instantiating it and running `init`.
+    pub init_timeout: Duration,
+    /// Most linear memory an instance may hold, all its memories together.
     pub memory_bytes: usize,
     /// Most effects one event may buffer.
     pub max_effects: usize,
@@ -76,6 +79,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline: Duration::from_millis(defaults::DEADLINE_MS),
+            init_timeout: Duration::from_millis(defaults::INIT_TIMEOUT_MS),
             memory_bytes: (defaults::MEMORY_MB as usize) << 20,
             max_effects: 1000,
             max_name_bytes: 512,
@@ -92,27 +96,29 @@ impl Default for Limits {
     }
 }
 
-/// wasmtime's [`StoreLimits`], plus a note of whether the memory cap was hit, so a failure
-/// can be reported as "memory cap exceeded" rather than as an anonymous trap.
+/// The memory cap of one instance, over all its linear memories together (a component may
+/// have many: a cap per memory would let 16 memories take 16 times the cap), plus a note of
+/// whether it was hit, so a failure can be reported as "memory cap exceeded" rather than as
+/// an anonymous trap. Tables are bounded by wasmtime's [`StoreLimits`].
 pub struct MemoryLimiter {
     limits: StoreLimits,
     /// The cap, for messages.
     pub(crate) cap: usize,
     /// Set when a growth past the cap was refused.
     pub(crate) exceeded: bool,
-    /// Largest memory size any memory of the instance reached.
+    /// Bytes of linear memory the instance holds now, all memories together.
+    pub(crate) total: usize,
+    /// Largest `total` reached.
     pub(crate) peak: usize,
 }
 
 impl MemoryLimiter {
     pub fn new(cap: usize) -> Self {
         MemoryLimiter {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(cap)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
             cap,
             exceeded: false,
+            total: 0,
             peak: 0,
         }
     }
@@ -125,12 +131,19 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum);
-        match &allowed {
-            Ok(true) => self.peak = self.peak.max(desired),
-            _ => self.exceeded = desired > self.cap,
+        let grown = desired.saturating_sub(current);
+        let total = self.total.saturating_add(grown);
+        if total > self.cap || maximum.is_some_and(|max| desired > max) {
+            self.exceeded = total > self.cap;
+            return Err(wasmtime::Error::msg(format!(
+                "memory: growing to {desired} bytes would take the instance to {total} bytes, \
+                 over its cap of {}",
+                self.cap
+            )));
         }
-        allowed
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
     }
 
     fn table_growing(
@@ -169,6 +182,17 @@ mod tests {
         assert!(l.memory_growing(1 << 19, 2 << 20, None).is_err());
         assert!(l.exceeded);
         assert_eq!(l.peak, 1 << 19);
+    }
+
+    #[test]
+    fn the_cap_holds_for_all_memories_together() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        // Two memories of half the cap each fit; a third byte page does not.
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(l.memory_growing(0, 65536, None).is_err());
+        assert!(l.exceeded);
+        assert_eq!(l.total, 1 << 20);
     }
 
     #[test]

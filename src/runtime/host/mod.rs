@@ -22,6 +22,7 @@ pub use overlay::{BatchState, Overlay, Writes};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -89,6 +90,9 @@ pub struct HostState {
     pub(crate) overlay: Overlay,
     /// What the guest printed (stdout and stderr) since the last look.
     pub(crate) output: GuestOutput,
+    /// When the current call (`init` or `handle`) must have returned: checked at every epoch
+    /// tick while wasm runs.
+    pub(crate) call_deadline: Instant,
 }
 
 impl HostState {
@@ -106,6 +110,7 @@ impl HostState {
             guest,
             call: CallState::default(),
             overlay,
+            call_deadline: Instant::now(),
         }
     }
 
@@ -185,7 +190,7 @@ impl bindings::sluice::plugin::types::Host for HostState {}
 
 /// Add WASI p2 and every interface of our world to the linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
 

@@ -3,6 +3,8 @@
 //! batch's [`ReadSet`] (repeatable reads, bounded by the job's limits), which the commit
 //! checks is still true.
 
+use std::sync::Arc;
+
 use super::HostState;
 use crate::model::{ReadSet, StateReader};
 
@@ -20,52 +22,63 @@ impl HostState {
     /// A counter as this call must see it: stored value (read once per batch) plus the
     /// batch's and the event's deltas — what Redis will hold once the batch commits, since
     /// the commit refuses the batch if the stored value changed meanwhile.
-    pub(super) fn counter_value(&mut self, name: &str) -> Result<i64, String> {
+    pub(super) async fn counter_value(&mut self, name: &str) -> Result<i64, String> {
         let own = self.call.writes.counters.get(name).copied().unwrap_or(0);
         let batch = self
             .overlay
             .lock()
             .map(|b| b.writes.counters.get(name).copied().unwrap_or(0))
             .unwrap_or(0);
-        let stored = self.stored(
-            |r| r.counters.get(name).copied(),
-            |reader| reader.counter_get(name),
-            |_| name.len() + 8,
-            |r, v| {
-                r.counters.insert(name.to_string(), v);
-            },
-        )?;
+        let owned = name.to_string();
+        let stored = self
+            .stored(
+                |r| r.counters.get(name).copied(),
+                |reader| async move { reader.counter_get(&owned).await },
+                |_| name.len() + 8,
+                |r, v| {
+                    r.counters.insert(name.to_string(), v);
+                },
+            )
+            .await?;
         Ok(stored.saturating_add(batch).saturating_add(own))
     }
 
     /// A kv key's stored value (read once per batch).
-    pub(super) fn stored_kv(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    pub(super) async fn stored_kv(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let owned = key.to_string();
         self.stored(
             |r| r.kv.get(key).cloned(),
-            |reader| reader.kv_get(key),
+            |reader| async move { reader.kv_get(&owned).await },
             |v| key.len() + v.as_ref().map_or(0, Vec::len),
             |r, v| {
                 r.kv.insert(key.to_string(), v);
             },
         )
+        .await
     }
 
     /// How many ids window `name` holds from `since_ms` on (read once per batch and time).
-    pub(super) fn stored_window_count(&mut self, name: &str, since_ms: u64) -> Result<u64, String> {
+    pub(super) async fn stored_window_count(
+        &mut self,
+        name: &str,
+        since_ms: u64,
+    ) -> Result<u64, String> {
         let at = (name.to_string(), since_ms);
+        let owned = name.to_string();
         self.stored(
             |r| r.window_counts.get(&at).copied(),
-            |reader| reader.window_count(name, since_ms),
+            |reader| async move { reader.window_count(&owned, since_ms).await },
             |_| name.len() + 16,
             |r, v| {
                 r.window_counts.insert(at.clone(), v);
             },
         )
+        .await
     }
 
     /// When each of `ids` was added to window `name`, if it is there (each read once per
     /// batch).
-    pub(super) fn stored_window_scores(
+    pub(super) async fn stored_window_scores(
         &mut self,
         name: &str,
         ids: &[String],
@@ -85,6 +98,7 @@ impl HostState {
             let reader = self.reader()?;
             let scores = reader
                 .window_scores(name, &unknown)
+                .await
                 .map_err(|e| self.state_failed(e))?;
             if let Ok(mut b) = self.overlay.lock() {
                 b.read_bytes += bytes;
@@ -105,10 +119,10 @@ impl HostState {
 
     /// A stored value: from the batch's read set if read before, else from Redis (and
     /// recorded in the read set, for the commit to check).
-    fn stored<T: Clone>(
+    async fn stored<T: Clone, F: Future<Output = Result<T, String>>>(
         &mut self,
         cached: impl FnOnce(&ReadSet) -> Option<T>,
-        read: impl FnOnce(&dyn StateReader) -> Result<T, String>,
+        read: impl FnOnce(Arc<dyn StateReader>) -> F,
         size: impl FnOnce(&T) -> usize,
         record: impl FnOnce(&mut ReadSet, T),
     ) -> Result<T, String> {
@@ -117,7 +131,7 @@ impl HostState {
         }
         self.check_reads(1, 0)?;
         let reader = self.reader()?;
-        let v = read(reader.as_ref()).map_err(|e| self.state_failed(e))?;
+        let v = read(reader).await.map_err(|e| self.state_failed(e))?;
         let bytes = size(&v);
         self.check_reads(1, bytes)?;
         if let Ok(mut b) = self.overlay.lock() {
