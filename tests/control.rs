@@ -748,3 +748,66 @@ fn bad_registry_entries_are_skipped_and_the_host_serves_the_rest() {
     assert_eq!(counter(&mut conn, "bad", "in2", "dead"), 0);
     host.stop_ok();
 }
+
+#[test]
+fn a_version_whose_init_hangs_on_hosts_is_refused_by_each_within_the_init_timeout() {
+    let (redis, mut conn, dir, cfg) = fleet("echo");
+    cli(
+        &redis.url,
+        "job start other --source stream:in --plugin echo --set target=out",
+    );
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_for_log(&a.log, "job started", Duration::from_secs(30)));
+    assert!(wait_for_log(&b.log, "job started", Duration::from_secs(30)));
+
+    // `init` sleeps only where a job-state read works: `job start`'s check (no state)
+    // passes, and every host hangs in it.
+    let hostile = plugin("hostile");
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name hostile", hostile.display()),
+    );
+    cli(
+        &redis.url,
+        "job start h --source stream:h --plugin hostile --set init=sleep-on-host --init-timeout-ms 5000",
+    );
+    let loaded = Instant::now();
+    // While both hosts wait in the hanging `init`, they serve the other job and follow the
+    // registry: stopping the other job takes effect well within the init timeout.
+    std::thread::sleep(Duration::from_millis(1000));
+    publish(&mut conn, "in", 200, &[("n", "{i}")]);
+    wait_acked(&mut conn, "other", 200);
+    cli(&redis.url, "job stop other");
+    for host in [&a, &b] {
+        assert!(wait_for_log(
+            &host.log,
+            "job ended",
+            Duration::from_secs(10)
+        ));
+    }
+    let stopped_after = loaded.elapsed();
+    assert!(
+        stopped_after < Duration::from_millis(4500),
+        "the stop waited for the hanging init: {stopped_after:?}"
+    );
+    for host in [&a, &b] {
+        assert!(
+            wait_for_log(&host.log, "plugin version refused", Duration::from_secs(15)),
+            "{} did not refuse the hanging version",
+            host.log.display()
+        );
+    }
+    let refused_after = loaded.elapsed();
+    println!(
+        "other job stopped after {stopped_after:?}; both hosts refused the hanging init after {refused_after:?}"
+    );
+    let list = cli(&redis.url, "plugin list");
+    assert!(list.contains("REFUSED"), "{list}");
+    assert!(
+        list.contains("exceeded the deadline of 5000 ms for init"),
+        "{list}"
+    );
+    a.stop_ok();
+    b.stop_ok();
+}

@@ -41,7 +41,7 @@ fn dead_letters(url: &str, job: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Every key of the Redis, with its type.
+/// Every key of the Redis.
 fn keys(conn: &mut redis::Connection) -> Vec<String> {
     let mut keys: Vec<String> = conn.keys("*").unwrap();
     keys.sort();
@@ -54,8 +54,6 @@ struct Attacked {
     letter: serde_json::Value,
     /// From publishing the attack until the events behind it were acked.
     took: Duration,
-    /// The host's peak RSS.
-    rss_mib: u64,
     /// The Redis, its host and the connection, for further checks.
     redis: RedisServer,
     conn: redis::Connection,
@@ -83,6 +81,7 @@ fn attack(fields: &[(&str, &str)], job_extra: &str) -> Attacked {
             && conn.exists::<_, bool>("sluice:{in}:job:j").unwrap_or(false)),
         "the job did not start"
     );
+    let before = keys(&mut conn);
     let started = Instant::now();
     publish(&mut conn, "in", 1, fields);
     publish(&mut conn, "in", BEHIND, &[("action", "ok")]);
@@ -99,6 +98,12 @@ fn attack(fields: &[(&str, &str)], job_extra: &str) -> Attacked {
         host.is_running()
     );
     assert!(host.is_running(), "the host died");
+    // The failed attack wrote nothing: no key changed outside the job's own and its source.
+    let outside: Vec<String> = keys(&mut conn)
+        .into_iter()
+        .filter(|k| !before.contains(k) && k != "in" && !k.starts_with("sluice:{in}"))
+        .collect();
+    assert!(outside.is_empty(), "keys appeared: {outside:?}");
     let rss_mib = peak_rss_mib(host.pid());
     let letters = dead_letters(&redis.url, "j");
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -120,7 +125,6 @@ fn attack(fields: &[(&str, &str)], job_extra: &str) -> Attacked {
     Attacked {
         letter,
         took,
-        rss_mib,
         redis,
         conn,
         host,
@@ -162,5 +166,30 @@ fn a_plugin_sleeping_after_a_state_read_times_out_at_its_deadline() {
         reason(&a).contains("exceeded the deadline of 300 ms"),
         "{}",
         reason(&a)
+    );
+}
+
+#[test]
+fn sigterm_is_heard_while_a_plugins_init_hangs() {
+    let (redis, _conn, dir, cfg) = setup(
+        "hostile",
+        "j",
+        "in",
+        "init_timeout_ms = 600000",
+        "init = \"sleep\"",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("sluice ready"))),
+        "the host did not start"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = host.term(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "sluice run did not exit 0 on SIGTERM while init hung"
     );
 }

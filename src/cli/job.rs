@@ -27,7 +27,7 @@ pub enum JobCommand {
         #[arg(long)]
         plugin: String,
         #[command(flatten)]
-        options: JobOptions,
+        options: Box<JobOptions>,
     },
     /// Stop a job on every host (in-flight batches are committed first)
     Stop { name: String },
@@ -83,6 +83,9 @@ pub struct JobOptions {
     /// Per-event deadline in ms
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// Budget of starting an instance (instantiating it and running `init`), in ms
+    #[arg(long)]
+    pub init_timeout_ms: Option<u64>,
     /// Plugin memory cap in MiB
     #[arg(long)]
     pub memory_mb: Option<u64>,
@@ -109,6 +112,7 @@ pub fn job_spec(name: &str, source: &str, plugin: &str, o: &JobOptions) -> anyho
         }
     };
     set(&mut spec.deadline_ms, o.deadline_ms);
+    set(&mut spec.init_timeout_ms, o.init_timeout_ms);
     set(&mut spec.memory_mb, o.memory_mb);
     set(&mut spec.done_ttl_s, o.done_ttl_s);
     set(&mut spec.claim_idle_ms, o.claim_idle_ms);

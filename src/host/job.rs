@@ -32,6 +32,7 @@ pub const RESPONSE_MARGIN: Duration = Duration::from_secs(10);
 pub fn limits(spec: &JobSpec, prefix: &str) -> Limits {
     Limits {
         deadline: Duration::from_millis(spec.deadline_ms),
+        init_timeout: Duration::from_millis(spec.init_timeout_ms),
         memory_bytes: (spec.memory_mb as usize) << 20,
         allowed_streams: spec.allowed_streams.clone(),
         reserved_prefix: format!("{prefix}:"),
@@ -126,6 +127,20 @@ pub struct RunningJob {
 /// What a job's task returns: its name, and how its runners ended.
 pub type JobResult = (String, anyhow::Result<RunnerStats>);
 
+/// A plugin version made ready for a job, off the reconcile loop ([`Assembly::prepare`]):
+/// an instance for each of the job's runners, `init` run on both.
+pub struct Ready {
+    pub plugin: Arc<LoadedPlugin>,
+    handlers: [Box<dyn Handler>; 2],
+    /// Where both handlers read job state.
+    state: Arc<dyn StateReader>,
+}
+
+/// Redis trouble while assembling job `name`: tried again at the next reconcile.
+fn transient(name: &str) -> impl Fn(anyhow::Error) -> Failure + Copy + '_ {
+    move |e| Failure::Transient(e.context(format!("job `{name}`")))
+}
+
 impl Assembly {
     /// A reconnecting connection for one of `spec`'s blocking readers or committers.
     async fn connect(&self, spec: &JobSpec) -> anyhow::Result<ConnectionManager> {
@@ -165,23 +180,47 @@ impl Assembly {
         ))
     }
 
-    /// Start run `run` of `spec` on `plugin` as a task of `tasks`: issue `job-started`
+    /// Make `plugin` ready for `spec`: both runners' instances, `init` run on each (within
+    /// the job's `init_timeout_ms`), reading job state through `state` (a running job's), else
+    /// through a new connection. Slow plugins only slow this: the host runs it as a task of
+    /// its own, off the reconcile loop.
+    pub async fn prepare(
+        &self,
+        spec: &JobSpec,
+        plugin: Arc<LoadedPlugin>,
+        state: Option<Arc<dyn StateReader>>,
+    ) -> Result<Ready, Failure> {
+        let state = match state {
+            Some(state) => state,
+            None => self.state(spec).await.map_err(transient(&spec.name))?,
+        };
+        let handlers = self.handlers(spec, &plugin, &state).await?;
+        Ok(Ready {
+            plugin,
+            handlers,
+            state,
+        })
+    }
+
+    /// Start run `run` of `spec` with `ready` as a task of `tasks`: issue `job-started`
     /// (once per run, fleet-wide), then run the lifecycle runner and, behind its gate, the
     /// source runner.
     pub async fn start(
         &self,
         spec: &JobSpec,
         run: u64,
-        plugin: Arc<LoadedPlugin>,
+        ready: Ready,
         tasks: &mut JoinSet<JobResult>,
     ) -> Result<(RunningJob, tokio::task::Id), Failure> {
         let name = spec.name.as_str();
-        // Redis trouble: the job is tried again at the next reconcile.
-        let transient = |e: anyhow::Error| Failure::Transient(e.context(format!("job `{name}`")));
+        let transient = transient(name);
         let store = |e: StoreError| transient(e.into());
         let source = self.keys.source_stream(spec);
-        let state = self.state(spec).await.map_err(transient)?;
-        let [handler, life_handler] = self.handlers(spec, &plugin, &state).await?;
+        let Ready {
+            plugin,
+            handlers: [handler, life_handler],
+            state,
+        } = ready;
         let mut conn = self.connect(spec).await.map_err(transient)?;
         if lifecycle::begin(&mut conn, &self.keys, name, &source, run)
             .await
@@ -255,26 +294,27 @@ impl Assembly {
             )
         };
         let refused = |e: anyhow::Error| Failure::Refused(format!("{e:#}"));
+        // Both at once: a slow `init` costs its timeout once, not twice.
+        let (source, life) = tokio::join!(prepare(), prepare());
         Ok([
-            Box::new(prepare().await.map_err(refused)?),
-            Box::new(prepare().await.map_err(refused)?),
+            Box::new(source.map_err(refused)?),
+            Box::new(life.map_err(refused)?),
         ])
     }
 
-    /// Prepare `plugin` for a running job (compile, type-check, `init` with the job's
-    /// config), then hand it to both runners, which switch between batches.
-    pub async fn swap(
-        &self,
-        job: &mut RunningJob,
-        plugin: Arc<LoadedPlugin>,
-    ) -> Result<(), Failure> {
-        let handlers = self.handlers(&job.spec, &plugin, &job.state).await?;
-        for (slot, handler) in job.swap.iter().zip(handlers) {
+    /// The state reader of a running job, for preparing a new version for it.
+    pub fn state_of(job: &RunningJob) -> Arc<dyn StateReader> {
+        job.state.clone()
+    }
+
+    /// Hand a version made ready for a running job to both its runners, which switch
+    /// between batches.
+    pub fn swap(&self, job: &mut RunningJob, ready: Ready) {
+        for (slot, handler) in job.swap.iter().zip(ready.handlers) {
             slot.put(handler);
         }
-        tracing::info!(job = %job.spec.name, from = short(&job.sha256), to = short(&plugin.sha256), "new plugin version ready; switching at the next batch");
-        job.sha256 = plugin.sha256.clone();
-        Ok(())
+        tracing::info!(job = %job.spec.name, from = short(&job.sha256), to = short(&ready.plugin.sha256), "new plugin version ready; switching at the next batch");
+        job.sha256 = ready.plugin.sha256.clone();
     }
 }
 

@@ -128,6 +128,9 @@ async fn serve(
         task_names: HashMap::new(),
         refused: HashSet::new(),
         waiting: HashSet::new(),
+        preparing: JoinSet::new(),
+        prep_ids: HashMap::new(),
+        ready: HashMap::new(),
     };
     tracing::info!(redis = %redact_url(url), consumer, "sluice ready");
 
@@ -135,13 +138,27 @@ async fn serve(
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // One step of the host's work; the shutdown signal is heard during it too (a step
+        // waits only on Redis, bounded by its timeouts, but SIGTERM should not wait for that).
+        let step = async {
+            tokio::select! {
+                () = wake.notified() => host.reconcile().await,
+                _ = tick.tick() => host.reconcile().await,
+                Some(joined) = host.tasks.join_next_with_id() => host.ended(joined),
+                Some(joined) = host.preparing.join_next_with_id() => {
+                    host.prepared(joined).await;
+                    host.reconcile().await;
+                }
+            }
+        };
         tokio::select! {
+            biased;
             () = &mut shutdown => break,
-            () = wake.notified() => host.reconcile().await,
-            _ = tick.tick() => host.reconcile().await,
-            Some(joined) = host.tasks.join_next_with_id() => host.ended(joined),
+            () = step => {}
         }
     }
+    // Versions still being prepared are dropped (an `init` under way ends at its timeout).
+    host.preparing.abort_all();
     subscriber.abort();
     drop(watcher);
 

@@ -5,14 +5,20 @@
 //! redefined job is stopped (in-flight batches commit). A version that fails to prepare is
 //! refused (logged, recorded in the registry, not tried again for that run) and the job keeps
 //! its old version; the host serves everything else.
+//!
+//! Preparing a version (fetching and compiling it, instantiating it and running `init` for
+//! the job) runs as a task of its own, never on the reconcile loop: a plugin whose `init`
+//! hangs costs its job the init timeout, and the host goes on following the registry for
+//! every other job meanwhile. A finished preparation is applied by the next reconcile, if the
+//! registry still wants it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio::task::JoinSet;
 
-use super::job::{Assembly, JobResult, RunningJob};
+use super::job::{Assembly, JobResult, Ready, RunningJob};
 use super::plan::{Running, plan};
-use super::plugins::{Failure, Plugins};
+use super::plugins::{self, Failure, Plugins};
 use crate::model::short;
 use crate::store::control::{JobState, Registry, Snapshot};
 use crate::store::lifecycle::{self, Progress};
@@ -35,6 +41,28 @@ pub struct Host {
     pub refused: HashSet<(String, u64, String)>,
     /// Jobs waiting for a plugin that is not in the registry (logged once per wait).
     pub waiting: HashSet<String>,
+    /// Preparations under way ([`Prepared`]), off the reconcile loop.
+    pub preparing: JoinSet<Prepared>,
+    /// What each preparation task prepares.
+    pub prep_ids: HashMap<tokio::task::Id, Target>,
+    /// Finished preparations, by job, waiting for the next reconcile to apply them.
+    pub ready: HashMap<String, (Target, Ready)>,
+}
+
+/// A version of a job's plugin for one run of the job: what a preparation is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub job: String,
+    pub run: u64,
+    pub sha256: String,
+    /// The plugin's name, for refusals.
+    pub plugin: String,
+}
+
+/// A finished preparation.
+pub struct Prepared {
+    pub target: Target,
+    pub result: Result<Ready, Failure>,
 }
 
 impl Host {
@@ -75,10 +103,27 @@ impl Host {
         }
         self.waiting.retain(|name| plan.waiting.contains(name));
         let swaps = plan.swap.into_iter().map(|(name, sha, _)| (name, sha));
+        let mut wanted = HashSet::new();
         for (name, sha) in plan.start.into_iter().chain(swaps) {
-            let outcome = self.run_current(&snapshot, &name).await;
-            self.failed(&snapshot, &name, &sha, outcome).await;
+            let entry = &snapshot.jobs[&name];
+            let target = Target {
+                job: name.clone(),
+                run: entry.run,
+                sha256: sha,
+                plugin: entry.spec.plugin.clone(),
+            };
+            wanted.insert(target.clone());
+            match self.ready.remove(&name) {
+                Some((t, ready)) if t == target => {
+                    let outcome = self.run_ready(&snapshot, &name, ready).await;
+                    self.failed(&target, outcome).await;
+                }
+                _ if self.prep_ids.values().any(|t| *t == target) => {}
+                _ => self.spawn_prepare(&snapshot, target),
+            }
         }
+        // Ready for something the registry no longer wants: dropped.
+        self.ready.retain(|_, (t, _)| wanted.contains(t));
         self.check_finite(&snapshot).await;
         // Keep compiled versions that are current or in use.
         let keep: HashSet<&String> = snapshot
@@ -90,52 +135,104 @@ impl Host {
         self.plugins.retain(&keep);
     }
 
-    /// Run job `name` on its plugin's current version: start it, or (running) switch it.
-    async fn run_current(&mut self, snapshot: &Snapshot, name: &str) -> Result<(), Failure> {
-        let entry = &snapshot.jobs[name];
-        let version = &snapshot.plugins[&entry.spec.plugin];
-        let plugin = self
-            .plugins
-            .get(&mut self.registry, &entry.spec.plugin, version)
-            .await?;
-        if let Some(job) = self.jobs.get_mut(name) {
-            return self.assembly.swap(job, plugin).await;
+    /// Prepare `target` as a task of its own: fetch and compile the version unless this host
+    /// has it, then make the job's instances (running `init`).
+    fn spawn_prepare(&mut self, snapshot: &Snapshot, target: Target) {
+        let entry = &snapshot.jobs[&target.job];
+        let version = snapshot.plugins[&entry.spec.plugin].clone();
+        let known = self.plugins.known(&target.sha256);
+        let state = self.jobs.get(&target.job).map(Assembly::state_of);
+        let assembly = self.assembly.clone();
+        let runtime = self.plugins.runtime().clone();
+        let mut registry = self.registry.clone();
+        let spec = entry.spec.clone();
+        let t = target.clone();
+        let task = self.preparing.spawn(async move {
+            let result = async {
+                let plugin = match known {
+                    Some(plugin) => plugin,
+                    None => plugins::fetch(&runtime, &mut registry, &spec.plugin, &version).await?,
+                };
+                assembly.prepare(&spec, plugin, state).await
+            }
+            .await;
+            Prepared { target: t, result }
+        });
+        self.prep_ids.insert(task.id(), target);
+    }
+
+    /// A preparation ended: keep what is ready for the next reconcile (the caller runs it
+    /// at once), record a refusal.
+    pub async fn prepared(
+        &mut self,
+        joined: Result<(tokio::task::Id, Prepared), tokio::task::JoinError>,
+    ) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(target) = self.prep_ids.remove(&id) else {
+            return;
+        };
+        match joined {
+            Ok((
+                _,
+                Prepared {
+                    result: Ok(ready), ..
+                },
+            )) => {
+                self.plugins.insert(ready.plugin.clone());
+                self.ready.insert(target.job.clone(), (target, ready));
+            }
+            Ok((_, Prepared { result: Err(e), .. })) => self.failed(&target, Err(e)).await,
+            Err(e) => {
+                tracing::error!(job = %target.job, "preparing a plugin version panicked: {e}")
+            }
         }
+    }
+
+    /// Run job `name` with a version made ready for it: start it, or (running) switch it.
+    async fn run_ready(
+        &mut self,
+        snapshot: &Snapshot,
+        name: &str,
+        ready: Ready,
+    ) -> Result<(), Failure> {
+        if let Some(job) = self.jobs.get_mut(name) {
+            self.assembly.swap(job, ready);
+            return Ok(());
+        }
+        let entry = &snapshot.jobs[name];
         let (job, task) = self
             .assembly
-            .start(&entry.spec, entry.run, plugin, &mut self.tasks)
+            .start(&entry.spec, entry.run, ready, &mut self.tasks)
             .await?;
         self.task_names.insert(task, name.to_string());
         self.jobs.insert(name.to_string(), job);
         Ok(())
     }
 
-    /// Log a failed start or swap; a refusal is recorded (here and in the registry).
-    async fn failed(
-        &mut self,
-        snapshot: &Snapshot,
-        name: &str,
-        sha: &str,
-        outcome: Result<(), Failure>,
-    ) {
-        let entry = &snapshot.jobs[name];
+    /// Log a failed preparation, start or swap; a refusal is recorded (here and in the
+    /// registry).
+    async fn failed(&mut self, target: &Target, outcome: Result<(), Failure>) {
+        let name = &target.job;
+        let sha = &target.sha256;
         match outcome {
             Ok(()) => {}
             Err(Failure::Refused(reason)) => {
                 let old = self.jobs.get(name).map(|j| short(&j.sha256).to_string());
                 tracing::error!(
                     job = %name,
-                    plugin = %entry.spec.plugin,
+                    plugin = %target.plugin,
                     version = short(sha),
                     serving = old.as_deref().unwrap_or("nothing"),
                     "plugin version refused: {reason}"
                 );
-                self.refused
-                    .insert((name.to_string(), entry.run, sha.to_string()));
+                self.refused.insert((name.clone(), target.run, sha.clone()));
                 let host = self.assembly.consumer.clone();
                 if let Err(e) = self
                     .registry
-                    .refuse(&entry.spec.plugin, sha, &host, &reason)
+                    .refuse(&target.plugin, sha, &host, &reason)
                     .await
                 {
                     tracing::warn!("recording the refusal failed: {e}");
