@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{JobSpec, check_name};
+use crate::store::embedded::AppendFsync;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -77,6 +78,60 @@ pub struct RedisConfig {
     /// an embedded `redis-server` in the data dir.
     #[serde(default)]
     pub url: Option<String>,
+    /// A file holding the Redis password (a mounted secret, say), used with whichever URL
+    /// applies: no password need appear in this file, the environment or the command line.
+    /// Trailing newlines are ignored.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// How often the embedded Redis fsyncs its append-only file: `everysec` (default: a
+    /// power cut loses at most about the last second), `always` (every write, much slower),
+    /// `no` (when the OS flushes).
+    #[serde(default)]
+    pub embedded_appendfsync: AppendFsync,
+}
+
+impl RedisConfig {
+    /// The URL to use: `over` (`--redis`, `SLUICE_REDIS_URL`), else `url`; with the password
+    /// of `password_file` put in (None: no URL, start or find the embedded Redis).
+    pub fn resolve(&self, over: Option<String>) -> anyhow::Result<Option<String>> {
+        let Some(url) = over.or_else(|| self.url.clone()) else {
+            return Ok(None);
+        };
+        let Some(path) = &self.password_file else {
+            return Ok(Some(url));
+        };
+        let password = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("reading the Redis password file {}: {e}", path.display())
+        })?;
+        with_password(&url, password.trim_end_matches(['\r', '\n']))
+            .map(Some)
+            .ok_or_else(|| {
+                anyhow::anyhow!("[redis] password_file: the URL has no host to log in to")
+            })
+    }
+}
+
+/// `url` with `password` as its password (percent-encoded), replacing any it had.
+fn with_password(url: &str, password: &str) -> Option<String> {
+    let encoded =
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme == "unix" || scheme == "redis+unix" {
+        let sep = if rest.contains('?') { '&' } else { '?' };
+        return Some(format!("{url}{sep}pass={encoded}"));
+    }
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or_default(), host),
+        None => ("", authority),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{user}:{encoded}@{host}{tail}"))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +229,14 @@ impl Config {
                 "host.shutdown_grace_s".into(),
                 format!("must be at most 3600, got {}", h.shutdown_grace_s),
             ));
+        }
+        if self
+            .redis
+            .password_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(("redis.password_file".into(), "must not be empty".into()));
         }
         if let Some(url) = &self.redis.url {
             redis::Client::open(url.as_str()).map_err(|e| {
@@ -352,6 +415,38 @@ mod tests {
         assert_eq!(
             invalid(&format!("[host]\nprefx = \"x\"\n{GOOD}")),
             "host.prefx"
+        );
+    }
+
+    #[test]
+    fn a_password_file_goes_into_the_url_encoded() {
+        assert_eq!(
+            with_password("redis://h:6380/2", "p@ss w").as_deref(),
+            Some("redis://:p%40ss%20w@h:6380/2")
+        );
+        assert_eq!(
+            with_password("rediss://app:old@h", "new").as_deref(),
+            Some("rediss://app:new@h")
+        );
+        assert_eq!(
+            with_password("unix:///run/r.sock", "x").as_deref(),
+            Some("unix:///run/r.sock?pass=x")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let r = RedisConfig {
+            url: Some("redis://h".into()),
+            password_file: Some(file),
+            ..RedisConfig::default()
+        };
+        assert_eq!(
+            r.resolve(None).unwrap().as_deref(),
+            Some("redis://:s3cret@h")
+        );
+        assert_eq!(
+            r.resolve(Some("redis://o:1".into())).unwrap().as_deref(),
+            Some("redis://:s3cret@o:1")
         );
     }
 }

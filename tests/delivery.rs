@@ -721,3 +721,169 @@ fn a_commit_refused_by_redis_trouble_charges_no_event() {
     assert!(log.contains("OOM"), "the commit met OOM:\n{log}");
     host.stop_ok();
 }
+
+/// `connected_slaves` of a primary.
+fn replicas_of(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("replication").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_slaves:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_job_waiting_for_a_replica_goes_on_only_while_the_replica_has_its_commits() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let mut conn = primary.conn();
+    let mut on_replica = replica.conn();
+    assert!(wait_until(Duration::from_secs(10), || replicas_of(
+        &mut conn
+    ) == 1));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "j",
+        "in",
+        "batch = 10\nwait_replicas = 1\nwait_timeout_ms = 200",
+        "target = \"out\"",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &primary.url, &log);
+    publish(&mut conn, "in", 50, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 50));
+    let on_replica_len: u64 = on_replica.xlen("out").unwrap();
+    assert_eq!(on_replica_len, 50, "committed batches are on the replica");
+
+    // The replica leaves: the job commits at most the batch in hand, then waits.
+    redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query::<()>(&mut on_replica)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || replicas_of(
+        &mut conn
+    ) == 0));
+    publish(&mut conn, "in", 50, &[("n", "{i}")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let acked = counter(&mut conn, "j", "in", "acked");
+    assert!(
+        acked <= 60,
+        "acked {acked} without a replica"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("waiting for replicas"),
+        "the host did not say it waits"
+    );
+
+    // Back: the job catches up, and the replica has everything.
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query::<()>(&mut on_replica)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 100));
+    assert!(wait_until(Duration::from_secs(10), || on_replica
+        .xlen::<_, u64>("out")
+        .unwrap_or(0)
+        == 100));
+    host.stop_ok();
+}
+
+/// Three events in the plugin (~1.2 s), then `trouble` while they run; `recover` ends it.
+/// No event may be charged: all acked on their one delivery, none failed or dead.
+fn commit_meets(what: &str, redis: &RedisServer, trouble: impl FnOnce() -> Box<dyn FnOnce()>) {
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "chaos", "j", "in", "max_deliveries = 1", "");
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(
+        &mut conn,
+        "in",
+        3,
+        &[("action", "emit"), ("spin_ms", "400")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || pending(
+        &mut conn, "j", "in"
+    ) == 3));
+    let recover = trouble();
+    std::thread::sleep(Duration::from_millis(2000));
+    recover();
+    let mut conn = redis.conn();
+    assert!(
+        wait_until(Duration::from_secs(30), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 3),
+        "acked {}",
+        counter(&mut conn, "j", "in", "acked")
+    );
+    assert_eq!(counter(&mut conn, "j", "in", "dead"), 0);
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(
+        log.to_lowercase().contains(&what.to_lowercase()),
+        "the host met {what}:\n{log}"
+    );
+    host.stop_ok();
+}
+
+#[test]
+fn a_commit_meeting_busy_charges_no_event() {
+    let redis = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
+    let url = redis.url.clone();
+    commit_meets("BUSY", &redis, move || {
+        // A script that keeps Redis busy for 3 s: everyone else is told BUSY.
+        let busy = std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let _: redis::RedisResult<()> = redis::cmd("EVAL")
+                .arg(
+                    "local t = redis.call('TIME') local until_s = t[1] + 3 \
+                     while tonumber(redis.call('TIME')[1]) < until_s do end",
+                )
+                .arg(0)
+                .query(&mut c);
+        });
+        Box::new(move || drop(busy.join()))
+    });
+}
+
+#[test]
+fn a_commit_meeting_readonly_charges_no_event() {
+    // The host's Redis turns into a replica for a while (of a copy of itself), as in a
+    // failover the host has not noticed: every write is told READONLY.
+    let redis = RedisServer::start();
+    let copy = RedisServer::start_with(&["--replicaof", "127.0.0.1", &redis.port.to_string()]);
+    let mut primary = redis.conn();
+    assert!(wait_until(Duration::from_secs(10), || replicas_of(
+        &mut primary
+    ) == 1));
+    let (port, copy_port) = (redis.port, copy.port);
+    let replicaof = move |port: u16, of: Option<u16>| {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let cmd = match of {
+            Some(of) => redis::cmd("REPLICAOF").arg("127.0.0.1").arg(of).clone(),
+            None => redis::cmd("REPLICAOF").arg("NO").arg("ONE").clone(),
+        };
+        cmd.query::<()>(&mut c).unwrap();
+    };
+    commit_meets("READONLY", &redis, move || {
+        replicaof(copy_port, None);
+        replicaof(port, Some(copy_port));
+        Box::new(move || {
+            // Back to a primary, with the copy's data (the same: nothing was written).
+            std::thread::sleep(Duration::from_millis(500));
+            replicaof(port, None);
+        })
+    });
+    drop(copy);
+}

@@ -159,7 +159,7 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
     let (url, embedded) = match url {
         Some(url) => (url, None),
         None => {
-            let e = EmbeddedRedis::start(&scratch).await?;
+            let e = EmbeddedRedis::start(&scratch, Default::default()).await?;
             (e.url(), Some(e))
         }
     };

@@ -136,7 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || check::check_config(&ctx)).await?
         }
         Command::Bench(args) => {
-            let url = cli.redis.clone().or(ctx.config.redis.url.clone());
+            let url = ctx.config.redis.resolve(cli.redis.clone())?;
             crate::bench::run(args, url).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -195,7 +195,7 @@ impl Ctx {
 
     /// Find Redis: `--redis`, `[redis] url`, else the embedded Redis of a running host.
     async fn client(self) -> anyhow::Result<Client> {
-        let url = match self.redis.clone().or(self.config.redis.url.clone()) {
+        let url = match self.config.redis.resolve(self.redis.clone())? {
             Some(url) => url,
             None => match embedded::running_url(&self.config.host.data_dir).await {
                 Some(url) => url,

@@ -35,6 +35,7 @@ pub fn limits(spec: &JobSpec, prefix: &str) -> Limits {
         init_timeout: Duration::from_millis(spec.init_timeout_ms),
         memory_bytes: (spec.memory_mb as usize) << 20,
         allowed_streams: spec.allowed_streams.clone(),
+        allowed_queues: spec.allowed_queues.clone(),
         reserved_prefix: format!("{prefix}:"),
         ..Limits::default()
     }
@@ -86,6 +87,8 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
         done_ttl_s: spec.done_ttl_s,
         delayed_key: keys.delayed_of(spec),
         run,
+        wait_replicas: spec.wait_replicas,
+        wait_timeout_ms: spec.wait_timeout_ms,
         ..StreamJob::new(keys, &spec.name, &spec.plugin, &stream, consumer)
     }
 }
@@ -231,6 +234,8 @@ impl Assembly {
         let life = StreamJob {
             status_ttl_s: spec.status_ttl_s,
             done_ttl_s: spec.done_ttl_s,
+            wait_replicas: spec.wait_replicas,
+            wait_timeout_ms: spec.wait_timeout_ms,
             ..StreamJob::lifecycle(&self.keys, name, &spec.plugin, &source, &self.consumer)
         };
         let (read, commit) = (

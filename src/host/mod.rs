@@ -63,10 +63,11 @@ pub async fn run(
         tracing::error!("{e:#}");
     }
 
-    let (url, embedded) = match redis_url.or_else(|| config.redis.url.clone()) {
+    let (url, embedded) = match config.redis.resolve(redis_url)? {
         Some(url) => (url, None),
         None => {
-            let embedded = EmbeddedRedis::start(&data_dir).await?;
+            let embedded =
+                EmbeddedRedis::start(&data_dir, config.redis.embedded_appendfsync).await?;
             (embedded.url(), Some(embedded))
         }
     };

@@ -35,6 +35,13 @@ pub struct Event {
     pub job: Arc<str>,
 }
 
+impl Event {
+    /// The payload's bytes: field names and values.
+    pub fn size(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
 /// What the plugin answered for an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
@@ -88,8 +95,18 @@ pub enum Effect {
     },
 }
 
+/// What one argument of the commit script costs beyond its own bytes: its framing in the
+/// request, its Lua string, its place in the command's argument vector. An empty field is
+/// not free: 1000 emits of 1000 empty fields are two million arguments.
+pub const ARG_COST: usize = 32;
+
+/// What one Redis command the commit script runs for an effect costs, in the same unit:
+/// measured, a command (an INCRBY, a SET, a one-field XADD) takes Redis about as long as 25
+/// arguments take to pass, so a script of small effects is bounded by its commands.
+pub const COMMAND_COST: usize = 512;
+
 impl Effect {
-    /// Roughly how many bytes the effect takes in the commit.
+    /// The effect's own bytes: names, fields, values.
     pub fn size(&self) -> usize {
         match self {
             Effect::Emit { stream, fields, .. } => {
@@ -101,6 +118,33 @@ impl Effect {
             Effect::WindowAdd { name, id, .. } => name.len() + id.len() + 8,
             Effect::Enqueue { queue, payload, .. } => queue.len() + payload.len(),
         }
+    }
+
+    /// Arguments of the commit script the effect takes (its key is counted once more).
+    pub fn args(&self) -> usize {
+        1 + match self {
+            Effect::Emit { fields, .. } => 4 + 2 * fields.len(),
+            Effect::KvSet { .. } | Effect::CounterAdd { .. } | Effect::WindowAdd { .. } => 4,
+            Effect::KvDelete { .. } => 2,
+            Effect::Enqueue { delay_ms: 0, .. } => 3,
+            Effect::Enqueue { .. } => 4,
+        }
+    }
+
+    /// Redis commands the commit script runs for the effect.
+    pub fn commands(&self) -> usize {
+        match self {
+            Effect::WindowAdd { .. } => 2,
+            Effect::CounterAdd { ttl_s: Some(_), .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// What the effect costs the host (buffered), the request and Redis (the script's work),
+    /// in bytes: its own, plus [`ARG_COST`] per argument and [`COMMAND_COST`] per command.
+    /// The limits per event and per batch and the split of commits are all in this one unit.
+    pub fn cost(&self) -> usize {
+        self.size() + ARG_COST * self.args() + COMMAND_COST * self.commands()
     }
 }
 
@@ -168,9 +212,17 @@ pub enum FailureKind {
     /// The batch's reads of job state kept being changed by other hosts before it could
     /// commit (see [`ReadSet`]): handled again later on fresh state.
     Conflict,
+    /// The input entry is over the job's `max_entry_bytes`: dead-lettered at once, never
+    /// handed to the plugin (another delivery would be refused the same way).
+    Oversized,
 }
 
 impl FailureKind {
+    /// A failure no later delivery can change: the event is dead-lettered at once.
+    pub fn is_final(self) -> bool {
+        matches!(self, FailureKind::Oversized)
+    }
+
     /// A stable lower-case name, used in logs, counters and status records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,6 +234,7 @@ impl FailureKind {
             FailureKind::Init => "init",
             FailureKind::Abandoned => "abandoned",
             FailureKind::Conflict => "conflict",
+            FailureKind::Oversized => "oversized",
         }
     }
 }
@@ -214,6 +267,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// What committing the outcome costs (see [`Effect::cost`]): its record (seven
+    /// arguments, an ack or a status write) plus its effects.
+    pub fn cost(&self) -> usize {
+        let record = 7 * ARG_COST + COMMAND_COST;
+        match self {
+            Outcome::Handled { effects, .. } => {
+                record + effects.iter().map(Effect::cost).sum::<usize>()
+            }
+            Outcome::Failed(f) => record + f.message.len(),
+        }
+    }
+
     /// Shorthand for a failure.
     pub fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
         Outcome::Failed(Failure {
@@ -226,7 +291,9 @@ impl Outcome {
 /// Something that handles a batch of events: a WebAssembly plugin in production, a native
 /// function in the benchmark's baseline. Called on a blocking thread; it may take its time.
 pub trait Handler: Send + 'static {
-    /// Handle every event of the batch, in order; returns one outcome per event.
+    /// Handle the batch's events in order; returns one outcome per event handled: for all of
+    /// them, or for a prefix (at least the first) when the outcomes would hold more than a
+    /// batch may. The runner hands the rest over as a batch of its own.
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome>;
 
     /// True when handling reads state that earlier batches write: the runner then commits a

@@ -35,6 +35,9 @@ pub struct DeliveryPolicy {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// Largest input entry handed to the plugin (its field names and values); a bigger one
+    /// is dead-lettered unhandled, with the reason.
+    pub max_entry_bytes: usize,
 }
 
 impl Default for DeliveryPolicy {
@@ -43,6 +46,7 @@ impl Default for DeliveryPolicy {
             max_deliveries: defaults::MAX_DELIVERIES,
             backoff_base: Duration::from_millis(defaults::BACKOFF_BASE_MS),
             backoff_max: Duration::from_millis(defaults::BACKOFF_MAX_MS),
+            max_entry_bytes: defaults::MAX_ENTRY_BYTES,
         }
     }
 }
@@ -93,6 +97,11 @@ impl DeliveryPolicy {
                 disposition: Disposition::Retry(after),
                 ..
             } => (*after, "plugin asked to retry".to_string()),
+            Outcome::Failed(failure) if failure.kind.is_final() => {
+                return Decision::Dead {
+                    reason: failure.to_string(),
+                };
+            }
             Outcome::Failed(failure) => (None, failure.to_string()),
         };
         if last {
@@ -119,6 +128,7 @@ mod tests {
             max_deliveries: 3,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_millis(1000),
+            max_entry_bytes: 1 << 20,
         }
     }
 

@@ -71,6 +71,23 @@ pub struct JobSpec {
     /// (default): any stream outside sluice's own keys (`<prefix>:…`).
     #[serde(default)]
     pub allowed_streams: Vec<String>,
+    /// Replicas of the Redis primary that must have a batch's writes (Redis `WAIT`) before
+    /// the batch counts as committed and the job goes on (0–16, default 0: do not wait).
+    /// While fewer replicas answer, the job waits (and says so in the log).
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long one `WAIT` for replicas blocks, in ms (1–10000, default 1000); it is
+    /// repeated until enough replicas have the writes.
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
+    /// Largest input entry (its field names and values, in bytes) handed to the plugin
+    /// (1024–536870912, default 1 MiB): a bigger one is dead-lettered unhandled.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: usize,
+    /// Queues the plugin may enqueue to: exact names or prefixes ending in `*`. Empty
+    /// (default): any queue.
+    #[serde(default)]
+    pub allowed_queues: Vec<String>,
     /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
     #[serde(default)]
     pub start: Start,
@@ -152,6 +169,8 @@ pub mod defaults {
     pub const DONE_TTL_S: u64 = 0;
     pub const BACKOFF_BASE_MS: u64 = 1000;
     pub const BACKOFF_MAX_MS: u64 = 60_000;
+    pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+    pub const WAIT_TIMEOUT_MS: u64 = 1000;
 }
 
 fn default_batch() -> usize {
@@ -165,6 +184,12 @@ fn default_deadline_ms() -> u64 {
 }
 fn default_init_timeout_ms() -> u64 {
     defaults::INIT_TIMEOUT_MS
+}
+fn default_wait_timeout_ms() -> u64 {
+    defaults::WAIT_TIMEOUT_MS
+}
+fn default_max_entry_bytes() -> usize {
+    defaults::MAX_ENTRY_BYTES
 }
 fn default_memory_mb() -> u64 {
     defaults::MEMORY_MB
@@ -203,6 +228,10 @@ impl JobSpec {
             status_ttl_s: default_status_ttl_s(),
             done_ttl_s: defaults::DONE_TTL_S,
             allowed_streams: Vec::new(),
+            allowed_queues: Vec::new(),
+            max_entry_bytes: defaults::MAX_ENTRY_BYTES,
+            wait_replicas: 0,
+            wait_timeout_ms: defaults::WAIT_TIMEOUT_MS,
             start: Start::default(),
             finite: false,
             config: BTreeMap::new(),
@@ -251,13 +280,22 @@ impl JobSpec {
         in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
         in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
         in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
-        for (n, pattern) in j.allowed_streams.iter().enumerate() {
-            let literal = pattern.strip_suffix('*').unwrap_or(pattern);
-            if literal.is_empty() || literal.contains('*') {
-                return Err((
-                    format!("allowed_streams[{n}]"),
-                    format!("must be a stream name or a prefix ending in `*`, got {pattern:?}"),
-                ));
+        in_range(j.max_entry_bytes as u64, 1024, 512 << 20)
+            .map_err(|m| (at("max_entry_bytes"), m))?;
+        in_range(j.wait_replicas.into(), 0, 16).map_err(|m| (at("wait_replicas"), m))?;
+        in_range(j.wait_timeout_ms, 1, 10_000).map_err(|m| (at("wait_timeout_ms"), m))?;
+        for (list, patterns) in [
+            ("allowed_streams", &j.allowed_streams),
+            ("allowed_queues", &j.allowed_queues),
+        ] {
+            for (n, pattern) in patterns.iter().enumerate() {
+                let literal = pattern.strip_suffix('*').unwrap_or(pattern);
+                if literal.is_empty() || literal.contains('*') {
+                    return Err((
+                        format!("{list}[{n}]"),
+                        format!("must be a name or a prefix ending in `*`, got {pattern:?}"),
+                    ));
+                }
             }
         }
         for (k, v) in &j.config {
@@ -280,6 +318,7 @@ impl JobSpec {
             max_deliveries: self.max_deliveries,
             backoff_base: Duration::from_millis(self.retry_backoff.base_ms),
             backoff_max: Duration::from_millis(self.retry_backoff.max_ms),
+            max_entry_bytes: self.max_entry_bytes,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{CommitObserver, Handled, InFlight, RunnerStats, redis_backoff};
-use crate::model::{Decision, DeliveryPolicy, Effect, Event, FailureKind, Outcome, ReadSet};
+use crate::model::{Decision, DeliveryPolicy, Event, FailureKind, Outcome, ReadSet};
 use crate::store::StoreError;
 use crate::store::stream::{Committed, Refused, StreamCommitter};
 
@@ -43,7 +43,7 @@ pub(super) async fn commit_stage(
                 tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
             }
         }
-        // One script call per chunk of at most MAX_COMMIT_BYTES of effects, in order: each
+        // One script call per chunk of at most MAX_COMMIT_COST, in order: each
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
         let mut committed = Committed::default();
         let no_reads = ReadSet::default();
@@ -183,25 +183,22 @@ enum Commit {
     Conflict(String),
 }
 
-/// Most effect bytes sent in one commit script call.
-const MAX_COMMIT_BYTES: usize = 64 << 20;
+/// Most cost ([`Outcome::cost`]) sent in one commit script call: what keeps one script's
+/// Redis time short (measured in README's limits table), whatever the events hold.
+const MAX_COMMIT_COST: usize = 4 << 20;
 
-/// Split a batch into consecutive ranges of at most [`MAX_COMMIT_BYTES`] of effects (an event
-/// bigger than that alone in its range; events are capped far below it).
+/// Split a batch into consecutive ranges of at most [`MAX_COMMIT_COST`] (an event costing
+/// more than that alone in its range; events are capped below it).
 fn chunks(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
-    let size = |o: &Outcome| match o {
-        Outcome::Handled { effects, .. } => 64 + effects.iter().map(Effect::size).sum::<usize>(),
-        Outcome::Failed(_) => 64,
-    };
     let mut ranges = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
+    let (mut start, mut cost) = (0, 0);
     for (i, outcome) in outcomes.iter().enumerate() {
-        let s = size(outcome);
-        if i > start && bytes + s > MAX_COMMIT_BYTES {
+        let c = outcome.cost();
+        if i > start && cost + c > MAX_COMMIT_COST {
             ranges.push(start..i);
-            (start, bytes) = (i, 0);
+            (start, cost) = (i, 0);
         }
-        bytes += s;
+        cost += c;
     }
     if start < outcomes.len() {
         ranges.push(start..outcomes.len());
@@ -313,7 +310,7 @@ fn log_commit_error(job: &str, e: &StoreError, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Disposition;
+    use crate::model::{Disposition, Effect};
 
     fn emitting(bytes: usize) -> Outcome {
         Outcome::Handled {
@@ -326,12 +323,34 @@ mod tests {
         }
     }
 
+    fn empty_fields(fields: usize) -> Outcome {
+        Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "s".into(),
+                fields: vec![(String::new(), Vec::new()); fields],
+                max_len: None,
+            }],
+        }
+    }
+
     #[test]
-    fn batches_split_by_effect_bytes_in_order() {
+    fn batches_split_by_cost_in_order() {
         let small: Vec<Outcome> = (0..10).map(|_| emitting(10)).collect();
         assert_eq!(chunks(&small), vec![0..10]);
-        let big: Vec<Outcome> = (0..5).map(|_| emitting(30 << 20)).collect();
-        assert_eq!(chunks(&big), vec![0..2, 2..4, 4..5]);
+        let big: Vec<Outcome> = (0..5).map(|_| emitting(3 << 20)).collect();
+        assert_eq!(chunks(&big), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
+        let half: Vec<Outcome> = (0..5).map(|_| emitting(1 << 20)).collect();
+        assert_eq!(chunks(&half), vec![0..3, 3..5]);
         assert!(chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn empty_fields_cost_their_arguments() {
+        // 1000 empty fields have no bytes, but 2000 script arguments.
+        let o = empty_fields(1000);
+        assert!(o.cost() > 2000 * crate::model::ARG_COST, "{}", o.cost());
+        let many: Vec<Outcome> = (0..200).map(|_| empty_fields(1000)).collect();
+        assert!(chunks(&many).len() >= 3, "{:?}", chunks(&many));
     }
 }

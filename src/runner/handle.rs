@@ -2,24 +2,25 @@
 //! batches, and (for plugins that read state) each batch only after the previous one is
 //! committed.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
 use super::{Handled, HandlerSlot};
-use crate::model::{Event, FailureKind, Handler, Outcome};
+use crate::model::{DeliveryPolicy, Event, FailureKind, Handler, Outcome};
 
 pub(super) async fn handle_stage(
     mut handler: Box<dyn Handler>,
     next: HandlerSlot,
-    max_deliveries: u32,
+    delivery: DeliveryPolicy,
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
     mut redo: mpsc::UnboundedReceiver<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut handled = 0u64;
-    while let Some(mut events) = input.recv().await {
+    while let Some(batch) = input.recv().await {
         // A new version takes over between batches: everything handled so far is on its way
         // to the committer with the old version's name on it.
         if let Some(next) = next.take() {
@@ -35,43 +36,51 @@ pub(super) async fn handle_stage(
                 "plugin swapped: the next batch runs on the new version"
             );
         }
-        let reads_state = handler.reads_state();
-        if reads_state && committed.wait_for(|c| *c >= handled).await.is_err() {
-            // Every earlier batch must be in Redis before this one reads state.
-            return Ok(());
-        }
-        handled += 1;
-        loop {
-            let (h, evs, outcomes, reads) = tokio::task::spawn_blocking(move || {
-                let outcomes = handle_batch(handler.as_mut(), &events, max_deliveries);
-                let reads = handler.take_reads();
-                (handler, events, outcomes, reads)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
-            handler = h;
-            let batch = Handled {
-                events: evs,
-                outcomes,
-                version: handler.version().to_string(),
-                reads: reads_state.then_some(reads),
-            };
-            if out.send(batch).await.is_err() {
+        // A handler may stop part-way through a batch (its outcomes would hold too much):
+        // the rest goes on as a batch of its own.
+        let mut pieces = VecDeque::from([batch]);
+        while let Some(mut events) = pieces.pop_front() {
+            let reads_state = handler.reads_state();
+            if reads_state && committed.wait_for(|c| *c >= handled).await.is_err() {
+                // Every earlier batch must be in Redis before this one reads state.
                 return Ok(());
             }
-            if !reads_state {
-                break;
-            }
-            // A state-reading batch is committed, or comes back (what is left of it) when
-            // another host wrote what it read: then it is handled again, on fresh state.
-            tokio::select! {
-                done = committed.wait_for(|c| *c >= handled) => {
-                    if done.is_err() {
-                        return Ok(());
-                    }
+            handled += 1;
+            loop {
+                let (h, mut evs, outcomes, reads) = tokio::task::spawn_blocking(move || {
+                    let outcomes = handle_batch(handler.as_mut(), &events, &delivery);
+                    let reads = handler.take_reads();
+                    (handler, events, outcomes, reads)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
+                handler = h;
+                if outcomes.len() < evs.len() {
+                    pieces.push_front(evs.split_off(outcomes.len()));
+                }
+                let batch = Handled {
+                    events: evs,
+                    outcomes,
+                    version: handler.version().to_string(),
+                    reads: reads_state.then_some(reads),
+                };
+                if out.send(batch).await.is_err() {
+                    return Ok(());
+                }
+                if !reads_state {
                     break;
                 }
-                Some(again) = redo.recv() => events = again,
+                // A state-reading batch is committed, or comes back (what is left of it) when
+                // another host wrote what it read: then it is handled again, on fresh state.
+                tokio::select! {
+                    done = committed.wait_for(|c| *c >= handled) => {
+                        if done.is_err() {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    Some(again) = redo.recv() => events = again,
+                }
             }
         }
     }
@@ -79,35 +88,67 @@ pub(super) async fn handle_stage(
 }
 
 /// Hand the batch to the handler, except events delivered more than `max_deliveries` times
-/// (their hosts died while handling them): those fail as abandoned without running again.
-fn handle_batch(handler: &mut dyn Handler, events: &[Event], max_deliveries: u32) -> Vec<Outcome> {
-    if events.iter().all(|e| e.delivery_count <= max_deliveries) {
-        return handler.handle_batch(events);
-    }
-    let (fresh, _): (Vec<Event>, Vec<Event>) = events
-        .iter()
-        .cloned()
-        .partition(|e| e.delivery_count <= max_deliveries);
-    let mut handled = handler.handle_batch(&fresh).into_iter();
-    events
-        .iter()
-        .map(|e| {
-            if e.delivery_count <= max_deliveries {
-                handled.next().unwrap_or_else(|| {
-                    Outcome::failed(
-                        FailureKind::Abandoned,
-                        "the handler returned too few outcomes",
-                    )
-                })
-            } else {
-                Outcome::failed(
-                    FailureKind::Abandoned,
-                    format!(
-                        "delivered {} times without a result (the hosts handling it stopped)",
-                        e.delivery_count
-                    ),
-                )
-            }
+/// (their hosts died while handling them: those fail as abandoned without running again) and
+/// entries over `max_entry_bytes` (dead-lettered unhandled). The outcomes are those of a
+/// prefix of `events`, never empty: as far as the handler went.
+fn handle_batch(
+    handler: &mut dyn Handler,
+    events: &[Event],
+    delivery: &DeliveryPolicy,
+) -> Vec<Outcome> {
+    let refusal = |e: &Event| -> Option<Outcome> {
+        let bytes = e.size();
+        if bytes > delivery.max_entry_bytes {
+            return Some(Outcome::failed(
+                FailureKind::Oversized,
+                format!(
+                    "the entry takes {bytes} bytes, over the job's max_entry_bytes of {}",
+                    delivery.max_entry_bytes
+                ),
+            ));
+        }
+        (e.delivery_count > delivery.max_deliveries).then(|| {
+            Outcome::failed(
+                FailureKind::Abandoned,
+                format!(
+                    "delivered {} times without a result (the hosts handling it stopped)",
+                    e.delivery_count
+                ),
+            )
         })
-        .collect()
+    };
+    let refused: Vec<Option<Outcome>> = events.iter().map(refusal).collect();
+    let mut handled = if refused.iter().all(Option::is_none) {
+        handler.handle_batch(events)
+    } else {
+        let fresh: Vec<Event> = events
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
+        if fresh.is_empty() {
+            Vec::new()
+        } else {
+            handler.handle_batch(&fresh)
+        }
+    }
+    .into_iter();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for refused in refused {
+        match refused {
+            Some(outcome) => outcomes.push(outcome),
+            None => match handled.next() {
+                Some(outcome) => outcomes.push(outcome),
+                None => break,
+            },
+        }
+    }
+    if outcomes.is_empty() {
+        outcomes.push(Outcome::failed(
+            FailureKind::Abandoned,
+            "the handler returned no outcome",
+        ));
+    }
+    outcomes
 }

@@ -161,11 +161,10 @@ impl JobRunner {
             read_tx,
             in_flight.clone(),
         ));
-        let max = self.delivery.max_deliveries;
         let handler = tokio::spawn(handle_stage(
             self.handler,
             self.next,
-            max,
+            self.delivery,
             read_rx,
             handled_tx,
             committed_rx,

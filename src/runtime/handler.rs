@@ -75,14 +75,22 @@ impl PluginHandler {
 
 impl Handler for PluginHandler {
     /// Blocks (on the calling thread's runtime): the runner calls it on a blocking thread.
+    /// Stops after the event whose outcome takes the batch's buffered effects past
+    /// `max_batch_bytes`: the runner hands the rest over as a batch of its own.
     fn handle_batch(&mut self, events: &[Event]) -> Vec<Outcome> {
         if let Ok(mut batch) = self.overlay.lock() {
             batch.clear();
         }
+        let max_batch = self.guest.limits.max_batch_bytes;
         super::block_on(async {
             let mut outcomes = Vec::with_capacity(events.len());
+            let mut cost = 0usize;
             for e in events {
+                if cost >= max_batch {
+                    break;
+                }
                 let outcome = self.handle_one(e).await;
+                cost += outcome.cost();
                 // An acked event's state writes will be committed: later events must see them.
                 if let Outcome::Handled {
                     disposition: Disposition::Ack,

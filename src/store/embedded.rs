@@ -10,7 +10,28 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use serde::Deserialize;
 use tokio::process::{Child, Command};
+
+/// Redis's `appendfsync` choices, for the embedded Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppendFsync {
+    Always,
+    #[default]
+    Everysec,
+    No,
+}
+
+impl AppendFsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendFsync::Always => "always",
+            AppendFsync::Everysec => "everysec",
+            AppendFsync::No => "no",
+        }
+    }
+}
 
 /// Longest unix socket path the kernel accepts (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -60,7 +81,7 @@ async fn ping(url: &str) -> bool {
 
 impl EmbeddedRedis {
     /// Start (or adopt) the embedded Redis of `data_dir` and wait until it answers.
-    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(data_dir: &Path, appendfsync: AppendFsync) -> anyhow::Result<Self> {
         let dir = std::path::absolute(redis_dir(data_dir))?;
         // Its append-only file holds every event and the registry: private to this user.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -109,6 +130,8 @@ impl EmbeddedRedis {
             .arg(&dir)
             .arg("--appendonly")
             .arg("yes")
+            .arg("--appendfsync")
+            .arg(appendfsync.as_str())
             .arg("--save")
             .arg("")
             .arg("--daemonize")

@@ -3,12 +3,18 @@
 //! to the host, Redis or another job.
 //!
 //! - `ok` (or no `action`): ack;
+//! - `spin`: compute forever;
+//! - `alloc`: allocate memory until stopped;
 //! - `sleep`: `std::thread::sleep` for an hour (a blocking WASI poll, where no epoch fires);
 //! - `read-then-sleep`: read job state, then sleep for an hour;
 //! - `fields`: `n` emits (default 1000) of `m` empty fields each (default 1000) to `target`;
+//! - `effects`: `n` effects (default 1000) of `kind`: `emit` (one field each, to `target`),
+//!   `counter` (`counter-incr` of counters `c0`…), `window` (`window-add` of ids to window
+//!   `w`), `kv` (`kv set` of keys `k0`…): the most a legal event may buffer;
 //! - `huge-error`: return a handler error of `mb` MiB (default 60);
 //! - `huge-dead-letter`: answer dead-letter with a reason of `mb` MiB (default 60);
-//! - `trim`: `emit-capped` one entry to `target` with `max-len` 0 (trims it to nothing);
+//! - `trim`: `emit-capped` one entry to `target` with `max-len` field `max_len` (default 0:
+//!   trim it to nothing);
 //! - `enqueue`: enqueue a task on `queue`;
 //! - `emit`: emit the event's fields to `target`.
 //!
@@ -20,6 +26,7 @@ wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 use std::time::Duration;
 
 use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
+use sluice::plugin::counters::{counter_incr, window_add};
 use sluice::plugin::effects::{emit, emit_capped, enqueue};
 use sluice::plugin::kv;
 
@@ -58,6 +65,16 @@ impl Guest for Hostile {
         let target = text(&event, "target", &format!("{}:out", event.source));
         match text(&event, "action", "ok").as_str() {
             "ok" => {}
+            "spin" => loop {
+                std::hint::black_box(&event);
+            },
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
             "sleep" => std::thread::sleep(HOUR),
             "read-then-sleep" => {
                 kv::get("probe").map_err(failed)?;
@@ -70,13 +87,26 @@ impl Guest for Hostile {
                     emit(&target, &fields).map_err(failed)?;
                 }
             }
+            "effects" => {
+                let n = number(&event, "n", 1000);
+                for i in 0..n {
+                    match text(&event, "kind", "emit").as_str() {
+                        "counter" => counter_incr(&format!("c{i}"), 1, None),
+                        "window" => window_add("w", &format!("{}-{i}", event.id)),
+                        "kv" => kv::set(&format!("k{i}"), b"v", None),
+                        _ => emit(&target, &[("f".to_string(), b"v".to_vec())]),
+                    }
+                    .map_err(failed)?;
+                }
+            }
             "huge-error" => return Err(failed("e".repeat(number(&event, "mb", 60) << 20))),
             "huge-dead-letter" => {
                 return Ok(Disposition::DeadLetter("d".repeat(number(&event, "mb", 60) << 20)));
             }
             "trim" => {
                 let fields = vec![("hostile".to_string(), b"trim".to_vec())];
-                emit_capped(&target, &fields, 0).map_err(failed)?;
+                let max_len = text(&event, "max_len", "0").parse().unwrap_or(0);
+                emit_capped(&target, &fields, max_len).map_err(failed)?;
             }
             "enqueue" => {
                 enqueue(&text(&event, "queue", "q"), b"hostile", 0).map_err(failed)?;

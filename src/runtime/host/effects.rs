@@ -22,6 +22,12 @@ impl Host for HostState {
                 "enqueue: a queue name is 1-64 letters, digits, `_`, `-` or `.`, got {queue:?}"
             )));
         }
+        if !self.guest.limits.queue_allowed(&queue) {
+            return Err(self.violate(format!(
+                "enqueue to `{queue}`: not among the job's allowed queues ({})",
+                self.guest.limits.allowed_queues.join(", ")
+            )));
+        }
         if payload.len() > self.guest.limits.max_payload_bytes {
             return Err(self.violate(format!(
                 "enqueue to `{queue}`: a payload of {} bytes exceeds the limit of {}",
@@ -113,6 +119,11 @@ impl HostState {
             return Err(self.violate(format!(
                 "emit to `{stream}`: a max length over {} is out of range",
                 i64::MAX
+            )));
+        }
+        if max_len == Some(0) {
+            return Err(self.violate(format!(
+                "emit-capped to `{stream}`: a max length of 0 would empty the stream; the least is 1"
             )));
         }
         self.buffer(

@@ -23,8 +23,12 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Largest total size of the fields of one `emit`.
     pub max_payload_bytes: usize,
-    /// Largest total size of all the effects of one event (bounds a batch's commit).
+    /// Largest cost of all the effects of one event, in bytes, each argument of the commit
+    /// counted as its bytes plus [`ARG_COST`](crate::model::ARG_COST).
     pub max_event_bytes: usize,
+    /// Largest cost of the effects one batch holds in the host: past it, the batch is cut
+    /// after the event that crossed it and the rest is handled as a batch of its own.
+    pub max_batch_bytes: usize,
     /// Longest log message kept (longer ones are cut).
     pub max_log_bytes: usize,
     /// Most fields in one emitted entry.
@@ -40,6 +44,8 @@ pub struct Limits {
     /// Streams the plugin may emit to: exact names, or prefixes ending in `*`. Empty: any
     /// stream except sluice's own keys (those under the key prefix).
     pub allowed_streams: Vec<String>,
+    /// Queues the plugin may enqueue to: exact names, or prefixes ending in `*`. Empty: any.
+    pub allowed_queues: Vec<String>,
     /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
     pub reserved_prefix: String,
 }
@@ -60,18 +66,28 @@ pub fn clamp(mut s: String, max: usize) -> String {
     s
 }
 
+/// Does `name` match one of `patterns` (exact names, or prefixes ending in `*`)?
+fn matches(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        })
+}
+
 impl Limits {
     /// May the plugin append to `stream`?
     pub fn stream_allowed(&self, stream: &str) -> bool {
         if self.allowed_streams.is_empty() {
             return self.reserved_prefix.is_empty() || !stream.starts_with(&self.reserved_prefix);
         }
-        self.allowed_streams
-            .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => stream.starts_with(prefix),
-                None => stream == pattern,
-            })
+        matches(&self.allowed_streams, stream)
+    }
+
+    /// May the plugin enqueue to `queue`?
+    pub fn queue_allowed(&self, queue: &str) -> bool {
+        self.allowed_queues.is_empty() || matches(&self.allowed_queues, queue)
     }
 }
 
@@ -85,12 +101,14 @@ impl Default for Limits {
             max_name_bytes: 512,
             max_payload_bytes: 1 << 20,
             max_event_bytes: 2 << 20,
+            max_batch_bytes: 32 << 20,
             max_log_bytes: 8 << 10,
             max_fields: 1000,
             max_guest_string_bytes: 4096,
             max_batch_reads: 10_000,
             max_batch_read_bytes: 16 << 20,
             allowed_streams: Vec::new(),
+            allowed_queues: Vec::new(),
             reserved_prefix: "sluice:".into(),
         }
     }

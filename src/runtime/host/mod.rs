@@ -27,7 +27,7 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::model::{Effect, StateReader};
+use crate::model::{ARG_COST, COMMAND_COST, Effect, StateReader};
 
 use super::bindings;
 
@@ -65,7 +65,7 @@ pub struct CallState {
     pub state_error: Option<String>,
     /// The call's log lines (`level: message`), at most [`MAX_LOGS_KEPT`], for `plugin test`.
     pub logs: Vec<String>,
-    /// Bytes of the effects buffered so far.
+    /// Cost of the effects buffered so far ([`Effect::cost`]).
     pub effect_bytes: usize,
     /// The state writes among `effects`, indexed for this event's own reads.
     pub writes: Writes,
@@ -155,10 +155,12 @@ impl HostState {
                 limits.max_effects
             )));
         }
-        let bytes = self.call.effect_bytes + effect.size();
+        let bytes = self.call.effect_bytes + effect.cost();
         if bytes > limits.max_event_bytes {
             return Err(self.violate(format!(
-                "{what}: the event's effects would take {bytes} bytes, over the limit of {}",
+                "{what}: the event's effects would cost {bytes} bytes (their bytes, plus \
+                 {ARG_COST} per argument and {COMMAND_COST} per command of the commit), over \
+                 the limit of {}",
                 limits.max_event_bytes
             )));
         }

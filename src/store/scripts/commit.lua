@@ -29,6 +29,7 @@
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of effects, then per effect an op and its args:
 --     'x' key, max length ('': no trimming), n, then n name/value pairs XADD
+--         (trimmed to about max length only if no consumer group reads the stream)
 --     'k' key, ttl (0: none), value                                       SET
 --     'K' key                                                             DEL
 --     'c' key, delta, ttl (0: none)                                       INCRBY (+ EXPIRE)
@@ -58,12 +59,26 @@ local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
 
+local key_type = {}
 for i = 5, 4 + #key_types do
   local t = redis.call('TYPE', KEYS[i])['ok']
   local want = TYPE_NAMES[string.sub(key_types, i - 4, i - 4)]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
   end
+  key_type[i] = t
+end
+
+-- A capped emit trims its stream only while no consumer group reads it: trimming would
+-- delete entries a group (another job, any consumer) has not been delivered yet. A stream
+-- this batch creates has no group.
+local trimmable = {}
+local function may_trim(index)
+  if trimmable[index] == nil then
+    trimmable[index] = key_type[index] ~= 'stream'
+      or #redis.call('XINFO', 'GROUPS', KEYS[index]) == 0
+  end
+  return trimmable[index]
 end
 
 -- Arguments of one effect after its op, by op ('x' counts its pairs).
@@ -189,7 +204,7 @@ while pos <= #ARGV do
     if op == 'x' then
       local max_len, n = ARGV[pos + 2], tonumber(ARGV[pos + 3])
       if write then
-        if max_len == '' then
+        if max_len == '' or not may_trim(tonumber(ARGV[pos + 1])) then
           redis.call('XADD', key, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))
         else
           redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', unpack(ARGV, pos + 4, pos + 3 + 2 * n))

@@ -232,6 +232,9 @@ impl StreamCommitter {
         }
         let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
             invocation.invoke_async(&mut self.conn).await;
+        if reply.is_ok() {
+            self.replicated().await?;
+        }
         match reply {
             Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
                 acked,
@@ -270,6 +273,46 @@ impl StreamCommitter {
             }
             Err(e) if e.code() == Some("SLUICE_SUPERSEDED") => Ok(Err(Refused::Superseded)),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl StreamCommitter {
+    /// Wait until the job's `wait_replicas` replicas have every write of this connection so
+    /// far (Redis `WAIT`), however long that takes: only then does the batch count as
+    /// committed, and the job go on. A connection error is the caller's to retry (the commit
+    /// script skips what it already wrote, and this waits again).
+    async fn replicated(&mut self) -> Result<(), StoreError> {
+        let wanted = self.job.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut waited = 0u32;
+        loop {
+            let have: u32 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(self.job.wait_timeout_ms)
+                .query_async(&mut self.conn)
+                .await?;
+            if have >= wanted {
+                if waited > 0 {
+                    tracing::info!(
+                        job = &*self.job.job,
+                        replicas = have,
+                        "replicas caught up; the job goes on"
+                    );
+                }
+                return Ok(());
+            }
+            if waited == 0 {
+                tracing::warn!(
+                    job = &*self.job.job,
+                    replicas = have,
+                    wanted,
+                    "waiting for replicas: the batch counts as committed once {wanted} have it"
+                );
+            }
+            waited += 1;
         }
     }
 }

@@ -71,6 +71,11 @@ pub struct StreamJob {
     /// newer run (`lifecycle_run`), so a host that has not yet seen a restart of the job
     /// cannot commit entries of the new run before its `job-started`. None: no fence.
     pub run: Option<u64>,
+    /// Replicas that must have a commit's writes (WAIT) before the batch counts as
+    /// committed (0: do not wait).
+    pub wait_replicas: u32,
+    /// How long one WAIT may block, in ms; it is repeated until the replicas have it.
+    pub wait_timeout_ms: u64,
 }
 
 impl StreamJob {
@@ -94,6 +99,8 @@ impl StreamJob {
             delayed_key: None,
             entries: Entries::Source,
             run: None,
+            wait_replicas: 0,
+            wait_timeout_ms: defaults::WAIT_TIMEOUT_MS,
         }
     }
 
