@@ -770,10 +770,7 @@ fn a_job_waiting_for_a_replica_goes_on_only_while_the_replica_has_its_commits() 
     publish(&mut conn, "in", 50, &[("n", "{i}")]);
     std::thread::sleep(Duration::from_secs(2));
     let acked = counter(&mut conn, "j", "in", "acked");
-    assert!(
-        acked <= 60,
-        "acked {acked} without a replica"
-    );
+    assert!(acked <= 60, "acked {acked} without a replica");
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()

@@ -286,3 +286,44 @@ async fn a_counter_a_batch_would_overflow_refuses_it_before_any_write() {
         "nothing written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifecycle_runner_of_an_older_run_commits_nothing() {
+    let redis = RedisServer::start();
+    let keys = Keys::new("sluice");
+    let mut job = StreamJob::lifecycle(&keys, "j", "p", "in", "c1");
+    job.run = Some(1);
+    let (stream, job_key) = (job.stream.clone(), job.job_key.clone());
+    assert_eq!(job_key, keys.job("j", "in"), "fenced on the job's own hash");
+    let read = store::connect(&redis.url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let commit = store::connect(&redis.url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (mut reader, mut committer) = stream::open(read, commit, job, Start::Beginning)
+        .await
+        .unwrap();
+    let mut conn = redis.conn();
+    // Another host began run 2 and issued its job-started.
+    let _: () = redis::cmd("HSET")
+        .arg(&job_key)
+        .arg("lifecycle_run")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    publish(
+        &mut conn,
+        &stream,
+        1,
+        &[("kind", "job-started"), ("run", "2")],
+    );
+    let events = reader.read(1, 100).await.unwrap();
+    assert_eq!(events.len(), 1);
+    let decisions = vec![Decision::Ack; events.len()];
+    let refused = committer
+        .commit(&events, &acked(&events), &decisions, None, "v1")
+        .await
+        .unwrap();
+    assert_eq!(refused, Err(stream::Refused::Superseded));
+}

@@ -231,7 +231,10 @@ impl Assembly {
         {
             tracing::info!(job = %name, run, "job-started issued");
         }
+        // Fenced on the run like the source: a host that has not yet seen a restart of the
+        // job cannot handle the new run's `job-started` with the old run's spec.
         let life = StreamJob {
+            run: Some(run),
             status_ttl_s: spec.status_ttl_s,
             done_ttl_s: spec.done_ttl_s,
             wait_replicas: spec.wait_replicas,

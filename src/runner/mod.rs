@@ -205,25 +205,63 @@ impl JobRunner {
 
 /// The ids a runner has read and not yet committed.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InFlight(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+pub(crate) struct InFlight(Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
 
 impl InFlight {
+    /// Count deliveries, not ids: the same entry can be in two batches of the pipeline (a
+    /// due retry read again), and committing the first must not forget the second.
     pub fn add(&self, events: &[Event]) {
         if let Ok(mut set) = self.0.lock() {
-            set.extend(events.iter().map(|e| e.id.clone()));
+            for e in events {
+                *set.entry(e.id.clone()).or_default() += 1;
+            }
         }
     }
     pub fn remove(&self, events: &[Event]) {
         if let Ok(mut set) = self.0.lock() {
             for e in events {
-                set.remove(&e.id);
+                if let Some(n) = set.get_mut(&e.id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        set.remove(&e.id);
+                    }
+                }
             }
         }
     }
     pub fn ids(&self) -> Vec<String> {
         self.0
             .lock()
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| s.keys().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Event {
+        Event {
+            kind: crate::model::KIND_STREAM_ENTRY,
+            id: id.into(),
+            source: "s".into(),
+            fields: Vec::new(),
+            delivery_count: 1,
+            job: "j".into(),
+        }
+    }
+
+    #[test]
+    fn an_entry_in_two_batches_stays_in_flight_until_both_commit() {
+        let in_flight = InFlight::default();
+        let first = vec![event("1-0"), event("2-0")];
+        let again = vec![event("2-0")];
+        in_flight.add(&first);
+        in_flight.add(&again);
+        in_flight.remove(&first);
+        assert_eq!(in_flight.ids(), vec!["2-0".to_string()]);
+        in_flight.remove(&again);
+        assert!(in_flight.ids().is_empty());
     }
 }

@@ -61,8 +61,12 @@ pub(super) async fn read_stage(
         match step {
             Ok(batches) => {
                 backoff = redis_backoff();
+                // All of them in flight (kept fresh) before any waits for the handler: a batch
+                // waiting behind another must not go idle and be taken over.
+                for events in &batches {
+                    in_flight.add(events);
+                }
                 for events in batches {
-                    in_flight.add(&events);
                     if !events.is_empty() && out.send(events).await.is_err() {
                         // The handler stage is gone (it panicked): these stay pending.
                         return;

@@ -1,8 +1,10 @@
 -- Commit one handled batch of a job in one atomic step (see src/store/stream/commit.rs).
 --
--- KEYS[1]   the source stream          KEYS[2] the job's hash (counters)
+-- KEYS[1]   the source stream          KEYS[2] the stream's counters (the job's hash for
+--           its source, a hash of their own for its lifecycle stream)
 -- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream
--- KEYS[5..] every other key the batch writes, each once, with its expected type in ARGV[11];
+-- KEYS[5]   the job's hash (its `lifecycle_run`, the run fence)
+-- KEYS[6..] every other key the batch writes, each once, with its expected type in ARGV[11];
 --           then the key of each read check (ARGV[14])
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
@@ -10,7 +12,7 @@
 -- ARGV[7] status record TTL in s of events that ever failed (0: none)
 -- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
--- ARGV[11] one letter per key from KEYS[5]: its expected type ('s' stream, 't' string,
+-- ARGV[11] one letter per key from KEYS[6]: its expected type ('s' stream, 't' string,
 --          'z' sorted set)
 -- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
@@ -52,7 +54,7 @@ local key_types, strict = ARGV[11], ARGV[12] == '1'
 local n_reads = tonumber(ARGV[14])
 local FIRST = 15 + 4 * n_reads
 
-if ARGV[13] ~= '' and redis.call('HGET', job, 'lifecycle_run') ~= ARGV[13] then
+if ARGV[13] ~= '' and redis.call('HGET', KEYS[5], 'lifecycle_run') ~= ARGV[13] then
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
 end
 local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
@@ -60,9 +62,9 @@ local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
 local WINDOW_SPAN_MS = 86400000
 
 local key_type = {}
-for i = 5, 4 + #key_types do
+for i = 6, 5 + #key_types do
   local t = redis.call('TYPE', KEYS[i])['ok']
-  local want = TYPE_NAMES[string.sub(key_types, i - 4, i - 4)]
+  local want = TYPE_NAMES[string.sub(key_types, i - 5, i - 5)]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
   end

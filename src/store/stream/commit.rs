@@ -12,6 +12,10 @@ use crate::model::{Decision, Effect, Event, Outcome, ReadSet, now_ms};
 use crate::store::groups::parse_id;
 use crate::store::{Keys, StoreError, scripts};
 
+/// Where the keys an effect writes begin in the commit script's KEYS (1-based), after the
+/// source, its counters, the retry set, the dead-letter stream and the job hash.
+const FIRST_TARGET: usize = 6;
+
 /// What one commit did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -84,7 +88,8 @@ impl StreamCommitter {
             .key(&j.stream)
             .key(&j.counters_key)
             .key(&j.retry_key)
-            .key(&j.dlq_key);
+            .key(&j.dlq_key)
+            .key(&j.job_key);
         let ids = events.iter().filter_map(|e| parse_id(&e.id));
         let (min, max) = ids.fold(((u64::MAX, u64::MAX), (0, 0)), |(lo, hi), id| {
             (lo.min(id), hi.max(id))
@@ -114,7 +119,7 @@ impl StreamCommitter {
         for i in 0..events.len() {
             for effect in effects_of(i) {
                 let (key, kind) = target(j, effect);
-                let next = targets.len() + 5;
+                let next = targets.len() + FIRST_TARGET;
                 let entry = targets.entry(key.clone()).or_insert_with_key(|key| {
                     invocation.key(key.as_str());
                     key_types.push(kind);
@@ -125,7 +130,7 @@ impl StreamCommitter {
                 }
                 // One key written as two types (a stream and a kv key, say) could only fail
                 // half-way through the script: refuse it before Redis sees anything.
-                if key_types.as_bytes()[entry.0 - 5] != kind as u8 {
+                if key_types.as_bytes()[entry.0 - FIRST_TARGET] != kind as u8 {
                     return Ok(Err(Refused::BadTarget(BadTarget {
                         key,
                         kind: "key written as two different types".into(),
@@ -143,7 +148,7 @@ impl StreamCommitter {
         invocation.arg(reads.len());
         for (n, check) in reads.iter().enumerate() {
             invocation.key(&check.key);
-            let index = 5 + key_types.len() + n;
+            let index = FIRST_TARGET + key_types.len() + n;
             invocation
                 .arg(check.op)
                 .arg(index)
@@ -265,7 +270,7 @@ impl StreamCommitter {
             Err(e) if e.code() == Some("SLUICE_CONFLICT") => {
                 let index: usize = e.detail().unwrap_or_default().parse().unwrap_or(0);
                 let key = index
-                    .checked_sub(5 + key_types.len())
+                    .checked_sub(FIRST_TARGET + key_types.len())
                     .and_then(|n| reads.get(n))
                     .map(|c| c.key.clone())
                     .unwrap_or_default();
