@@ -327,3 +327,55 @@ async fn a_lifecycle_runner_of_an_older_run_commits_nothing() {
         .unwrap();
     assert_eq!(refused, Err(stream::Refused::Superseded));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_ids_are_exhausted_refuses_the_batch_before_any_write() {
+    use sluice::store::stream::Refused;
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 2, &[("n", "{i}")]);
+    let events = reader.read(10, 100).await.unwrap();
+    let _: () = redis::cmd("XADD")
+        .arg("full")
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    // The first event emits to `out` (written first), the second to the exhausted stream.
+    let outcomes = vec![
+        acked(&events[..1]).remove(0),
+        Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects: vec![Effect::Emit {
+                stream: "full".into(),
+                fields: vec![("n".into(), b"1".to_vec())],
+                max_len: None,
+            }],
+        },
+    ];
+    let refused = committer
+        .commit(
+            &events,
+            &outcomes,
+            &[Decision::Ack, Decision::Ack],
+            None,
+            "v1",
+        )
+        .await
+        .unwrap();
+    let Err(Refused::BadTarget(bad)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(
+        (bad.key.as_str(), bad.events.as_slice()),
+        ("full", &[1][..])
+    );
+    assert!(bad.kind.contains("exhausted"), "{}", bad.kind);
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        0,
+        "nothing written"
+    );
+}

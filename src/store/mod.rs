@@ -177,15 +177,31 @@ fn check_server(info: &str) -> anyhow::Result<()> {
 
 /// Hide the password of a Redis URL, for logs.
 pub fn redact_url(url: &str) -> String {
+    // A unix socket URL carries its password as `?pass=…` (or `&pass=…`).
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("pass" | "password", _)) => {
+                        format!("{}=***", kv.split('=').next().unwrap_or_default())
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_string(),
+    };
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((userinfo, host)) => {
                 let user = userinfo.split(':').next().unwrap_or_default();
                 format!("{scheme}://{user}:***@{host}")
             }
-            None => url.to_string(),
+            None => url.clone(),
         },
-        None => url.to_string(),
+        None => url.clone(),
     }
 }
 
@@ -197,6 +213,10 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
+        assert_eq!(
+            redact_url("unix:///r.sock?db=1&pass=pw"),
+            "unix:///r.sock?db=1&pass=***"
+        );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 

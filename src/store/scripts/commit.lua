@@ -58,6 +58,7 @@ if ARGV[13] ~= '' and redis.call('HGET', KEYS[5], 'lifecycle_run') ~= ARGV[13] t
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
 end
 local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
+local MAX_ID = '18446744073709551615-18446744073709551615'
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
 
@@ -67,6 +68,16 @@ for i = 6, 5 + #key_types do
   local want = TYPE_NAMES[string.sub(key_types, i - 5, i - 5)]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
+  end
+  -- A stream whose last id is the largest there is refuses every XADD: found here, before
+  -- anything is written, rather than half-way.
+  if t == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    for f = 1, #info, 2 do
+      if info[f] == 'last-generated-id' and info[f + 1] == MAX_ID then
+        return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' stream-whose-ids-are-exhausted')
+      end
+    end
   end
   key_type[i] = t
 end
