@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{JobSpec, check_name};
-use crate::store::embedded::AppendFsync;
+use crate::model::{AppendFsync, JobSpec, check_name};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

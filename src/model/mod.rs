@@ -13,7 +13,7 @@ pub mod spec;
 
 pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
-pub use spec::{JobSpec, RetryBackoff, Source, Start, check_name, hash_tag};
+pub use spec::{AppendFsync, JobSpec, RetryBackoff, Source, Start, check_name, hash_tag};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

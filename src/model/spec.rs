@@ -133,6 +133,26 @@ pub enum Start {
     New,
 }
 
+/// Redis's `appendfsync` choices, for the embedded Redis.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppendFsync {
+    Always,
+    #[default]
+    Everysec,
+    No,
+}
+
+impl AppendFsync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppendFsync::Always => "always",
+            AppendFsync::Everysec => "everysec",
+            AppendFsync::No => "no",
+        }
+    }
+}
+
 /// Where a job's events come from, parsed from [`JobSpec::source`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source<'a> {

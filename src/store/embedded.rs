@@ -10,28 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
 use tokio::process::{Child, Command};
 
-/// Redis's `appendfsync` choices, for the embedded Redis.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AppendFsync {
-    Always,
-    #[default]
-    Everysec,
-    No,
-}
-
-impl AppendFsync {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppendFsync::Always => "always",
-            AppendFsync::Everysec => "everysec",
-            AppendFsync::No => "no",
-        }
-    }
-}
+use crate::model::AppendFsync;
 
 /// Longest unix socket path the kernel accepts (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
