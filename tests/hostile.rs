@@ -428,3 +428,26 @@ fn an_entry_over_the_size_limit_is_dead_lettered_unhandled() {
         reason(&a)
     );
 }
+
+/// Producers' big entries (just under `max_entry_bytes`) waiting in a full stream: the host
+/// reads fewer at a time, and holds a bounded part of them.
+#[test]
+fn big_entries_are_read_a_few_at_a_time() {
+    let (redis, mut conn, dir, cfg) = setup("hostile", "j", "in", "", "");
+    let blob = "x".repeat(1_000_000);
+    for _ in 0..4 {
+        publish(&mut conn, "in", 50, &[("action", "ok"), ("blob", &blob)]);
+    }
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(
+        wait_until(Duration::from_secs(60), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 200),
+        "acked {}",
+        counter(&mut conn, "j", "in", "acked")
+    );
+    let rss = peak_rss_mib(host.pid());
+    eprintln!("200 entries of 1 MB waiting: host peak RSS {rss} MiB");
+    assert!(rss < 160, "the host held {rss} MiB of a 200 MB backlog");
+    host.stop_ok();
+}

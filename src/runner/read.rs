@@ -31,6 +31,47 @@ pub(super) async fn keep_fresh(
     }
 }
 
+/// Input bytes one read should bring at most: with up to five batches in the pipeline
+/// (reader, two channels, handler, committer), what the host holds of its input stays near
+/// five times this, whatever size the producers' entries are.
+const MAX_READ_BYTES: usize = 16 << 20;
+
+/// How many entries to ask for in one read: the job's batch, fewer when entries are big, so
+/// a read brings about [`MAX_READ_BYTES`] at most. Until sizes are known, a small read.
+struct ReadSize {
+    batch: usize,
+    /// Average bytes of the entries seen lately (None: nothing read yet).
+    average: Option<usize>,
+}
+
+impl ReadSize {
+    fn new(batch: usize) -> Self {
+        ReadSize {
+            batch,
+            average: None,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self.average {
+            None => self.batch.min(16),
+            Some(avg) => (MAX_READ_BYTES / avg.max(1)).clamp(1, self.batch),
+        }
+    }
+
+    fn observe(&mut self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let avg = events.iter().map(|e| e.size() + 64).sum::<usize>() / events.len();
+        // Big entries count at once; small ones bring the average down over a few reads.
+        self.average = Some(match self.average {
+            Some(old) if avg < old => (old * 3 + avg) / 4,
+            _ => avg,
+        });
+    }
+}
+
 pub(super) async fn read_stage(
     mut reader: StreamReader,
     policy: ReadPolicy,
@@ -45,12 +86,14 @@ pub(super) async fn read_stage(
     let mut next_retry_check = Instant::now();
     let mut next_reclaim = Instant::now();
     let mut cursor = "-".to_string();
+    let mut size = ReadSize::new(policy.batch);
     let reclaim_every = Duration::from_millis(policy.claim_idle_ms / 2)
         .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !*stop.borrow() {
         let step = read_step(
             &mut reader,
             &policy,
+            size.count(),
             &mut next_retry_check,
             &mut next_reclaim,
             &mut cursor,
@@ -65,6 +108,7 @@ pub(super) async fn read_stage(
                 // waiting behind another must not go idle and be taken over.
                 for events in &batches {
                     in_flight.add(events);
+                    size.observe(events);
                 }
                 for events in batches {
                     if !events.is_empty() && out.send(events).await.is_err() {
@@ -87,6 +131,7 @@ pub(super) async fn read_stage(
 async fn read_step(
     reader: &mut StreamReader,
     policy: &ReadPolicy,
+    count: usize,
     next_retry_check: &mut Instant,
     next_reclaim: &mut Instant,
     cursor: &mut String,
@@ -96,7 +141,7 @@ async fn read_step(
     let mut batches = Vec::new();
     let now = Instant::now();
     if now >= *next_retry_check {
-        let (due, next_due) = reader.take_due(policy.batch).await?;
+        let (due, next_due) = reader.take_due(count).await?;
         let until_next = next_due
             .map(|at| Duration::from_millis(at.saturating_sub(crate::model::now_ms())))
             .unwrap_or(RETRY_POLL);
@@ -105,7 +150,7 @@ async fn read_step(
     }
     if now >= *next_reclaim {
         let idle = reader
-            .reclaim(policy.batch, policy.claim_idle_ms, cursor, in_flight.ids())
+            .reclaim(count, policy.claim_idle_ms, cursor, in_flight.ids())
             .await;
         // Due retries already claimed above must not be dropped because this failed.
         let (idle, next) = match idle {
@@ -138,7 +183,39 @@ async fn read_step(
             .min(*next_reclaim)
             .saturating_duration_since(Instant::now());
         let block = (wait.as_millis() as u64).clamp(1, policy.block_ms);
-        batches.push(reader.read(policy.batch, block).await?);
+        batches.push(reader.read(count, block).await?);
     }
     Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: usize, bytes: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                kind: crate::model::KIND_STREAM_ENTRY,
+                id: format!("{i}-0"),
+                source: "s".into(),
+                fields: vec![("f".into(), vec![0; bytes])],
+                delivery_count: 1,
+                job: "j".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_ask_for_fewer_entries_when_they_are_big() {
+        let mut size = ReadSize::new(256);
+        assert_eq!(size.count(), 16, "small until sizes are known");
+        size.observe(&entries(16, 100));
+        assert_eq!(size.count(), 256);
+        size.observe(&entries(4, 1 << 20));
+        assert_eq!(size.count(), 15, "about 16 MiB of 1 MiB entries");
+        for _ in 0..20 {
+            size.observe(&entries(15, 100));
+        }
+        assert_eq!(size.count(), 256, "and back once they are small again");
+    }
 }
