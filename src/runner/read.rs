@@ -81,23 +81,22 @@ pub(super) async fn read_stage(
 ) {
     let job = reader.job().job.clone();
     let mut backoff = redis_backoff();
-    // When to look for due retries next, and for idle entries to take over. Both start now:
-    // a restarted host first picks up what a dead one left.
-    let mut next_retry_check = Instant::now();
-    let mut next_reclaim = Instant::now();
-    let mut cursor = "-".to_string();
+    // Due retries and idle entries are both looked for at once: a restarted host first picks
+    // up what a dead one left.
+    let mut schedule = Schedule {
+        next_retry_check: Instant::now(),
+        next_reclaim: Instant::now(),
+        cursor: "-".to_string(),
+        reclaim_every: Duration::from_millis(policy.claim_idle_ms / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5)),
+    };
     let mut size = ReadSize::new(policy.batch);
-    let reclaim_every = Duration::from_millis(policy.claim_idle_ms / 2)
-        .clamp(Duration::from_millis(50), Duration::from_secs(5));
     while !*stop.borrow() {
         let step = read_step(
             &mut reader,
             &policy,
             size.count(),
-            &mut next_retry_check,
-            &mut next_reclaim,
-            &mut cursor,
-            reclaim_every,
+            &mut schedule,
             &in_flight,
         )
         .await;
@@ -126,18 +125,32 @@ pub(super) async fn read_stage(
     }
 }
 
-/// One round of reading: due retries, then (when it is time) entries idle on other
-/// consumers, then new entries, blocking no longer than the next due retry or reclaim.
+/// When the reader looks for due retries and for idle entries to take over.
+struct Schedule {
+    next_retry_check: Instant,
+    next_reclaim: Instant,
+    /// Where the scan for idle entries goes on.
+    cursor: String,
+    reclaim_every: Duration,
+}
+
+/// One round of reading (`count` entries at most each): due retries, then (when it is time)
+/// entries idle on other consumers, then new entries, blocking no longer than the next due
+/// retry or reclaim.
 async fn read_step(
     reader: &mut StreamReader,
     policy: &ReadPolicy,
     count: usize,
-    next_retry_check: &mut Instant,
-    next_reclaim: &mut Instant,
-    cursor: &mut String,
-    reclaim_every: Duration,
+    schedule: &mut Schedule,
     in_flight: &InFlight,
 ) -> Result<Vec<Vec<Event>>, StoreError> {
+    let Schedule {
+        next_retry_check,
+        next_reclaim,
+        cursor,
+        reclaim_every,
+    } = schedule;
+    let reclaim_every = *reclaim_every;
     let mut batches = Vec::new();
     let now = Instant::now();
     if now >= *next_retry_check {
