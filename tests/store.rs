@@ -305,13 +305,32 @@ async fn a_lifecycle_runner_of_an_older_run_commits_nothing() {
         .await
         .unwrap();
     let mut conn = redis.conn();
-    // Another host began run 2 and issued its job-started.
-    let _: () = redis::cmd("HSET")
-        .arg(&job_key)
-        .arg("lifecycle_run")
-        .arg(2)
-        .query(&mut conn)
+    let set_run = |conn: &mut redis::Connection, run: u64| {
+        let _: () = redis::cmd("HSET")
+            .arg(&job_key)
+            .arg("lifecycle_run")
+            .arg(run)
+            .query(conn)
+            .unwrap();
+    };
+    // Run 1 is current: its lifecycle event commits.
+    set_run(&mut conn, 1);
+    publish(
+        &mut conn,
+        &stream,
+        1,
+        &[("kind", "job-started"), ("run", "1")],
+    );
+    let events = reader.read(1, 100).await.unwrap();
+    let decisions = vec![Decision::Ack; events.len()];
+    let done = committer
+        .commit(&events, &acked(&events), &decisions, None, "v1")
+        .await
+        .unwrap()
         .unwrap();
+    assert_eq!(done.acked, 1, "the current run's lifecycle commits");
+    // Another host began run 2 and issued its job-started: this runner commits nothing.
+    set_run(&mut conn, 2);
     publish(
         &mut conn,
         &stream,
@@ -320,7 +339,6 @@ async fn a_lifecycle_runner_of_an_older_run_commits_nothing() {
     );
     let events = reader.read(1, 100).await.unwrap();
     assert_eq!(events.len(), 1);
-    let decisions = vec![Decision::Ack; events.len()];
     let refused = committer
         .commit(&events, &acked(&events), &decisions, None, "v1")
         .await
@@ -373,6 +391,65 @@ async fn a_stream_whose_ids_are_exhausted_refuses_the_batch_before_any_write() {
         ("full", &[1][..])
     );
     assert!(bad.kind.contains("exhausted"), "{}", bad.kind);
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        0,
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_is_followed_step_by_step_and_must_hold_an_integer() {
+    use sluice::store::stream::Refused;
+    let redis = RedisServer::start();
+    let (mut reader, mut committer) = open(&redis.url).await;
+    let mut conn = redis.conn();
+    publish(&mut conn, "in", 3, &[("n", "{i}")]);
+    let events = reader.read(10, 100).await.unwrap();
+    let counter = "sluice:{in}:job:j:counter:c";
+    let add = |delta: i64| Outcome::Handled {
+        disposition: Disposition::Ack,
+        effects: vec![Effect::CounterAdd {
+            name: "c".into(),
+            delta,
+            ttl_s: None,
+        }],
+    };
+    // Up by 1000, then down by 1000: the sum is 0, but the first INCRBY would overflow.
+    let _: () = redis::cmd("SET")
+        .arg(counter)
+        .arg(i64::MAX - 10)
+        .query(&mut conn)
+        .unwrap();
+    let outcomes = vec![acked(&events[..1]).remove(0), add(1000), add(-1000)];
+    let decisions = [Decision::Ack, Decision::Ack, Decision::Ack];
+    let refused = committer
+        .commit(&events, &outcomes, &decisions, None, "v1")
+        .await
+        .unwrap();
+    let Err(Refused::BadTarget(bad)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(bad.kind.contains("overflow"), "{}", bad.kind);
+    assert_eq!(
+        field_values(&mut conn, "out", "n").len(),
+        0,
+        "nothing written"
+    );
+    // A counter holding what Lua reads as a number but INCRBY does not.
+    let _: () = redis::cmd("SET")
+        .arg(counter)
+        .arg("1e3")
+        .query(&mut conn)
+        .unwrap();
+    let refused = committer
+        .commit(&events, &outcomes, &decisions, None, "v1")
+        .await
+        .unwrap();
+    let Err(Refused::BadTarget(bad)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(bad.kind.contains("non integer"), "{}", bad.kind);
     assert_eq!(
         field_values(&mut conn, "out", "n").len(),
         0,

@@ -60,9 +60,11 @@ pub fn prepare_handler(
             state,
         },
     );
-    handler
-        .prepare()
-        .map_err(|f| anyhow::anyhow!("job `{}` cannot start: {}", spec.name, f.message))?;
+    // The failure stays inside (its kind tells a refusal from Redis trouble).
+    handler.prepare().map_err(|f| {
+        let message = format!("job `{}` cannot start: {}", spec.name, f.message);
+        anyhow::Error::new(f).context(message)
+    })?;
     Ok(handler)
 }
 
@@ -301,7 +303,12 @@ impl Assembly {
                 Some(state.clone()),
             )
         };
-        let refused = |e: anyhow::Error| Failure::Refused(format!("{e:#}"));
+        // A version `init` refuses is refused for the run; one whose `init` met Redis
+        // trouble (a state read failed) is tried again.
+        let refused = |e: anyhow::Error| match e.downcast_ref::<crate::model::Failure>() {
+            Some(f) if f.kind != crate::model::FailureKind::Init => Failure::Transient(e),
+            _ => Failure::Refused(e.to_string()),
+        };
         // Both at once: a slow `init` costs its timeout once, not twice.
         let (source, life) = tokio::join!(prepare(), prepare());
         Ok([

@@ -147,8 +147,9 @@ async fn serve(
                 _ = tick.tick() => host.reconcile().await,
                 Some(joined) = host.tasks.join_next_with_id() => host.ended(joined),
                 Some(joined) = host.preparing.join_next_with_id() => {
-                    host.prepared(joined).await;
-                    host.reconcile().await;
+                    if host.prepared(joined).await {
+                        host.reconcile().await;
+                    }
                 }
             }
         };

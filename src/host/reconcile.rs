@@ -45,8 +45,8 @@ pub struct Host {
     pub preparing: JoinSet<Prepared>,
     /// What each preparation task prepares.
     pub prep_ids: HashMap<tokio::task::Id, Target>,
-    /// Finished preparations, by job, waiting for the next reconcile to apply them.
-    pub ready: HashMap<String, (Target, Ready)>,
+    /// Finished preparations waiting for the next reconcile to apply them.
+    pub ready: HashMap<Target, Ready>,
 }
 
 /// A version of a job's plugin for one run of the job: what a preparation is for.
@@ -113,17 +113,17 @@ impl Host {
                 plugin: entry.spec.plugin.clone(),
             };
             wanted.insert(target.clone());
-            match self.ready.remove(&name) {
-                Some((t, ready)) if t == target => {
+            match self.ready.remove(&target) {
+                Some(ready) => {
                     let outcome = self.run_ready(&snapshot, &name, ready).await;
                     self.failed(&target, outcome).await;
                 }
-                _ if self.prep_ids.values().any(|t| *t == target) => {}
-                _ => self.spawn_prepare(&snapshot, target),
+                None if self.prep_ids.values().any(|t| *t == target) => {}
+                None => self.spawn_prepare(&snapshot, target),
             }
         }
         // Ready for something the registry no longer wants: dropped.
-        self.ready.retain(|_, (t, _)| wanted.contains(t));
+        self.ready.retain(|t, _| wanted.contains(t));
         self.check_finite(&snapshot).await;
         // Keep compiled versions that are current or in use.
         let keep: HashSet<&String> = snapshot
@@ -161,18 +161,19 @@ impl Host {
         self.prep_ids.insert(task.id(), target);
     }
 
-    /// A preparation ended: keep what is ready for the next reconcile (the caller runs it
-    /// at once), record a refusal.
+    /// A preparation ended: keep what is ready for the next reconcile, record a refusal.
+    /// True when something is ready (the caller reconciles at once; after a failure, the
+    /// next tick tries again, so Redis trouble is not retried in a tight loop).
     pub async fn prepared(
         &mut self,
         joined: Result<(tokio::task::Id, Prepared), tokio::task::JoinError>,
-    ) {
+    ) -> bool {
         let id = match &joined {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
         let Some(target) = self.prep_ids.remove(&id) else {
-            return;
+            return false;
         };
         match joined {
             Ok((
@@ -182,11 +183,16 @@ impl Host {
                 },
             )) => {
                 self.plugins.insert(ready.plugin.clone());
-                self.ready.insert(target.job.clone(), (target, ready));
+                self.ready.insert(target, ready);
+                true
             }
-            Ok((_, Prepared { result: Err(e), .. })) => self.failed(&target, Err(e)).await,
+            Ok((_, Prepared { result: Err(e), .. })) => {
+                self.failed(&target, Err(e)).await;
+                false
+            }
             Err(e) => {
-                tracing::error!(job = %target.job, "preparing a plugin version panicked: {e}")
+                tracing::error!(job = %target.job, "preparing a plugin version panicked: {e}");
+                false
             }
         }
     }

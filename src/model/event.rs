@@ -105,6 +105,10 @@ pub const ARG_COST: usize = 32;
 /// arguments take to pass, so a script of small effects is bounded by its commands.
 pub const COMMAND_COST: usize = 512;
 
+/// Most cost sent in one commit script call: what keeps one script's Redis time short
+/// (measured in README's limits table), whatever the events hold.
+pub const MAX_COMMIT_COST: usize = 4 << 20;
+
 impl Effect {
     /// The effect's own bytes: names, fields, values.
     pub fn size(&self) -> usize {
@@ -267,15 +271,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// What committing the outcome costs (see [`Effect::cost`]): its record (seven
-    /// arguments, an ack or a status write) plus its effects.
-    pub fn cost(&self) -> usize {
+    /// What committing `event` with this outcome costs (see [`Effect::cost`]): its record
+    /// (seven arguments, an ack or a status write), its effects, and for an outcome that may
+    /// end in the dead-letter stream (a failure, a dead-letter answer) the copy of the entry
+    /// there. The batch limit and the split of commits count this.
+    pub fn cost(&self, event: &Event) -> usize {
         let record = 7 * ARG_COST + COMMAND_COST;
+        let copy = event.size() + ARG_COST * 2 * event.fields.len();
         match self {
+            Outcome::Handled {
+                disposition: Disposition::DeadLetter(reason),
+                ..
+            } => record + reason.len() + copy,
             Outcome::Handled { effects, .. } => {
                 record + effects.iter().map(Effect::cost).sum::<usize>()
             }
-            Outcome::Failed(f) => record + f.message.len(),
+            Outcome::Failed(f) if f.kind == FailureKind::Oversized => record + f.message.len(),
+            Outcome::Failed(f) => record + f.message.len() + copy,
         }
     }
 

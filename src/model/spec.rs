@@ -76,8 +76,8 @@ pub struct JobSpec {
     /// While fewer replicas answer, the job waits (and says so in the log).
     #[serde(default)]
     pub wait_replicas: u32,
-    /// How long one `WAIT` for replicas blocks, in ms (1–10000, default 1000); it is
-    /// repeated until enough replicas have the writes.
+    /// How long one `WAIT` for replicas blocks, in ms (100–10000, default 1000, at most a
+    /// third of `claim_idle_ms`); it is repeated until enough replicas have the writes.
     #[serde(default = "default_wait_timeout_ms")]
     pub wait_timeout_ms: u64,
     /// Largest input entry (its field names and values, in bytes) handed to the plugin
@@ -303,7 +303,18 @@ impl JobSpec {
         in_range(j.max_entry_bytes as u64, 1024, 512 << 20)
             .map_err(|m| (at("max_entry_bytes"), m))?;
         in_range(j.wait_replicas.into(), 0, 16).map_err(|m| (at("wait_replicas"), m))?;
-        in_range(j.wait_timeout_ms, 1, 10_000).map_err(|m| (at("wait_timeout_ms"), m))?;
+        in_range(j.wait_timeout_ms, 100, 10_000).map_err(|m| (at("wait_timeout_ms"), m))?;
+        // The commit's connection also keeps in-flight entries fresh, and a WAIT holds it.
+        if j.wait_replicas > 0 && j.wait_timeout_ms > j.claim_idle_ms / 3 {
+            return Err((
+                at("wait_timeout_ms"),
+                format!(
+                    "with wait_replicas, at most a third of claim_idle_ms ({} ms), got {}",
+                    j.claim_idle_ms / 3,
+                    j.wait_timeout_ms
+                ),
+            ));
+        }
         for (list, patterns) in [
             ("allowed_streams", &j.allowed_streams),
             ("allowed_queues", &j.allowed_queues),

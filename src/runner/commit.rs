@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{CommitObserver, Handled, InFlight, RunnerStats, redis_backoff};
-use crate::model::{Decision, DeliveryPolicy, Event, FailureKind, Outcome, ReadSet};
+use crate::model::{
+    Decision, DeliveryPolicy, Event, FailureKind, MAX_COMMIT_COST, Outcome, ReadSet,
+};
 use crate::store::StoreError;
 use crate::store::stream::{Committed, Refused, StreamCommitter};
 
@@ -47,12 +49,18 @@ pub(super) async fn commit_stage(
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
         let mut committed = Committed::default();
         let no_reads = ReadSet::default();
-        for (n, range) in chunks(&outcomes).into_iter().enumerate() {
+        let mut ranges = chunks(&events, &outcomes);
+        // Set once a state-reading batch gave up on its reads: its rest is failed, and
+        // committed (retries scheduled) without read checks.
+        let mut given_up = false;
+        let mut n = 0;
+        while n < ranges.len() {
+            let range = ranges[n].clone();
             // A batch that read state is checked whole with its first chunk. What follows it
             // was derived from values read before that chunk was written, and another host
             // may write between two commits: it is handled again on fresh state, as after a
             // conflict (it makes progress: each round commits at least a chunk).
-            if n > 0 && reads.as_ref().is_some_and(|r| !r.is_empty()) {
+            if n > 0 && !given_up && reads.as_ref().is_some_and(|r| !r.is_empty()) {
                 observe(
                     &observer,
                     &in_flight,
@@ -65,8 +73,13 @@ pub(super) async fn commit_stage(
                 continue 'batches;
             }
             // Later chunks of a batch that read nothing stay all-or-nothing (strict).
-            let checked = reads.as_ref().map(|r| if n == 0 { r } else { &no_reads });
-            let mut result = commit(
+            let checked = match &reads {
+                _ if given_up => None,
+                Some(r) if n == 0 => Some(r),
+                Some(_) => Some(&no_reads),
+                None => None,
+            };
+            let result = commit(
                 &mut committer,
                 &delivery,
                 &events[range.clone()],
@@ -103,15 +116,15 @@ pub(super) async fn commit_stage(
                         format!("`{key}` kept changing under the batch ({redos} tries)"),
                     );
                 }
-                result = commit(
-                    &mut committer,
-                    &delivery,
-                    &events[range.start..],
-                    &mut outcomes[range.start..],
-                    None,
-                    &version,
-                )
-                .await;
+                // The rest again, failed, in chunks of its new cost (from this chunk on).
+                given_up = true;
+                ranges.truncate(n);
+                let rest = chunks(&events[range.start..], &outcomes[range.start..]);
+                ranges.extend(
+                    rest.into_iter()
+                        .map(|r| r.start + range.start..r.end + range.start),
+                );
+                continue;
             }
             let c = match result {
                 Commit::Done(c) => c,
@@ -134,6 +147,7 @@ pub(super) async fn commit_stage(
             committed.failed += c.failed;
             committed.dead += c.dead;
             committed.stale += c.stale;
+            n += 1;
         }
         redos = 0;
         redo_backoff = crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
@@ -183,17 +197,13 @@ enum Commit {
     Conflict(String),
 }
 
-/// Most cost ([`Outcome::cost`]) sent in one commit script call: what keeps one script's
-/// Redis time short (measured in README's limits table), whatever the events hold.
-const MAX_COMMIT_COST: usize = 4 << 20;
-
 /// Split a batch into consecutive ranges of at most [`MAX_COMMIT_COST`] (an event costing
 /// more than that alone in its range; events are capped below it).
-fn chunks(outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
+fn chunks(events: &[Event], outcomes: &[Outcome]) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
     let (mut start, mut cost) = (0, 0);
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let c = outcome.cost();
+    for (i, (event, outcome)) in events.iter().zip(outcomes).enumerate() {
+        let c = outcome.cost(event);
         if i > start && cost + c > MAX_COMMIT_COST {
             ranges.push(start..i);
             (start, cost) = (i, 0);
@@ -323,6 +333,30 @@ mod tests {
         }
     }
 
+    fn event() -> Event {
+        Event {
+            kind: crate::model::KIND_STREAM_ENTRY,
+            id: "1-0".into(),
+            source: "s".into(),
+            fields: vec![("f".into(), b"v".to_vec())],
+            delivery_count: 1,
+            job: "j".into(),
+        }
+    }
+
+    #[test]
+    fn a_failure_costs_the_copy_of_its_entry() {
+        let mut big = event();
+        big.fields = vec![("f".into(), vec![0; 1 << 20])];
+        let failed = Outcome::failed(FailureKind::Error, "x");
+        assert!(failed.cost(&big) > 1 << 20);
+        let oversized = Outcome::failed(FailureKind::Oversized, "x");
+        assert!(
+            oversized.cost(&big) < 4096,
+            "an oversized entry is never copied"
+        );
+    }
+
     fn empty_fields(fields: usize) -> Outcome {
         Outcome::Handled {
             disposition: Disposition::Ack,
@@ -337,20 +371,22 @@ mod tests {
     #[test]
     fn batches_split_by_cost_in_order() {
         let small: Vec<Outcome> = (0..10).map(|_| emitting(10)).collect();
-        assert_eq!(chunks(&small), vec![0..10]);
+        let ev = |n: usize| -> Vec<Event> { (0..n).map(|_| event()).collect() };
+        assert_eq!(chunks(&ev(10), &small), vec![0..10]);
         let big: Vec<Outcome> = (0..5).map(|_| emitting(3 << 20)).collect();
-        assert_eq!(chunks(&big), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
+        assert_eq!(chunks(&ev(5), &big), vec![0..1, 1..2, 2..3, 3..4, 4..5]);
         let half: Vec<Outcome> = (0..5).map(|_| emitting(1 << 20)).collect();
-        assert_eq!(chunks(&half), vec![0..3, 3..5]);
-        assert!(chunks(&[]).is_empty());
+        assert_eq!(chunks(&ev(5), &half), vec![0..3, 3..5]);
+        assert!(chunks(&[], &[]).is_empty());
     }
 
     #[test]
     fn empty_fields_cost_their_arguments() {
         // 1000 empty fields have no bytes, but 2000 script arguments.
         let o = empty_fields(1000);
-        assert!(o.cost() > 2000 * crate::model::ARG_COST, "{}", o.cost());
+        assert!(o.cost(&event()) > 2000 * crate::model::ARG_COST);
         let many: Vec<Outcome> = (0..200).map(|_| empty_fields(1000)).collect();
-        assert!(chunks(&many).len() >= 3, "{:?}", chunks(&many));
+        let events: Vec<Event> = (0..200).map(|_| event()).collect();
+        assert!(chunks(&events, &many).len() >= 3);
     }
 }

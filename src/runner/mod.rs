@@ -137,7 +137,8 @@ impl JobRunner {
 
     /// Run until `stop` turns true and every batch read so far is committed. An error means
     /// the handler panicked: the job stops, the batches it held stay pending.
-    pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
+    pub async fn run(mut self, stop: watch::Receiver<bool>) -> anyhow::Result<RunnerStats> {
+        self.committer.set_stop(stop.clone());
         let job = self.reader.job().job.clone();
         let stream = self.reader.job().stream.clone();
         tracing::info!(job = &*job, stream = %stream, consumer = %self.reader.job().consumer, "job running");

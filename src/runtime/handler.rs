@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::model::{Disposition, Event, Handler, Outcome, ReadSet};
+use crate::model::{Disposition, Event, Handler, MAX_COMMIT_COST, Outcome, ReadSet};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -81,7 +81,13 @@ impl Handler for PluginHandler {
         if let Ok(mut batch) = self.overlay.lock() {
             batch.clear();
         }
-        let max_batch = self.guest.limits.max_batch_bytes;
+        // A state-reading batch is checked whole by its first commit: what does not fit in
+        // one commit script is handled again, so its pieces are kept to about half of one.
+        let max_batch = if self.plugin.stateful {
+            self.guest.limits.max_batch_bytes.min(MAX_COMMIT_COST / 2)
+        } else {
+            self.guest.limits.max_batch_bytes
+        };
         super::block_on(async {
             let mut outcomes = Vec::with_capacity(events.len());
             let mut cost = 0usize;
@@ -90,7 +96,7 @@ impl Handler for PluginHandler {
                     break;
                 }
                 let outcome = self.handle_one(e).await;
-                cost += outcome.cost();
+                cost += outcome.cost(e);
                 // An acked event's state writes will be committed: later events must see them.
                 if let Outcome::Handled {
                     disposition: Disposition::Ack,

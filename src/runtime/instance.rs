@@ -81,13 +81,18 @@ impl PluginInstance {
         let deadline = Instant::now() + timeout;
         store.data_mut().call_deadline = deadline;
         store.set_epoch_deadline(1);
+        // An `init` that failed after a state read failed met Redis trouble, not a refusal.
+        let kind = |store: &Store<HostState>| match store.data().call.state_error {
+            Some(_) => FailureKind::Error,
+            None => FailureKind::Init,
+        };
         let init_failed = |store: &Store<HostState>, e: CallError| {
             let mut failure = classify(store, &e, "init", timeout);
             if let Some(printed) = store.data().output.take() {
                 failure.message.push_str(&printed_suffix(&printed));
             }
             Failure {
-                kind: FailureKind::Init,
+                kind: kind(store),
                 message: clamp(
                     format!(
                         "plugin `{}`: instantiating and initialising failed: {}",
@@ -113,7 +118,7 @@ impl PluginInstance {
                 last_logs: Vec::new(),
             }),
             Ok(Err(message)) => Err(Failure {
-                kind: FailureKind::Init,
+                kind: kind(&store),
                 message: format!(
                     "plugin `{}`: init refused the config: {}",
                     plugin.name,

@@ -27,7 +27,8 @@
 --   Any that fails: another host wrote what the batch read; write nothing and reply
 --   SLUICE_CONFLICT <key index>.
 -- ARGV[15 + 4R..] one record per event:
---   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter),
+--   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter, 'D' dead letter
+--   whose fields stay in the source, never copied: an entry over the job's size limit),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
 --   error or reason ('' if none), number of effects, then per effect an op and its args:
 --     'x' key, max length ('': no trimming), n, then n name/value pairs XADD
@@ -69,15 +70,11 @@ for i = 6, 5 + #key_types do
   if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
   end
-  -- A stream whose last id is the largest there is refuses every XADD: found here, before
-  -- anything is written, rather than half-way.
-  if t == 'stream' then
-    local info = redis.call('XINFO', 'STREAM', KEYS[i])
-    for f = 1, #info, 2 do
-      if info[f] == 'last-generated-id' and info[f + 1] == MAX_ID then
-        return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' stream-whose-ids-are-exhausted')
-      end
-    end
+  -- A stream holding the largest id there is refuses every XADD: found here, before
+  -- anything is written, rather than half-way. (An entry at that id since deleted is not
+  -- seen: XINFO STREAM would, but copies the stream's first and last entries each time.)
+  if t == 'stream' and #redis.call('XRANGE', KEYS[i], MAX_ID, '+', 'COUNT', 1) > 0 then
+    return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' stream-whose-ids-are-exhausted')
   end
   key_type[i] = t
 end
@@ -120,11 +117,12 @@ do
     pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
   end
 end
--- Counters must not overflow: INCRBY would fail half-way through the writes. The batch's
--- deltas per counter (of every event, whether written or not) are added to what it holds, and
--- a sum near the edge of a signed 64-bit integer refuses the batch before anything is written.
+-- Counters must not overflow, and must hold integers: INCRBY would fail half-way through the
+-- writes. Every counter's value is followed through the batch's deltas in order (of every
+-- event, whether written or not: a superset of what is written), and a value near the edge of
+-- a signed 64-bit integer at any step refuses the batch before anything is written.
 do
-  local sums = {}
+  local deltas, order = {}, {}
   local pos = FIRST
   while pos <= #ARGV do
     local n_effects = tonumber(ARGV[pos + 6])
@@ -132,15 +130,30 @@ do
     for _ = 1, n_effects do
       if ARGV[pos] == 'c' then
         local index = tonumber(ARGV[pos + 1])
-        sums[index] = (sums[index] or 0) + tonumber(ARGV[pos + 2])
+        if not deltas[index] then
+          deltas[index] = {}
+          order[#order + 1] = index
+        end
+        local d = deltas[index]
+        d[#d + 1] = tonumber(ARGV[pos + 2])
       end
       pos = past_effects(pos, 1)
     end
   end
-  for index, sum in pairs(sums) do
-    local now_at = tonumber(redis.call('GET', KEYS[index]) or '0') or 0
-    if math.abs(now_at + sum) >= 9.2e18 then
+  for _, index in ipairs(order) do
+    local stored = redis.call('GET', KEYS[index]) or '0'
+    if not string.match(stored, '^-?%d+$') or #stored > 20 then
+      return redis.error_reply('SLUICE_BADTARGET ' .. index .. ' counter-holding-a-non-integer')
+    end
+    local at = tonumber(stored)
+    if math.abs(at) >= 9.2e18 then
       return redis.error_reply('SLUICE_BADTARGET ' .. index .. ' counter-this-batch-would-overflow')
+    end
+    for _, delta in ipairs(deltas[index]) do
+      at = at + delta
+      if math.abs(at) >= 9.2e18 then
+        return redis.error_reply('SLUICE_BADTARGET ' .. index .. ' counter-this-batch-would-overflow')
+      end
     end
   end
 end
@@ -263,14 +276,19 @@ while pos <= #ARGV do
     else
       if tonumber(deliveries) > 1 then redis.call('ZREM', retry, id) end
       to_ack[#to_ack + 1] = id
-      if decision == 'd' then
+      if decision == 'd' or decision == 'D' then
         -- The original fields are copied when they fit in one call (Lua's unpack() is
-        -- bounded); otherwise they stay readable in the source stream at source-id.
-        local entry = redis.call('XRANGE', src, id, id)[1]
-        local copied = entry and #entry[2] <= 7000
+        -- bounded) and are not oversized; otherwise they stay readable in the source stream
+        -- at source-id (an oversized entry is not even read here).
+        local entry, copied, fields_at = nil, false, 'source'
+        if decision == 'd' then
+          entry = redis.call('XRANGE', src, id, id)[1]
+          copied = entry ~= nil and #entry[2] <= 7000
+          fields_at = copied and 'inline' or (entry and 'source' or 'deleted')
+        end
         local meta = {'sluice:source-id', id, 'sluice:source', src, 'sluice:deliveries', deliveries,
                       'sluice:error', text, 'sluice:plugin', plugin, 'sluice:dead-at', now,
-                      'sluice:fields', copied and 'inline' or (entry and 'source' or 'deleted')}
+                      'sluice:fields', fields_at}
         if copied then
           for _, v in ipairs(entry[2]) do meta[#meta + 1] = v end
         end

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redis::aio::ConnectionManager;
 
 use super::StreamJob;
-use crate::model::{Decision, Effect, Event, Outcome, ReadSet, now_ms};
+use crate::model::{Decision, Effect, Event, FailureKind, Outcome, ReadSet, now_ms};
 use crate::store::groups::parse_id;
 use crate::store::{Keys, StoreError, scripts};
 
@@ -60,11 +60,18 @@ pub struct BadTarget {
 pub struct StreamCommitter {
     pub(super) conn: ConnectionManager,
     pub(super) job: Arc<StreamJob>,
+    /// The runner's stop signal: waiting for replicas gives up once it is set.
+    pub(super) stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl StreamCommitter {
     pub fn job(&self) -> &StreamJob {
         &self.job
+    }
+
+    /// Hear the runner's stop signal (while waiting for replicas).
+    pub fn set_stop(&mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.stop = Some(stop);
     }
 
     /// Commit a handled batch: `outcomes[i]` and `decisions[i]` belong to `events[i]`.
@@ -165,6 +172,10 @@ impl StreamCommitter {
                 Decision::Retry { delay, error } => {
                     ("r", now + delay.as_millis() as u64, error.as_str())
                 }
+                // An oversized entry is not copied into the dead-letter stream (nor read).
+                Decision::Dead { reason } if matches!(outcome, Outcome::Failed(f) if f.kind == FailureKind::Oversized) => {
+                    ("D", 0, reason.as_str())
+                }
                 Decision::Dead { reason } => ("d", 0, reason.as_str()),
             };
             let effects = effects_of(i);
@@ -238,7 +249,7 @@ impl StreamCommitter {
         let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
             invocation.invoke_async(&mut self.conn).await;
         if reply.is_ok() {
-            self.replicated().await?;
+            self.replicated().await;
         }
         match reply {
             Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
@@ -283,41 +294,78 @@ impl StreamCommitter {
 }
 
 impl StreamCommitter {
-    /// Wait until the job's `wait_replicas` replicas have every write of this connection so
-    /// far (Redis `WAIT`), however long that takes: only then does the batch count as
-    /// committed, and the job go on. A connection error is the caller's to retry (the commit
-    /// script skips what it already wrote, and this waits again).
-    async fn replicated(&mut self) -> Result<(), StoreError> {
+    /// Wait until the job's `wait_replicas` replicas have every write so far (Redis `WAIT`),
+    /// however long that takes: only then does the batch count as committed, and the job go
+    /// on. Never fails: the batch is committed on the primary whatever happens here.
+    ///
+    /// - `WAIT` covers this connection's earlier writes; after a connection error it is a new
+    ///   connection, so a small write of its own (a probe key in the job's namespace) goes
+    ///   first: replicas that have it have everything written before it.
+    /// - A stopping runner gives up waiting (saying so): the batch is on the primary.
+    async fn replicated(&mut self) {
         let wanted = self.job.wait_replicas;
         if wanted == 0 {
-            return Ok(());
+            return;
         }
-        let mut waited = 0u32;
+        let job = self.job.job.clone();
+        let probe = format!("{}:wait-probe", self.job.job_key);
+        let (mut waited, mut errors) = (0u32, 0u32);
         loop {
-            let have: u32 = redis::cmd("WAIT")
+            if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+                tracing::warn!(
+                    job = &*job,
+                    wanted,
+                    "stopping before the replicas confirmed the last batch (it is committed on the primary)"
+                );
+                return;
+            }
+            if errors > 0 {
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(&probe)
+                    .arg(now_ms())
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut self.conn)
+                    .await;
+            }
+            let reply: redis::RedisResult<u32> = redis::cmd("WAIT")
                 .arg(wanted)
                 .arg(self.job.wait_timeout_ms)
                 .query_async(&mut self.conn)
-                .await?;
-            if have >= wanted {
-                if waited > 0 {
-                    tracing::info!(
-                        job = &*self.job.job,
-                        replicas = have,
-                        "replicas caught up; the job goes on"
-                    );
+                .await;
+            match reply {
+                Ok(have) if have >= wanted => {
+                    if waited > 0 || errors > 0 {
+                        tracing::info!(
+                            job = &*job,
+                            replicas = have,
+                            "replicas caught up; the job goes on"
+                        );
+                    }
+                    return;
                 }
-                return Ok(());
+                Ok(have) => {
+                    if waited == 0 {
+                        tracing::warn!(
+                            job = &*job,
+                            replicas = have,
+                            wanted,
+                            "waiting for replicas: the batch counts as committed once {wanted} have it"
+                        );
+                    }
+                    waited += 1;
+                }
+                Err(e) => {
+                    if errors.is_power_of_two() || errors == 0 {
+                        tracing::warn!(
+                            job = &*job,
+                            "waiting for replicas failed, trying again: {e}"
+                        );
+                    }
+                    errors += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
             }
-            if waited == 0 {
-                tracing::warn!(
-                    job = &*self.job.job,
-                    replicas = have,
-                    wanted,
-                    "waiting for replicas: the batch counts as committed once {wanted} have it"
-                );
-            }
-            waited += 1;
         }
     }
 }
@@ -431,6 +479,7 @@ impl StreamCommitter {
         StreamCommitter {
             conn: self.conn.clone(),
             job: self.job.clone(),
+            stop: None,
         }
     }
 }

@@ -193,6 +193,7 @@ pub async fn open(
         StreamCommitter {
             conn: commit_conn,
             job,
+            stop: None,
         },
     ))
 }
