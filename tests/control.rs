@@ -725,9 +725,13 @@ fn bad_registry_entries_are_skipped_and_the_host_serves_the_rest() {
         "spec": {"name": "bad", "source": "stream:in2", "plugin": "echo", "max_deliveries": 0},
         "state": "running", "changed_at": 1
     });
+    // And values that are not even text, or a run that is not a number: each costs only its
+    // own entry, never the whole registry.
     let _: () = redis::pipe()
         .hset("sluice:{ctl}:plugins", "broken", bad_version.to_string())
         .hset("sluice:{ctl}:jobs", "bad", bad_job.to_string())
+        .hset("sluice:{ctl}:jobs", "zz", b"\xff\xfe".as_slice())
+        .hset("sluice:{ctl}:runs", "bogus", "notanumber")
         .query(&mut conn)
         .unwrap();
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
@@ -746,6 +750,14 @@ fn bad_registry_entries_are_skipped_and_the_host_serves_the_rest() {
     ));
     assert!(host.is_running());
     assert_eq!(counter(&mut conn, "bad", "in2", "dead"), 0);
+    // The control plane still works: the listing, and a stop.
+    assert!(cli(&redis.url, "job list").contains("good"));
+    cli(&redis.url, "job stop good");
+    assert!(wait_for_log(
+        &host.log,
+        "job ended",
+        Duration::from_secs(10)
+    ));
     host.stop_ok();
 }
 

@@ -884,3 +884,54 @@ fn a_commit_meeting_readonly_charges_no_event() {
     });
     drop(copy);
 }
+
+#[test]
+fn a_state_read_meeting_busy_charges_no_event() {
+    // A plugin that reads job state, one delivery only: a read Redis refuses (BUSY) must
+    // cost no event.
+    let redis = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "in",
+        "max_deliveries = 1\nbatch = 16",
+        "",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    publish(
+        &mut conn,
+        "in",
+        200,
+        &[("action", "kv-incr"), ("key", "k{i}"), ("spin_ms", "10")],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let url = redis.url.clone();
+    let busy = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: redis::RedisResult<()> = redis::cmd("EVAL")
+            .arg(
+                "local t = redis.call('TIME') local until_s = t[1] + 2 \
+                 while tonumber(redis.call('TIME')[1]) < until_s do end",
+            )
+            .arg(0)
+            .query(&mut c);
+    });
+    busy.join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 200),
+        "acked {}",
+        counter(&mut conn, "j", "in", "acked")
+    );
+    assert_eq!(counter(&mut conn, "j", "in", "dead"), 0);
+    assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
+    let keys: Vec<String> = conn.keys("sluice:{in}:job:j:kv:*").unwrap();
+    assert_eq!(keys.len(), 200, "every increment landed once");
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(log.contains("not charged"), "the reads met BUSY:\n{log}");
+    host.stop_ok();
+}

@@ -216,6 +216,9 @@ pub enum FailureKind {
     /// The batch's reads of job state kept being changed by other hosts before it could
     /// commit (see [`ReadSet`]): handled again later on fresh state.
     Conflict,
+    /// A read of job state met Redis trouble: not the event's fault. The event is handled
+    /// again after a pause, never charged a delivery for it.
+    Unavailable,
     /// The input entry is over the job's `max_entry_bytes`: dead-lettered at once, never
     /// handed to the plugin (another delivery would be refused the same way).
     Oversized,
@@ -239,6 +242,7 @@ impl FailureKind {
             FailureKind::Abandoned => "abandoned",
             FailureKind::Conflict => "conflict",
             FailureKind::Oversized => "oversized",
+            FailureKind::Unavailable => "unavailable",
         }
     }
 }

@@ -33,6 +33,8 @@ pub(super) async fn commit_stage(
     let mut redos = 0u32;
     let mut redo_backoff =
         crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
+    // Pauses before handling again events whose state reads met Redis trouble.
+    let mut unavailable_backoff = redis_backoff();
     'batches: while let Some(Handled {
         events,
         mut outcomes,
@@ -49,7 +51,14 @@ pub(super) async fn commit_stage(
         // event is still all-or-nothing, and a big batch stays under Redis's request limits.
         let mut committed = Committed::default();
         let no_reads = ReadSet::default();
-        let mut ranges = chunks(&events, &outcomes);
+        // Events whose reads of job state met Redis trouble are not charged for it: from the
+        // first of them on, the batch is handled again after a pause; what precedes it is
+        // committed now.
+        let cut = outcomes
+            .iter()
+            .position(|o| matches!(o, Outcome::Failed(f) if f.kind == FailureKind::Unavailable))
+            .unwrap_or(outcomes.len());
+        let mut ranges = chunks(&events[..cut], &outcomes[..cut]);
         // Set once a state-reading batch gave up on its reads: its rest is failed, and
         // committed (retries scheduled) without read checks.
         let mut given_up = false;
@@ -110,7 +119,7 @@ pub(super) async fn commit_stage(
                     continue 'batches;
                 }
                 tracing::warn!(job = &*job, key = %key, redos, "the batch kept losing to other hosts' writes; its events are retried later");
-                for outcome in &mut outcomes[range.start..] {
+                for outcome in &mut outcomes[range.start..cut] {
                     *outcome = Outcome::failed(
                         FailureKind::Conflict,
                         format!("`{key}` kept changing under the batch ({redos} tries)"),
@@ -119,7 +128,7 @@ pub(super) async fn commit_stage(
                 // The rest again, failed, in chunks of its new cost (from this chunk on).
                 given_up = true;
                 ranges.truncate(n);
-                let rest = chunks(&events[range.start..], &outcomes[range.start..]);
+                let rest = chunks(&events[range.start..cut], &outcomes[range.start..cut]);
                 ranges.extend(
                     rest.into_iter()
                         .map(|r| r.start + range.start..r.end + range.start),
@@ -141,25 +150,31 @@ pub(super) async fn commit_stage(
                     return stats;
                 }
             };
-            committed.acked += c.acked;
-            committed.skipped += c.skipped;
-            committed.retried += c.retried;
-            committed.failed += c.failed;
-            committed.dead += c.dead;
-            committed.stale += c.stale;
+            add(&mut committed, &c);
             n += 1;
         }
+        if cut < events.len() {
+            observe(&observer, &in_flight, &events[..cut], &outcomes[..cut]);
+            add(&mut stats.committed, &committed);
+            let delay = unavailable_backoff.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(
+                job = &*job,
+                events = events.len() - cut,
+                "job state could not be read (Redis trouble): handling these events again in {delay:?}, not charged"
+            );
+            tokio::time::sleep(delay).await;
+            if redo.send(events[cut..].to_vec()).is_err() {
+                return stats;
+            }
+            continue 'batches;
+        }
+        unavailable_backoff = redis_backoff();
         redos = 0;
         redo_backoff = crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
         observe(&observer, &in_flight, &events, &outcomes);
         stats.batches += 1;
         let _ = committed_count.send(stats.batches);
-        stats.committed.acked += committed.acked;
-        stats.committed.skipped += committed.skipped;
-        stats.committed.retried += committed.retried;
-        stats.committed.failed += committed.failed;
-        stats.committed.dead += committed.dead;
-        stats.committed.stale += committed.stale;
+        add(&mut stats.committed, &committed);
         if committed.stale > 0 {
             tracing::info!(
                 job = &*job,
@@ -169,6 +184,16 @@ pub(super) async fn commit_stage(
         }
     }
     stats
+}
+
+/// Add what a commit did to a total.
+fn add(total: &mut Committed, c: &Committed) {
+    total.acked += c.acked;
+    total.skipped += c.skipped;
+    total.retried += c.retried;
+    total.failed += c.failed;
+    total.dead += c.dead;
+    total.stale += c.stale;
 }
 
 /// Committed events: no longer in flight here, and told to the observer.

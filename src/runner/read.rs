@@ -37,7 +37,9 @@ pub(super) async fn keep_fresh(
 const MAX_READ_BYTES: usize = 16 << 20;
 
 /// How many entries to ask for in one read: the job's batch, fewer when entries are big, so
-/// a read brings about [`MAX_READ_BYTES`] at most. Until sizes are known, a small read.
+/// a read brings about [`MAX_READ_BYTES`] at most. Until sizes are known, a small read (4
+/// entries). It adapts after each read: a read mixing many big entries among small ones can
+/// still bring its count times their size.
 struct ReadSize {
     batch: usize,
     /// Average bytes of the entries seen lately (None: nothing read yet).
@@ -54,7 +56,7 @@ impl ReadSize {
 
     fn count(&self) -> usize {
         match self.average {
-            None => self.batch.min(16),
+            None => self.batch.min(4),
             Some(avg) => (MAX_READ_BYTES / avg.max(1)).clamp(1, self.batch),
         }
     }
@@ -221,7 +223,7 @@ mod tests {
     #[test]
     fn reads_ask_for_fewer_entries_when_they_are_big() {
         let mut size = ReadSize::new(256);
-        assert_eq!(size.count(), 16, "small until sizes are known");
+        assert_eq!(size.count(), 4, "small until sizes are known");
         size.observe(&entries(16, 100));
         assert_eq!(size.count(), 256);
         size.observe(&entries(4, 1 << 20));

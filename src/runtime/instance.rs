@@ -185,6 +185,17 @@ impl PluginInstance {
         self.last_logs = std::mem::take(&mut call.logs);
         let max_string = self.store.data().guest.limits.max_guest_string_bytes;
         match result {
+            // Stopped at the deadline while a state read waited on Redis: Redis trouble.
+            Err(CallError::Blocked) if call.reading => {
+                self.poisoned = true;
+                Outcome::failed(
+                    FailureKind::Unavailable,
+                    format!(
+                        "reading job state took past the deadline of {} ms",
+                        budget.as_millis()
+                    ),
+                )
+            }
             Err(e) => {
                 self.poisoned = true;
                 let mut failure = classify(&self.store, &e, "the event", budget);
@@ -199,7 +210,7 @@ impl PluginInstance {
                 clamp(call.violation.unwrap_or_default(), max_string),
             ),
             Ok(_) if call.state_error.is_some() => Outcome::failed(
-                FailureKind::Error,
+                FailureKind::Unavailable,
                 clamp(call.state_error.unwrap_or_default(), max_string),
             ),
             Ok(Err(wit::HandlerError { message })) => {

@@ -63,6 +63,9 @@ pub fn clamp(mut s: String, max: usize) -> String {
     }
     s.truncate(end);
     s.push_str(&format!("… (cut: {len} bytes)"));
+    // Give the rest back: a 60 MiB message cut to 4 KiB must not keep 60 MiB until the batch
+    // commits.
+    s.shrink_to_fit();
     s
 }
 
@@ -217,5 +220,7 @@ mod tests {
     fn guest_strings_are_cut_with_a_marker() {
         assert_eq!(clamp("short".into(), 8), "short");
         assert_eq!(clamp("héllo wörld".into(), 2), "h… (cut: 13 bytes)");
+        let cut = clamp("x".repeat(1 << 20), 4096);
+        assert!(cut.capacity() < 8192, "kept {} bytes", cut.capacity());
     }
 }

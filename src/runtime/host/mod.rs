@@ -69,6 +69,8 @@ pub struct CallState {
     pub effect_bytes: usize,
     /// The state writes among `effects`, indexed for this event's own reads.
     pub writes: Writes,
+    /// A read of job state from Redis is under way (a call stopped now met Redis trouble).
+    pub reading: bool,
 }
 
 /// Log lines kept per call (all go to the host's tracing regardless).
@@ -205,6 +207,7 @@ fn truncate(mut s: String, max: usize) -> String {
         }
         s.truncate(end);
         s.push('…');
+        s.shrink_to_fit();
     }
     s
 }

@@ -96,10 +96,10 @@ impl HostState {
             let bytes = unknown.iter().map(|id| name.len() + id.len() + 8).sum();
             self.check_reads(unknown.len(), bytes)?;
             let reader = self.reader()?;
-            let scores = reader
-                .window_scores(name, &unknown)
-                .await
-                .map_err(|e| self.state_failed(e))?;
+            self.call.reading = true;
+            let scores = reader.window_scores(name, &unknown).await;
+            self.call.reading = false;
+            let scores = scores.map_err(|e| self.state_failed(e))?;
             if let Ok(mut b) = self.overlay.lock() {
                 b.read_bytes += bytes;
                 for (id, score) in unknown.iter().zip(scores) {
@@ -131,7 +131,10 @@ impl HostState {
         }
         self.check_reads(1, 0)?;
         let reader = self.reader()?;
-        let v = read(reader).await.map_err(|e| self.state_failed(e))?;
+        self.call.reading = true;
+        let v = read(reader).await;
+        self.call.reading = false;
+        let v = v.map_err(|e| self.state_failed(e))?;
         let bytes = size(&v);
         self.check_reads(1, bytes)?;
         if let Ok(mut b) = self.overlay.lock() {

@@ -186,18 +186,30 @@ impl Registry {
     /// Every plugin's current version and every job. Entries that do not decode are skipped
     /// (and logged), so one bad entry cannot stop a fleet.
     pub async fn snapshot(&mut self) -> Result<Snapshot> {
-        type Maps = (
-            BTreeMap<String, String>,
-            BTreeMap<String, String>,
-            BTreeMap<String, u64>,
-        );
-        let (plugins, jobs, runs): Maps = redis::pipe()
+        // Raw bytes, decoded entry by entry: one value that is not text (or a run that is not
+        // a number) must cost only its own entry, not the whole registry.
+        type Raw = Vec<(Vec<u8>, Vec<u8>)>;
+        let (plugins, jobs, runs): (Raw, Raw, Raw) = redis::pipe()
             .atomic()
             .hgetall(self.keys.ctl_plugins())
             .hgetall(self.keys.ctl_jobs())
             .hgetall(self.keys.ctl_runs())
             .query_async(&mut self.conn)
             .await?;
+        let plugins = text_entries("plugin", plugins);
+        let jobs = text_entries("job", jobs);
+        let runs: BTreeMap<String, u64> = text_entries("run", runs)
+            .into_iter()
+            .filter_map(|(name, run)| match run.parse() {
+                Ok(run) => Some((name, run)),
+                Err(_) => {
+                    tracing::error!(
+                        "registry: the run of job {name:?} is not a number ({run:?}); skipped"
+                    );
+                    None
+                }
+            })
+            .collect();
         let mut snapshot = Snapshot::default();
         // What Redis holds is untrusted: an entry that does not decode, or does not make sense
         // (a sha256 that is not one, a job spec that would not pass `job start`), is logged and
@@ -278,4 +290,27 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// The entries of a registry hash whose name and value are text; the others are logged and
+/// skipped.
+fn text_entries(what: &str, raw: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, String)> {
+    raw.into_iter()
+        .filter_map(
+            |(name, value)| match (String::from_utf8(name), String::from_utf8(value)) {
+                (Ok(name), Ok(value)) => Some((name, value)),
+                (Ok(name), Err(_)) => {
+                    tracing::error!(
+                        "registry: {what} {name:?} holds a value that is not text; skipped"
+                    );
+                    None
+                }
+                (Err(e), _) => {
+                    let name = String::from_utf8_lossy(e.as_bytes());
+                    tracing::error!("registry: a {what} named {name:?} is not text; skipped");
+                    None
+                }
+            },
+        )
+        .collect()
 }
