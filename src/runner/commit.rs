@@ -43,8 +43,15 @@ pub(super) async fn commit_stage(
     }) = input.recv().await
     {
         for (event, outcome) in events.iter().zip(&outcomes) {
-            if let Outcome::Failed(failure) = outcome {
-                tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
+            match outcome {
+                // Not the event's failure: said once for the batch below.
+                Outcome::Failed(f) if f.kind == FailureKind::Unavailable => {
+                    tracing::debug!(job = &*job, event = %event.id, "job state could not be read: {}", f.message);
+                }
+                Outcome::Failed(failure) => {
+                    tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
+                }
+                Outcome::Handled { .. } => {}
             }
         }
         // One script call per chunk of at most MAX_COMMIT_COST, in order: each

@@ -221,7 +221,7 @@ impl Registry {
                 Ok(v) => {
                     snapshot.plugins.insert(name, v);
                 }
-                Err(e) => tracing::error!("{e}"),
+                Err(e) => bad_entry(e.to_string()),
             }
         }
         for (name, json) in jobs {
@@ -232,7 +232,7 @@ impl Registry {
                     v.run = runs.get(&name).copied().unwrap_or(0);
                     snapshot.jobs.insert(name, v);
                 }
-                Err(e) => tracing::error!("{e}"),
+                Err(e) => bad_entry(e.to_string()),
             }
         }
         Ok(snapshot)
@@ -292,6 +292,22 @@ impl Registry {
     }
 }
 
+/// Log a bad registry entry: at error level the first time this process sees it, then at
+/// debug level (the registry is read every second; the entry stays until someone fixes it).
+fn bad_entry(message: String) {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.len() < 10_000 && seen.insert(message.clone()))
+        .unwrap_or(true);
+    if first {
+        tracing::error!("{message}");
+    } else {
+        tracing::debug!("{message}");
+    }
+}
+
 /// The entries of a registry hash whose name and value are text; the others are logged and
 /// skipped.
 fn text_entries(what: &str, raw: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, String)> {
@@ -307,7 +323,9 @@ fn text_entries(what: &str, raw: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, String
                 }
                 (Err(e), _) => {
                     let name = String::from_utf8_lossy(e.as_bytes());
-                    tracing::error!("registry: a {what} named {name:?} is not text; skipped");
+                    bad_entry(format!(
+                        "registry: a {what} named {name:?} is not text; skipped"
+                    ));
                     None
                 }
             },
