@@ -35,6 +35,17 @@ pub struct Config {
     /// A directory of plugins to load and watch (`[plugins] dir`).
     #[serde(default, rename = "plugins")]
     pub plugins_dir: PluginsDir,
+    /// The admin HTTP server (`[admin]`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server (`/live`, `/ready`, `/metrics`), e.g.
+    /// `127.0.0.1:9090`; unset (default): no server. `sluice run --admin ADDR` overrides it.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -228,6 +239,14 @@ impl Config {
                 "host.shutdown_grace_s".into(),
                 format!("must be at most 3600, got {}", h.shutdown_grace_s),
             ));
+        }
+        if let Some(listen) = &self.admin.listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                (
+                    "admin.listen".to_string(),
+                    format!("not an address like 127.0.0.1:9090 ({e}), got {listen:?}"),
+                )
+            })?;
         }
         if self
             .redis

@@ -10,6 +10,7 @@
 //! - [`runner`]: one job's pipeline — source → handler → committer;
 //! - [`runtime`]: wasmtime only (no Redis); [`store`]: Redis only (no wasmtime);
 //! - [`config`]: the config file's format, producing [`model`] values;
+//! - [`metrics`]: every metric sluice exports, declared in one place;
 //! - [`model`]: the shared floor — events, outcomes, policy, job specs; imports nothing of ours.
 #![deny(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod runtime;

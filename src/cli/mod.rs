@@ -59,6 +59,9 @@ pub enum Command {
         /// and changed files [default: `[plugins] dir`]
         #[arg(long)]
         plugins: Option<PathBuf>,
+        /// Serve /live, /ready and /metrics on this address [default: `[admin] listen`]
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Validate the config and load every plugin (compile, type-check, init) without side effects
     CheckConfig,
@@ -123,13 +126,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let ctx = Ctx::new(&cli, matches!(cli.command, Command::CheckConfig))?;
     match &cli.command {
-        Command::Run { plugins } => {
+        Command::Run { plugins, admin } => {
             // Hosts are stateless: without a config file, a host runs what the registry holds.
             if cli.config.is_none() && !Path::new("sluice.toml").exists() {
                 tracing::info!("no config file (sluice.toml): running the jobs of the registry");
             }
             let dir = plugins.clone().or(ctx.config.plugins_dir.dir.clone());
-            crate::host::run(ctx.config, cli.redis.clone(), dir, shutdown_signal()).await?;
+            let mut config = ctx.config;
+            if let Some(admin) = admin {
+                config.admin.listen = Some(admin.to_string());
+            }
+            crate::host::run(config, cli.redis.clone(), dir, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {

@@ -330,6 +330,7 @@ impl Assembly {
         }
         tracing::info!(job = %job.spec.name, from = short(&job.sha256), to = short(&ready.plugin.sha256), "new plugin version ready; switching at the next batch");
         job.sha256 = ready.plugin.sha256.clone();
+        crate::metrics::swap(&job.spec.name);
     }
 }
 

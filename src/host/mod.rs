@@ -10,6 +10,7 @@
 //! cache, registry), [`job`] (spec + plugin → running job, the one place a job is
 //! assembled), [`watch`] (`--plugins DIR`).
 
+pub mod admin;
 pub mod job;
 pub mod plan;
 pub mod plugins;
@@ -63,6 +64,12 @@ pub async fn run(
         tracing::error!("{e:#}");
     }
 
+    // The admin server answers from the start: /live at once, /ready once the registry is read.
+    let readiness = Arc::new(admin::Readiness::default());
+    let admin = match &config.admin.listen {
+        Some(addr) => Some(admin::start(addr.parse()?, readiness.clone()).await?),
+        None => None,
+    };
     let (url, embedded) = match config.redis.resolve(redis_url)? {
         Some(url) => (url, None),
         None => {
@@ -77,12 +84,26 @@ pub async fn run(
         () = &mut shutdown => None,
     };
     let result = match ready {
-        Some(Ok(())) => serve(&config, plugins, runtime, &url, plugins_dir, shutdown).await,
+        Some(Ok(())) => {
+            serve(
+                &config,
+                plugins,
+                runtime,
+                &url,
+                plugins_dir,
+                readiness,
+                shutdown,
+            )
+            .await
+        }
         Some(Err(e)) => Err(e),
         None => Ok(()),
     };
     if let Some(embedded) = embedded {
         embedded.stop().await;
+    }
+    if let Some(admin) = admin {
+        admin.abort();
     }
     result
 }
@@ -93,6 +114,7 @@ async fn serve(
     runtime: Arc<Runtime>,
     url: &str,
     plugins_dir: Option<PathBuf>,
+    readiness: Arc<admin::Readiness>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let keys = Keys::new(&config.host.prefix);
@@ -132,6 +154,7 @@ async fn serve(
         preparing: JoinSet::new(),
         prep_ids: HashMap::new(),
         ready: HashMap::new(),
+        readiness,
     };
     tracing::info!(redis = %redact_url(url), consumer, "sluice ready");
 

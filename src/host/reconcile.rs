@@ -16,6 +16,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio::task::JoinSet;
 
+use std::sync::Arc;
+
+use super::admin::Readiness;
 use super::job::{Assembly, JobResult, Ready, RunningJob};
 use super::plan::{Running, plan};
 use super::plugins::{self, Failure, Plugins};
@@ -47,6 +50,8 @@ pub struct Host {
     pub prep_ids: HashMap<tokio::task::Id, Target>,
     /// Finished preparations waiting for the next reconcile to apply them.
     pub ready: HashMap<Target, Ready>,
+    /// What `/ready` reports.
+    pub readiness: Arc<Readiness>,
 }
 
 /// A version of a job's plugin for one run of the job: what a preparation is for.
@@ -72,6 +77,7 @@ impl Host {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("reading the control registry failed: {e}");
+                self.readiness.failed(e.to_string());
                 return;
             }
         };
@@ -133,6 +139,38 @@ impl Host {
             .chain(self.jobs.values().map(|j| &j.sha256))
             .collect();
         self.plugins.retain(&keep);
+        self.readiness.read(self.not_running(&snapshot));
+        crate::metrics::jobs_running(self.jobs.len());
+    }
+
+    /// The jobs the registry wants running that this host does not run, each with why.
+    fn not_running(&self, snapshot: &Snapshot) -> Vec<String> {
+        let mut why = Vec::new();
+        for (name, entry) in &snapshot.jobs {
+            if entry.state != JobState::Running || self.jobs.contains_key(name) {
+                continue;
+            }
+            let plugin = &entry.spec.plugin;
+            let reason = match snapshot.plugins.get(plugin) {
+                None => format!("job {name}: waits for plugin {plugin}, which is not loaded"),
+                Some(v)
+                    if self
+                        .refused
+                        .contains(&(name.clone(), entry.run, v.sha256.clone())) =>
+                {
+                    format!(
+                        "job {name}: this host refused version {} of plugin {plugin}",
+                        short(&v.sha256)
+                    )
+                }
+                Some(v) => format!(
+                    "job {name}: starting (preparing version {} of plugin {plugin})",
+                    short(&v.sha256)
+                ),
+            };
+            why.push(reason);
+        }
+        why
     }
 
     /// Prepare `target` as a task of its own: fetch and compile the version unless this host
@@ -235,6 +273,7 @@ impl Host {
                     "plugin version refused: {reason}"
                 );
                 self.refused.insert((name.clone(), target.run, sha.clone()));
+                crate::metrics::refusal(&target.plugin);
                 let host = self.assembly.consumer.clone();
                 if let Err(e) = self
                     .registry

@@ -28,6 +28,12 @@ pub(super) async fn commit_stage(
     redo: mpsc::UnboundedSender<Vec<Event>>,
 ) -> RunnerStats {
     let job = committer.job().job.clone();
+    // The job's source events are what `sluice_events_total` counts (as `job status` does);
+    // the lifecycle runner's job-started and job-finished are not.
+    let source = matches!(
+        committer.job().entries,
+        crate::store::stream::Entries::Source
+    );
     let mut stats = RunnerStats::default();
     // Conflicts of the batch being committed (its redos come back through `input`).
     let mut redos = 0u32;
@@ -50,6 +56,7 @@ pub(super) async fn commit_stage(
                 }
                 Outcome::Failed(failure) => {
                     tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
+                    crate::metrics::failure(&job, failure);
                 }
                 Outcome::Handled { .. } => {}
             }
@@ -95,6 +102,7 @@ pub(super) async fn commit_stage(
                 Some(_) => Some(&no_reads),
                 None => None,
             };
+            let started = std::time::Instant::now();
             let result = commit(
                 &mut committer,
                 &delivery,
@@ -104,8 +112,10 @@ pub(super) async fn commit_stage(
                 &version,
             )
             .await;
+            crate::metrics::commit_time(&job, started.elapsed());
             if let Commit::Conflict(key) = &result {
                 stats.conflicts += 1;
+                crate::metrics::conflict(&job);
                 committer.count_conflict().await;
                 let rest = events[range.start..].to_vec();
                 if redos < MAX_REDOS {
@@ -158,6 +168,19 @@ pub(super) async fn commit_stage(
                 }
             };
             add(&mut committed, &c);
+            if source {
+                crate::metrics::committed(
+                    &job,
+                    &version,
+                    [
+                        ("acked", c.acked),
+                        ("skipped", c.skipped),
+                        ("retried", c.retried),
+                        ("failed", c.failed),
+                        ("dead", c.dead),
+                    ],
+                );
+            }
             n += 1;
         }
         if cut < events.len() {

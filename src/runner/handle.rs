@@ -47,6 +47,7 @@ pub(super) async fn handle_stage(
             }
             handled += 1;
             loop {
+                let started = Instant::now();
                 let (h, mut evs, outcomes, reads) = tokio::task::spawn_blocking(move || {
                     let outcomes = handle_batch(handler.as_mut(), &events, &delivery);
                     let reads = handler.take_reads();
@@ -55,6 +56,9 @@ pub(super) async fn handle_stage(
                 .await
                 .map_err(|e| anyhow::anyhow!("the handler panicked: {e}"))?;
                 handler = h;
+                if let Some(e) = evs.first() {
+                    crate::metrics::handled(&e.job, outcomes.len(), started.elapsed());
+                }
                 if outcomes.len() < evs.len() {
                     pieces.push_front(evs.split_off(outcomes.len()));
                 }

@@ -1,0 +1,164 @@
+//! The admin HTTP server of a host (`[admin] listen`, `sluice run --admin ADDR`): probes for
+//! systemd or Kubernetes and metrics for Prometheus.
+//!
+//! - `GET /live`: 200 while the process serves HTTP at all.
+//! - `GET /ready`: 200 when the last reconcile read the registry from Redis (within the last
+//!   few seconds) and every job the registry wants here runs; else 503 with the reasons, as
+//!   JSON. A Redis outage turns it 503, and back once Redis answers.
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`] lists every metric).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+/// A reconcile older than this means the host lost touch with Redis (it runs every second).
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// What the reconcile loop last saw, for `/ready`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    state: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// When the registry was last read; None: never.
+    read_at: Option<Instant>,
+    /// Why the last read failed, if it did.
+    redis_error: Option<String>,
+    /// Jobs the registry wants here that do not run, with why.
+    not_running: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ready: bool,
+    reasons: Vec<String>,
+}
+
+impl Readiness {
+    /// The registry was read; `not_running` are the wanted jobs that do not run, with why.
+    pub fn read(&self, not_running: Vec<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.read_at = Some(Instant::now());
+            s.redis_error = None;
+            s.not_running = not_running;
+        }
+    }
+
+    /// Reading the registry failed.
+    pub fn failed(&self, error: String) {
+        if let Ok(mut s) = self.state.lock() {
+            s.redis_error = Some(error);
+        }
+    }
+
+    fn report(&self) -> Report {
+        let Ok(s) = self.state.lock() else {
+            return Report {
+                ready: false,
+                reasons: vec!["readiness state poisoned".into()],
+            };
+        };
+        let mut reasons = Vec::new();
+        if let Some(e) = &s.redis_error {
+            reasons.push(format!("redis: reading the registry failed: {e}"));
+        }
+        match s.read_at {
+            None => reasons.push("the registry has not been read yet".into()),
+            Some(at) if at.elapsed() > STALE_AFTER => reasons.push(format!(
+                "the registry was last read {} s ago",
+                at.elapsed().as_secs()
+            )),
+            Some(_) => {}
+        }
+        reasons.extend(s.not_running.iter().cloned());
+        Report {
+            ready: reasons.is_empty(),
+            reasons,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Admin {
+    readiness: Arc<Readiness>,
+    metrics: PrometheusHandle,
+}
+
+/// Install the Prometheus recorder (once per process) and serve the admin endpoints on
+/// `addr` until the returned task is aborted. Fails if the address cannot be bound.
+pub async fn start(
+    addr: SocketAddr,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let metrics = recorder()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin server: cannot listen on {addr}: {e}"))?;
+    let upkeep = metrics.clone();
+    let app = Router::new()
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render))
+        .with_state(Admin { readiness, metrics });
+    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics)");
+    Ok(tokio::spawn(async move {
+        // Histograms are kept in windows the recorder compacts now and then.
+        let upkeep = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin server stopped: {e}");
+        }
+        upkeep.abort();
+    }))
+}
+
+/// The process's Prometheus recorder, installed on first use.
+fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .set_buckets_for_metric(
+            Matcher::Full("sluice_batch_events".into()),
+            &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10_000.0],
+        )?
+        .install_recorder()?;
+    crate::metrics::describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+async fn ready(State(admin): State<Admin>) -> Response {
+    let report = admin.readiness.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn render(State(admin): State<Admin>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+        .into_response()
+}

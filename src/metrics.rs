@@ -1,0 +1,110 @@
+//! Every metric sluice exports, declared here and only here: names, labels, units and what
+//! they count. The rest of the code records through these functions, so `/metrics` and
+//! README's list cannot drift apart. Recorded with the `metrics` facade; `sluice run --admin`
+//! installs the Prometheus recorder (without it, recording is a no-op).
+//!
+//! | metric | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `sluice_events_total` | counter | `job`, `version`, `outcome` | events committed by this host: `outcome` is `acked`, `skipped`, `retried`, `failed` (a failed delivery, also counted as retried or dead), `dead` |
+//! | `sluice_handle_seconds` | histogram | `job` | time to hand one batch to the plugin |
+//! | `sluice_commit_seconds` | histogram | `job` | time to commit one batch (all its scripts, retries included) |
+//! | `sluice_batch_events` | histogram | `job` | events per handled batch |
+//! | `sluice_plugin_failures_total` | counter | `job`, `kind` | failed calls by kind: `error`, `trap`, `timeout`, `memory`, `limit`, `init`, `abandoned`, `conflict`, `oversized`, `unavailable` |
+//! | `sluice_conflicts_total` | counter | `job` | commits refused because another host wrote what the batch read |
+//! | `sluice_swaps_total` | counter | `job` | plugin versions handed to a running job |
+//! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
+//! | `sluice_jobs_running` | gauge | | jobs this host runs |
+//! | `sluice_build_info` | gauge | `version` | 1, labelled with sluice's version |
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+use crate::model::Failure;
+
+/// Describe every metric (once, when the recorder is installed).
+pub fn describe() {
+    describe_counter!(
+        "sluice_events_total",
+        "Events committed by this host, by job, plugin version and outcome"
+    );
+    describe_histogram!(
+        "sluice_handle_seconds",
+        metrics::Unit::Seconds,
+        "Time to hand one batch to the plugin"
+    );
+    describe_histogram!(
+        "sluice_commit_seconds",
+        metrics::Unit::Seconds,
+        "Time to commit one batch"
+    );
+    describe_histogram!("sluice_batch_events", "Events per handled batch");
+    describe_counter!(
+        "sluice_plugin_failures_total",
+        "Failed plugin calls, by job and kind"
+    );
+    describe_counter!(
+        "sluice_conflicts_total",
+        "Commits refused because another host wrote what the batch read"
+    );
+    describe_counter!(
+        "sluice_swaps_total",
+        "Plugin versions handed to a running job"
+    );
+    describe_counter!("sluice_refusals_total", "Plugin versions this host refused");
+    describe_gauge!("sluice_jobs_running", "Jobs this host runs");
+    describe_gauge!("sluice_build_info", "1, labelled with sluice's version");
+    gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// What one commit of a batch of `job` (plugin `version`) did.
+pub fn committed(job: &str, version: &str, outcomes: [(&'static str, u64); 5]) {
+    for (outcome, n) in outcomes {
+        if n > 0 {
+            counter!("sluice_events_total", "job" => job.to_string(), "version" => short(version), "outcome" => outcome)
+                .increment(n);
+        }
+    }
+}
+
+/// A batch of `events` handled in `took`.
+pub fn handled(job: &str, events: usize, took: Duration) {
+    histogram!("sluice_handle_seconds", "job" => job.to_string()).record(took.as_secs_f64());
+    histogram!("sluice_batch_events", "job" => job.to_string()).record(events as f64);
+}
+
+/// A batch committed in `took`.
+pub fn commit_time(job: &str, took: Duration) {
+    histogram!("sluice_commit_seconds", "job" => job.to_string()).record(took.as_secs_f64());
+}
+
+/// A failed plugin call.
+pub fn failure(job: &str, failure: &Failure) {
+    counter!("sluice_plugin_failures_total", "job" => job.to_string(), "kind" => failure.kind.as_str())
+        .increment(1);
+}
+
+/// A commit refused for a conflict.
+pub fn conflict(job: &str) {
+    counter!("sluice_conflicts_total", "job" => job.to_string()).increment(1);
+}
+
+/// A new plugin version handed to a running job.
+pub fn swap(job: &str) {
+    counter!("sluice_swaps_total", "job" => job.to_string()).increment(1);
+}
+
+/// A plugin version refused.
+pub fn refusal(plugin: &str) {
+    counter!("sluice_refusals_total", "plugin" => plugin.to_string()).increment(1);
+}
+
+/// Jobs running here now.
+pub fn jobs_running(n: usize) {
+    gauge!("sluice_jobs_running").set(n as f64);
+}
+
+/// The short form of a version (sha256) used as a label.
+fn short(version: &str) -> String {
+    crate::model::short(version).to_string()
+}
