@@ -104,20 +104,31 @@ impl RedisConfig {
     /// The URL to use: `over` (`--redis`, `SLUICE_REDIS_URL`), else `url`; with the password
     /// of `password_file` put in (None: no URL, start or find the embedded Redis).
     pub fn resolve(&self, over: Option<String>) -> anyhow::Result<Option<String>> {
+        self.resolve_with(over, std::env::var("SLUICE_REDIS_PASSWORD").ok())
+    }
+
+    /// [`RedisConfig::resolve`], with the password of `SLUICE_REDIS_PASSWORD` given (a
+    /// `password_file` wins over it).
+    fn resolve_with(
+        &self,
+        over: Option<String>,
+        env_password: Option<String>,
+    ) -> anyhow::Result<Option<String>> {
         let Some(url) = over.or_else(|| self.url.clone()) else {
             return Ok(None);
         };
-        let Some(path) = &self.password_file else {
-            return Ok(Some(url));
+        let password = match &self.password_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("reading the Redis password file {}: {e}", path.display())
+            })?,
+            None => match env_password.filter(|p| !p.is_empty()) {
+                Some(password) => password,
+                None => return Ok(Some(url)),
+            },
         };
-        let password = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!("reading the Redis password file {}: {e}", path.display())
-        })?;
         with_password(&url, password.trim_end_matches(['\r', '\n']))
             .map(Some)
-            .ok_or_else(|| {
-                anyhow::anyhow!("[redis] password_file: the URL has no host to log in to")
-            })
+            .ok_or_else(|| anyhow::anyhow!("the Redis URL has no host to log in to"))
     }
 }
 
@@ -465,6 +476,26 @@ mod tests {
         assert_eq!(
             r.resolve(Some("redis://o:1".into())).unwrap().as_deref(),
             Some("redis://:s3cret@o:1")
+        );
+        // SLUICE_REDIS_PASSWORD applies when no file is configured; the file wins over it.
+        let plain = RedisConfig {
+            url: Some("redis://h".into()),
+            ..RedisConfig::default()
+        };
+        assert_eq!(
+            plain
+                .resolve_with(None, Some("env".into()))
+                .unwrap()
+                .as_deref(),
+            Some("redis://:env@h")
+        );
+        assert_eq!(
+            plain.resolve_with(None, None).unwrap().as_deref(),
+            Some("redis://h")
+        );
+        assert_eq!(
+            r.resolve_with(None, Some("env".into())).unwrap().as_deref(),
+            Some("redis://:s3cret@h")
         );
     }
 }

@@ -401,3 +401,58 @@ fn a_redis_that_evicts_any_key_is_refused_at_start() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("maxmemory-policy allkeys-lru"), "{text}");
 }
+
+#[test]
+fn the_redis_password_comes_from_the_environment_or_a_file_never_argv() {
+    let redis = RedisServer::start();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: Option<&str>, config: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["job", "list", "--redis", &url])
+            .env_remove("SLUICE_REDIS_URL")
+            .env_remove("SLUICE_REDIS_PASSWORD")
+            .env("SLUICE_DATA_DIR", dir.path());
+        if let Some(pw) = env {
+            cmd.env("SLUICE_REDIS_PASSWORD", pw);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(Some("s3cret"), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = run(Some("nope"), None);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.to_lowercase().contains("auth") || err.contains("password"),
+        "{err}"
+    );
+    assert!(!err.contains("nope"), "the password was printed: {err}");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!("[redis]\npassword_file = \"{}\"\n", file.display()),
+    )
+    .unwrap();
+    let out = run(None, Some(&cfg));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
