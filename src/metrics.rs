@@ -14,6 +14,10 @@
 //! | `sluice_swaps_total` | counter | `job` | plugin versions handed to a running job |
 //! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
 //! | `sluice_jobs_running` | gauge | | jobs this host runs |
+//! | `sluice_job_lag` | gauge | `job` | entries of the source not yet delivered to the job's group (read from Redis at scrape time, fleet-wide) |
+//! | `sluice_job_pending` | gauge | `job` | entries delivered and not yet acknowledged (fleet-wide) |
+//! | `sluice_job_retries_scheduled` | gauge | `job` | retries waiting for their time (fleet-wide) |
+//! | `sluice_job_dead_letters` | gauge | `job` | entries in the job's dead-letter stream |
 //! | `sluice_build_info` | gauge | `version` | 1, labelled with sluice's version |
 
 use std::time::Duration;
@@ -53,6 +57,22 @@ pub fn describe() {
     );
     describe_counter!("sluice_refusals_total", "Plugin versions this host refused");
     describe_gauge!("sluice_jobs_running", "Jobs this host runs");
+    describe_gauge!(
+        "sluice_job_lag",
+        "Entries of the source not yet delivered to the job's group"
+    );
+    describe_gauge!(
+        "sluice_job_pending",
+        "Entries delivered to the job's group and not yet acknowledged"
+    );
+    describe_gauge!(
+        "sluice_job_retries_scheduled",
+        "Retries of the job waiting for their time"
+    );
+    describe_gauge!(
+        "sluice_job_dead_letters",
+        "Entries in the job's dead-letter stream"
+    );
     describe_gauge!("sluice_build_info", "1, labelled with sluice's version");
     gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -102,6 +122,16 @@ pub fn refusal(plugin: &str) {
 /// Jobs running here now.
 pub fn jobs_running(n: usize) {
     gauge!("sluice_jobs_running").set(n as f64);
+}
+
+/// A job's state as Redis holds it (sampled at scrape time).
+pub fn job_state(job: &str, lag: Option<u64>, pending: u64, scheduled: u64, dead_letters: u64) {
+    if let Some(lag) = lag {
+        gauge!("sluice_job_lag", "job" => job.to_string()).set(lag as f64);
+    }
+    gauge!("sluice_job_pending", "job" => job.to_string()).set(pending as f64);
+    gauge!("sluice_job_retries_scheduled", "job" => job.to_string()).set(scheduled as f64);
+    gauge!("sluice_job_dead_letters", "job" => job.to_string()).set(dead_letters as f64);
 }
 
 /// The short form of a version (sha256) used as a label.

@@ -100,6 +100,24 @@ fn probes_and_metrics_tell_the_truth() {
     );
     assert!(metrics.contains("sluice_commit_seconds_count"), "{metrics}");
     assert_eq!(sample(&metrics, "sluice_jobs_running", &[]), Some(1.0));
+    // The job's state, read from Redis at scrape time, as `job status` reads it.
+    assert_eq!(
+        sample(&metrics, "sluice_job_dead_letters", &[("job", "j")]),
+        Some(10.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_pending", &[("job", "j")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_lag", &[("job", "j")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_retries_scheduled", &[("job", "j")]),
+        Some(0.0)
+    );
     assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
 
     // Redis goes away: /ready says so (503, with the reason), and comes back with it.

@@ -5,7 +5,9 @@
 //! - `GET /ready`: 200 when the last reconcile read the registry from Redis (within the last
 //!   few seconds) and every job the registry wants here runs; else 503 with the reasons, as
 //!   JSON. A Redis outage turns it 503, and back once Redis answers.
-//! - `GET /metrics`: Prometheus text ([`crate::metrics`] lists every metric).
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`] lists every metric); the per-job
+//!   gauges (lag, pending, scheduled retries, dead letters) are read from Redis at scrape
+//!   time, a few commands per job.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,15 +19,20 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis::aio::ConnectionManager;
 use serde::Serialize;
+
+use crate::store::Keys;
 
 /// A reconcile older than this means the host lost touch with Redis (it runs every second).
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
-/// What the reconcile loop last saw, for `/ready`.
-#[derive(Debug, Default)]
+/// What the host tells the admin server: what the reconcile loop last saw (for `/ready`),
+/// and, once Redis is up, a connection to sample each running job's state (for `/metrics`).
+#[derive(Default)]
 pub struct Readiness {
     state: Mutex<Seen>,
+    redis: std::sync::OnceLock<(ConnectionManager, Keys)>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +43,8 @@ struct Seen {
     redis_error: Option<String>,
     /// Jobs the registry wants here that do not run, with why.
     not_running: Vec<String>,
+    /// Jobs running here.
+    running: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -45,12 +54,40 @@ struct Report {
 }
 
 impl Readiness {
-    /// The registry was read; `not_running` are the wanted jobs that do not run, with why.
-    pub fn read(&self, not_running: Vec<String>) {
+    /// The registry was read; `not_running` are the wanted jobs that do not run, with why;
+    /// `running` those that run here.
+    pub fn read(&self, not_running: Vec<String>, running: Vec<String>) {
         if let Ok(mut s) = self.state.lock() {
             s.read_at = Some(Instant::now());
             s.redis_error = None;
             s.not_running = not_running;
+            s.running = running;
+        }
+    }
+
+    /// Redis is up: where `/metrics` samples each running job's lag, pending entries,
+    /// scheduled retries and dead letters.
+    pub fn attach(&self, conn: ConnectionManager, keys: Keys) {
+        let _ = self.redis.set((conn, keys));
+    }
+
+    /// Set the job gauges from Redis (each job's status, bounded in time: a scrape during an
+    /// outage returns what it has).
+    async fn sample(&self) {
+        let Some((conn, keys)) = self.redis.get() else {
+            return;
+        };
+        let running = self
+            .state
+            .lock()
+            .map(|s| s.running.clone())
+            .unwrap_or_default();
+        let mut conn = conn.clone();
+        for job in running {
+            let status = crate::store::jobs::status(&mut conn, keys, &job);
+            if let Ok(Ok(Some(s))) = tokio::time::timeout(Duration::from_secs(1), status).await {
+                crate::metrics::job_state(&job, s.lag, s.pending, s.scheduled, s.dead_letters);
+            }
         }
     }
 
@@ -156,6 +193,7 @@ async fn ready(State(admin): State<Admin>) -> Response {
 }
 
 async fn render(State(admin): State<Admin>) -> Response {
+    admin.readiness.sample().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),

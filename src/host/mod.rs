@@ -122,6 +122,7 @@ async fn serve(
     let conn = store::connect(url, RESPONSE_MARGIN)
         .await
         .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+    readiness.attach(conn.clone(), keys.clone());
     let mut registry = Registry::new(conn.clone(), keys.clone());
     register::register_config(&mut registry, config, &plugins, &consumer).await;
 

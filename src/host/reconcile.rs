@@ -139,7 +139,10 @@ impl Host {
             .chain(self.jobs.values().map(|j| &j.sha256))
             .collect();
         self.plugins.retain(&keep);
-        self.readiness.read(self.not_running(&snapshot));
+        self.readiness.read(
+            self.not_running(&snapshot),
+            self.jobs.keys().cloned().collect(),
+        );
         crate::metrics::jobs_running(self.jobs.len());
     }
 
