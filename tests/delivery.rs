@@ -831,22 +831,26 @@ fn commit_meets(what: &str, redis: &RedisServer, trouble: impl FnOnce() -> Box<d
     host.stop_ok();
 }
 
+/// Run a script that keeps Redis busy for about `secs` s: everyone else is told BUSY (with
+/// `--busy-reply-threshold` below it).
+fn keep_busy(url: &str, secs: u32) {
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let _: redis::RedisResult<()> = redis::cmd("EVAL")
+        .arg(
+            "local until_s = redis.call('TIME')[1] + ARGV[1] \
+             while tonumber(redis.call('TIME')[1]) < until_s do end",
+        )
+        .arg(0)
+        .arg(secs)
+        .query(&mut c);
+}
+
 #[test]
 fn a_commit_meeting_busy_charges_no_event() {
     let redis = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
     let url = redis.url.clone();
     commit_meets("BUSY", &redis, move || {
-        // A script that keeps Redis busy for 3 s: everyone else is told BUSY.
-        let busy = std::thread::spawn(move || {
-            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let _: redis::RedisResult<()> = redis::cmd("EVAL")
-                .arg(
-                    "local t = redis.call('TIME') local until_s = t[1] + 3 \
-                     while tonumber(redis.call('TIME')[1]) < until_s do end",
-                )
-                .arg(0)
-                .query(&mut c);
-        });
+        let busy = std::thread::spawn(move || keep_busy(&url, 3));
         Box::new(move || drop(busy.join()))
     });
 }
@@ -904,33 +908,23 @@ fn a_state_read_meeting_busy_charges_no_event() {
     publish(
         &mut conn,
         "in",
-        200,
+        400,
         &[("action", "kv-incr"), ("key", "k{i}"), ("spin_ms", "10")],
     );
     std::thread::sleep(Duration::from_millis(300));
     let url = redis.url.clone();
-    let busy = std::thread::spawn(move || {
-        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let _: redis::RedisResult<()> = redis::cmd("EVAL")
-            .arg(
-                "local t = redis.call('TIME') local until_s = t[1] + 2 \
-                 while tonumber(redis.call('TIME')[1]) < until_s do end",
-            )
-            .arg(0)
-            .query(&mut c);
-    });
-    busy.join().unwrap();
+    keep_busy(&url, 2);
     assert!(
         wait_until(Duration::from_secs(60), || counter(
             &mut conn, "j", "in", "acked"
-        ) == 200),
+        ) == 400),
         "acked {}",
         counter(&mut conn, "j", "in", "acked")
     );
     assert_eq!(counter(&mut conn, "j", "in", "dead"), 0);
     assert_eq!(counter(&mut conn, "j", "in", "failed"), 0);
     let keys: Vec<String> = conn.keys("sluice:{in}:job:j:kv:*").unwrap();
-    assert_eq!(keys.len(), 200, "every increment landed once");
+    assert_eq!(keys.len(), 400, "every increment landed once");
     let log = std::fs::read_to_string(&host.log).unwrap();
     assert!(log.contains("not charged"), "the reads met BUSY:\n{log}");
     host.stop_ok();
