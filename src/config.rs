@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{AppendFsync, JobSpec, check_name};
+use crate::model::connection::{Keepalive, Tls};
+use crate::model::{AppendFsync, Connection, JobSpec, check_name};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -82,7 +83,7 @@ impl Default for HostConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`, `rediss://…` or `unix:///path`. Omitted: start
     /// an embedded `redis-server` in the data dir.
@@ -98,9 +99,112 @@ pub struct RedisConfig {
     /// `no` (when the OS flushes).
     #[serde(default)]
     pub embedded_appendfsync: AppendFsync,
+    /// The ACL user to log in as (a username in the URL wins), with the password of the URL,
+    /// `password_file` or `SLUICE_REDIS_PASSWORD`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// For `rediss://`: a PEM file of the CA that signed the server's certificate (default:
+    /// the system's trusted roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://` with mutual TLS: PEM files of this client's certificate and its key.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept a server certificate that does not name the URL's host (default false; only
+    /// for a test setup: it lets anyone with a certificate of that CA pose as the server).
+    #[serde(default)]
+    pub tls_insecure: bool,
+    /// One attempt to connect (TCP, TLS, login) gives up after this (default 2000).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// A reply is awaited this long (on top of a blocking read's block time) before the
+    /// command fails and the connection is made again (default 10000).
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// TCP keepalive: the first probe after this many idle seconds (default 30; 0: off, the
+    /// OS default), then every `keepalive_interval_s` (default 10); the connection is
+    /// dropped after `keepalive_count` unanswered probes (default 3).
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    #[serde(default = "default_keepalive_interval_s")]
+    pub keepalive_interval_s: u64,
+    #[serde(default = "default_keepalive_count")]
+    pub keepalive_count: u32,
+    /// Reconnect backoff: the first delay (default 100 ms) and the longest (default 2000).
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// The protocol: `resp2` (default) or `resp3`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The Redis protocol version (`[redis] protocol`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+fn default_response_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_s() -> u64 {
+    30
+}
+fn default_keepalive_interval_s() -> u64 {
+    10
+}
+fn default_keepalive_count() -> u32 {
+    3
+}
+fn default_reconnect_min_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    2000
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the defaults parse")
+    }
 }
 
 impl RedisConfig {
+    /// Every connection setting but the URL.
+    pub fn connection(&self) -> Connection {
+        let ms = std::time::Duration::from_millis;
+        let secs = std::time::Duration::from_secs;
+        Connection {
+            username: self.username.clone(),
+            tls: Tls {
+                ca_file: self.tls_ca_file.clone(),
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+                insecure: self.tls_insecure,
+            },
+            connect_timeout: ms(self.connect_timeout_ms),
+            response_timeout: ms(self.response_timeout_ms),
+            keepalive: (self.keepalive_s > 0).then(|| Keepalive {
+                idle: secs(self.keepalive_s),
+                interval: secs(self.keepalive_interval_s),
+                count: self.keepalive_count,
+            }),
+            reconnect_min: ms(self.reconnect_min_ms),
+            reconnect_max: ms(self.reconnect_max_ms),
+            resp3: self.protocol == Protocol::Resp3,
+        }
+    }
+
     /// The URL to use: `over` (`--redis`, `SLUICE_REDIS_URL`), else `url`; with the password
     /// of `password_file` put in (None: no URL, start or find the embedded Redis).
     pub fn resolve(&self, over: Option<String>) -> anyhow::Result<Option<String>> {
@@ -129,6 +233,71 @@ impl RedisConfig {
         with_password(&url, password.trim_end_matches(['\r', '\n']))
             .map(Some)
             .ok_or_else(|| anyhow::anyhow!("the Redis URL has no host to log in to"))
+    }
+}
+
+impl RedisConfig {
+    /// Check the connection settings, naming the field at fault.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let field = |f: &str| format!("redis.{f}");
+        let range = |f: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err((field(f), format!("must be {lo} to {hi}, got {v}")))
+            } else {
+                Ok(())
+            }
+        };
+        range("connect_timeout_ms", self.connect_timeout_ms, 10, 300_000)?;
+        range(
+            "response_timeout_ms",
+            self.response_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        if self.keepalive_s > 0 {
+            range("keepalive_s", self.keepalive_s, 1, 7200)?;
+            range("keepalive_interval_s", self.keepalive_interval_s, 1, 3600)?;
+            range("keepalive_count", self.keepalive_count.into(), 1, 100)?;
+        }
+        range("reconnect_max_ms", self.reconnect_max_ms, 10, 600_000)?;
+        range(
+            "reconnect_min_ms",
+            self.reconnect_min_ms,
+            1,
+            self.reconnect_max_ms,
+        )?;
+        if self.username.as_deref() == Some("") {
+            return Err((field("username"), "must not be empty".into()));
+        }
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (name, path) in files {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err((field(name), format!("no such file: {}", path.display())));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err((
+                field("tls_cert_file"),
+                "a client certificate needs both tls_cert_file and tls_key_file".into(),
+            ));
+        }
+        let tls_set = files.iter().any(|(_, p)| p.is_some()) || self.tls_insecure;
+        if tls_set
+            && let Some(url) = &self.url
+            && !url.starts_with("rediss://")
+        {
+            return Err((
+                field("url"),
+                "the tls_* settings need a rediss:// URL (TLS)".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +444,7 @@ impl Config {
                 )
             })?;
         }
+        self.redis.validate()?;
         let mut plugin_names = HashSet::new();
         for (i, p) in self.plugins.iter().enumerate() {
             let at = |f: &str| format!("plugin[{i}].{f}");

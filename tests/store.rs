@@ -13,8 +13,16 @@ use sluice::store::{self, Keys};
 
 async fn open(url: &str) -> (StreamReader, StreamCommitter) {
     let job = StreamJob::new(&Keys::new("sluice"), "j", "p", "in", "c1");
-    let read = store::connect(url, Duration::from_secs(10)).await.unwrap();
-    let commit = store::connect(url, Duration::from_secs(10)).await.unwrap();
+    let read = store::Endpoint::local(url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap();
+    let commit = store::Endpoint::local(url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap();
     stream::open(read, commit, job, Start::Beginning)
         .await
         .unwrap()
@@ -130,10 +138,14 @@ async fn a_runner_of_an_older_run_commits_nothing() {
     let mut job = StreamJob::new(&Keys::new("sluice"), "j", "p", "in", "c1");
     job.run = Some(1);
     let job_key = job.job_key.clone();
-    let read = store::connect(&redis.url, Duration::from_secs(10))
+    let read = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
         .await
         .unwrap();
-    let commit = store::connect(&redis.url, Duration::from_secs(10))
+    let commit = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
         .await
         .unwrap();
     let (mut reader, mut committer) = stream::open(read, commit, job, Start::Beginning)
@@ -295,10 +307,14 @@ async fn a_lifecycle_runner_of_an_older_run_commits_nothing() {
     job.run = Some(1);
     let (stream, job_key) = (job.stream.clone(), job.job_key.clone());
     assert_eq!(job_key, keys.job("j", "in"), "fenced on the job's own hash");
-    let read = store::connect(&redis.url, Duration::from_secs(10))
+    let read = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
         .await
         .unwrap();
-    let commit = store::connect(&redis.url, Duration::from_secs(10))
+    let commit = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
         .await
         .unwrap();
     let (mut reader, mut committer) = stream::open(read, commit, job, Start::Beginning)

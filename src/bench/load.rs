@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::model::{Disposition, Event, Handler, Outcome};
 use crate::runner::CommitObserver;
-use crate::store;
+use crate::store::Endpoint;
 use crate::store::stream::{StreamJob, parse_read_reply};
 
 fn now_us() -> u64 {
@@ -73,8 +73,13 @@ pub async fn prefill(conn: &mut ConnectionManager, stream: &str, n: u64) -> anyh
 }
 
 /// Publish at `rate` events/s for `secs`; returns how many were published.
-pub async fn publish_paced(url: &str, stream: &str, rate: u64, secs: u64) -> anyhow::Result<u64> {
-    let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+pub async fn publish_paced(
+    redis: &Endpoint,
+    stream: &str,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<u64> {
+    let mut conn = redis.connect(Duration::from_secs(20)).await?;
     let started = Instant::now();
     let total = rate * secs;
     let mut sent = 0u64;

@@ -35,7 +35,7 @@ use crate::host::job::{Assembly, prepare_handler_async};
 use crate::model::{Handler, JobSpec};
 use crate::runtime::{LoadedPlugin, PluginHandler, Runtime};
 use crate::store::embedded::EmbeddedRedis;
-use crate::store::{self, Keys};
+use crate::store::{Endpoint, Keys};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -131,7 +131,7 @@ struct Plugins {
     wordcount: BTreeMap<&'static str, Arc<LoadedPlugin>>,
 }
 
-pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
+pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()> {
     let runtime = Runtime::new(None)?;
     let load = |name: &str| {
         let path = args.plugin_dir.join(format!("{name}.wasm"));
@@ -156,17 +156,17 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     };
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-    let (url, embedded) = match url {
-        Some(url) => (url, None),
+    let (redis, embedded) = match redis {
+        Some(redis) => (redis, None),
         None => {
             let e = EmbeddedRedis::start(&scratch, Default::default()).await?;
-            (e.url(), Some(e))
+            (Endpoint::local(&e.url())?, Some(e))
         }
     };
     let result = async {
-        let rows = measure(args, &url, &plugins).await?;
-        let swap = swap::swap_pause(args, &url, &plugins).await?;
-        let state = state::stateful(args, &url, &plugins).await?;
+        let rows = measure(args, &redis, &plugins).await?;
+        let swap = swap::swap_pause(args, &redis, &plugins).await?;
+        let state = state::stateful(args, &redis, &plugins).await?;
         anyhow::Ok((rows, swap, state))
     }
     .await;
@@ -179,7 +179,7 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
         let report = serde_json::json!({ "modes": rows, "swap": swap, "stateful": state });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(args, &url, &rows);
+        print_table(args, &redis, &rows);
         println!(
             "hot swap of echo under full load ({} events, batch {}): the commits around the swap \
              were at most {:.2} ms apart; elsewhere in the run p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -195,7 +195,11 @@ pub async fn run(args: &BenchArgs, url: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Result<Vec<Row>> {
+async fn measure(
+    args: &BenchArgs,
+    redis: &Endpoint,
+    plugins: &Plugins,
+) -> anyhow::Result<Vec<Row>> {
     let mut throughput = Vec::new();
     let available = |mode: &Mode| match mode {
         Mode::Guest(lang) => plugins.wordcount.contains_key(lang),
@@ -203,10 +207,10 @@ async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Resu
     };
     for mode in Mode::ALL.into_iter().filter(available) {
         let stream = format!("sluice-bench:{}:tput", mode.key());
-        let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+        let mut conn = redis.connect(Duration::from_secs(20)).await?;
         cleanup(&mut conn, &stream).await?;
         prefill(&mut conn, &stream, args.events).await?;
-        let (rate, _) = consume(mode, args, url, plugins, &stream, args.events, None).await?;
+        let (rate, _) = consume(mode, args, redis, plugins, &stream, args.events, None).await?;
         cleanup(&mut conn, &stream).await?;
         eprintln!("  {:<28} {:>10.0} events/s", mode.label(), rate);
         throughput.push((mode, rate));
@@ -216,9 +220,9 @@ async fn measure(args: &BenchArgs, url: &str, plugins: &Plugins) -> anyhow::Resu
     for (mode, events_per_s) in throughput {
         let rate = args.rate.unwrap_or((events_per_s / 2.0) as u64).max(1);
         let stream = format!("sluice-bench:{}:lat", mode.key());
-        let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+        let mut conn = redis.connect(Duration::from_secs(20)).await?;
         cleanup(&mut conn, &stream).await?;
-        let (_, hist) = consume(mode, args, url, plugins, &stream, 0, Some(rate)).await?;
+        let (_, hist) = consume(mode, args, redis, plugins, &stream, 0, Some(rate)).await?;
         cleanup(&mut conn, &stream).await?;
         rows.push(Row {
             mode: mode.label(),
@@ -253,13 +257,10 @@ fn print_state_table(args: &BenchArgs, rows: &[state::StateRow]) {
     }
 }
 
-fn print_table(args: &BenchArgs, url: &str, rows: &[Row]) {
+fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
     println!(
         "sluice bench: {} events per throughput run, batch {}, latency over {} s of paced publishing, redis {}",
-        args.events,
-        args.batch,
-        args.latency_secs,
-        store::redact_url(url)
+        args.events, args.batch, args.latency_secs, redis
     );
     println!(
         "| {:<30} | {:>10} | {:>7} | {:>12} | {:>8} | {:>8} |",
@@ -287,7 +288,7 @@ fn print_table(args: &BenchArgs, url: &str, rows: &[Row]) {
 async fn consume(
     mode: Mode,
     args: &BenchArgs,
-    url: &str,
+    redis: &Endpoint,
     plugins: &Plugins,
     stream: &str,
     target: u64,
@@ -319,13 +320,13 @@ async fn consume(
             Some(Box::new(prepared(plugin, &spec).await?))
         }
     };
-    let assembly = assembly(url);
+    let assembly = assembly(redis);
     let runner = match handler {
         Some(handler) => Some(assembly.source_runner(&spec, None, handler).await?),
         None => None,
     };
     let job = crate::host::job::stream_job(&assembly.keys, &spec, &assembly.consumer, None);
-    let conn = store::connect(url, Duration::from_secs(30)).await?;
+    let conn = redis.connect(Duration::from_secs(20)).await?;
     if runner.is_none() {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -348,7 +349,7 @@ async fn consume(
         })
     };
     if let Some(rate) = rate {
-        let published = publish_paced(url, stream, rate, args.latency_secs).await?;
+        let published = publish_paced(redis, stream, rate, args.latency_secs).await?;
         tally.set_target(published);
     }
     consumer.await??;
@@ -363,9 +364,9 @@ async fn consume(
 }
 
 /// Where the benchmark's jobs run: their own key prefix and consumer.
-fn assembly(url: &str) -> Assembly {
+fn assembly(redis: &Endpoint) -> Assembly {
     Assembly {
-        url: url.to_string(),
+        redis: redis.clone(),
         keys: Keys::new("sluice-bench"),
         prefix: "sluice-bench".into(),
         consumer: "bench".into(),

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::load::{Tally, cleanup};
 use super::{BenchArgs, Plugins, assembly, job_spec};
 use crate::host::job::prepare_handler_async;
-use crate::store;
+use crate::store::Endpoint;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StateRow {
@@ -35,7 +35,7 @@ pub struct StateRow {
 
 pub async fn stateful(
     args: &BenchArgs,
-    url: &str,
+    redis: &Endpoint,
     plugins: &Plugins,
 ) -> anyhow::Result<Vec<StateRow>> {
     // Each event costs a read of its key: a tenth of the throughput runs' events suffices.
@@ -43,7 +43,7 @@ pub async fn stateful(
     let mut rows = Vec::new();
     for keys in [1usize, 1000] {
         for hosts in [1usize, 2] {
-            let row = run(args, url, plugins, keys, hosts, events).await?;
+            let row = run(args, redis, plugins, keys, hosts, events).await?;
             eprintln!(
                 "  stateful, {keys} key(s), {hosts} host(s): {:>8.0} events/s, {} conflicts in {} batches",
                 row.events_per_s, row.conflicts, row.batches
@@ -56,14 +56,14 @@ pub async fn stateful(
 
 async fn run(
     args: &BenchArgs,
-    url: &str,
+    redis: &Endpoint,
     plugins: &Plugins,
     keys: usize,
     hosts: usize,
     events: u64,
 ) -> anyhow::Result<StateRow> {
     let stream = format!("sluice-bench:state:{keys}:{hosts}");
-    let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+    let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, &stream).await?;
     let mut sent = 0;
     while sent < events {
@@ -85,7 +85,7 @@ async fn run(
     let spec = job_spec("chaos", &stream, args.batch, &[]);
     let mut runners = Vec::new();
     for host in 0..hosts {
-        let mut assembly = assembly(url);
+        let mut assembly = assembly(redis);
         assembly.consumer = format!("bench-{host}");
         let state = assembly.state(&spec).await?;
         let handler = prepare_handler_async(
@@ -116,7 +116,7 @@ async fn run(
         failed += stats.committed.failed;
     }
     let elapsed = tally.elapsed();
-    let job_key = assembly(url).keys.job("bench", &stream);
+    let job_key = assembly(redis).keys.job("bench", &stream);
     let mut sum = 0u64;
     for key in 0..keys {
         let value: Option<String> = redis::cmd("GET")

@@ -12,7 +12,7 @@ use super::load::{cleanup, prefill};
 use super::{BenchArgs, Plugins, assembly, job_spec, prepared};
 use crate::model::{Event, Outcome};
 use crate::runner::CommitObserver;
-use crate::store;
+use crate::store::Endpoint;
 
 /// What a hot swap under load costs: gaps between consecutive commits.
 #[derive(Debug, Clone, Serialize)]
@@ -50,11 +50,11 @@ impl CommitObserver for CommitTimes {
 /// handler half-way, as a hot swap does (preparation happens before, off the job's path).
 pub async fn swap_pause(
     args: &BenchArgs,
-    url: &str,
+    redis: &Endpoint,
     plugins: &Plugins,
 ) -> anyhow::Result<SwapPause> {
     let stream = "sluice-bench:swap";
-    let mut conn = store::connect(url, Duration::from_secs(30)).await?;
+    let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, stream).await?;
     prefill(&mut conn, stream, args.events).await?;
     let spec = job_spec(
@@ -72,7 +72,7 @@ pub async fn swap_pause(
         target: args.events,
         stop: stop_tx,
     });
-    let runner = assembly(url)
+    let runner = assembly(redis)
         .source_runner(&spec, None, Box::new(handler))
         .await?
         .with_observer(times.clone());

@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
 use crate::store::control::Registry;
-use crate::store::{self, Keys, embedded};
+use crate::store::{Endpoint, Keys, embedded};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,8 +143,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || check::check_config(&ctx)).await?
         }
         Command::Bench(args) => {
-            let url = ctx.config.redis.resolve(cli.redis.clone())?;
-            crate::bench::run(args, url).await?;
+            let redis = match ctx.config.redis.resolve(cli.redis.clone())? {
+                Some(url) => Some(Endpoint::new(&url, &ctx.config.redis.connection())?),
+                None => None,
+            };
+            crate::bench::run(args, redis).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish {
@@ -173,7 +176,7 @@ pub struct Ctx {
 pub struct Client {
     pub ctx: Ctx,
     /// Where Redis is.
-    pub url: String,
+    pub redis: Endpoint,
     pub keys: Keys,
 }
 
@@ -202,10 +205,10 @@ impl Ctx {
 
     /// Find Redis: `--redis`, `[redis] url`, else the embedded Redis of a running host.
     async fn client(self) -> anyhow::Result<Client> {
-        let url = match self.config.redis.resolve(self.redis.clone())? {
-            Some(url) => url,
+        let redis = match self.config.redis.resolve(self.redis.clone())? {
+            Some(url) => Endpoint::new(&url, &self.config.redis.connection())?,
             None => match embedded::running_url(&self.config.host.data_dir).await {
-                Some(url) => url,
+                Some(url) => Endpoint::local(&url)?,
                 None => bail!(
                     "no Redis to talk to: set --redis, SLUICE_REDIS_URL or [redis] url, or start \
                      `sluice run` (which starts an embedded Redis) with the same data dir ({})",
@@ -216,7 +219,7 @@ impl Ctx {
         let keys = Keys::new(&self.config.host.prefix);
         Ok(Client {
             ctx: self,
-            url,
+            redis,
             keys,
         })
     }
@@ -225,9 +228,10 @@ impl Ctx {
 impl Client {
     /// A connection to Redis: the one way commands connect.
     pub async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        store::connect_once(&self.url)
+        self.redis
+            .connect_once()
             .await
-            .with_context(|| format!("connecting to Redis at {}", store::redact_url(&self.url)))
+            .with_context(|| format!("connecting to Redis at {}", self.redis))
     }
 
     /// The control registry.

@@ -22,10 +22,7 @@ use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
 use crate::store::state::RedisState;
 use crate::store::stream::{self, StreamJob};
-use crate::store::{self, Keys, StoreError, redact_url};
-
-/// Extra time a Redis reply may take beyond a job's blocking read.
-pub const RESPONSE_MARGIN: Duration = Duration::from_secs(10);
+use crate::store::{Endpoint, Keys, StoreError};
 
 /// The runtime limits of a job's plugin instances; `prefix` is the host's key prefix, whose
 /// keys a plugin may not write unless `allowed_streams` names them.
@@ -106,7 +103,7 @@ fn read_policy(spec: &JobSpec) -> ReadPolicy {
 /// Where and as whom jobs run: one per host (or benchmark).
 #[derive(Clone)]
 pub struct Assembly {
-    pub url: String,
+    pub redis: Endpoint,
     pub keys: Keys,
     /// The key prefix (`keys`' own), for the plugin's limits.
     pub prefix: String,
@@ -149,12 +146,10 @@ fn transient(name: &str) -> impl Fn(anyhow::Error) -> Failure + Copy + '_ {
 impl Assembly {
     /// A reconnecting connection for one of `spec`'s blocking readers or committers.
     async fn connect(&self, spec: &JobSpec) -> anyhow::Result<ConnectionManager> {
-        store::connect(
-            &self.url,
-            Duration::from_millis(spec.block_ms) + RESPONSE_MARGIN,
-        )
-        .await
-        .with_context(|| format!("connecting to Redis at {}", redact_url(&self.url)))
+        self.redis
+            .connect(Duration::from_millis(spec.block_ms))
+            .await
+            .with_context(|| format!("connecting to Redis at {}", self.redis))
     }
 
     /// Where `spec`'s plugin reads its job state (its own connection; reads block on it from

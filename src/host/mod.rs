@@ -28,14 +28,14 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use self::job::{Assembly, RESPONSE_MARGIN};
+use self::job::Assembly;
 use self::plugins::Plugins;
 use self::reconcile::{Host, report};
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::store::control::{Registry, watch_notices};
 use crate::store::embedded::EmbeddedRedis;
-use crate::store::{self, Keys, redact_url};
+use crate::store::{Endpoint, Keys};
 
 /// How often a host reads the whole registry, whatever the control channel said: a host that
 /// missed a notice (disconnected) catches up within this time.
@@ -70,17 +70,17 @@ pub async fn run(
         Some(addr) => Some(admin::start(addr.parse()?, readiness.clone()).await?),
         None => None,
     };
-    let (url, embedded) = match config.redis.resolve(redis_url)? {
-        Some(url) => (url, None),
+    let (redis, embedded) = match config.redis.resolve(redis_url)? {
+        Some(url) => (Endpoint::new(&url, &config.redis.connection())?, None),
         None => {
             let embedded =
                 EmbeddedRedis::start(&data_dir, config.redis.embedded_appendfsync).await?;
-            (embedded.url(), Some(embedded))
+            (Endpoint::local(&embedded.url())?, Some(embedded))
         }
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let ready = tokio::select! {
-        ready = store::wait_until_up(&url) => Some(ready),
+        ready = redis.wait_until_up() => Some(ready),
         () = &mut shutdown => None,
     };
     let result = match ready {
@@ -89,7 +89,7 @@ pub async fn run(
                 &config,
                 plugins,
                 runtime,
-                &url,
+                &redis,
                 plugins_dir,
                 readiness,
                 shutdown,
@@ -112,23 +112,27 @@ async fn serve(
     config: &Config,
     plugins: HashMap<String, Arc<crate::runtime::LoadedPlugin>>,
     runtime: Arc<Runtime>,
-    url: &str,
+    redis: &Endpoint,
     plugins_dir: Option<PathBuf>,
     readiness: Arc<admin::Readiness>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let keys = Keys::new(&config.host.prefix);
     let consumer = consumer_name(config);
-    let conn = store::connect(url, RESPONSE_MARGIN)
+    let conn = redis
+        .connect(Duration::ZERO)
         .await
-        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+        .with_context(|| format!("connecting to Redis at {redis}"))?;
     readiness.attach(conn.clone(), keys.clone());
     let mut registry = Registry::new(conn.clone(), keys.clone());
     register::register_config(&mut registry, config, &plugins, &consumer).await;
 
     let wake = Arc::new(Notify::new());
-    let client = redis::Client::open(url)?;
-    let subscriber = tokio::spawn(watch_notices(client, keys.ctl_channel(), wake.clone()));
+    let subscriber = tokio::spawn(watch_notices(
+        redis.client().clone(),
+        keys.ctl_channel(),
+        wake.clone(),
+    ));
     let watcher = match plugins_dir {
         Some(dir) => Some(
             watch::PluginDir::start(&dir, registry.clone(), runtime.clone(), consumer.clone())
@@ -138,7 +142,7 @@ async fn serve(
     };
     let mut host = Host {
         assembly: Assembly {
-            url: url.to_string(),
+            redis: redis.clone(),
             keys,
             prefix: config.host.prefix.clone(),
             consumer: consumer.clone(),
@@ -157,7 +161,7 @@ async fn serve(
         ready: HashMap::new(),
         readiness,
     };
-    tracing::info!(redis = %redact_url(url), consumer, "sluice ready");
+    tracing::info!(%redis, consumer, "sluice ready");
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(RECONCILE_EVERY);

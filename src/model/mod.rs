@@ -7,10 +7,12 @@
 //!   backoff every retry loop uses;
 //! - [`spec`]: a job's definition, its defaults and checks, the one name rule, hash tags.
 
+pub mod connection;
 pub mod event;
 pub mod policy;
 pub mod spec;
 
+pub use connection::Connection;
 pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{AppendFsync, JobSpec, RetryBackoff, Source, Start, check_name, hash_tag};

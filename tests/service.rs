@@ -1,0 +1,489 @@
+//! Running sluice as a service, against real processes: the admin HTTP server of a real
+//! `sluice run`, checked with a real HTTP client (curl) — `/live`, `/ready` turning 503 while
+//! Redis is down and back, `/metrics` in Prometheus text agreeing with `job status`; TLS to a
+//! real `redis-server --tls-port` with certificates made here by `openssl`; an ACL user.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// `curl` a path of the admin server: (HTTP status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The value of one sample of `/metrics`: the line starting with `series` (name and labels).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[test]
+fn probes_and_metrics_tell_the_truth() {
+    let port = free_port();
+    let (mut redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start_with(
+        &cfg,
+        &redis.url,
+        &log,
+        &["--admin", &format!("127.0.0.1:{port}")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || get(port, "/live").0 == 200),
+        "/live never answered"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || get(port, "/ready").0 == 200),
+        "/ready: {:?}",
+        get(port, "/ready")
+    );
+
+    publish(&mut conn, "in", 90, &[("action", "ok")]);
+    publish(&mut conn, "in", 10, &[("action", "error")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "received"
+    ) == 100));
+    let (code, metrics) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    // Every line is a comment or `name{labels} value`.
+    for line in metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let value = line.rsplit_once(' ').map(|(_, v)| v).unwrap_or("");
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf" || value == "NaN",
+            "not a Prometheus sample: {line}"
+        );
+    }
+    for (outcome, field) in [("acked", "acked"), ("dead", "dead"), ("failed", "failed")] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "sluice_events_total",
+                &[("job", "j"), ("outcome", outcome)]
+            ),
+            Some(counter(&mut conn, "j", "in", field) as f64),
+            "{outcome}:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "sluice_plugin_failures_total",
+            &[("job", "j"), ("kind", "error")]
+        ),
+        Some(10.0)
+    );
+    assert!(
+        metrics.contains("sluice_handle_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_commit_seconds_count"), "{metrics}");
+    assert_eq!(sample(&metrics, "sluice_jobs_running", &[]), Some(1.0));
+    // The job's state, read from Redis at scrape time, as `job status` reads it.
+    assert_eq!(
+        sample(&metrics, "sluice_job_dead_letters", &[("job", "j")]),
+        Some(10.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_pending", &[("job", "j")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_lag", &[("job", "j")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_job_retries_scheduled", &[("job", "j")]),
+        Some(0.0)
+    );
+    assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
+
+    // Redis goes away: /ready says so (503, with the reason), and comes back with it.
+    let probe = std::thread::spawn(move || {
+        let mut saw = None;
+        for _ in 0..100 {
+            let (code, body) = get(port, "/ready");
+            if code == 503 {
+                saw = Some(body);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        saw
+    });
+    redis.kill_and_restart(Duration::from_secs(8));
+    let unready = probe
+        .join()
+        .unwrap()
+        .expect("/ready never turned 503 while Redis was down");
+    assert!(unready.contains("\"ready\":false"), "{unready}");
+    assert!(
+        unready.contains("redis") || unready.contains("registry"),
+        "{unready}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || get(port, "/ready").0 == 200),
+        "/ready did not come back: {:?}",
+        get(port, "/ready")
+    );
+    assert_eq!(get(port, "/live").0, 200);
+    host.stop_ok();
+}
+
+/// Certificates made with `openssl` in `dir`: a CA, a server certificate it signed for
+/// `server_names` (subjectAltName entries like `DNS:localhost`), a client certificate it
+/// signed, and a second CA that signed nothing here.
+struct Certs {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_certs(dir: &Path, server_names: &str) -> Certs {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN={ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &args);
+    }
+    for (leaf, names) in [("server", server_names), ("client", "DNS:sluice-client")] {
+        let (key, csr, crt, ext) = (
+            format!("{leaf}.key"),
+            format!("{leaf}.csr"),
+            format!("{leaf}.crt"),
+            format!("{leaf}.ext"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName={names}\nbasicConstraints=CA:FALSE\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let mut args = vec!["req", "-subj", "/CN=sluice test"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &args);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    Certs {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+/// A redis-server with a TLS port that requires client certificates signed by `certs.ca`,
+/// besides its plain port (which the test itself uses); the TLS port.
+fn tls_redis(certs: &Certs) -> (RedisServer, u16) {
+    let tls_port = free_port();
+    let p = |p: &Path| p.display().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &p(&certs.server_cert),
+        "--tls-key-file",
+        &p(&certs.server_key),
+        "--tls-ca-cert-file",
+        &p(&certs.ca),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    (redis, tls_port)
+}
+
+/// A config file in `dir` with `[redis]` settings `redis` (and no jobs).
+fn redis_config(dir: &Path, name: &str, redis: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n\n[redis]\n{redis}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `sluice --config CFG ARGS…` (the URL in the config); its output, within `limit`.
+fn sluice_with(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_REDIS_PASSWORD");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running sluice")
+}
+
+fn failure(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn tls_with_a_client_certificate_carries_events_and_a_bad_certificate_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "DNS:localhost");
+    let (redis, tls_port) = tls_redis(&certs);
+    let mut conn = redis.conn();
+    let url = format!("rediss://localhost:{tls_port}/");
+    let p = |p: &Path| p.display().to_string();
+    let tls = format!(
+        "url = \"{url}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        p(&certs.ca),
+        p(&certs.client_cert),
+        p(&certs.client_key)
+    );
+
+    // A host over TLS runs a job and commits its events.
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[redis]\n{tls}",
+            config_toml(dir.path(), "chaos", "j", "in", "", "")
+        ),
+    )
+    .unwrap();
+    assert!(sluice_with(&cfg, &["check-config"], &[]).status.success());
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &url, &log);
+    publish(&mut conn, "in", 50, &[("action", "ok")]);
+    assert!(
+        wait_until(Duration::from_secs(30), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 50),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The CLI over TLS too.
+    let status = sluice_with(&cfg, &["job", "status", "j", "--json"], &[]);
+    assert!(status.status.success(), "{}", failure(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["acked"], 50);
+    host.stop_ok();
+
+    // A server certificate from another CA: a clear error, at once, for the CLI and the host.
+    let wrong_ca = redis_config(
+        dir.path(),
+        "wrong-ca.toml",
+        &tls.replace(&p(&certs.ca), &p(&certs.other_ca)),
+    );
+    for args in [&["job", "list"][..], &["run"][..]] {
+        let started = std::time::Instant::now();
+        let err = failure(&sluice_with(&wrong_ca, args, &[]));
+        assert!(
+            err.contains("certificate") && err.contains("UnknownIssuer"),
+            "{args:?}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{args:?} hung");
+    }
+    // No client certificate, where the server requires one.
+    let no_client = redis_config(
+        dir.path(),
+        "no-client.toml",
+        &format!("url = \"{url}\"\ntls_ca_file = \"{}\"\n", p(&certs.ca)),
+    );
+    let err = failure(&sluice_with(&no_client, &["job", "list"], &[]));
+    assert!(err.contains("connecting to Redis"), "{err}");
+    // A URL whose host the certificate does not name is refused, unless `tls_insecure`.
+    let by_ip = tls.replace("localhost", "127.0.0.1");
+    let wrong_name = redis_config(dir.path(), "by-ip.toml", &by_ip);
+    let err = failure(&sluice_with(&wrong_name, &["job", "list"], &[]));
+    assert!(err.contains("not valid for name \"127.0.0.1\""), "{err}");
+    let insecure = redis_config(
+        dir.path(),
+        "insecure.toml",
+        &format!("{by_ip}tls_insecure = true\n"),
+    );
+    let out = sluice_with(&insecure, &["job", "list"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_acl_user_limited_to_sluices_keys_runs_jobs_and_each_refusal_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    // The user sluice needs: its own keys and channel, the source stream, no dangerous
+    // commands but INFO (for the version check).
+    let mut acl = |user: &str, extra: &str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(user)
+            .arg("reset")
+            .arg("on")
+            .arg(">s3cret");
+        for rule in [
+            "~sluice:*",
+            "~in",
+            "&sluice:*",
+            "+@all",
+            "-@dangerous",
+            "+info",
+        ] {
+            cmd.arg(rule);
+        }
+        for rule in extra.split_whitespace() {
+            cmd.arg(rule);
+        }
+        let () = cmd.query(&mut conn).unwrap();
+    };
+    acl("sluice", "");
+    acl("noscripts", "-@scripting");
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[redis]\nurl = \"{url}\"\nusername = \"sluice\"\n",
+            config_toml(dir.path(), "chaos", "j", "in", "", "")
+        ),
+    )
+    .unwrap();
+    let password = [("SLUICE_REDIS_PASSWORD", "s3cret")];
+
+    // A wrong password: named, at once.
+    let err = failure(&sluice_with(
+        &cfg,
+        &["job", "list"],
+        &[("SLUICE_REDIS_PASSWORD", "nope")],
+    ));
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("nope"), "the password was printed: {err}");
+
+    // The limited user runs the job.
+    let log = dir.path().join("host.log");
+    let mut host = {
+        let file = std::fs::File::create(&log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env_remove("SLUICE_REDIS_URL")
+            .env("SLUICE_REDIS_PASSWORD", "s3cret")
+            .stderr(file)
+            .spawn()
+            .unwrap()
+    };
+    publish(&mut conn, "in", 20, &[("action", "ok")]);
+    let acked = wait_until(Duration::from_secs(30), || {
+        counter(&mut conn, "j", "in", "acked") == 20
+    });
+    let _ = Command::new("kill").arg(host.id().to_string()).status();
+    let _ = host.wait();
+    assert!(
+        acked,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let out = sluice_with(&cfg, &["job", "status", "j"], &password);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A user lacking a permission sluice needs: the command and the cause are named.
+    let noscripts = cfg.with_file_name("noscripts.toml");
+    std::fs::write(
+        &noscripts,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("username = \"sluice\"", "username = \"noscripts\""),
+    )
+    .unwrap();
+    let err = failure(&sluice_with(&noscripts, &["job", "stop", "j"], &password));
+    assert!(
+        err.contains("NoPerm") && err.matches("evalsha").count() == 1,
+        "{err}"
+    );
+}
