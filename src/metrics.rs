@@ -13,6 +13,9 @@
 //! | `sluice_conflicts_total` | counter | `job` | commits refused because another host wrote what the batch read |
 //! | `sluice_swaps_total` | counter | `job` | plugin versions handed to a running job |
 //! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
+//! | `sluice_instance_recycles_total` | counter | `job`, `reason` | plugin instances replaced by a fresh one: `failed` (a trap, timeout or memory overrun left it unusable), `calls` (after 100000 calls, bounding what a leaky guest hoards) |
+//! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
+//! | `sluice_redis_connection_errors_total` | counter | | Redis commands that failed on their connection (Redis away, a timeout); each makes that connection reconnect |
 //! | `sluice_jobs_running` | gauge | | jobs this host runs |
 //! | `sluice_job_lag` | gauge | `job` | entries of the source not yet delivered to the job's group (read from Redis at scrape time, fleet-wide) |
 //! | `sluice_job_pending` | gauge | `job` | entries delivered and not yet acknowledged (fleet-wide) |
@@ -57,6 +60,18 @@ pub fn describe() {
     );
     describe_counter!("sluice_refusals_total", "Plugin versions this host refused");
     describe_gauge!("sluice_jobs_running", "Jobs this host runs");
+    describe_counter!(
+        "sluice_instance_recycles_total",
+        "Plugin instances replaced by a fresh one, by job and reason (failed, calls)"
+    );
+    describe_counter!(
+        "sluice_trimmed_total",
+        "Source entries trimmed by this host (retention = acked)"
+    );
+    describe_counter!(
+        "sluice_redis_connection_errors_total",
+        "Redis commands that failed on their connection (each reconnects it)"
+    );
     describe_gauge!(
         "sluice_job_lag",
         "Entries of the source not yet delivered to the job's group"
@@ -107,6 +122,22 @@ pub fn failure(job: &str, failure: &Failure) {
 /// A commit refused for a conflict.
 pub fn conflict(job: &str) {
     counter!("sluice_conflicts_total", "job" => job.to_string()).increment(1);
+}
+
+/// A plugin instance of `job` replaced, for `reason`.
+pub fn recycle(job: &str, reason: &'static str) {
+    counter!("sluice_instance_recycles_total", "job" => job.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// `n` source entries of `job` trimmed.
+pub fn trimmed(job: &str, n: u64) {
+    counter!("sluice_trimmed_total", "job" => job.to_string()).increment(n);
+}
+
+/// A Redis command failed on its connection.
+pub fn redis_connection_error() {
+    counter!("sluice_redis_connection_errors_total").increment(1);
 }
 
 /// A new plugin version handed to a running job.

@@ -487,3 +487,95 @@ fn an_acl_user_limited_to_sluices_keys_runs_jobs_and_each_refusal_is_named() {
         "{err}"
     );
 }
+
+/// The ids of a stream, oldest first.
+fn ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+#[test]
+fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    // Two jobs on one stream: `fast` trims it; `slow` retries its failures for a long time,
+    // so what it has pending stays pending.
+    let job = |name: &str, extra: &str| {
+        format!(
+            "[[job]]\nname = \"{name}\"\nsource = \"stream:in\"\nplugin = \"chaos\"\n\
+             block_ms = 100\n{extra}\n"
+        )
+    };
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n\n[[plugin]]\nname = \"chaos\"\n\
+             path = \"{}\"\n\n{}{}",
+            dir.path().join("data").display(),
+            plugin("chaos").display(),
+            job(
+                "fast",
+                "max_deliveries = 1\nretention = \"acked\"\nretention_every_ms = 200"
+            ),
+            job(
+                "slow",
+                "max_deliveries = 5\nretry_backoff = { base_ms = 600000, max_ms = 600000 }"
+            ),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    let acked = |conn: &mut redis::Connection, job: &str| counter(conn, job, "in", "acked");
+
+    // Both jobs handle 100 entries: all of them go.
+    publish(&mut conn, "in", 100, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(30), || acked(
+        &mut conn, "fast"
+    ) == 100
+        && acked(&mut conn, "slow") == 100));
+    assert!(
+        wait_until(Duration::from_secs(10), || ids(&mut conn, "in").is_empty()),
+        "left: {}",
+        ids(&mut conn, "in").len()
+    );
+
+    // One entry `slow` fails (a retry in ten minutes: pending), then 20 that both ack: the
+    // stream keeps the pending entry and everything after it.
+    let failing = publish(&mut conn, "in", 1, &[("action", "error")]);
+    publish(&mut conn, "in", 20, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(30), || acked(
+        &mut conn, "slow"
+    ) == 120
+        && counter(&mut conn, "fast", "in", "dead") == 1));
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = ids(&mut conn, "in");
+    assert_eq!(kept.len(), 21, "{kept:?}");
+    assert_eq!(kept[0], failing[0]);
+    assert_eq!(pending(&mut conn, "slow", "in"), 1);
+
+    // `slow` stops; 30 new entries reach only `fast`: what `slow` has not been delivered
+    // stays, exactly.
+    cli(&redis.url, "job stop slow");
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh = publish(&mut conn, "in", 30, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(30), || acked(
+        &mut conn, "fast"
+    ) == 150));
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = ids(&mut conn, "in");
+    assert_eq!(kept.len(), 51, "{kept:?}");
+    assert_eq!(&kept[21..], &fresh[..]);
+    // Nothing trimmed is counted as lost: the counters and lag still add up.
+    let status = cli(&redis.url, "job status fast --json");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["lag"], 0, "{status}");
+    host.stop_ok();
+}

@@ -101,6 +101,12 @@ pub struct JobOptions {
     /// Entries idle this long (ms) on a consumer are taken over by a live host
     #[arg(long)]
     pub claim_idle_ms: Option<u64>,
+    /// `acked`: trim source entries every consumer group acknowledged; `keep` (default)
+    #[arg(long)]
+    pub retention: Option<String>,
+    /// With `--retention acked`: keep acknowledged entries at least this many seconds
+    #[arg(long)]
+    pub retention_keep_s: Option<u64>,
 }
 
 /// The job a `job start` describes, with the defaults and checks of a `[[job]]`.
@@ -116,12 +122,18 @@ pub fn job_spec(name: &str, source: &str, plugin: &str, o: &JobOptions) -> anyho
     set(&mut spec.memory_mb, o.memory_mb);
     set(&mut spec.done_ttl_s, o.done_ttl_s);
     set(&mut spec.claim_idle_ms, o.claim_idle_ms);
+    set(&mut spec.retention_keep_s, o.retention_keep_s);
     spec.batch = o.batch.unwrap_or(spec.batch);
     spec.max_deliveries = o.max_deliveries.unwrap_or(spec.max_deliveries);
     spec.finite = o.finite;
     if let Some(start) = &o.start {
         spec.start = serde_json::from_value(start.as_str().into()).with_context(|| {
             format!("invalid job: --start must be `beginning` or `new`, got {start:?}")
+        })?;
+    }
+    if let Some(retention) = &o.retention {
+        spec.retention = serde_json::from_value(retention.as_str().into()).with_context(|| {
+            format!("invalid job: --retention must be `keep` or `acked`, got {retention:?}")
         })?;
     }
     for kv in &o.plugin_config {

@@ -16,10 +16,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::plugins::Failure;
-use crate::model::{Handler, JobSpec, StateReader, short};
+use crate::model::{Handler, JobSpec, Retention, StateReader, short};
 use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
+use crate::store::retention::{self, Trim};
 use crate::store::state::RedisState;
 use crate::store::stream::{self, StreamJob};
 use crate::store::{Endpoint, Keys, StoreError};
@@ -258,6 +259,14 @@ impl Assembly {
             .map_err(transient)?;
         let swap = [runner.swapper(), life_runner.swapper()];
         let (stop, stop_rx) = watch::channel(false);
+        let retention = (spec.retention == Retention::Acked).then(|| {
+            tokio::spawn(keep_trimmed(
+                conn.clone(),
+                self.keys.clone(),
+                spec.clone(),
+                self.consumer.clone(),
+            ))
+        });
         let gate = Gate {
             conn,
             keys: self.keys.clone(),
@@ -270,6 +279,7 @@ impl Assembly {
             gate,
             stop_rx,
             name.to_string(),
+            retention,
         ));
         tracing::info!(job = %name, plugin = %spec.plugin, version = short(&plugin.sha256), "job started");
         let job = RunningJob {
@@ -338,6 +348,7 @@ async fn run_job(
     gate: Gate,
     mut stop: watch::Receiver<bool>,
     name: String,
+    retention: Option<tokio::task::JoinHandle<()>>,
 ) -> JobResult {
     let (life_stop, life_stop_rx) = watch::channel(false);
     let (source_stop, source_stop_rx) = watch::channel(false);
@@ -375,7 +386,44 @@ async fn run_job(
             flat(r).and_then(|_| Err(anyhow::anyhow!("the lifecycle runner ended")))
         }
     };
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     (name, result)
+}
+
+/// `retention = "acked"`: trim the job's source stream every `retention_every_ms` (when no
+/// other host did), until aborted with the job.
+async fn keep_trimmed(mut conn: ConnectionManager, keys: Keys, spec: JobSpec, holder: String) {
+    let stream = keys.source_stream(&spec);
+    let every = Duration::from_millis(spec.retention_every_ms);
+    let keep = Duration::from_secs(spec.retention_keep_s);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match retention::trim(&mut conn, &keys, &stream, &holder, every, keep).await {
+            Ok(trim) => {
+                failing = false;
+                match trim {
+                    Trim::Trimmed { trimmed, kept_from } if trimmed > 0 => {
+                        tracing::debug!(job = %spec.name, %stream, trimmed, %kept_from, "trimmed acknowledged entries");
+                        crate::metrics::trimmed(&spec.name, trimmed);
+                    }
+                    Trim::Skipped(why) => {
+                        tracing::debug!(job = %spec.name, %stream, "retention: not trimmed: {why}")
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(job = %spec.name, %stream, "retention: trimming failed (tried again): {e}");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

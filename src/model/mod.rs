@@ -15,7 +15,9 @@ pub mod spec;
 pub use connection::Connection;
 pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
-pub use spec::{AppendFsync, JobSpec, RetryBackoff, Source, Start, check_name, hash_tag};
+pub use spec::{
+    AppendFsync, JobSpec, Retention, RetryBackoff, Source, Start, check_name, hash_tag,
+};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -91,6 +91,19 @@ pub struct JobSpec {
     /// A new consumer group starts at the `beginning` of the stream (default) or at `new` entries.
     #[serde(default)]
     pub start: Start,
+    /// What becomes of source entries once handled: `keep` (default: the stream is left as
+    /// producers and others trim it) or `acked`: trim the entries every consumer group on the
+    /// stream has acknowledged (`XTRIM MINID` below the oldest entry some group still has
+    /// pending or has not been delivered), one host at a time.
+    #[serde(default)]
+    pub retention: Retention,
+    /// With `retention = "acked"`: keep acknowledged entries at least this many seconds
+    /// (default 0: trim them at the next pass).
+    #[serde(default)]
+    pub retention_keep_s: u64,
+    /// With `retention = "acked"`: how often a host trims (ms, 100–3600000, default 10000).
+    #[serde(default = "default_retention_every_ms")]
+    pub retention_every_ms: u64,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -120,6 +133,21 @@ impl Default for RetryBackoff {
             max_ms: default_backoff_max_ms(),
         }
     }
+}
+
+/// What becomes of a job's source entries once every group has acknowledged them.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Leave them (producers trim with `MAXLEN`, or nobody does).
+    #[default]
+    Keep,
+    /// Trim them.
+    Acked,
+}
+
+fn default_retention_every_ms() -> u64 {
+    10_000
 }
 
 /// Where a new consumer group starts reading.
@@ -253,6 +281,9 @@ impl JobSpec {
             wait_replicas: 0,
             wait_timeout_ms: defaults::WAIT_TIMEOUT_MS,
             start: Start::default(),
+            retention: Retention::default(),
+            retention_keep_s: 0,
+            retention_every_ms: default_retention_every_ms(),
             finite: false,
             config: BTreeMap::new(),
         }
@@ -298,6 +329,9 @@ impl JobSpec {
             )
         })?;
         in_range(j.claim_idle_ms, 100, 86_400_000).map_err(|m| (at("claim_idle_ms"), m))?;
+        in_range(j.retention_keep_s, 0, 366 * 86_400).map_err(|m| (at("retention_keep_s"), m))?;
+        in_range(j.retention_every_ms, 100, 3_600_000)
+            .map_err(|m| (at("retention_every_ms"), m))?;
         in_range(j.status_ttl_s, 0, 31_536_000).map_err(|m| (at("status_ttl_s"), m))?;
         in_range(j.done_ttl_s, 0, 31_536_000).map_err(|m| (at("done_ttl_s"), m))?;
         in_range(j.max_entry_bytes as u64, 1024, 512 << 20)

@@ -55,7 +55,10 @@ impl PluginHandler {
     async fn handle_one(&mut self, event: &Event) -> Outcome {
         let mut instance = match self.instance.take() {
             Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
-            _ => {
+            old => {
+                if old.is_some_and(|i| i.is_usable()) {
+                    crate::metrics::recycle(&self.guest.job, "calls");
+                }
                 let made =
                     PluginInstance::new(&self.plugin, self.guest.clone(), self.overlay.clone());
                 match made.await {
@@ -68,6 +71,8 @@ impl PluginHandler {
         // A trapped instance is dropped here, giving its memory back at once.
         if instance.is_usable() {
             self.instance = Some(instance);
+        } else {
+            crate::metrics::recycle(&self.guest.job, "failed");
         }
         outcome
     }

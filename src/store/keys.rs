@@ -16,6 +16,7 @@
 //! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | `commit.lua` | the plugin's key-value store |
 //! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | `commit.lua` | the plugin's counters |
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | `commit.lua` | the plugin's windows: id → time (ms); entries older than a day are dropped |
+//! | `<prefix>:{<tag>}:retention` | string, with a TTL | `retention.lua` | the consumer that last trimmed the source stream of tag `<tag>` (`retention = "acked"`); others skip it until the TTL ends |
 //! | `<prefix>:queue:{<name>}` | stream | `commit.lua`, `claim.lua` | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
 //! | `<prefix>:queue:{<name>}:delayed` | sorted set | `commit.lua` | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue by `claim.lua` when due |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
@@ -103,6 +104,12 @@ impl Keys {
     /// the job's group; in the job's slot.
     pub fn lifecycle(&self, job: &str, source: &str) -> String {
         format!("{}:lifecycle", self.job(job, source))
+    }
+
+    /// The lock of trimming a source stream (`retention = "acked"`): the consumer name of
+    /// the host that trimmed it last, for `retention_every_ms`; in the stream's slot.
+    pub fn retention_lock(&self, stream: &str) -> String {
+        format!("{}:{{{}}}:retention", self.prefix, hash_tag(stream))
     }
 
     /// The sorted set of a job's scheduled retries.

@@ -15,6 +15,7 @@ pub mod groups;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;
+pub mod retention;
 pub mod scripts;
 pub mod state;
 pub mod stream;
@@ -49,7 +50,11 @@ pub enum StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
-        StoreError::Redis(e)
+        let e = StoreError::Redis(e);
+        if e.is_connection() {
+            crate::metrics::redis_connection_error();
+        }
+        e
     }
 }
 

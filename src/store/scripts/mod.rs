@@ -32,6 +32,8 @@ scripts! {
     JOB_STATE = "job_state.lua";
     /// Appends `job-started`, once per run.
     LIFECYCLE_BEGIN = "lifecycle_begin.lua";
+    /// Trims a source stream of what every group acknowledged (`retention = "acked"`).
+    RETENTION = "retention.lua";
     /// Appends `job-finished` once a finite job's source is drained, once per run.
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
 }
