@@ -47,6 +47,26 @@ pub struct AdminConfig {
     /// `127.0.0.1:9090`; unset (default): no server. `sluice run --admin ADDR` overrides it.
     #[serde(default)]
     pub listen: Option<String>,
+    /// A file holding the bearer token the API's actions (stop, resume, replay) need;
+    /// unset (default): the API is read-only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The API token from `token_file` (trailing newlines dropped); None when unset.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the admin token file {}: {e}", path.display()))?;
+        let token = token.trim_end_matches(['\r', '\n']);
+        if token.is_empty() {
+            anyhow::bail!("the admin token file {} is empty", path.display());
+        }
+        Ok(Some(token.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -427,6 +447,14 @@ impl Config {
                     format!("not an address like 127.0.0.1:9090 ({e}), got {listen:?}"),
                 )
             })?;
+        }
+        if let Some(path) = &self.admin.token_file
+            && !path.is_file()
+        {
+            return Err((
+                "admin.token_file".into(),
+                format!("no such file: {}", path.display()),
+            ));
         }
         if self
             .redis

@@ -23,6 +23,28 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `curl -X POST` a path of the admin server with `token` as bearer token and `body` as
+/// JSON: (HTTP status, body).
+fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "Content-Type: application/json", "--data", body]);
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 /// The value of one sample of `/metrics`: the line starting with `series` (name and labels).
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics
@@ -151,6 +173,114 @@ fn probes_and_metrics_tell_the_truth() {
         get(port, "/ready")
     );
     assert_eq!(get(port, "/live").0, 200);
+    // No token file: the API reads, but takes no action.
+    assert_eq!(get(port, "/api/jobs").0, 200);
+    let (code, body) = post(port, "/api/jobs/j/stop", Some("anything"), "{}");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    host.stop_ok();
+}
+
+#[test]
+fn the_json_api_shows_what_the_cli_shows_and_its_actions_need_the_token() {
+    let port = free_port();
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let mut config = std::fs::read_to_string(&cfg).unwrap();
+    config = config.replace(
+        "[host]",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n[host]",
+            token_file.display()
+        ),
+    );
+    std::fs::write(&cfg, config).unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(20), || get(port, "/ready")
+        .0
+        == 200));
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    let dead = publish(&mut conn, "in", 3, &[("action", "error")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 3));
+
+    // The listings are the CLI's.
+    let (code, api) = get(port, "/api/jobs");
+    assert_eq!(code, 200, "{api}");
+    let api = json(&api);
+    let cli_rows = json(&cli(&redis.url, "job list --json"));
+    assert_eq!(api[0]["name"], "j");
+    assert_eq!(
+        api[0]["status"], cli_rows[0]["status"],
+        "{api} vs {cli_rows}"
+    );
+    assert_eq!(api[0]["version"], cli_rows[0]["version"]);
+    let (code, one) = get(port, "/api/jobs/j");
+    assert_eq!(code, 200);
+    assert_eq!(json(&one)["status"]["dead"], 3);
+    assert_eq!(get(port, "/api/jobs/nope").0, 404);
+    let (_, plugins) = get(port, "/api/plugins");
+    let plugins = json(&plugins);
+    assert_eq!(
+        plugins,
+        json(&cli(&redis.url, "plugin list --json")),
+        "the API and the CLI list plugins alike"
+    );
+    assert_eq!(plugins[0]["jobs"], serde_json::json!(["j"]));
+    // Dead letters, a page at a time.
+    let (_, page) = get(port, "/api/jobs/j/dlq?limit=2");
+    let page = json(&page);
+    assert_eq!(page["dead_letters"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let (_, rest) = get(port, &format!("/api/jobs/j/dlq?limit=2&after={next}"));
+    let rest = json(&rest);
+    assert_eq!(rest["dead_letters"].as_array().unwrap().len(), 1);
+    assert!(rest["next"].is_null());
+    assert_eq!(rest["dead_letters"][0]["source_id"], dead[2]);
+    let (_, event) = get(port, &format!("/api/jobs/j/events/{}", dead[0]));
+    assert_eq!(json(&event)["status"], "dead", "{event}");
+    assert_eq!(get(port, "/api/jobs/nope/dlq").0, 404);
+
+    // Actions: not without the token.
+    assert_eq!(post(port, "/api/jobs/j/stop", None, "{}").0, 401);
+    assert_eq!(post(port, "/api/jobs/j/stop", Some("wrong"), "{}").0, 401);
+    let (code, body) = post(port, "/api/jobs/j/stop", Some("t0ken"), "{}");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json(&cli(&redis.url, "job list --json"))[0]["state"],
+        "stopped"
+    );
+    assert_eq!(
+        post(port, "/api/jobs/nope/stop", Some("t0ken"), "{}").0,
+        404
+    );
+    let (code, _) = post(port, "/api/jobs/j/resume", Some("t0ken"), "{}");
+    assert_eq!(code, 200);
+    assert_eq!(
+        json(&cli(&redis.url, "job list --json"))[0]["state"],
+        "running"
+    );
+    // Replaying every dead letter: they run again (and, still failing, die again).
+    assert_eq!(
+        post(port, "/api/jobs/j/dlq/replay", Some("t0ken"), "{}").0,
+        400
+    );
+    let (code, replayed) = post(
+        port,
+        "/api/jobs/j/dlq/replay",
+        Some("t0ken"),
+        r#"{"all": true}"#,
+    );
+    assert_eq!(code, 200, "{replayed}");
+    let replayed = json(&replayed);
+    assert_eq!(replayed.as_array().unwrap().len(), 3);
+    assert!(replayed[0]["new_id"].is_string(), "{replayed}");
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 6));
     host.stop_ok();
 }
 

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use redis::aio::ConnectionManager;
 
 use super::Client;
-use crate::store::dlq;
+use crate::store::{dlq, listing};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -44,21 +44,9 @@ pub async fn run(c: &Client, command: &DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::Replay(sel) | DlqCommand::Purge(sel) => &sel.job,
     };
     let source = job_source(c, &mut conn, job).await?;
-    // Every dead letter, page by page (for `list` and `--all`).
-    let all = async |conn: &mut ConnectionManager| -> anyhow::Result<Vec<dlq::DeadLetter>> {
-        let mut out: Vec<dlq::DeadLetter> = Vec::new();
-        loop {
-            let after = out.last().map(|d| d.id.clone());
-            let page = dlq::list(conn, keys, job, &source, after.as_deref(), 500).await?;
-            if page.is_empty() {
-                return Ok(out);
-            }
-            out.extend(page);
-        }
-    };
     match command {
         DlqCommand::List { json, .. } => {
-            let letters = all(&mut conn).await?;
+            let letters = listing::dead_letters(&mut conn, keys, job, &source).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else if letters.is_empty() {
@@ -84,29 +72,29 @@ pub async fn run(c: &Client, command: &DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Replay(sel) => {
-            let ids = match sel.all {
-                true => all(&mut conn).await?.into_iter().map(|d| d.id).collect(),
-                false => sel.id.clone(),
-            };
+            let ids = (!sel.all).then(|| sel.id.clone());
             let mut replayed = 0;
-            for chunk in ids.chunks(100) {
-                for (id, new) in dlq::replay(&mut conn, keys, job, &source, chunk).await? {
-                    match new {
-                        Some(new) => {
-                            replayed += 1;
-                            println!("{id} -> {source} {new}");
-                        }
-                        None => println!(
-                            "{id}: not replayed (no such dead letter, or its fields are gone)"
-                        ),
+            for r in listing::replay(&mut conn, keys, job, &source, ids).await? {
+                match r.new_id {
+                    Some(new) => {
+                        replayed += 1;
+                        println!("{} -> {source} {new}", r.id);
                     }
+                    None => println!(
+                        "{}: not replayed (no such dead letter, or its fields are gone)",
+                        r.id
+                    ),
                 }
             }
             println!("replayed {replayed} dead letters to {source}");
         }
         DlqCommand::Purge(sel) => {
             let ids: Vec<String> = match sel.all {
-                true => all(&mut conn).await?.into_iter().map(|d| d.id).collect(),
+                true => listing::dead_letters(&mut conn, keys, job, &source)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.id)
+                    .collect(),
                 false => sel.id.clone(),
             };
             let mut purged = 0;

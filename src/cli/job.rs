@@ -1,19 +1,17 @@
 //! `sluice job start|stop|resume|list|watch|status`: jobs in the control registry (every host
 //! applies a change within a second) and their counters.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use serde::Serialize;
 
 use super::{Client, time};
 use crate::model::{JobSpec, short};
 use crate::store::control::JobState;
-use crate::store::jobs;
+use crate::store::{jobs, listing};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -192,50 +190,10 @@ pub async fn job_set_state(c: &Client, name: &str, state: JobState) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct JobRow {
-    name: String,
-    state: JobState,
-    source: String,
-    plugin: String,
-    /// The plugin's current version.
-    version: Option<String>,
-    changed_at: u64,
-    started_at: Option<u64>,
-    /// Deliveries committed per second, over one second.
-    rate: f64,
-    status: Option<jobs::JobStatus>,
-}
-
 pub async fn job_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let mut reg = c.registry().await?;
-    let keys = &c.keys;
     let mut conn = c.conn().await?;
-    let snapshot = reg.snapshot().await?;
-    let mut before = BTreeMap::new();
-    for name in snapshot.jobs.keys() {
-        before.insert(name.clone(), jobs::status(&mut conn, keys, name).await?);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut rows = Vec::new();
-    for (name, entry) in &snapshot.jobs {
-        let status = jobs::status(&mut conn, keys, name).await?;
-        let received = |s: &Option<jobs::JobStatus>| s.as_ref().map_or(0, |s| s.received);
-        rows.push(JobRow {
-            name: name.clone(),
-            state: entry.state,
-            source: entry.spec.source.clone(),
-            plugin: entry.spec.plugin.clone(),
-            version: snapshot
-                .plugins
-                .get(&entry.spec.plugin)
-                .map(|v| v.sha256.clone()),
-            changed_at: entry.changed_at,
-            started_at: status.as_ref().and_then(|s| s.started_at),
-            rate: received(&status).saturating_sub(received(&before[name])) as f64,
-            status,
-        });
-    }
+    let rows = listing::jobs(&mut reg, &mut conn, &c.keys, Some(Duration::from_secs(1))).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -260,7 +218,7 @@ pub async fn job_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
             "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:>9} {:>9} {:>7} {:>7} {:>8.0}",
             r.name,
             // Running in the registry, but no host can run it until its plugin is loaded.
-            if r.state == JobState::Running && r.version.is_none() {
+            if r.waiting {
                 "waiting".to_string()
             } else {
                 format!("{:?}", r.state).to_lowercase()
@@ -273,13 +231,10 @@ pub async fn job_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
             s.failed,
             s.dead,
             s.pending,
-            r.rate
+            r.rate.unwrap_or(0.0)
         );
     }
-    if rows
-        .iter()
-        .any(|r| r.state == JobState::Running && r.version.is_none())
-    {
+    if rows.iter().any(|r| r.waiting) {
         println!("waiting: the job's plugin is not loaded (sluice plugin load PATH --name NAME)");
     }
     Ok(ExitCode::SUCCESS)

@@ -1,19 +1,17 @@
 //! `sluice plugin load|list|versions|rollback|unload` (the registry in Redis) and the
 //! authors' tools `plugin new|inspect|test` ([`crate::tools`], no Redis).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use serde::Serialize;
 
 use super::{Client, parse_fields, time, who};
 use crate::model::short;
 use crate::runtime::{Limits, Runtime, sha256_hex};
-use crate::store::control::{JobState, PluginVersion, Refusal};
+use crate::store::listing;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PluginCommand {
@@ -238,43 +236,8 @@ pub async fn plugin_load(c: &Client, path: &Path, name: &str) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct PluginRow {
-    name: String,
-    #[serde(flatten)]
-    version: PluginVersion,
-    versions: usize,
-    /// Versions hosts refused, by sha256.
-    refused: BTreeMap<String, Refusal>,
-    /// Running jobs using it.
-    jobs: Vec<String>,
-}
-
 pub async fn plugin_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
-    let mut reg = c.registry().await?;
-    let snapshot = reg.snapshot().await?;
-    let mut refusals = reg.all_refusals().await?;
-    let mut rows = Vec::new();
-    for (name, version) in &snapshot.plugins {
-        rows.push(PluginRow {
-            name: name.clone(),
-            version: version.clone(),
-            versions: reg
-                .versions(name)
-                .await?
-                .iter()
-                .map(|v| v.sha256.as_str())
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            refused: refusals.remove(name).unwrap_or_default(),
-            jobs: snapshot
-                .jobs
-                .iter()
-                .filter(|(_, j)| &j.spec.plugin == name && j.state == JobState::Running)
-                .map(|(n, _)| n.clone())
-                .collect(),
-        });
-    }
+    let rows = listing::plugins(&mut c.registry().await?).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

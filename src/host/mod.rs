@@ -67,7 +67,10 @@ pub async fn run(
     // The admin server answers from the start: /live at once, /ready once the registry is read.
     let readiness = Arc::new(admin::Readiness::default());
     let admin = match &config.admin.listen {
-        Some(addr) => Some(admin::start(addr.parse()?, readiness.clone()).await?),
+        Some(addr) => {
+            let token = config.admin.token()?;
+            Some(admin::start(addr.parse()?, readiness.clone(), token).await?)
+        }
         None => None,
     };
     let (redis, embedded) = match config.redis.resolve(redis_url)? {

@@ -15,6 +15,7 @@ pub mod groups;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;
+pub mod listing;
 pub mod retention;
 pub mod scripts;
 pub mod state;

@@ -8,6 +8,10 @@
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`] lists every metric); the per-job
 //!   gauges (lag, pending, scheduled retries, dead letters) are read from Redis at scrape
 //!   time, a few commands per job.
+//! - `/api/…`: the CLI's listings as JSON, and operator actions behind a bearer token
+//!   ([`api`]).
+
+mod api;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -71,6 +75,11 @@ impl Readiness {
         let _ = self.redis.set((conn, keys));
     }
 
+    /// A connection to Redis and the key table, once the host reached Redis.
+    fn redis(&self) -> Option<(ConnectionManager, Keys)> {
+        self.redis.get().cloned()
+    }
+
     /// Set the job gauges from Redis (each job's status, bounded in time: a scrape during an
     /// outage returns what it has).
     async fn sample(&self) {
@@ -129,13 +138,17 @@ impl Readiness {
 struct Admin {
     readiness: Arc<Readiness>,
     metrics: PrometheusHandle,
+    /// The bearer token actions need (None: the API is read-only).
+    token: Option<Arc<str>>,
 }
 
 /// Install the Prometheus recorder (once per process) and serve the admin endpoints on
-/// `addr` until the returned task is aborted. Fails if the address cannot be bound.
+/// `addr` until the returned task is aborted; API actions need `token` (None: read-only).
+/// Fails if the address cannot be bound.
 pub async fn start(
     addr: SocketAddr,
     readiness: Arc<Readiness>,
+    token: Option<String>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let metrics = recorder()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -146,8 +159,13 @@ pub async fn start(
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render))
-        .with_state(Admin { readiness, metrics });
-    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics)");
+        .merge(api::routes())
+        .with_state(Admin {
+            readiness,
+            metrics,
+            token: token.map(Arc::from),
+        });
+    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics, /api)");
     Ok(tokio::spawn(async move {
         // Histograms are kept in windows the recorder compacts now and then.
         let upkeep = tokio::spawn(async move {

@@ -1,0 +1,248 @@
+//! The admin server's JSON API: the CLI's listings ([`crate::store::listing`], the same code)
+//! and its operator actions.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/api/jobs` | every job: state, plugin version, counters (`job list --json`) |
+//! | GET | `/api/jobs/{name}` | one job (404 if the registry has none) |
+//! | GET | `/api/plugins` | every plugin: version, versions, refusals, jobs (`plugin list --json`) |
+//! | GET | `/api/jobs/{name}/dlq?after=ID&limit=N` | a page of dead letters, oldest first (N ≤ 1000, default 100) |
+//! | GET | `/api/jobs/{name}/events/{id}` | where one source entry stands (`event get --json`) |
+//! | POST | `/api/jobs/{name}/stop`, `/resume` | stop or resume the job on every host |
+//! | POST | `/api/jobs/{name}/dlq/replay` | body `{"ids": [...]}` or `{"all": true}`: replay dead letters |
+//!
+//! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
+//! token file the API is read-only (actions answer 403). Errors are `{"error": "…"}`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::Admin;
+use crate::store::control::{JobState, Registry};
+use crate::store::{Keys, dlq, events, listing};
+
+/// The API's routes, for the admin router.
+pub fn routes() -> axum::Router<Admin> {
+    axum::Router::new()
+        .route("/api/jobs", get(jobs))
+        .route("/api/jobs/{name}", get(job))
+        .route("/api/plugins", get(plugins))
+        .route("/api/jobs/{name}/dlq", get(dead_letters))
+        .route("/api/jobs/{name}/events/{id}", get(event))
+        .route("/api/jobs/{name}/stop", post(stop))
+        .route("/api/jobs/{name}/resume", post(resume))
+        .route("/api/jobs/{name}/dlq/replay", post(replay))
+}
+
+/// An API error: its status and what went wrong.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// A Redis failure: the service is unavailable for now.
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+type Answer<T> = Result<Json<T>, ApiError>;
+
+fn not_found(what: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, what)
+}
+
+impl Admin {
+    /// A connection to Redis and the key table, once the host reached Redis.
+    fn redis(&self) -> Result<(ConnectionManager, Keys), ApiError> {
+        self.readiness.redis().ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the host has not reached Redis yet".into(),
+            )
+        })
+    }
+
+    /// Let an action through only with the configured bearer token.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "the API is read-only: no [admin] token_file is configured".into(),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Digests compared, not the tokens: the time taken says nothing about the token.
+        if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a valid `Authorization: Bearer <token>` header is needed".into(),
+            ))
+        }
+    }
+}
+
+/// The source stream of job `name`, as Redis knows it (404 if no host ran it).
+async fn source(conn: &mut ConnectionManager, keys: &Keys, name: &str) -> Result<String, ApiError> {
+    dlq::source_of(conn, keys, name).await?.ok_or_else(|| {
+        not_found(format!(
+            "no job named `{name}` in Redis: no host has run it"
+        ))
+    })
+}
+
+async fn jobs(State(a): State<Admin>) -> Answer<Vec<listing::JobRow>> {
+    let (mut conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn.clone(), keys.clone());
+    Ok(Json(listing::jobs(&mut reg, &mut conn, &keys, None).await?))
+}
+
+async fn job(State(a): State<Admin>, Path(name): Path<String>) -> Answer<listing::JobRow> {
+    let (mut conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn.clone(), keys.clone());
+    listing::job(&mut reg, &mut conn, &keys, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(format!("no job named `{name}`")))
+}
+
+async fn plugins(State(a): State<Admin>) -> Answer<Vec<listing::PluginRow>> {
+    let (conn, keys) = a.redis()?;
+    Ok(Json(
+        listing::plugins(&mut Registry::new(conn, keys)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Answer<serde_json::Value> {
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let letters = dlq::list(
+        &mut conn,
+        &keys,
+        &name,
+        &source,
+        page.after.as_deref(),
+        limit,
+    )
+    .await?;
+    // The cursor of the next page, when this one is full.
+    let next = (letters.len() == limit)
+        .then(|| letters.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "dead_letters": letters, "next": next }),
+    ))
+}
+
+async fn event(
+    State(a): State<Admin>,
+    Path((name, id)): Path<(String, String)>,
+) -> Answer<events::EventStatus> {
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    events::get(&mut conn, &keys, &name, &source, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(format!("job `{name}` knows no event `{id}`")))
+}
+
+async fn set_state(
+    a: &Admin,
+    headers: &HeaderMap,
+    name: &str,
+    state: JobState,
+) -> Answer<serde_json::Value> {
+    a.authorize(headers)?;
+    let (conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn, keys);
+    if reg.job(name).await.map_err(anyhow::Error::from)?.is_none() {
+        return Err(not_found(format!("no job named `{name}`")));
+    }
+    reg.set_job_state(name, state).await.map_err(|e| match e {
+        crate::store::control::ControlError::Refused(why) => ApiError(StatusCode::CONFLICT, why),
+        e => anyhow::Error::from(e).into(),
+    })?;
+    tracing::info!(job = %name, ?state, "job state set through the admin API");
+    Ok(Json(serde_json::json!({ "job": name, "state": state })))
+}
+
+async fn stop(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    set_state(&a, &headers, &name, JobState::Stopped).await
+}
+
+async fn resume(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer<serde_json::Value> {
+    set_state(&a, &headers, &name, JobState::Running).await
+}
+
+#[derive(Deserialize)]
+struct Selection {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn replay(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(selection): Json<Selection>,
+) -> Answer<Vec<listing::Replayed>> {
+    a.authorize(&headers)?;
+    let ids = match (selection.all, selection.ids.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(selection.ids),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give either `ids` (a list of dead-letter ids) or `all: true`".into(),
+            ));
+        }
+    };
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    let replayed = listing::replay(&mut conn, &keys, &name, &source, ids).await?;
+    tracing::info!(job = %name, replayed = replayed.iter().filter(|r| r.new_id.is_some()).count(), "dead letters replayed through the admin API");
+    Ok(Json(replayed))
+}
