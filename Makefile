@@ -24,7 +24,7 @@ WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps pydeps plugins rust-plugins build demo test lint bench clean
+.PHONY: all deps testdeps pydeps plugins rust-plugins build demo test lint bench clean
 
 all: build plugins
 
@@ -38,6 +38,14 @@ deps:
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' && \
 	  rustup component list --installed 2>/dev/null | grep -q '^clippy' || { \
 	  echo "adding the rustfmt and clippy components"; rustup component add rustfmt clippy; }
+
+## testdeps: what the service tests run besides sluice: curl (HTTP client), openssl
+## (certificates for the TLS tests), systemd-analyze (checks the unit file)
+testdeps:
+	@command -v curl >/dev/null && command -v openssl >/dev/null && \
+	  command -v systemd-analyze >/dev/null || { \
+	  echo "installing curl, openssl and systemd (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl openssl systemd; }
 
 ## pydeps: componentize-py for Python plugins (from PyPI) if missing
 pydeps:
@@ -89,7 +97,7 @@ demo: deps plugins build
 	examples/demo.sh
 
 ## test: every test (unit, integration against real redis-server and real plugins), lint
-test: deps plugins
+test: deps testdeps plugins
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

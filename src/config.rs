@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::logging::LogFormat;
 use crate::model::connection::{Keepalive, Tls};
 use crate::model::{AppendFsync, Connection, JobSpec, check_name};
 
@@ -90,6 +91,13 @@ pub struct HostConfig {
     /// Seconds to finish and commit in-flight batches after SIGTERM/SIGINT (default 10).
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
+    /// The log filter, e.g. `info` or `info,sluice=debug` (default `info`); `SLUICE_LOG`
+    /// wins. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub log: Option<String>,
+    /// `text` (default) or `json`: one JSON object per line.
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 impl Default for HostConfig {
@@ -99,6 +107,8 @@ impl Default for HostConfig {
             prefix: default_prefix(),
             consumer: None,
             shutdown_grace_s: default_shutdown_grace_s(),
+            log: None,
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -439,6 +449,9 @@ impl Config {
                 "host.shutdown_grace_s".into(),
                 format!("must be at most 3600, got {}", h.shutdown_grace_s),
             ));
+        }
+        if let Some(log) = &self.host.log {
+            crate::logging::parse_filter(log).map_err(|m| ("host.log".to_string(), m))?;
         }
         if let Some(listen) = &self.admin.listen {
             listen.parse::<std::net::SocketAddr>().map_err(|e| {

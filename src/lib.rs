@@ -10,7 +10,8 @@
 //! - [`runner`]: one job's pipeline — source → handler → committer;
 //! - [`runtime`]: wasmtime only (no Redis); [`store`]: Redis only (no wasmtime);
 //! - [`config`]: the config file's format, producing [`model`] values;
-//! - [`metrics`]: every metric sluice exports, declared in one place;
+//! - [`metrics`]: every metric sluice exports, declared in one place; [`logging`]: log
+//!   format, filter and its reload;
 //! - [`model`]: the shared floor — events, outcomes, policy, job specs; imports nothing of ours.
 #![deny(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod host;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod runner;

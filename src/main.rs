@@ -8,7 +8,6 @@ use sluice::config::ConfigError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -24,9 +24,14 @@ impl Host {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(sluice::host::run(config, Some(url), None, async {
-                    let _ = rx.await;
-                }))
+                .block_on(sluice::host::run(
+                    config,
+                    Default::default(),
+                    Some(url),
+                    async {
+                        let _ = rx.await;
+                    },
+                ))
         });
         Host {
             stop: Some(tx),

@@ -709,3 +709,145 @@ fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs(
     assert_eq!(status["lag"], 0, "{status}");
     host.stop_ok();
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo().join("examples/sluice.service")).unwrap();
+    // `verify` checks that ExecStart's binary exists: point it at the one just built.
+    let unit = unit.replace("/usr/local/bin/sluice", env!("CARGO_BIN_EXE_sluice"));
+    let path = dir.path().join("sluice.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze must be installed (make test installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // It exits 0 even for unknown keys and bad values: any line about our unit is a fault.
+    assert!(
+        out.status.success() && !stderr.contains("sluice.service"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sighup_registers_new_jobs_and_sets_the_log_filter_and_a_bad_file_changes_nothing() {
+    let (redis, mut conn, dir, cfg) = setup("chaos", "a", "in", "", "");
+    let first = std::fs::read_to_string(&cfg).unwrap();
+    // JSON logs from the start.
+    let first = first.replace("[host]", "[host]\nlog_format = \"json\"");
+    std::fs::write(&cfg, &first).unwrap();
+    let log = dir.path().join("host.log");
+    let host = HostProcess::start_env(
+        &cfg,
+        &redis.url,
+        &log,
+        &[],
+        &[("SLUICE_LOG", None), ("RUST_LOG", None)],
+    );
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &host.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    publish(
+        &mut conn,
+        "in",
+        3,
+        &[("action", "log"), ("message", "hello {i}")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "a", "in", "acked"
+    ) == 3));
+
+    // Every line is a JSON object; the plugin's own lines carry the event's span.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: Vec<serde_json::Value> = log_text().lines().map(json).collect();
+    let plugin_line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "hello 0" || l["message"] == "hello 0")
+        .unwrap_or_else(|| panic!("no plugin line in {lines:?}"));
+    assert_eq!(plugin_line["span"]["name"], "event", "{plugin_line}");
+    assert_eq!(plugin_line["span"]["job"], "a");
+    assert_eq!(plugin_line["span"]["stream"], "in");
+    assert_eq!(plugin_line["span"]["attempt"], 1);
+    assert!(
+        plugin_line["span"]["id"]
+            .as_str()
+            .is_some_and(|id| id.contains('-'))
+    );
+    assert!(!log_text().contains("\"level\":\"DEBUG\""));
+
+    // A broken file: logged, nothing changes.
+    std::fs::write(&cfg, format!("{first}\n[[job]\n")).unwrap();
+    hup();
+    assert!(wait_until(Duration::from_secs(10), || log_text()
+        .contains("the config file was not reloaded")));
+
+    // A second job and a debug filter: registered and applied without a restart.
+    let second = format!(
+        "{}\n[[job]]\nname = \"b\"\nsource = \"stream:in\"\nplugin = \"chaos\"\nblock_ms = 100\n\
+         retention = \"acked\"\nretention_every_ms = 200\n",
+        first.replace("[host]", "[host]\nlog = \"info,sluice=debug\"")
+    );
+    std::fs::write(&cfg, second).unwrap();
+    hup();
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(
+            &mut conn, "b", "in", "acked"
+        ) == 3),
+        "{}",
+        log_text()
+    );
+    assert!(log_text().contains("SIGHUP: config file reloaded"));
+    assert!(
+        wait_until(Duration::from_secs(10), || log_text()
+            .contains("\"level\":\"DEBUG\"")),
+        "no debug line (of trimming) after the filter changed"
+    );
+    drop(host);
+}
+
+#[test]
+fn resp3_connections_run_a_job_and_the_cli() {
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
+    let mut config = std::fs::read_to_string(&cfg).unwrap();
+    config.push_str(&format!(
+        "\n[redis]\nurl = \"{}\"\nprotocol = \"resp3\"\n",
+        redis.url
+    ));
+    // `[redis]` after `[job.config]` would belong to it: put it first.
+    let (job_part, redis_part) = config.split_once("\n[redis]").unwrap();
+    std::fs::write(&cfg, format!("[redis]{redis_part}\n{job_part}")).unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    publish(&mut conn, "in", 10, &[("action", "kv-incr"), ("key", "n")]);
+    publish(&mut conn, "in", 2, &[("action", "error")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 2));
+    assert_eq!(counter(&mut conn, "j", "in", "acked"), 10);
+    // State reads and writes went through RESP3 too.
+    let n: String = redis::cmd("GET")
+        .arg("sluice:{in}:job:j:kv:n")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(n, "10");
+    let status = sluice_with(&cfg, &["job", "status", "j", "--json"], &[]);
+    let status = json(&String::from_utf8_lossy(&status.stdout));
+    assert_eq!(status["acked"], 10, "{status}");
+    assert_eq!(status["dead_letters"], 2);
+    let letters = sluice_with(&cfg, &["dlq", "list", "j", "--json"], &[]);
+    assert_eq!(
+        json(&String::from_utf8_lossy(&letters.stdout))
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    host.stop_ok();
+}

@@ -101,30 +101,19 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// Log to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, default `info`.
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("SLUICE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The authors' tools need neither a config file nor Redis.
     if let Command::Plugin { command } = &cli.command
         && !command.uses_redis()
     {
+        crate::logging::init(Default::default(), None);
         let command = command.clone();
         // They call into plugins: on a blocking thread (WASI output blocks on the runtime).
         return tokio::task::spawn_blocking(move || plugin::tool(&command)).await?;
     }
     let ctx = Ctx::new(&cli, matches!(cli.command, Command::CheckConfig))?;
+    let host = &ctx.config.host;
+    crate::logging::init(host.log_format, host.log.as_deref());
     match &cli.command {
         Command::Run { plugins, admin } => {
             // Hosts are stateless: without a config file, a host runs what the registry holds.
@@ -136,7 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(admin) = admin {
                 config.admin.listen = Some(admin.to_string());
             }
-            crate::host::run(config, cli.redis.clone(), dir, shutdown_signal()).await?;
+            let files = crate::host::Files {
+                config: ctx.config_path.exists().then(|| ctx.config_path.clone()),
+                plugins_dir: dir,
+            };
+            crate::host::run(config, files, cli.redis.clone(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {

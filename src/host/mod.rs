@@ -49,11 +49,20 @@ pub fn consumer_name(config: &Config) -> String {
     })
 }
 
+/// Where a host's plugins and jobs come from besides the registry.
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    /// The file the config came from, read again on SIGHUP (None: no file).
+    pub config: Option<PathBuf>,
+    /// `--plugins DIR` / `[plugins] dir`: loaded and watched.
+    pub plugins_dir: Option<PathBuf>,
+}
+
 /// Run the host until `shutdown` completes. `redis_url` overrides the config's.
 pub async fn run(
     config: Config,
+    files: Files,
     redis_url: Option<String>,
-    plugins_dir: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let data_dir = config.host.data_dir.clone();
@@ -89,13 +98,7 @@ pub async fn run(
     let result = match ready {
         Some(Ok(())) => {
             serve(
-                &config,
-                plugins,
-                runtime,
-                &redis,
-                plugins_dir,
-                readiness,
-                shutdown,
+                &config, files, plugins, runtime, &redis, readiness, shutdown,
             )
             .await
         }
@@ -113,10 +116,10 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
+    files: Files,
     plugins: HashMap<String, Arc<crate::runtime::LoadedPlugin>>,
     runtime: Arc<Runtime>,
     redis: &Endpoint,
-    plugins_dir: Option<PathBuf>,
     readiness: Arc<admin::Readiness>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -136,7 +139,7 @@ async fn serve(
         keys.ctl_channel(),
         wake.clone(),
     ));
-    let watcher = match plugins_dir {
+    let watcher = match files.plugins_dir {
         Some(dir) => Some(
             watch::PluginDir::start(&dir, registry.clone(), runtime.clone(), consumer.clone())
                 .with_context(|| format!("watching {}", dir.display()))?,
@@ -152,7 +155,7 @@ async fn serve(
         },
         registry,
         conn,
-        plugins: Plugins::new(runtime, plugins.into_values()),
+        plugins: Plugins::new(runtime.clone(), plugins.into_values()),
         jobs: HashMap::new(),
         stopping: HashSet::new(),
         tasks: JoinSet::new(),
@@ -165,8 +168,13 @@ async fn serve(
         readiness,
     };
     tracing::info!(%redis, consumer, "sluice ready");
+    // Under systemd (`Type=notify`): started. A no-op elsewhere.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut reloads = JoinSet::new();
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -182,6 +190,26 @@ async fn serve(
                         host.reconcile().await;
                     }
                 }
+                Some(()) = hangup.recv() => match &files.config {
+                    // Compiling may take a while: off the loop, one reload at a time.
+                    Some(path) if reloads.is_empty() => {
+                        tracing::info!(path = %path.display(), "SIGHUP: reloading the config file");
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                        reloads.spawn(register::reload_owned(
+                            path.clone(),
+                            config.clone(),
+                            runtime.clone(),
+                            host.registry.clone(),
+                            consumer.clone(),
+                        ));
+                    }
+                    Some(_) => tracing::warn!("SIGHUP: a reload is under way; ignored"),
+                    None => tracing::warn!("SIGHUP: no config file to reload"),
+                },
+                Some(_) = reloads.join_next() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    host.reconcile().await
+                }
             }
         };
         tokio::select! {
@@ -195,6 +223,7 @@ async fn serve(
     subscriber.abort();
     drop(watcher);
 
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let grace = Duration::from_secs(config.host.shutdown_grace_s);
     tracing::info!(?grace, "stopping: finishing in-flight batches");
     for (_, job) in host.jobs.drain() {

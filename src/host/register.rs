@@ -1,7 +1,9 @@
-//! What a host registers at start: the config file's plugins (compiled here first) and jobs
-//! go into the control registry, which wins after that (a stopped job stays stopped).
+//! What a host registers at start, and again on SIGHUP ([`reload`]): the config file's plugins
+//! (compiled here first) and jobs go into the control registry, which wins after that (a
+//! stopped job stays stopped).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -10,6 +12,78 @@ use crate::config::{Config, PluginConfig};
 use crate::model::short;
 use crate::runtime::{LoadedPlugin, Runtime, sha256_hex};
 use crate::store::control::Registry;
+
+/// SIGHUP: read the config file at `path` again; register its plugins (new files, changed
+/// bytes) and its new jobs, and apply its `[host] log` filter. What else changed (the
+/// `[redis]`, `[admin]` and other `[host]` settings) needs a restart, and is logged as such.
+/// A file that does not load is logged; the host goes on as it was.
+pub async fn reload(
+    path: &Path,
+    running: &Config,
+    runtime: Arc<Runtime>,
+    mut registry: Registry,
+    consumer: &str,
+) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: the config file was not reloaded: {e}");
+            return;
+        }
+    };
+    match crate::logging::reload(config.host.log.as_deref()) {
+        Ok(filter) => tracing::info!(%filter, "SIGHUP: log filter set"),
+        Err(e) => tracing::error!("SIGHUP: the log filter was not changed: {e}"),
+    }
+    let mut restart = Vec::new();
+    // `--data-dir` and `--admin` override the file at start: not a change of the file.
+    let mut host = config.host.clone();
+    host.log = running.host.log.clone();
+    host.data_dir = running.host.data_dir.clone();
+    let mut admin = config.admin.clone();
+    admin.listen = running.admin.listen.clone();
+    if host != running.host {
+        restart.push("[host]");
+    }
+    if config.redis != running.redis {
+        restart.push("[redis]");
+    }
+    if admin != running.admin {
+        restart.push("[admin]");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changes to {} apply at the next restart",
+            restart.join(", ")
+        );
+    }
+    let compile = config.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_plugins(&runtime, &compile)).await;
+    let Ok((plugins, errors)) = loaded else {
+        tracing::error!("SIGHUP: compiling the config file's plugins failed");
+        return;
+    };
+    for e in &errors {
+        tracing::error!("SIGHUP: {e:#}");
+    }
+    register_config(&mut registry, &config, &plugins, consumer).await;
+    tracing::info!(
+        plugins = config.plugins.len(),
+        jobs = config.jobs.len(),
+        "SIGHUP: config file reloaded"
+    );
+}
+
+/// [`reload`] as a task of its own.
+pub async fn reload_owned(
+    path: std::path::PathBuf,
+    running: Config,
+    runtime: Arc<Runtime>,
+    registry: Registry,
+    consumer: String,
+) {
+    reload(&path, &running, runtime, registry, &consumer).await
+}
 
 /// Load every configured plugin; a failure is returned per plugin, not fatal.
 pub fn load_plugins(

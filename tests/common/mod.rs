@@ -269,18 +269,35 @@ impl HostProcess {
 
     /// `sluice run` with extra arguments.
     pub fn start_with(config: &Path, url: &str, log: &Path, extra: &[&str]) -> Self {
+        Self::start_env(config, url, log, extra, &[("SLUICE_LOG", Some("info"))])
+    }
+
+    /// `sluice run` with extra arguments and environment variables set (Some) or removed.
+    pub fn start_env(
+        config: &Path,
+        url: &str,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("host log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .args(["--redis", url])
             .args(extra)
             .env_remove("SLUICE_REDIS_URL")
-            .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .spawn()
