@@ -6,6 +6,7 @@
 //! | metric | type | labels | meaning |
 //! | --- | --- | --- | --- |
 //! | `sluice_events_total` | counter | `job`, `version`, `outcome` | events committed by this host: `outcome` is `acked`, `skipped`, `retried`, `failed` (a failed delivery, also counted as retried or dead), `dead` |
+//! | `sluice_events_received_total` | counter | `job`, `version` | deliveries committed by this host (each ends acked, skipped, retried or dead: `job status`'s `received`) |
 //! | `sluice_handle_seconds` | histogram | `job` | time to hand one batch to the plugin |
 //! | `sluice_commit_seconds` | histogram | `job` | time to commit one batch (all its scripts, retries included) |
 //! | `sluice_batch_events` | histogram | `job` | events per handled batch |
@@ -34,6 +35,10 @@ pub fn describe() {
     describe_counter!(
         "sluice_events_total",
         "Events committed by this host, by job, plugin version and outcome"
+    );
+    describe_counter!(
+        "sluice_events_received_total",
+        "Deliveries committed by this host (acked, skipped, retried or dead), by job and plugin version"
     );
     describe_histogram!(
         "sluice_handle_seconds",
@@ -94,6 +99,16 @@ pub fn describe() {
 
 /// What one commit of a batch of `job` (plugin `version`) did.
 pub fn committed(job: &str, version: &str, outcomes: [(&'static str, u64); 5]) {
+    // Every delivery committed ends in one of these; `failed` is counted within them.
+    let received: u64 = outcomes
+        .iter()
+        .filter(|(o, _)| *o != "failed")
+        .map(|(_, n)| n)
+        .sum();
+    if received > 0 {
+        counter!("sluice_events_received_total", "job" => job.to_string(), "version" => short(version))
+            .increment(received);
+    }
     for (outcome, n) in outcomes {
         if n > 0 {
             counter!("sluice_events_total", "job" => job.to_string(), "version" => short(version), "outcome" => outcome)

@@ -45,6 +45,20 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// The source ids of job j's dead letters (for failure messages).
+fn dead_letter_sources(conn: &mut redis::Connection) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("sluice:{in}:job:j:dlq")
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(id, f)| format!("{id}<-{}", f[1].1))
+        .collect()
+}
+
 /// The value of one sample of `/metrics`: the line starting with `series` (name and labels).
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics
@@ -110,6 +124,11 @@ fn probes_and_metrics_tell_the_truth() {
             "{outcome}:\n{metrics}"
         );
     }
+    assert_eq!(
+        sample(&metrics, "sluice_events_received_total", &[("job", "j")]),
+        Some(counter(&mut conn, "j", "in", "received") as f64),
+        "received:\n{metrics}"
+    );
     assert_eq!(
         sample(
             &metrics,
@@ -268,19 +287,61 @@ fn the_json_api_shows_what_the_cli_shows_and_its_actions_need_the_token() {
         post(port, "/api/jobs/j/dlq/replay", Some("t0ken"), "{}").0,
         400
     );
-    let (code, replayed) = post(
-        port,
-        "/api/jobs/j/dlq/replay",
-        Some("t0ken"),
-        r#"{"all": true}"#,
-    );
-    assert_eq!(code, 200, "{replayed}");
-    let replayed = json(&replayed);
-    assert_eq!(replayed.as_array().unwrap().len(), 3);
-    assert!(replayed[0]["new_id"].is_string(), "{replayed}");
-    assert!(wait_until(Duration::from_secs(20), || counter(
+    // More dead letters, then four replays of all of them at once: each is replayed once.
+    publish(&mut conn, "in", 197, &[("action", "error")]);
+    assert!(wait_until(Duration::from_secs(30), || counter(
         &mut conn, "j", "in", "dead"
-    ) == 6));
+    ) == 200));
+    cli(&redis.url, "job stop j");
+    // Stopped here too (no batch of it in flight to add dead letters meanwhile).
+    assert!(wait_until(Duration::from_secs(10), || sample(
+        &get(port, "/metrics").1,
+        "sluice_jobs_running",
+        &[]
+    ) == Some(0.0)));
+    let len =
+        |conn: &mut redis::Connection| -> u64 { redis::cmd("XLEN").arg("in").query(conn).unwrap() };
+    let before = len(&mut conn);
+    let letters = dead_letter_sources(&mut conn);
+    let replays: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                post(
+                    port,
+                    "/api/jobs/j/dlq/replay",
+                    Some("t0ken"),
+                    r#"{"all": true}"#,
+                )
+            })
+        })
+        .collect();
+    let mut replayed = Vec::new();
+    for r in replays {
+        let (code, body) = r.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+        for r in json(&body).as_array().unwrap() {
+            if r["new_id"].is_string() {
+                replayed.push(r["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let mut unique = replayed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (replayed.len(), unique.len()),
+        (letters.len(), letters.len()),
+        "{letters:?}"
+    );
+    assert_eq!(
+        len(&mut conn) - before,
+        letters.len() as u64,
+        "each dead letter went back once"
+    );
+    cli(&redis.url, "job resume j");
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 400));
     host.stop_ok();
 }
 
@@ -493,6 +554,19 @@ fn tls_with_a_client_certificate_carries_events_and_a_bad_certificate_is_named()
         );
         assert!(started.elapsed() < Duration::from_secs(20), "{args:?} hung");
     }
+    // A CA file that holds no certificate is named.
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let bad_ca = redis_config(
+        dir.path(),
+        "bad-ca.toml",
+        &tls.replace(&p(&certs.ca), &p(&not_pem)),
+    );
+    let err = failure(&sluice_with(&bad_ca, &["job", "list"], &[]));
+    assert!(
+        err.contains("holds no PEM certificate") && err.contains("not-a-ca.pem"),
+        "{err}"
+    );
     // No client certificate, where the server requires one.
     let no_client = redis_config(
         dir.path(),
@@ -850,4 +924,73 @@ fn resp3_connections_run_a_job_and_the_cli() {
         Some(2)
     );
     host.stop_ok();
+}
+
+#[test]
+fn retention_keeps_an_oversized_entry_its_dead_letter_refers_to_until_it_is_replayed() {
+    let extra = "max_deliveries = 1\nmax_entry_bytes = 1024\nretention = \"acked\"\nretention_every_ms = 100";
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", extra, "");
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    let before = publish(&mut conn, "in", 5, &[("action", "ok")]);
+    std::thread::sleep(Duration::from_millis(5));
+    let big = "x".repeat(2000);
+    let oversized = publish(&mut conn, "in", 1, &[("action", "ok"), ("blob", &big)]);
+    std::thread::sleep(Duration::from_millis(5));
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 1
+        && counter(&mut conn, "j", "in", "acked") == 10));
+    // The dead letter holds no copy of the oversized entry: it stays in the stream, while
+    // what came before it goes.
+    assert!(wait_until(Duration::from_secs(10), || !ids(
+        &mut conn, "in"
+    )
+    .contains(&before[0])));
+    let kept = ids(&mut conn, "in");
+    assert_eq!(kept.first(), Some(&oversized[0]), "{kept:?}");
+    let letters = json(&cli(&redis.url, "dlq list j --json"));
+    assert_eq!(letters[0]["fields_in"], "source");
+    // Replayed, its fields are there; then nothing holds the old entry any more.
+    let out = cli(&redis.url, "dlq replay j --all");
+    assert!(out.contains("replayed 1"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !ids(&mut conn, "in")
+            .contains(&oversized[0])),
+        "{:?}",
+        ids(&mut conn, "in")
+    );
+    host.stop_ok();
+}
+
+#[test]
+fn sighup_before_redis_is_reached_does_not_end_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = redis_config(
+        dir.path(),
+        "away.toml",
+        &format!("url = \"redis://127.0.0.1:{port}/\""),
+    );
+    let log = dir.path().join("host.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("SLUICE_REDIS_URL")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || text()
+        .contains("waiting for redis")));
+    let _ = Command::new("kill")
+        .args(["-HUP", &host.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = host.try_wait().unwrap().is_none();
+    let _ = host.kill();
+    let _ = host.wait();
+    assert!(alive, "SIGHUP ended the host: {}", text());
 }

@@ -472,3 +472,209 @@ async fn a_counter_is_followed_step_by_step_and_must_hold_an_integer() {
         "nothing written"
     );
 }
+
+/// One retention pass on `stream` (a fresh lock each time: `every` is 1 ms).
+async fn trim_once(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    groups: &[String],
+) -> sluice::store::retention::Trim {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sluice::store::retention::trim(
+        conn,
+        &Keys::new("sluice"),
+        stream,
+        "test",
+        Duration::from_millis(1),
+        Duration::ZERO,
+        groups,
+    )
+    .await
+    .unwrap()
+}
+
+fn ids_of(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
+#[tokio::test]
+async fn retention_compares_ids_whole_however_long_their_sequence() {
+    let redis = RedisServer::start();
+    let mut sync = redis.conn();
+    let mut conn = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap();
+    // Sequences past 2^53, where a Lua number would round 9007199254740995 to ...996.
+    for id in [
+        "5-9007199254740990",
+        "5-9007199254740995",
+        "5-9007199254740996",
+    ] {
+        let _: String = redis::cmd("XADD")
+            .arg("s")
+            .arg(id)
+            .arg("f")
+            .arg("v")
+            .query(&mut sync)
+            .unwrap();
+    }
+    let cmd = |args: &[&str]| {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c
+    };
+    // Group g was delivered the first two and acknowledged only the first.
+    let () = cmd(&["XGROUP", "CREATE", "s", "g", "0"])
+        .query(&mut sync)
+        .unwrap();
+    let _: redis::Value = cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "s",
+        ">",
+    ])
+    .query(&mut sync)
+    .unwrap();
+    let _: u64 = cmd(&["XACK", "s", "g", "5-9007199254740990"])
+        .query(&mut sync)
+        .unwrap();
+    trim_once(&mut conn, "s", &[]).await;
+    assert_eq!(
+        ids_of(&mut sync, "s"),
+        ["5-9007199254740995", "5-9007199254740996"]
+    );
+    // A foreign group set right before the last entry still needs it.
+    let () = cmd(&["XACK", "s", "g", "5-9007199254740995"])
+        .query(&mut sync)
+        .map(|_: u64| ())
+        .unwrap();
+    let () = cmd(&["XGROUP", "CREATE", "s", "other", "5-9007199254740995"])
+        .query(&mut sync)
+        .unwrap();
+    trim_once(&mut conn, "s", &[]).await;
+    assert_eq!(ids_of(&mut sync, "s"), ["5-9007199254740996"]);
+    // A registered job whose group does not exist yet: nothing goes.
+    let _: redis::Value = cmd(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"])
+        .query(&mut sync)
+        .unwrap();
+    let _: u64 = cmd(&["XACK", "s", "g", "5-9007199254740996"])
+        .query(&mut sync)
+        .unwrap();
+    let _: redis::Value = cmd(&["XREADGROUP", "GROUP", "other", "c", "STREAMS", "s", ">"])
+        .query(&mut sync)
+        .unwrap();
+    let _: u64 = cmd(&["XACK", "s", "other", "5-9007199254740996"])
+        .query(&mut sync)
+        .unwrap();
+    let waiting = trim_once(&mut conn, "s", &["sluice:new-job".to_string()]).await;
+    assert!(
+        matches!(&waiting, sluice::store::retention::Trim::Skipped(why) if why.contains("sluice:new-job")),
+        "{waiting:?}"
+    );
+    assert_eq!(ids_of(&mut sync, "s").len(), 1);
+    // Everything acknowledged by every group: all of it goes, and a pass on the largest
+    // id there is works too.
+    trim_once(&mut conn, "s", &[]).await;
+    assert!(ids_of(&mut sync, "s").is_empty());
+    let _: String = cmd(&[
+        "XADD",
+        "s",
+        "18446744073709551615-18446744073709551615",
+        "f",
+        "v",
+    ])
+    .query(&mut sync)
+    .unwrap();
+    trim_once(&mut conn, "s", &[]).await;
+    assert_eq!(ids_of(&mut sync, "s").len(), 1, "undelivered: kept");
+}
+
+#[tokio::test]
+async fn retention_keeps_the_entries_dead_letters_refer_to_until_they_are_purged() {
+    let redis = RedisServer::start();
+    let mut sync = redis.conn();
+    let mut conn = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap();
+    let keys = Keys::new("sluice");
+    let ids = publish(&mut sync, "in", 3, &[("f", "v")]);
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("in")
+        .arg("sluice:j")
+        .arg("0")
+        .query(&mut sync)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("sluice:j")
+        .arg("c")
+        .arg("STREAMS")
+        .arg("in")
+        .arg(">")
+        .query(&mut sync)
+        .unwrap();
+    let _: u64 = redis::cmd("XACK")
+        .arg("in")
+        .arg("sluice:j")
+        .arg(&ids)
+        .query(&mut sync)
+        .unwrap();
+    // A dead letter of the second entry that holds no copy (as commit.lua writes one for
+    // an oversized entry), and its hold.
+    let letter: String = redis::cmd("XADD")
+        .arg(keys.dlq("j", "in"))
+        .arg("*")
+        .arg(&[
+            "sluice:source-id",
+            &ids[1],
+            "sluice:source",
+            "in",
+            "sluice:deliveries",
+            "1",
+            "sluice:error",
+            "too big",
+            "sluice:plugin",
+            "p",
+            "sluice:dead-at",
+            "0",
+            "sluice:fields",
+            "source",
+        ])
+        .query(&mut sync)
+        .unwrap();
+    let ms = ids[1].split('-').next().unwrap().to_string();
+    let _: u64 = redis::cmd("ZADD")
+        .arg(keys.held("in"))
+        .arg(&ms)
+        .arg(format!("sluice:j/{}", ids[1]))
+        .query(&mut sync)
+        .unwrap();
+    trim_once(&mut conn, "in", &[]).await;
+    let kept = ids_of(&mut sync, "in");
+    assert!(kept.contains(&ids[1]), "{kept:?}");
+    // Purging the dead letter lets the entry go.
+    let purged = sluice::store::dlq::purge(&mut conn, &keys, "j", "in", &[letter])
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    trim_once(&mut conn, "in", &[]).await;
+    assert!(ids_of(&mut sync, "in").is_empty());
+}

@@ -13,6 +13,9 @@
 //! half of that mode's measured throughput) for `--latency-secs`, each stamped with its publish
 //! time; the latency of an entry is the time from that stamp to the end of the commit that
 //! acked it.
+//!
+//! What observing costs ([`observe`]): the wasm no-op and echo modes again, in alternating
+//! rounds with plain logs, with per-event spans, and with spans plus Prometheus metrics.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 mod load;
+mod observe;
 mod state;
 mod swap;
 
@@ -163,23 +167,28 @@ pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()
             (Endpoint::local(&e.url())?, Some(e))
         }
     };
+    let observer = observe::Observer::install()?;
     let result = async {
         let rows = measure(args, &redis, &plugins).await?;
+        let observed = observe::cost(args, &redis, &plugins, &observer).await?;
         let swap = swap::swap_pause(args, &redis, &plugins).await?;
         let state = state::stateful(args, &redis, &plugins).await?;
-        anyhow::Ok((rows, swap, state))
+        anyhow::Ok((rows, observed, swap, state))
     }
     .await;
     if let Some(e) = embedded {
         e.stop().await;
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    let (rows, swap, state) = result?;
+    let (rows, observed, swap, state) = result?;
     if args.json {
-        let report = serde_json::json!({ "modes": rows, "swap": swap, "stateful": state });
+        let report = serde_json::json!({
+            "modes": rows, "observing": observed, "swap": swap, "stateful": state
+        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(args, &redis, &rows);
+        observe::print_table(args, &observed);
         println!(
             "hot swap of echo under full load ({} events, batch {}): the commits around the swap \
              were at most {:.2} ms apart; elsewhere in the run p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

@@ -32,7 +32,10 @@ async fn event_get(c: &Client, job: &str, id: &str, json: bool) -> anyhow::Resul
     let keys = &c.keys;
     let source = job_source(c, &mut conn, job).await?;
     let Some(status) = events::get(&mut conn, keys, job, &source, id).await? else {
-        bail!("job `{job}` knows no event `{id}` (not in stream `{source}`, no status record)");
+        bail!(
+            "job `{job}` knows no event `{id}` (not in stream `{source}`, not pending, no status \
+             record; an entry trimmed after it was acknowledged looks the same)"
+        );
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

@@ -20,7 +20,6 @@ use crate::model::{Handler, JobSpec, Retention, StateReader, short};
 use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
-use crate::store::retention::{self, Trim};
 use crate::store::state::RedisState;
 use crate::store::stream::{self, StreamJob};
 use crate::store::{Endpoint, Keys, StoreError};
@@ -260,7 +259,7 @@ impl Assembly {
         let swap = [runner.swapper(), life_runner.swapper()];
         let (stop, stop_rx) = watch::channel(false);
         let retention = (spec.retention == Retention::Acked).then(|| {
-            tokio::spawn(keep_trimmed(
+            tokio::spawn(super::retention::keep_trimmed(
                 conn.clone(),
                 self.keys.clone(),
                 spec.clone(),
@@ -390,40 +389,6 @@ async fn run_job(
         retention.abort();
     }
     (name, result)
-}
-
-/// `retention = "acked"`: trim the job's source stream every `retention_every_ms` (when no
-/// other host did), until aborted with the job.
-async fn keep_trimmed(mut conn: ConnectionManager, keys: Keys, spec: JobSpec, holder: String) {
-    let stream = keys.source_stream(&spec);
-    let every = Duration::from_millis(spec.retention_every_ms);
-    let keep = Duration::from_secs(spec.retention_keep_s);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        match retention::trim(&mut conn, &keys, &stream, &holder, every, keep).await {
-            Ok(trim) => {
-                failing = false;
-                match trim {
-                    Trim::Trimmed { trimmed, kept_from } if trimmed > 0 => {
-                        tracing::debug!(job = %spec.name, %stream, trimmed, %kept_from, "trimmed acknowledged entries");
-                        crate::metrics::trimmed(&spec.name, trimmed);
-                    }
-                    Trim::Skipped(why) => {
-                        tracing::debug!(job = %spec.name, %stream, "retention: not trimmed: {why}")
-                    }
-                    _ => {}
-                }
-            }
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(job = %spec.name, %stream, "retention: trimming failed (tried again): {e}");
-            }
-            Err(_) => {}
-        }
-    }
 }
 
 #[cfg(test)]

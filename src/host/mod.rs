@@ -8,7 +8,8 @@
 //! The rooms: [`register`] (what a host registers at start), [`plan`] (the pure reconcile
 //! decision), [`reconcile`] (carrying it out), [`plugins`] (compiled versions: memory, compile
 //! cache, registry), [`job`] (spec + plugin → running job, the one place a job is
-//! assembled), [`watch`] (`--plugins DIR`).
+//! assembled), [`retention`] (trimming sources), [`watch`] (`--plugins DIR`), [`admin`] (the
+//! admin HTTP server).
 
 pub mod admin;
 pub mod job;
@@ -16,6 +17,7 @@ pub mod plan;
 pub mod plugins;
 pub mod reconcile;
 pub mod register;
+pub mod retention;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +68,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let data_dir = config.host.data_dir.clone();
+    // SIGHUP's default is to end the process: caught from the start (compiling, waiting for
+    // Redis), acted on once the host serves.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let runtime = Arc::new(Runtime::new(Some(&data_dir.join("cache")))?);
     // A plugin file that does not load is reported; the host serves the rest.
     let (plugins, errors) = register::load_plugins(&runtime, &config);
@@ -97,10 +103,14 @@ pub async fn run(
     };
     let result = match ready {
         Some(Ok(())) => {
-            serve(
-                &config, files, plugins, runtime, &redis, readiness, shutdown,
-            )
-            .await
+            let start = Start {
+                files,
+                plugins,
+                runtime,
+                readiness,
+                hangup,
+            };
+            serve(&config, &redis, start, shutdown).await
         }
         Some(Err(e)) => Err(e),
         None => Ok(()),
@@ -114,22 +124,37 @@ pub async fn run(
     result
 }
 
-async fn serve(
-    config: &Config,
+/// What a host starts serving with, made before Redis was reached.
+struct Start {
     files: Files,
+    /// The config file's plugins, compiled.
     plugins: HashMap<String, Arc<crate::runtime::LoadedPlugin>>,
     runtime: Arc<Runtime>,
-    redis: &Endpoint,
     readiness: Arc<admin::Readiness>,
+    /// SIGHUP, caught since the process started.
+    hangup: tokio::signal::unix::Signal,
+}
+
+async fn serve(
+    config: &Config,
+    redis: &Endpoint,
+    start: Start,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Start {
+        files,
+        plugins,
+        runtime,
+        readiness,
+        mut hangup,
+    } = start;
     let keys = Keys::new(&config.host.prefix);
     let consumer = consumer_name(config);
     let conn = redis
         .connect(Duration::ZERO)
         .await
         .with_context(|| format!("connecting to Redis at {redis}"))?;
-    readiness.attach(conn.clone(), keys.clone());
+    readiness.attach(conn.clone(), keys.clone(), redis.clone());
     let mut registry = Registry::new(conn.clone(), keys.clone());
     register::register_config(&mut registry, config, &plugins, &consumer).await;
 
@@ -172,9 +197,9 @@ async fn serve(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let mut reloads = JoinSet::new();
+    // A SIGHUP during a reload: one more reload once it is done (the file may have changed).
+    let mut reload_again = false;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -203,11 +228,27 @@ async fn serve(
                             consumer.clone(),
                         ));
                     }
-                    Some(_) => tracing::warn!("SIGHUP: a reload is under way; ignored"),
+                    Some(_) => {
+                        tracing::info!("SIGHUP: a reload is under way; reloading again after it");
+                        reload_again = true;
+                    }
                     None => tracing::warn!("SIGHUP: no config file to reload"),
                 },
                 Some(_) = reloads.join_next() => {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    match (&files.config, std::mem::take(&mut reload_again)) {
+                        (Some(path), true) => {
+                            reloads.spawn(register::reload_owned(
+                                path.clone(),
+                                config.clone(),
+                                runtime.clone(),
+                                host.registry.clone(),
+                                consumer.clone(),
+                            ));
+                        }
+                        _ => {
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                        }
+                    }
                     host.reconcile().await
                 }
             }

@@ -48,7 +48,7 @@ pub struct Tls {
     /// PEM files of this client's certificate and key (mutual TLS; both or neither).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
-    /// Do not check that the server's certificate names the host of the URL.
+    /// Do not verify the server's certificate at all (its signer or its name).
     pub insecure: bool,
 }
 

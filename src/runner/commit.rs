@@ -55,6 +55,14 @@ pub(super) async fn commit_stage(
                     tracing::debug!(job = &*job, event = %event.id, "job state could not be read: {}", f.message);
                 }
                 Outcome::Failed(failure) => {
+                    let span = crate::logging::event_span(
+                        &job,
+                        &event.source,
+                        &event.id,
+                        &version,
+                        event.delivery_count,
+                    );
+                    let _span = span.entered();
                     tracing::warn!(job = &*job, event = %event.id, kind = failure.kind.as_str(), "event failed: {}", failure.message);
                     crate::metrics::failure(&job, failure);
                 }

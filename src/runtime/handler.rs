@@ -67,16 +67,7 @@ impl PluginHandler {
                 }
             }
         };
-        // Every line logged during the call carries the event (see `crate::logging`).
-        let span = tracing::info_span!(
-            "event",
-            job = &*event.job,
-            stream = %event.source,
-            id = %event.id,
-            version = crate::model::short(&self.plugin.sha256),
-            attempt = event.delivery_count,
-        );
-        let outcome = tracing::Instrument::instrument(instance.handle(event), span).await;
+        let outcome = instance.handle(event).await;
         // A trapped instance is dropped here, giving its memory back at once.
         if instance.is_usable() {
             self.instance = Some(instance);

@@ -69,7 +69,10 @@ impl PluginInstance {
             .collect();
         let timeout = guest.limits.init_timeout;
         let max = guest.limits.max_guest_string_bytes;
-        let mut store = Store::new(plugin.pre.engine(), HostState::new(guest, overlay));
+        let mut store = Store::new(
+            plugin.pre.engine(),
+            HostState::new(guest, overlay, plugin.sha256.as_str().into()),
+        );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().call_deadline {
@@ -160,6 +163,8 @@ impl PluginInstance {
         self.store.set_epoch_deadline(1);
         self.store.data_mut().call = CallState {
             event_id: Some(event.id.clone()),
+            stream: event.source.clone(),
+            attempt: event.delivery_count,
             ..CallState::default()
         };
         let wit_event = wit::Event {
@@ -179,6 +184,7 @@ impl PluginInstance {
         let printed = self.store.data().output.take();
         if let Some(text) = &printed {
             let state = self.store.data();
+            let _span = state.event_span().entered();
             tracing::info!(job = &*state.guest.job, plugin = &*state.guest.plugin, event = %event.id, "the plugin printed: {text}");
             call.logs.push(format!("printed: {text}"));
         }

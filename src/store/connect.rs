@@ -40,6 +40,9 @@ impl Endpoint {
         let redacted = redact_url(url);
         let invalid = || format!("invalid Redis URL {redacted}");
         let tls_url = url.starts_with("rediss://");
+        if tls_url && (settings.tls.insecure || url.ends_with("#insecure")) {
+            tracing::warn!(redis = %redacted, "TLS without verifying the server's certificate (tls_insecure): anyone can pose as this server");
+        }
         let url = if settings.tls.insecure && tls_url && !url.ends_with("#insecure") {
             format!("{url}#insecure")
         } else {
@@ -74,6 +77,18 @@ impl Endpoint {
                 .as_deref()
                 .map(|p| read("CA file", p))
                 .transpose()?;
+            if let (Some(pem), Some(path)) = (&root_cert, &tls.ca_file) {
+                use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+                let certs = CertificateDer::pem_slice_iter(pem)
+                    .filter(Result::is_ok)
+                    .count();
+                if certs == 0 {
+                    bail!(
+                        "the Redis TLS CA file {} holds no PEM certificate",
+                        path.display()
+                    );
+                }
+            }
             let client_tls = match (&tls.cert_file, &tls.key_file) {
                 (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
                     client_cert: read("certificate file", cert)?,

@@ -108,7 +108,9 @@ fn parse(id: String, flat: Vec<Vec<u8>>) -> DeadLetter {
 /// afresh, delivery count 1) and leaves the dead-letter stream, in one `MULTI`/`EXEC` guarded
 /// by `WATCH` (so two replays of one dead letter cannot both append it). Returns
 /// (dead-letter id, new source id, or None if there is no such dead letter or its fields are
-/// gone). Runs client-side: entries of any width, no script argument limit.
+/// gone). Runs client-side: entries of any width, no script argument limit. `conn` must be
+/// a connection of the caller's own: `WATCH` holds per connection, and a shared one lets
+/// another user's `EXEC` clear it.
 pub async fn replay<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -153,16 +155,19 @@ pub async fn replay<C: ConnectionLike + Send>(
             for value in &original {
                 add.arg(value.as_slice());
             }
-            let result: Option<(String, u64)> = redis::pipe()
+            let result: Option<(String, u64, u64)> = redis::pipe()
                 .atomic()
                 .add_command(add)
                 .cmd("XDEL")
                 .arg(&dlq)
                 .arg(id)
+                .cmd("ZREM")
+                .arg(keys.held(source))
+                .arg(held_member(keys, job, &letter.source_id))
                 .query_async(conn)
                 .await?;
             // None: the dead-letter stream changed under us (EXEC aborted); look again.
-            if let Some((new_id, _)) = result {
+            if let Some((new_id, _, _)) = result {
                 break Some(new_id);
             }
         };
@@ -182,7 +187,30 @@ pub async fn purge<C: AsyncCommands>(
     if ids.is_empty() {
         return Ok(0);
     }
-    Ok(conn.xdel(keys.dlq(job, source), ids).await?)
+    let dlq = keys.dlq(job, source);
+    // The source entries these dead letters refer to are no longer held for them.
+    let mut held = Vec::new();
+    for id in ids {
+        let entry: Vec<(String, Vec<Vec<u8>>)> =
+            conn.xrange(&dlq, id.as_str(), id.as_str()).await?;
+        if let Some((_, flat)) = entry.into_iter().next() {
+            let letter = parse(id.clone(), flat);
+            if letter.fields_in == "source" {
+                held.push(held_member(keys, job, &letter.source_id));
+            }
+        }
+    }
+    let purged: u64 = conn.xdel(&dlq, ids).await?;
+    if !held.is_empty() {
+        let _: u64 = conn.zrem(keys.held(source), held).await?;
+    }
+    Ok(purged)
+}
+
+/// The member of [`Keys::held`] for a dead letter of `job` referring to source entry `id`
+/// (as `commit.lua` writes it: the group, `/`, the id).
+fn held_member(keys: &Keys, job: &str, id: &str) -> String {
+    format!("{}/{id}", keys.group(job))
 }
 
 #[cfg(test)]

@@ -97,14 +97,13 @@ pub async fn get<C: ConnectionLike + Send>(
         .into();
     } else if let Some(s) = part(0) {
         status.status = s.clone();
-    } else if entry.is_empty() {
-        return Ok(None);
     } else {
         let delivered = group_info(conn, source, &group)
             .await?
             .map(|g| g.last_delivered);
-        status.status = match delivered {
-            Some(last) if parse_id(id) <= parse_id(&last) => {
+        let past = delivered.is_some_and(|last| parse_id(id) <= parse_id(&last));
+        status.status = match (entry.is_empty(), past) {
+            (false, true) => {
                 status.note = Some(
                     "no status record: acknowledged by the consumer group, so done on its first \
                      delivery (or its record expired)"
@@ -112,7 +111,10 @@ pub async fn get<C: ConnectionLike + Send>(
                 );
                 "done"
             }
-            _ => "pending",
+            (false, false) => "pending",
+            // Gone from the stream, with no record: unknown — an entry trimmed after it was
+            // acknowledged (retention) looks the same as an id that never was.
+            (true, _) => return Ok(None),
         }
         .into();
     }

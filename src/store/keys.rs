@@ -16,7 +16,8 @@
 //! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | `commit.lua` | the plugin's key-value store |
 //! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | `commit.lua` | the plugin's counters |
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | `commit.lua` | the plugin's windows: id → time (ms); entries older than a day are dropped |
-//! | `<prefix>:{<tag>}:retention` | string, with a TTL | `retention.lua` | the consumer that last trimmed the source stream of tag `<tag>` (`retention = "acked"`); others skip it until the TTL ends |
+//! | `<prefix>:{<tag>}:retention:<stream>` | string, with a TTL | `retention.lua` | the consumer that last trimmed the stream (`retention = "acked"`); others skip it until the TTL ends |
+//! | `<prefix>:{<tag>}:held:<stream>` | sorted set | `commit.lua`, `dlq` | `<group>/<id>` → ms of `id`: source entries whose dead letter holds no copy of their fields (oversized, or too many fields to copy); retention keeps them until the dead letter is replayed or purged |
 //! | `<prefix>:queue:{<name>}` | stream | `commit.lua`, `claim.lua` | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
 //! | `<prefix>:queue:{<name>}:delayed` | sorted set | `commit.lua` | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue by `claim.lua` when due |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
@@ -109,7 +110,17 @@ impl Keys {
     /// The lock of trimming a source stream (`retention = "acked"`): the consumer name of
     /// the host that trimmed it last, for `retention_every_ms`; in the stream's slot.
     pub fn retention_lock(&self, stream: &str) -> String {
-        format!("{}:{{{}}}:retention", self.prefix, hash_tag(stream))
+        format!(
+            "{}:{{{}}}:retention:{stream}",
+            self.prefix,
+            hash_tag(stream)
+        )
+    }
+
+    /// Sorted set of the source entries dead letters refer to instead of holding a copy of
+    /// their fields (`<group>/<id>` → the id's ms): retention keeps them; in the stream's slot.
+    pub fn held(&self, stream: &str) -> String {
+        format!("{}:{{{}}}:held:{stream}", self.prefix, hash_tag(stream))
     }
 
     /// The sorted set of a job's scheduled retries.

@@ -20,7 +20,8 @@ pub enum Trim {
 }
 
 /// Trim `stream` of what every group on it acknowledged, unless a host did within `every`;
-/// acknowledged entries younger than `keep` stay.
+/// acknowledged entries younger than `keep` stay, and nothing goes while one of `groups`
+/// (those of the jobs registered on the stream) does not exist yet.
 pub async fn trim(
     conn: &mut ConnectionManager,
     keys: &Keys,
@@ -28,13 +29,16 @@ pub async fn trim(
     holder: &str,
     every: Duration,
     keep: Duration,
+    groups: &[String],
 ) -> Result<Trim, StoreError> {
     let (n, text): (i64, String) = scripts::RETENTION
         .key(stream)
         .key(keys.retention_lock(stream))
+        .key(keys.held(stream))
         .arg(holder)
         .arg(every.as_millis().max(1) as u64)
         .arg(keep.as_millis() as u64)
+        .arg(groups)
         .invoke_async(conn)
         .await?;
     Ok(match n {

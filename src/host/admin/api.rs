@@ -87,10 +87,13 @@ impl Admin {
                 "the API is read-only: no [admin] token_file is configured".into(),
             ));
         };
+        // The scheme is case-insensitive (RFC 9110); the token is not.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .unwrap_or_default();
         // Digests compared, not the tokens: the time taken says nothing about the token.
         if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
@@ -101,6 +104,23 @@ impl Admin {
                 "a valid `Authorization: Bearer <token>` header is needed".into(),
             ))
         }
+    }
+}
+
+/// A stream entry id (`ms-seq`, or `ms`) from a request, else 400.
+fn entry_id(id: &str) -> Result<&str, ApiError> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match id.split_once('-') {
+        Some((ms, seq)) => digits(ms) && digits(seq),
+        None => digits(id),
+    };
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("not a stream entry id (like 1700000000000-0): {id:?}"),
+        ))
     }
 }
 
@@ -149,15 +169,8 @@ async fn dead_letters(
     let (mut conn, keys) = a.redis()?;
     let source = source(&mut conn, &keys, &name).await?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let letters = dlq::list(
-        &mut conn,
-        &keys,
-        &name,
-        &source,
-        page.after.as_deref(),
-        limit,
-    )
-    .await?;
+    let after = page.after.as_deref().map(entry_id).transpose()?;
+    let letters = dlq::list(&mut conn, &keys, &name, &source, after, limit).await?;
     // The cursor of the next page, when this one is full.
     let next = (letters.len() == limit)
         .then(|| letters.last().map(|d| d.id.clone()))
@@ -172,6 +185,7 @@ async fn event(
     Path((name, id)): Path<(String, String)>,
 ) -> Answer<events::EventStatus> {
     let (mut conn, keys) = a.redis()?;
+    entry_id(&id)?;
     let source = source(&mut conn, &keys, &name).await?;
     events::get(&mut conn, &keys, &name, &source, &id)
         .await?
@@ -227,9 +241,19 @@ async fn replay(
     State(a): State<Admin>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(selection): Json<Selection>,
+    body: axum::body::Bytes,
 ) -> Answer<Vec<listing::Replayed>> {
+    // Who asks first, what they ask second.
     a.authorize(&headers)?;
+    let selection: Selection = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
+        )
+    })?;
+    for id in &selection.ids {
+        entry_id(id)?;
+    }
     let ids = match (selection.all, selection.ids.is_empty()) {
         (true, true) => None,
         (false, false) => Some(selection.ids),
@@ -242,7 +266,16 @@ async fn replay(
     };
     let (mut conn, keys) = a.redis()?;
     let source = source(&mut conn, &keys, &name).await?;
-    let replayed = listing::replay(&mut conn, &keys, &name, &source, ids).await?;
+    // A connection of its own: replay guards each dead letter with WATCH, which holds per
+    // connection (on the shared one, another request's EXEC would clear it).
+    let endpoint = a.readiness.endpoint().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host has not reached Redis yet".into(),
+        )
+    })?;
+    let mut own = endpoint.connect_once().await?;
+    let replayed = listing::replay(&mut own, &keys, &name, &source, ids).await?;
     tracing::info!(job = %name, replayed = replayed.iter().filter(|r| r.new_id.is_some()).count(), "dead letters replayed through the admin API");
     Ok(Json(replayed))
 }

@@ -26,7 +26,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::store::Keys;
+use crate::store::{Endpoint, Keys};
 
 /// A reconcile older than this means the host lost touch with Redis (it runs every second).
 const STALE_AFTER: Duration = Duration::from_secs(5);
@@ -36,7 +36,16 @@ const STALE_AFTER: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct Readiness {
     state: Mutex<Seen>,
-    redis: std::sync::OnceLock<(ConnectionManager, Keys)>,
+    redis: std::sync::OnceLock<Attached>,
+}
+
+/// Redis, once the host reached it: the host's connection (shared, multiplexed), the key
+/// table, and where to open a connection of one's own (for `WATCH`).
+#[derive(Clone)]
+struct Attached {
+    conn: ConnectionManager,
+    keys: Keys,
+    endpoint: Endpoint,
 }
 
 #[derive(Debug, Default)]
@@ -71,19 +80,28 @@ impl Readiness {
 
     /// Redis is up: where `/metrics` samples each running job's lag, pending entries,
     /// scheduled retries and dead letters.
-    pub fn attach(&self, conn: ConnectionManager, keys: Keys) {
-        let _ = self.redis.set((conn, keys));
+    pub fn attach(&self, conn: ConnectionManager, keys: Keys, endpoint: Endpoint) {
+        let _ = self.redis.set(Attached {
+            conn,
+            keys,
+            endpoint,
+        });
     }
 
     /// A connection to Redis and the key table, once the host reached Redis.
     fn redis(&self) -> Option<(ConnectionManager, Keys)> {
-        self.redis.get().cloned()
+        self.redis.get().map(|a| (a.conn.clone(), a.keys.clone()))
+    }
+
+    /// Where Redis is, for a connection of one's own.
+    fn endpoint(&self) -> Option<Endpoint> {
+        self.redis.get().map(|a| a.endpoint.clone())
     }
 
     /// Set the job gauges from Redis (each job's status, bounded in time: a scrape during an
     /// outage returns what it has).
     async fn sample(&self) {
-        let Some((conn, keys)) = self.redis.get() else {
+        let Some((conn, keys)) = self.redis() else {
             return;
         };
         let running = self
@@ -93,7 +111,7 @@ impl Readiness {
             .unwrap_or_default();
         let mut conn = conn.clone();
         for job in running {
-            let status = crate::store::jobs::status(&mut conn, keys, &job);
+            let status = crate::store::jobs::status(&mut conn, &keys, &job);
             if let Ok(Ok(Some(s))) = tokio::time::timeout(Duration::from_secs(1), status).await {
                 crate::metrics::job_state(&job, s.lag, s.pending, s.scheduled, s.dead_letters);
             }
@@ -181,21 +199,25 @@ pub async fn start(
     }))
 }
 
-/// The process's Prometheus recorder, installed on first use.
-fn recorder() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
+/// The Prometheus exporter as sluice configures it (histogram buckets).
+pub fn prometheus() -> anyhow::Result<PrometheusBuilder> {
+    Ok(PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .set_buckets_for_metric(
             Matcher::Full("sluice_batch_events".into()),
             &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10_000.0],
-        )?
-        .install_recorder()?;
+        )?)
+}
+
+/// The process's Prometheus recorder, installed on first use.
+fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = prometheus()?.install_recorder()?;
     crate::metrics::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }

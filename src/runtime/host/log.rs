@@ -7,8 +7,11 @@ use super::{HostState, MAX_LOGS_KEPT, truncate};
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let message = truncate(message, self.guest.limits.max_log_bytes);
-        // The job, stream, event and version are the call's span's (see `crate::logging`).
+        // The call's span (see `crate::logging`) adds stream, version and attempt; job and
+        // event are said here too, for filters that leave the span out (`warn,plugin=info`).
+        let job = &*self.guest.job;
         let plugin = &*self.guest.plugin;
+        let event = self.call.event_id.as_deref().unwrap_or("-");
         let name = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",
@@ -16,12 +19,13 @@ impl Host for HostState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
+        let _span = self.event_span().entered();
         match level {
-            Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "plugin", job, plugin, event, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", job, plugin, event, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", job, plugin, event, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", job, plugin, event, "{message}"),
+            Level::Error => tracing::error!(target: "plugin", job, plugin, event, "{message}"),
         }
         if self.call.logs.len() < MAX_LOGS_KEPT {
             self.call.logs.push(format!("{name}: {message}"));

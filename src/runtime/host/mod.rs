@@ -57,6 +57,9 @@ impl std::fmt::Debug for dyn StateReader {
 pub struct CallState {
     /// The event being handled, attached to logs (None during `init`).
     pub event_id: Option<String>,
+    /// Its stream and delivery count, for the lines logged about it.
+    pub stream: String,
+    pub attempt: u32,
     /// Effects buffered so far, committed only if the event is acked.
     pub effects: Vec<Effect>,
     /// The first limit the guest broke during this call; fails the event.
@@ -95,10 +98,30 @@ pub struct HostState {
     /// When the current call (`init` or `handle`) must have returned: checked at every epoch
     /// tick while wasm runs.
     pub(crate) call_deadline: Instant,
+    /// The plugin version (sha256), for the lines logged about an event.
+    pub(crate) version: Arc<str>,
 }
 
 impl HostState {
-    pub fn new(guest: Arc<GuestContext>, overlay: Overlay) -> Self {
+    /// The span of lines about the event being handled (see [`crate::logging`]); during
+    /// `init`, none.
+    pub(crate) fn event_span(&self) -> tracing::Span {
+        match &self.call.event_id {
+            Some(id) => crate::logging::event_span(
+                &self.guest.job,
+                &self.call.stream,
+                id,
+                &self.version,
+                self.call.attempt,
+            ),
+            None => tracing::Span::none(),
+        }
+    }
+}
+
+impl HostState {
+    /// A fresh state for an instance of plugin `version` (its sha256) working for `guest`.
+    pub fn new(guest: Arc<GuestContext>, overlay: Overlay, version: Arc<str>) -> Self {
         let limiter = MemoryLimiter::new(guest.limits.memory_bytes);
         let output = GuestOutput::default();
         HostState {
@@ -113,6 +136,7 @@ impl HostState {
             call: CallState::default(),
             overlay,
             call_deadline: Instant::now(),
+            version,
         }
     }
 
@@ -239,6 +263,7 @@ pub(crate) mod test_support {
                 state: reader,
             }),
             Overlay::default(),
+            "test".into(),
         )
     }
 }

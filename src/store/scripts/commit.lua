@@ -4,7 +4,8 @@
 --           its source, a hash of their own for its lifecycle stream)
 -- KEYS[3]   the job's retry sorted set KEYS[4] the job's dead-letter stream
 -- KEYS[5]   the job's hash (its `lifecycle_run`, the run fence)
--- KEYS[6..] every other key the batch writes, each once, with its expected type in ARGV[11];
+-- KEYS[6]   the stream's held set: source entries a dead letter refers to (`<group>/<id>`)
+-- KEYS[7..] every other key the batch writes, each once, with its expected type in ARGV[11];
 --           then the key of each read check (ARGV[14])
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
@@ -12,7 +13,7 @@
 -- ARGV[7] status record TTL in s of events that ever failed (0: none)
 -- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
--- ARGV[11] one letter per key from KEYS[6]: its expected type ('s' stream, 't' string,
+-- ARGV[11] one letter per key from KEYS[7]: its expected type ('s' stream, 't' string,
 --          'z' sorted set)
 -- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
@@ -47,7 +48,7 @@
 -- call's arguments stay far below Lua's unpack() bound (the host caps fields per emit; dead
 -- letters copy at most 7000 values), so the script cannot fail half-way on its own input. Emit targets are type-checked before anything is written, so a target holding
 -- another type aborts the whole batch rather than half of it.
-local src, job, retry, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local src, job, retry, dlq, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
@@ -64,9 +65,9 @@ local MAX_ID = '18446744073709551615-18446744073709551615'
 local WINDOW_SPAN_MS = 86400000
 
 local key_type = {}
-for i = 6, 5 + #key_types do
+for i = 7, 6 + #key_types do
   local t = redis.call('TYPE', KEYS[i])['ok']
-  local want = TYPE_NAMES[string.sub(key_types, i - 5, i - 5)]
+  local want = TYPE_NAMES[string.sub(key_types, i - 6, i - 6)]
   if t ~= 'none' and t ~= want then
     return redis.error_reply('SLUICE_BADTARGET ' .. i .. ' ' .. t)
   end
@@ -293,6 +294,10 @@ while pos <= #ARGV do
           for _, v in ipairs(entry[2]) do meta[#meta + 1] = v end
         end
         redis.call('XADD', dlq, '*', unpack(meta))
+        if fields_at == 'source' then
+          -- Retention must keep the entry while this dead letter refers to it.
+          redis.call('ZADD', held, string.match(id, '^(%d+)'), ARGV[1] .. '/' .. id)
+        end
         dead = dead + 1
         dead_ids[#dead_ids + 1] = '"' .. id .. '"'
         status = 'dead'

@@ -14,7 +14,7 @@ use crate::store::{Keys, StoreError, scripts};
 
 /// Where the keys an effect writes begin in the commit script's KEYS (1-based), after the
 /// source, its counters, the retry set, the dead-letter stream and the job hash.
-const FIRST_TARGET: usize = 6;
+const FIRST_TARGET: usize = 7;
 
 /// What one commit did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,7 +96,8 @@ impl StreamCommitter {
             .key(&j.counters_key)
             .key(&j.retry_key)
             .key(&j.dlq_key)
-            .key(&j.job_key);
+            .key(&j.job_key)
+            .key(&j.held_key);
         let ids = events.iter().filter_map(|e| parse_id(&e.id));
         let (min, max) = ids.fold(((u64::MAX, u64::MAX), (0, 0)), |(lo, hi), id| {
             (lo.min(id), hi.max(id))

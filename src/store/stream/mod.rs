@@ -53,6 +53,8 @@ pub struct StreamJob {
     pub retry_key: String,
     /// Dead letters ([`Keys::dlq`]).
     pub dlq_key: String,
+    /// Source entries dead letters refer to ([`Keys::held`]).
+    pub held_key: String,
     /// Prefix of event status records ([`Keys::event_prefix`]).
     pub event_prefix: String,
     /// Where finished events are announced ([`Keys::events_channel`]).
@@ -91,6 +93,7 @@ impl StreamJob {
             registry_key: keys.jobs(),
             retry_key: keys.retry(job, stream),
             dlq_key: keys.dlq(job, stream),
+            held_key: keys.held(stream),
             event_prefix: keys.event_prefix(job, stream),
             channel: keys.events_channel(job),
             status_ttl_s: defaults::STATUS_TTL_S,

@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod redis;
+
+pub use redis::{Protocol, RedisConfig};
+
 use crate::logging::LogFormat;
-use crate::model::connection::{Keepalive, Tls};
-use crate::model::{AppendFsync, Connection, JobSpec, check_name};
+use crate::model::{JobSpec, check_name};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -55,14 +58,14 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
-    /// The API token from `token_file` (trailing newlines dropped); None when unset.
+    /// The API token from `token_file` (surrounding whitespace dropped); None when unset.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
         let token = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading the admin token file {}: {e}", path.display()))?;
-        let token = token.trim_end_matches(['\r', '\n']);
+        let token = token.trim();
         if token.is_empty() {
             anyhow::bail!("the admin token file {} is empty", path.display());
         }
@@ -111,247 +114,6 @@ impl Default for HostConfig {
             log_format: LogFormat::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`, `rediss://…` or `unix:///path`. Omitted: start
-    /// an embedded `redis-server` in the data dir.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A file holding the Redis password (a mounted secret, say), used with whichever URL
-    /// applies: no password need appear in this file, the environment or the command line.
-    /// Trailing newlines are ignored.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// How often the embedded Redis fsyncs its append-only file: `everysec` (default: a
-    /// power cut loses at most about the last second), `always` (every write, much slower),
-    /// `no` (when the OS flushes).
-    #[serde(default)]
-    pub embedded_appendfsync: AppendFsync,
-    /// The ACL user to log in as (a username in the URL wins), with the password of the URL,
-    /// `password_file` or `SLUICE_REDIS_PASSWORD`.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// For `rediss://`: a PEM file of the CA that signed the server's certificate (default:
-    /// the system's trusted roots).
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// For `rediss://` with mutual TLS: PEM files of this client's certificate and its key.
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-    /// Accept a server certificate that does not name the URL's host (default false; only
-    /// for a test setup: it lets anyone with a certificate of that CA pose as the server).
-    #[serde(default)]
-    pub tls_insecure: bool,
-    /// One attempt to connect (TCP, TLS, login) gives up after this (default 2000).
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// A reply is awaited this long (on top of a blocking read's block time) before the
-    /// command fails and the connection is made again (default 10000).
-    #[serde(default = "default_response_timeout_ms")]
-    pub response_timeout_ms: u64,
-    /// TCP keepalive: the first probe after this many idle seconds (default 30; 0: off, the
-    /// OS default), then every `keepalive_interval_s` (default 10); the connection is
-    /// dropped after `keepalive_count` unanswered probes (default 3).
-    #[serde(default = "default_keepalive_s")]
-    pub keepalive_s: u64,
-    #[serde(default = "default_keepalive_interval_s")]
-    pub keepalive_interval_s: u64,
-    #[serde(default = "default_keepalive_count")]
-    pub keepalive_count: u32,
-    /// Reconnect backoff: the first delay (default 100 ms) and the longest (default 2000).
-    #[serde(default = "default_reconnect_min_ms")]
-    pub reconnect_min_ms: u64,
-    #[serde(default = "default_reconnect_max_ms")]
-    pub reconnect_max_ms: u64,
-    /// The protocol: `resp2` (default) or `resp3`.
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-/// The Redis protocol version (`[redis] protocol`).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Resp2,
-    Resp3,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    2000
-}
-fn default_response_timeout_ms() -> u64 {
-    10_000
-}
-fn default_keepalive_s() -> u64 {
-    30
-}
-fn default_keepalive_interval_s() -> u64 {
-    10
-}
-fn default_keepalive_count() -> u32 {
-    3
-}
-fn default_reconnect_min_ms() -> u64 {
-    100
-}
-fn default_reconnect_max_ms() -> u64 {
-    2000
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("the defaults parse")
-    }
-}
-
-impl RedisConfig {
-    /// Every connection setting but the URL.
-    pub fn connection(&self) -> Connection {
-        let ms = std::time::Duration::from_millis;
-        let secs = std::time::Duration::from_secs;
-        Connection {
-            username: self.username.clone(),
-            tls: Tls {
-                ca_file: self.tls_ca_file.clone(),
-                cert_file: self.tls_cert_file.clone(),
-                key_file: self.tls_key_file.clone(),
-                insecure: self.tls_insecure,
-            },
-            connect_timeout: ms(self.connect_timeout_ms),
-            response_timeout: ms(self.response_timeout_ms),
-            keepalive: (self.keepalive_s > 0).then(|| Keepalive {
-                idle: secs(self.keepalive_s),
-                interval: secs(self.keepalive_interval_s),
-                count: self.keepalive_count,
-            }),
-            reconnect_min: ms(self.reconnect_min_ms),
-            reconnect_max: ms(self.reconnect_max_ms),
-            resp3: self.protocol == Protocol::Resp3,
-        }
-    }
-
-    /// The URL to use: `over` (`--redis`, `SLUICE_REDIS_URL`), else `url`; with the password
-    /// of `password_file` put in (None: no URL, start or find the embedded Redis).
-    pub fn resolve(&self, over: Option<String>) -> anyhow::Result<Option<String>> {
-        self.resolve_with(over, std::env::var("SLUICE_REDIS_PASSWORD").ok())
-    }
-
-    /// [`RedisConfig::resolve`], with the password of `SLUICE_REDIS_PASSWORD` given (a
-    /// `password_file` wins over it).
-    fn resolve_with(
-        &self,
-        over: Option<String>,
-        env_password: Option<String>,
-    ) -> anyhow::Result<Option<String>> {
-        let Some(url) = over.or_else(|| self.url.clone()) else {
-            return Ok(None);
-        };
-        let password = match &self.password_file {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("reading the Redis password file {}: {e}", path.display())
-            })?,
-            None => match env_password.filter(|p| !p.is_empty()) {
-                Some(password) => password,
-                None => return Ok(Some(url)),
-            },
-        };
-        with_password(&url, password.trim_end_matches(['\r', '\n']))
-            .map(Some)
-            .ok_or_else(|| anyhow::anyhow!("the Redis URL has no host to log in to"))
-    }
-}
-
-impl RedisConfig {
-    /// Check the connection settings, naming the field at fault.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let field = |f: &str| format!("redis.{f}");
-        let range = |f: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                Err((field(f), format!("must be {lo} to {hi}, got {v}")))
-            } else {
-                Ok(())
-            }
-        };
-        range("connect_timeout_ms", self.connect_timeout_ms, 10, 300_000)?;
-        range(
-            "response_timeout_ms",
-            self.response_timeout_ms,
-            100,
-            3_600_000,
-        )?;
-        if self.keepalive_s > 0 {
-            range("keepalive_s", self.keepalive_s, 1, 7200)?;
-            range("keepalive_interval_s", self.keepalive_interval_s, 1, 3600)?;
-            range("keepalive_count", self.keepalive_count.into(), 1, 100)?;
-        }
-        range("reconnect_max_ms", self.reconnect_max_ms, 10, 600_000)?;
-        range(
-            "reconnect_min_ms",
-            self.reconnect_min_ms,
-            1,
-            self.reconnect_max_ms,
-        )?;
-        if self.username.as_deref() == Some("") {
-            return Err((field("username"), "must not be empty".into()));
-        }
-        let files = [
-            ("tls_ca_file", &self.tls_ca_file),
-            ("tls_cert_file", &self.tls_cert_file),
-            ("tls_key_file", &self.tls_key_file),
-        ];
-        for (name, path) in files {
-            if let Some(path) = path
-                && !path.is_file()
-            {
-                return Err((field(name), format!("no such file: {}", path.display())));
-            }
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return Err((
-                field("tls_cert_file"),
-                "a client certificate needs both tls_cert_file and tls_key_file".into(),
-            ));
-        }
-        let tls_set = files.iter().any(|(_, p)| p.is_some()) || self.tls_insecure;
-        if tls_set
-            && let Some(url) = &self.url
-            && !url.starts_with("rediss://")
-        {
-            return Err((
-                field("url"),
-                "the tls_* settings need a rediss:// URL (TLS)".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// `url` with `password` as its password (percent-encoded), replacing any it had.
-fn with_password(url: &str, password: &str) -> Option<String> {
-    let encoded =
-        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
-    let (scheme, rest) = url.split_once("://")?;
-    if scheme == "unix" || scheme == "redis+unix" {
-        let sep = if rest.contains('?') { '&' } else { '?' };
-        return Some(format!("{url}{sep}pass={encoded}"));
-    }
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let (user, host) = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or_default(), host),
-        None => ("", authority),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some(format!("{scheme}://{user}:{encoded}@{host}{tail}"))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -461,13 +223,10 @@ impl Config {
                 )
             })?;
         }
-        if let Some(path) = &self.admin.token_file
-            && !path.is_file()
-        {
-            return Err((
-                "admin.token_file".into(),
-                format!("no such file: {}", path.display()),
-            ));
+        if self.admin.token_file.is_some() {
+            self.admin
+                .token()
+                .map_err(|e| ("admin.token_file".to_string(), e.to_string()))?;
         }
         if self
             .redis
@@ -478,7 +237,7 @@ impl Config {
             return Err(("redis.password_file".into(), "must not be empty".into()));
         }
         if let Some(url) = &self.redis.url {
-            redis::Client::open(url.as_str()).map_err(|e| {
+            ::redis::Client::open(url.as_str()).map_err(|e| {
                 (
                     "redis.url".to_string(),
                     format!("not a valid Redis URL: {e}"),
@@ -659,54 +418,17 @@ mod tests {
     }
 
     #[test]
-    fn a_password_file_goes_into_the_url_encoded() {
-        assert_eq!(
-            with_password("redis://h:6380/2", "p@ss w").as_deref(),
-            Some("redis://:p%40ss%20w@h:6380/2")
-        );
-        assert_eq!(
-            with_password("rediss://app:old@h", "new").as_deref(),
-            Some("rediss://app:new@h")
-        );
-        assert_eq!(
-            with_password("unix:///run/r.sock", "x").as_deref(),
-            Some("unix:///run/r.sock?pass=x")
-        );
+    fn the_admin_token_is_read_trimmed_and_an_empty_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pw");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        let r = RedisConfig {
-            url: Some("redis://h".into()),
-            password_file: Some(file),
-            ..RedisConfig::default()
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  t0k en \n").unwrap();
+        let admin = AdminConfig {
+            token_file: Some(file.clone()),
+            ..AdminConfig::default()
         };
-        assert_eq!(
-            r.resolve(None).unwrap().as_deref(),
-            Some("redis://:s3cret@h")
-        );
-        assert_eq!(
-            r.resolve(Some("redis://o:1".into())).unwrap().as_deref(),
-            Some("redis://:s3cret@o:1")
-        );
-        // SLUICE_REDIS_PASSWORD applies when no file is configured; the file wins over it.
-        let plain = RedisConfig {
-            url: Some("redis://h".into()),
-            ..RedisConfig::default()
-        };
-        assert_eq!(
-            plain
-                .resolve_with(None, Some("env".into()))
-                .unwrap()
-                .as_deref(),
-            Some("redis://:env@h")
-        );
-        assert_eq!(
-            plain.resolve_with(None, None).unwrap().as_deref(),
-            Some("redis://h")
-        );
-        assert_eq!(
-            r.resolve_with(None, Some("env".into())).unwrap().as_deref(),
-            Some("redis://:s3cret@h")
-        );
+        assert_eq!(admin.token().unwrap().as_deref(), Some("t0k en"));
+        std::fs::write(&file, " \n").unwrap();
+        let text = format!("[admin]\ntoken_file = \"{}\"\n{GOOD}", file.display());
+        assert_eq!(invalid(&text), "admin.token_file");
     }
 }
