@@ -994,3 +994,43 @@ fn sighup_before_redis_is_reached_does_not_end_the_host() {
     let _ = host.wait();
     assert!(alive, "SIGHUP ended the host: {}", text());
 }
+
+#[test]
+fn max_connections_bounds_the_jobs_a_host_starts_and_ready_says_why() {
+    let port = free_port();
+    let (redis, mut conn, dir, cfg) = setup("chaos", "a", "in", "", "");
+    // Room for the host and one job (2 + 6), not two.
+    let config = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[host]",
+        &format!("[redis]\nmax_connections = 8\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[host]"),
+    );
+    let second = "\n[[job]]\nname = \"b\"\nsource = \"stream:other\"\nplugin = \"chaos\"\nblock_ms = 100\n";
+    std::fs::write(&cfg, format!("{config}{second}")).unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    publish(&mut conn, "other", 5, &[("action", "ok")]);
+    let acked = |conn: &mut redis::Connection, job: &str, stream: &str| {
+        counter(conn, job, stream, "acked")
+    };
+    assert!(wait_until(Duration::from_secs(20), || acked(&mut conn, "a", "in")
+        + acked(&mut conn, "b", "other")
+        == 5));
+    let (code, body) = get(port, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("max_connections (8)"), "{body}");
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    // The host's connections, and this test's own one.
+    assert!(clients.lines().count() <= 8 + 1, "{clients}");
+    // Stopping the job that runs makes room for the other.
+    let running = if acked(&mut conn, "a", "in") == 5 { "a" } else { "b" };
+    cli(&redis.url, &format!("job stop {running}"));
+    assert!(
+        wait_until(Duration::from_secs(20), || acked(&mut conn, "a", "in")
+            + acked(&mut conn, "b", "other")
+            == 10),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    host.stop_ok();
+}

@@ -63,6 +63,11 @@ pub struct RedisConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// The most connections a host opens to Redis (0, default: no bound). A host holds 2,
+    /// plus 6 per job it runs; a job that would take it past this is not started here (and
+    /// `/ready` says so).
+    #[serde(default)]
+    pub max_connections: usize,
     /// The protocol: `resp2` (default) or `resp3`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -186,6 +191,9 @@ impl RedisConfig {
             range("keepalive_count", self.keepalive_count.into(), 1, 100)?;
         }
         range("reconnect_max_ms", self.reconnect_max_ms, 10, 600_000)?;
+        if self.max_connections > 0 {
+            range("max_connections", self.max_connections as u64, 8, 100_000)?;
+        }
         range(
             "reconnect_min_ms",
             self.reconnect_min_ms,

@@ -186,6 +186,8 @@ async fn serve(
         tasks: JoinSet::new(),
         task_names: HashMap::new(),
         refused: HashSet::new(),
+        max_connections: config.redis.max_connections,
+        capped: HashSet::new(),
         waiting: HashSet::new(),
         preparing: JoinSet::new(),
         prep_ids: HashMap::new(),

@@ -52,7 +52,17 @@ pub struct Host {
     pub ready: HashMap<Target, Ready>,
     /// What `/ready` reports.
     pub readiness: Arc<Readiness>,
+    /// `[redis] max_connections` (0: no bound).
+    pub max_connections: usize,
+    /// Jobs not started here for want of connections (logged once).
+    pub capped: HashSet<String>,
 }
+
+/// Connections a host holds besides its jobs': the control connection and the pub/sub one.
+pub const HOST_CONNECTIONS: usize = 2;
+/// Connections one running job holds: reader and committer of its source and of its
+/// lifecycle stream, job state, and the lifecycle gate (also used for retention).
+pub const JOB_CONNECTIONS: usize = 6;
 
 /// A version of a job's plugin for one run of the job: what a preparation is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -125,9 +135,15 @@ impl Host {
                     self.failed(&target, outcome).await;
                 }
                 None if self.prep_ids.values().any(|t| *t == target) => {}
+                None if !self.jobs.contains_key(&name) && !self.connections_allow_one_more() => {
+                    if self.capped.insert(name.clone()) {
+                        tracing::error!(job = %name, max = self.max_connections, "job not started here: it would take this host past [redis] max_connections");
+                    }
+                }
                 None => self.spawn_prepare(&snapshot, target),
             }
         }
+        self.capped.retain(|name| !self.jobs.contains_key(name) && wanted.iter().any(|t| &t.job == name));
         // Ready for something the registry no longer wants: dropped.
         self.ready.retain(|t, _| wanted.contains(t));
         self.check_finite(&snapshot).await;
@@ -147,6 +163,21 @@ impl Host {
     }
 
     /// The jobs the registry wants running that this host does not run, each with why.
+    /// Whether one more job fits in `[redis] max_connections` (0: no bound): a host holds
+    /// [`HOST_CONNECTIONS`], and [`JOB_CONNECTIONS`] per job it runs, stops or prepares.
+    fn connections_allow_one_more(&self) -> bool {
+        if self.max_connections == 0 {
+            return true;
+        }
+        let preparing_new = self
+            .prep_ids
+            .values()
+            .filter(|t| !self.jobs.contains_key(&t.job))
+            .count();
+        let jobs = self.jobs.len() + self.stopping.len() + preparing_new + 1;
+        HOST_CONNECTIONS + JOB_CONNECTIONS * jobs <= self.max_connections
+    }
+
     fn not_running(&self, snapshot: &Snapshot) -> Vec<String> {
         let mut why = Vec::new();
         for (name, entry) in &snapshot.jobs {
@@ -154,6 +185,14 @@ impl Host {
                 continue;
             }
             let plugin = &entry.spec.plugin;
+            if self.capped.contains(name) {
+                why.push(format!(
+                    "job {name}: not started here: it would take this host past [redis] \
+                     max_connections ({})",
+                    self.max_connections
+                ));
+                continue;
+            }
             let reason = match snapshot.plugins.get(plugin) {
                 None => format!("job {name}: waits for plugin {plugin}, which is not loaded"),
                 Some(v)
