@@ -1,9 +1,11 @@
-//! What observing the host costs: the same run with plain logs (filter `warn`: no per-event
-//! spans), with the per-event spans (`info`), and with spans plus the Prometheus recorder
-//! recording every metric and rendered once a second as a scrape would. Rounds alternate
-//! the three, so drift of the machine falls on all of them; the medians are compared.
+//! What observing the host costs. Two measurements:
+//! - end to end: the same run unobserved (log filter `warn`, the metrics recorder switched
+//!   off) and observed (`info`, every metric recorded into Prometheus, rendered once a second
+//!   as a scrape would), in alternating rounds so that the machine's drift falls on both;
+//!   medians, and the spread of the round-by-round ratios;
+//! - in isolation: the metric calls one batch makes, timed in a loop with the recorder on —
+//!   the cost per event is that over the batch size.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -75,8 +77,8 @@ impl Observer {
     /// Set how the next run is observed.
     pub fn set(&self, variant: Variant) -> anyhow::Result<()> {
         let filter = match variant {
-            Variant::Plain => "warn",
-            Variant::Spans | Variant::Metrics => crate::logging::DEFAULT_FILTER,
+            Variant::Off => "warn",
+            Variant::On => crate::logging::DEFAULT_FILTER,
         };
         let applied = crate::logging::reload(Some(filter)).map_err(anyhow::Error::msg)?;
         if applied != filter {
@@ -85,7 +87,7 @@ impl Observer {
             );
         }
         self.on
-            .store(variant == Variant::Metrics, Ordering::Relaxed);
+            .store(variant == Variant::On, Ordering::Relaxed);
         Ok(())
     }
 
@@ -105,37 +107,32 @@ impl Observer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Filter `warn`: no per-event span is made.
-    Plain,
-    /// Filter `info`: one span per event.
-    Spans,
-    /// Spans, and every metric recorded into Prometheus.
-    Metrics,
+    /// Filter `warn`, recorder off.
+    Off,
+    /// Filter `info`, every metric recorded.
+    On,
 }
-
-impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Plain, Variant::Spans, Variant::Metrics];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Variant::Plain => "plain",
-            Variant::Spans => "spans",
-            Variant::Metrics => "metrics",
-        }
-    }
-}
-
-/// One mode's medians, and the ratios to the plain runs.
+/// One mode, observed and not.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObserveRow {
     pub mode: &'static str,
     pub rounds: usize,
-    pub plain_events_per_s: f64,
-    pub spans_events_per_s: f64,
-    pub metrics_events_per_s: f64,
-    pub spans_vs_plain: f64,
-    pub metrics_vs_plain: f64,
-    pub metrics_vs_spans: f64,
+    pub off_events_per_s: f64,
+    pub on_events_per_s: f64,
+    /// Median of on / off.
+    pub on_vs_off: f64,
+    /// The smallest and largest on/off ratio of one round.
+    pub round_ratio_min: f64,
+    pub round_ratio_max: f64,
+}
+
+/// The metric calls of one batch, timed with the recorder on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recording {
+    pub ns_per_batch: f64,
+    pub ns_per_event: f64,
+    /// `ns_per_event` as a share of one event's time in the wasm no-op mode (unobserved).
+    pub share_of_wasm_noop_event: f64,
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -143,23 +140,29 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Rounds of each observing variant per mode.
-const OBSERVE_ROUNDS: usize = 3;
+/// Rounds of each variant per mode.
+const OBSERVE_ROUNDS: usize = 5;
 
-/// Throughput of the wasm no-op and echo modes with plain logs, spans, and spans + metrics,
-/// the variants alternating round by round; medians.
+/// Throughput of the wasm no-op and echo modes unobserved and observed, alternating round
+/// by round; then the metric calls of a batch in isolation.
 pub(super) async fn cost(
     args: &BenchArgs,
     redis: &Endpoint,
     plugins: &Plugins,
     observer: &Observer,
-) -> anyhow::Result<Vec<ObserveRow>> {
+) -> anyhow::Result<(Vec<ObserveRow>, Recording)> {
     let scrape = observer.scrape();
     let mut rows = Vec::new();
     for mode in [Mode::WasmNoop, Mode::Echo] {
-        let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for _ in 0..OBSERVE_ROUNDS {
-            for variant in Variant::ALL {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for round in 0..OBSERVE_ROUNDS {
+            // Which goes first alternates too.
+            let order = if round % 2 == 0 {
+                [Variant::Off, Variant::On]
+            } else {
+                [Variant::On, Variant::Off]
+            };
+            for variant in order {
                 observer.set(variant)?;
                 let stream = format!("sluice-bench:{}:observe", mode.key());
                 let mut conn = redis.connect(Duration::from_secs(20)).await?;
@@ -168,55 +171,81 @@ pub(super) async fn cost(
                 let (rate, _) =
                     consume(mode, args, redis, plugins, &stream, args.events, None).await?;
                 cleanup(&mut conn, &stream).await?;
-                rates.entry(variant.key()).or_default().push(rate);
+                match variant {
+                    Variant::Off => off.push(rate),
+                    Variant::On => on.push(rate),
+                }
             }
         }
-        observer.set(Variant::Spans)?;
-        let mut m = |k: &str| median(rates.remove(k).unwrap_or_default());
-        let (plain, spans, metrics) = (m("plain"), m("spans"), m("metrics"));
+        observer.set(Variant::On)?;
+        let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
+        let (off, on) = (median(off), median(on));
         eprintln!(
-            "  {:<28} plain {plain:.0}/s, spans {spans:.0}/s, spans+metrics {metrics:.0}/s",
+            "  {:<28} unobserved {off:.0}/s, observed {on:.0}/s (rounds: {min:.3}..{max:.3})",
             mode.label()
         );
         rows.push(ObserveRow {
             mode: mode.label(),
             rounds: OBSERVE_ROUNDS,
-            plain_events_per_s: plain,
-            spans_events_per_s: spans,
-            metrics_events_per_s: metrics,
-            spans_vs_plain: spans / plain,
-            metrics_vs_plain: metrics / plain,
-            metrics_vs_spans: metrics / spans,
+            off_events_per_s: off,
+            on_events_per_s: on,
+            on_vs_off: on / off,
+            round_ratio_min: min,
+            round_ratio_max: max,
         });
     }
     scrape.abort();
-    Ok(rows)
+    let recording = recording_cost(args.batch, rows[0].off_events_per_s);
+    Ok((rows, recording))
 }
 
-pub(super) fn print_table(args: &BenchArgs, rows: &[ObserveRow]) {
+/// The metric calls a batch makes (handled, committed, commit time), timed in a loop.
+fn recording_cost(batch: usize, wasm_noop_per_s: f64) -> Recording {
+    const BATCHES: u32 = 200_000;
+    let version = "ff624b05405f0000000000000000000000000000000000000000000000000000";
+    let started = std::time::Instant::now();
+    for _ in 0..BATCHES {
+        crate::metrics::handled("bench", batch, Duration::from_micros(700));
+        crate::metrics::commit_time("bench", Duration::from_micros(900));
+        crate::metrics::committed(
+            "bench",
+            version,
+            [("acked", batch as u64), ("skipped", 0), ("retried", 0), ("failed", 0), ("dead", 0)],
+        );
+    }
+    let ns_per_batch = started.elapsed().as_nanos() as f64 / f64::from(BATCHES);
+    let ns_per_event = ns_per_batch / batch as f64;
+    Recording {
+        ns_per_batch,
+        ns_per_event,
+        share_of_wasm_noop_event: ns_per_event / (1e9 / wasm_noop_per_s),
+    }
+}
+
+pub(super) fn print_table(args: &BenchArgs, rows: &[ObserveRow], recording: &Recording) {
     println!(
-        "observing ({} events, batch {}, medians of {OBSERVE_ROUNDS} alternating rounds): plain = log filter warn (no spans), \
-         spans = info (a span per event), metrics = spans + Prometheus recorder rendered every second",
+        "observing ({} events, batch {}, medians of {OBSERVE_ROUNDS} alternating rounds): unobserved = log \
+         filter warn, metrics recorder off; observed = info, every metric recorded into Prometheus, \
+         rendered every second",
         args.events, args.batch
     );
     println!(
-        "| {:<28} | {:>9} | {:>9} | {:>9} | {:>11} | {:>13} | {:>13} |",
-        "mode", "plain/s", "spans/s", "metrics/s", "spans/plain", "metrics/plain", "metrics/spans"
+        "| {:<28} | {:>12} | {:>10} | {:>8} | {:>13} |",
+        "mode", "unobserved/s", "observed/s", "ratio", "round ratios"
     );
-    println!(
-        "|{:-<30}|{:-<11}|{:-<11}|{:-<11}|{:-<13}|{:-<15}|{:-<15}|",
-        "", "", "", "", "", "", ""
-    );
+    println!("|{:-<30}|{:-<14}|{:-<12}|{:-<10}|{:-<15}|", "", "", "", "", "");
     for r in rows {
         println!(
-            "| {:<28} | {:>9.0} | {:>9.0} | {:>9.0} | {:>11.3} | {:>13.3} | {:>13.3} |",
-            r.mode,
-            r.plain_events_per_s,
-            r.spans_events_per_s,
-            r.metrics_events_per_s,
-            r.spans_vs_plain,
-            r.metrics_vs_plain,
-            r.metrics_vs_spans
+            "| {:<28} | {:>12.0} | {:>10.0} | {:>8.3} | {:>5.3}..{:<5.3} |",
+            r.mode, r.off_events_per_s, r.on_events_per_s, r.on_vs_off, r.round_ratio_min, r.round_ratio_max
         );
     }
+    println!(
+        "metric calls of one batch, recorder on: {:.0} ns per batch = {:.1} ns per event = {:.2}% of a wasm no-op event's time",
+        recording.ns_per_batch,
+        recording.ns_per_event,
+        100.0 * recording.share_of_wasm_noop_event
+    );
 }
