@@ -86,8 +86,7 @@ impl Observer {
                 "the log filter is fixed by the environment ({applied}); unset SLUICE_LOG"
             );
         }
-        self.on
-            .store(variant == Variant::On, Ordering::Relaxed);
+        self.on.store(variant == Variant::On, Ordering::Relaxed);
         Ok(())
     }
 
@@ -212,7 +211,13 @@ fn recording_cost(batch: usize, wasm_noop_per_s: f64) -> Recording {
         crate::metrics::committed(
             "bench",
             version,
-            [("acked", batch as u64), ("skipped", 0), ("retried", 0), ("failed", 0), ("dead", 0)],
+            [
+                ("acked", batch as u64),
+                ("skipped", 0),
+                ("retried", 0),
+                ("failed", 0),
+                ("dead", 0),
+            ],
         );
     }
     let ns_per_batch = started.elapsed().as_nanos() as f64 / f64::from(BATCHES);
@@ -235,11 +240,19 @@ pub(super) fn print_table(args: &BenchArgs, rows: &[ObserveRow], recording: &Rec
         "| {:<28} | {:>12} | {:>10} | {:>8} | {:>13} |",
         "mode", "unobserved/s", "observed/s", "ratio", "round ratios"
     );
-    println!("|{:-<30}|{:-<14}|{:-<12}|{:-<10}|{:-<15}|", "", "", "", "", "");
+    println!(
+        "|{:-<30}|{:-<14}|{:-<12}|{:-<10}|{:-<15}|",
+        "", "", "", "", ""
+    );
     for r in rows {
         println!(
             "| {:<28} | {:>12.0} | {:>10.0} | {:>8.3} | {:>5.3}..{:<5.3} |",
-            r.mode, r.off_events_per_s, r.on_events_per_s, r.on_vs_off, r.round_ratio_min, r.round_ratio_max
+            r.mode,
+            r.off_events_per_s,
+            r.on_events_per_s,
+            r.on_vs_off,
+            r.round_ratio_min,
+            r.round_ratio_max
         );
     }
     println!(

@@ -143,7 +143,8 @@ impl Host {
                 None => self.spawn_prepare(&snapshot, target),
             }
         }
-        self.capped.retain(|name| !self.jobs.contains_key(name) && wanted.iter().any(|t| &t.job == name));
+        self.capped
+            .retain(|name| !self.jobs.contains_key(name) && wanted.iter().any(|t| &t.job == name));
         // Ready for something the registry no longer wants: dropped.
         self.ready.retain(|t, _| wanted.contains(t));
         self.check_finite(&snapshot).await;
