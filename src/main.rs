@@ -1,4 +1,5 @@
-//! The `sluice` binary: parse the command line, set up logging, run, map errors to exit codes.
+//! The `sluice` binary: parse the command line, run it (the CLI sets up logging once the config
+//! is read), map errors to exit codes.
 
 use std::process::ExitCode;
 

@@ -59,7 +59,7 @@ pub enum Command {
         /// and changed files [default: `[plugins] dir`]
         #[arg(long)]
         plugins: Option<PathBuf>,
-        /// Serve /live, /ready and /metrics on this address [default: `[admin] listen`]
+        /// Serve /live, /ready, /metrics and the /api on this address [default: `[admin] listen`]
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
     },
@@ -201,7 +201,7 @@ impl Ctx {
         let redis = match self.config.redis.resolve(self.redis.clone())? {
             Some(url) => Endpoint::new(&url, &self.config.redis.connection())?,
             None => match embedded::running_url(&self.config.host.data_dir).await {
-                Some(url) => Endpoint::local(&url)?,
+                Some(url) => Endpoint::new(&url, &self.config.redis.local_connection())?,
                 None => bail!(
                     "no Redis to talk to: set --redis, SLUICE_REDIS_URL or [redis] url, or start \
                      `sluice run` (which starts an embedded Redis) with the same data dir ({})",

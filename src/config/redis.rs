@@ -111,6 +111,14 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// The settings for the embedded Redis's unix socket: these, without TLS.
+    pub fn local_connection(&self) -> Connection {
+        Connection {
+            tls: Tls::default(),
+            ..self.connection()
+        }
+    }
+
     /// Every connection setting but the URL.
     pub fn connection(&self) -> Connection {
         let ms = std::time::Duration::from_millis;

@@ -93,7 +93,8 @@ pub async fn run(
         None => {
             let embedded =
                 EmbeddedRedis::start(&data_dir, config.redis.embedded_appendfsync).await?;
-            (Endpoint::local(&embedded.url())?, Some(embedded))
+            let local = config.redis.local_connection();
+            (Endpoint::new(&embedded.url(), &local)?, Some(embedded))
         }
     };
     let mut shutdown = std::pin::pin!(shutdown);
