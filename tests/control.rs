@@ -823,3 +823,47 @@ fn a_version_whose_init_hangs_on_hosts_is_refused_by_each_within_the_init_timeou
     a.stop_ok();
     b.stop_ok();
 }
+
+#[test]
+fn hosts_register_their_config_again_when_redis_loses_its_data() {
+    // Entries a runner of the lost run read but could not commit are taken over once idle.
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "claim_idle_ms = 1000", "");
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let mut hosts: Vec<HostProcess> = logs
+        .iter()
+        .map(|log| HostProcess::start(&cfg, &redis.url, log))
+        .collect();
+    publish(&mut conn, "in", 10, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 10));
+    // Everything gone: the registry, the stream, the job's keys.
+    let () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    // Before the hosts notice (within a second), and after.
+    publish(&mut conn, "in", 10, &[("action", "ok")]);
+    let said = || {
+        logs.iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .filter(|t| t.contains("the control registry in Redis was lost or replaced"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || said() == 2),
+        "both hosts say what happened"
+    );
+    publish(&mut conn, "in", 10, &[("action", "ok")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 20),
+        "{}",
+        std::fs::read_to_string(&logs[0]).unwrap_or_default()
+    );
+    // One job, one plugin version: the two hosts did not register them twice.
+    let list = cli(&redis.url, "job list --json");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}

@@ -52,6 +52,11 @@ pub struct Host {
     pub ready: HashMap<Target, Ready>,
     /// What `/ready` reports.
     pub readiness: Arc<Readiness>,
+    /// The registry's epoch this host last saw (None: none yet).
+    pub epoch: Option<String>,
+    /// The config file and its compiled plugins, registered again if the registry is lost.
+    pub config: crate::config::Config,
+    pub config_plugins: HashMap<String, Arc<crate::runtime::LoadedPlugin>>,
     /// `[redis] max_connections` (0: no bound).
     pub max_connections: usize,
     /// Jobs not started here for want of connections (logged once).
@@ -83,7 +88,7 @@ pub struct Prepared {
 impl Host {
     /// Make what this host runs match the registry.
     pub async fn reconcile(&mut self) {
-        let snapshot = match self.registry.snapshot().await {
+        let mut snapshot = match self.registry.snapshot().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("reading the control registry failed: {e}");
@@ -91,6 +96,46 @@ impl Host {
                 return;
             }
         };
+        if snapshot.epoch != self.epoch {
+            match self.epoch.take() {
+                // Gone or replaced: Redis lost its data (a restart without persistence, a
+                // failover to an empty replica, FLUSHALL). This host's config file is
+                // registered again (as if absent, so hosts doing it together agree).
+                Some(seen) => {
+                    tracing::error!(was = %seen, now = ?snapshot.epoch, "the control registry in Redis was lost or replaced (did Redis lose its data?): registering this host's config file again; plugins loaded only with `plugin load` must be loaded again");
+                    // Every job here starts afresh (its group, its keys, its run were lost
+                    // with the rest): stopped now, started again from the new registry once
+                    // its runners have ended.
+                    for (name, job) in self.jobs.drain() {
+                        let _ = job.stop.send(true);
+                        self.stopping.insert(name);
+                    }
+                    let consumer = self.assembly.consumer.clone();
+                    super::register::register_config(
+                        &mut self.registry,
+                        &self.config,
+                        &self.config_plugins,
+                        &consumer,
+                    )
+                    .await;
+                    match self.registry.snapshot().await {
+                        Ok(s) => snapshot = s,
+                        Err(e) => {
+                            self.readiness.failed(e.to_string());
+                            return;
+                        }
+                    }
+                }
+                // A registry no host marked yet (an older one, or a failed mark at start).
+                None if snapshot.epoch.is_none() => {
+                    if let Ok(epoch) = self.registry.mark_epoch(&self.assembly.consumer).await {
+                        snapshot.epoch = epoch;
+                    }
+                }
+                None => {}
+            }
+            self.epoch = snapshot.epoch.clone();
+        }
         let running: BTreeMap<&str, Running<'_>> = self
             .jobs
             .iter()

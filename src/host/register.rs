@@ -141,6 +141,9 @@ pub async fn register_config(
             }
         }
     }
+    if let Err(e) = registry.mark_epoch(consumer).await {
+        tracing::warn!("marking the registry's epoch failed (tried again later): {e}");
+    }
 }
 
 async fn register_plugin(

@@ -182,7 +182,14 @@ impl JobRunner {
         )
         .await;
         keeper.abort();
-        // The committer ends when the handler stage has ended, which ends after the reader.
+        // The committer ends when the handler stage has ended, which ends after the reader —
+        // or early, when a newer run has begun: then the stages before it are ended here (an
+        // idle reader would otherwise wait for entries it could never commit). What they
+        // hold stays pending for the new run.
+        if stats.superseded {
+            reader.abort();
+            handler.abort();
+        }
         let handled = handler.await;
         let _ = reader.await;
         tracing::info!(
@@ -194,7 +201,7 @@ impl JobRunner {
             "job stopped"
         );
         match handled {
-            Ok(Ok(())) if stats.superseded => Err(anyhow::anyhow!(
+            _ if stats.superseded => Err(anyhow::anyhow!(
                 "superseded: a newer run of the job has begun"
             )),
             Ok(Ok(())) => Ok(stats),

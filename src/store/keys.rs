@@ -26,6 +26,7 @@
 //! | `<prefix>:{ctl}:plugin:<name>:versions` | list | `control` | the plugin's versions, newest first (at most 50) |
 //! | `<prefix>:{ctl}:blob:<sha256>` | string | `control` | component bytes |
 //! | `<prefix>:{ctl}:jobs` | hash | `control` | job name → JSON `{spec, state, changed_at}`; state `running`, `stopped` or `finished` |
+//! | `<prefix>:{ctl}:epoch` | string | `control` | `<consumer>@<ms>` of the host that first registered into this registry; gone or changed: Redis lost its data, and hosts register their config files again |
 //! | `<prefix>:{ctl}:runs` | hash | `control` | job name → its current run, raised by every `job start` |
 //! | `<prefix>:{ctl}:refused` | hash | `control` | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
 //!
@@ -74,6 +75,12 @@ impl Keys {
     /// Hash: job name → its definition and state (JSON).
     pub fn ctl_jobs(&self) -> String {
         self.ctl("jobs")
+    }
+
+    /// String: the registry's epoch, set once when a host first registers into an empty
+    /// registry; a host that sees it vanish or change knows Redis lost (or replaced) its data.
+    pub fn ctl_epoch(&self) -> String {
+        self.ctl("epoch")
     }
 
     /// Hash: job name → its current run (a counter only `job start` raises).

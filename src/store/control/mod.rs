@@ -85,6 +85,8 @@ pub struct Refusal {
 pub struct Snapshot {
     pub plugins: BTreeMap<String, PluginVersion>,
     pub jobs: BTreeMap<String, JobEntry>,
+    /// The registry's epoch ([`Keys::ctl_epoch`]); None: never marked, or lost.
+    pub epoch: Option<String>,
 }
 
 /// Why a registry change was refused.
@@ -189,11 +191,12 @@ impl Registry {
         // Raw bytes, decoded entry by entry: one value that is not text (or a run that is not
         // a number) must cost only its own entry, not the whole registry.
         type Raw = Vec<(Vec<u8>, Vec<u8>)>;
-        let (plugins, jobs, runs): (Raw, Raw, Raw) = redis::pipe()
+        let (plugins, jobs, runs, epoch): (Raw, Raw, Raw, Option<Vec<u8>>) = redis::pipe()
             .atomic()
             .hgetall(self.keys.ctl_plugins())
             .hgetall(self.keys.ctl_jobs())
             .hgetall(self.keys.ctl_runs())
+            .get(self.keys.ctl_epoch())
             .query_async(&mut self.conn)
             .await?;
         let plugins = text_entries("plugin", plugins);
@@ -210,7 +213,10 @@ impl Registry {
                 }
             })
             .collect();
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            epoch: epoch.map(|e| String::from_utf8_lossy(&e).into_owned()),
+            ..Snapshot::default()
+        };
         // What Redis holds is untrusted: an entry that does not decode, or does not make sense
         // (a sha256 that is not one, a job spec that would not pass `job start`), is logged and
         // left out, never run and never fatal.
@@ -236,6 +242,21 @@ impl Registry {
             }
         }
         Ok(snapshot)
+    }
+
+    /// Give the registry an epoch if it has none (`<holder>@<ms>`); the epoch it has now.
+    pub async fn mark_epoch(&mut self, holder: &str) -> Result<Option<String>> {
+        let mark = format!("{holder}@{}", now_ms());
+        let (_, epoch): (Option<String>, Option<String>) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.keys.ctl_epoch())
+            .arg(mark)
+            .arg("NX")
+            .get(self.keys.ctl_epoch())
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(epoch)
     }
 
     pub(super) async fn notify(&mut self, what: &str) -> Result<()> {
