@@ -1046,3 +1046,98 @@ fn max_connections_bounds_the_jobs_a_host_starts_and_ready_says_why() {
     );
     host.stop_ok();
 }
+
+#[test]
+fn the_embedded_redis_is_started_again_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    // No [redis] url: the host starts its own redis-server in the data dir.
+    let cfg = write_config(dir.path(), "chaos", "j", "in", "", "");
+    let log = dir.path().join("host.log");
+    let mut host = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("SLUICE_REDIS_URL")
+        .env("SLUICE_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let pid_of = |line: &str| -> Option<u32> {
+        line.split("pid=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || text()
+            .contains("job running job=\"j\" stream=in")),
+        "{}",
+        text()
+    );
+    let pid = text()
+        .lines()
+        .find(|l| l.contains("started embedded redis-server"))
+        .and_then(pid_of)
+        .expect("the embedded redis-server's pid");
+    let url = format!("unix://{}/redis/redis.sock", dir.path().display());
+    let connect = || redis::Client::open(url.as_str()).unwrap().get_connection();
+    let mut conn = connect().unwrap();
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 5));
+
+    // It dies: the host starts it again from its append-only file, and carries on.
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(
+        wait_until(Duration::from_secs(20), || text()
+            .contains("embedded redis-server started again")),
+        "{}",
+        text()
+    );
+    // The dead one was reaped, not left a zombie.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(!stat.contains(") Z "), "a zombie: {stat}");
+    let mut conn = connect().unwrap();
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(
+        wait_until(Duration::from_secs(30), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 10),
+        "{}",
+        text()
+    );
+    let _ = Command::new("kill").arg(host.id().to_string()).status();
+    assert!(host.wait().unwrap().success(), "{}", text());
+}
+
+#[test]
+fn sigterm_while_redis_does_not_answer_ends_the_host_within_its_grace() {
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "", "");
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "acked"
+    ) == 5));
+    // Redis stops answering (paused, as a hung server or a partition looks).
+    let pid = redis::cmd("INFO")
+        .arg("server")
+        .query::<String>(&mut conn)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:").map(|p| p.trim().to_string()))
+        .unwrap();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    std::thread::sleep(Duration::from_secs(2));
+    // The config's grace is 5 s: a service manager's stop timeout above it is never reached.
+    let status = host.term(Duration::from_secs(5 + 3));
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "not ended within the grace: {status:?}"
+    );
+    drop(redis);
+}

@@ -102,6 +102,7 @@ pub async fn run(
         ready = redis.wait_until_up() => Some(ready),
         () = &mut shutdown => None,
     };
+    let mut embedded = embedded;
     let result = match ready {
         Some(Ok(())) => {
             let start = Start {
@@ -111,7 +112,15 @@ pub async fn run(
                 readiness,
                 hangup,
             };
-            serve(&config, &redis, start, shutdown).await
+            let serving = serve(&config, &redis, start, shutdown);
+            match embedded.as_mut() {
+                // The embedded Redis is started again whenever it dies; connections follow.
+                Some(e) => tokio::select! {
+                    result = serving => result,
+                    () = e.supervise() => Ok(()),
+                },
+                None => serving.await,
+            }
         }
         Some(Err(e)) => Err(e),
         None => Ok(()),

@@ -21,8 +21,10 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct EmbeddedRedis {
     /// The child, if we started it (None when we adopted a running one).
     child: Option<Child>,
-    /// The socket it listens on.
+    /// Its directory (data, log) and the socket it listens on.
+    dir: PathBuf,
     socket: PathBuf,
+    appendfsync: AppendFsync,
     /// Held while this host owns the embedded Redis: one host per data dir.
     _lock: std::fs::File,
 }
@@ -92,74 +94,54 @@ impl EmbeddedRedis {
             tracing::warn!(socket = %socket.display(), "the embedded redis-server of an earlier run (which ended without stopping it) is still running; adopting it");
             return Ok(EmbeddedRedis {
                 child: None,
+                dir,
                 socket,
+                appendfsync,
                 _lock: lock,
             });
         }
-        // A socket file nobody answers on is left over from a killed server.
-        let _ = std::fs::remove_file(&socket);
-
-        let log = dir.join("redis.log");
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--unixsocketperm")
-            .arg("700")
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--appendonly")
-            .arg("yes")
-            .arg("--appendfsync")
-            .arg(appendfsync.as_str())
-            .arg("--save")
-            .arg("")
-            .arg("--daemonize")
-            .arg("no")
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C in the terminal must reach only us, so that we
-            // can finish committing before we stop Redis.
-            .process_group(0)
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "no Redis URL is configured and `redis-server` is not installed: install it \
-                 (apt-get install redis-server) or set [redis] url, --redis or SLUICE_REDIS_URL"
-            ),
-            Err(e) => return Err(e).context("starting redis-server"),
-        };
-        let started = Instant::now();
-        while !ping(&url).await {
-            if let Some(status) = child.try_wait()? {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(10).collect();
-                bail!(
-                    "the embedded redis-server exited ({status}) before answering; its log ({}):\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill().await;
-                bail!(
-                    "the embedded redis-server did not answer within 10 s; see {}",
-                    log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = spawn(&dir, &socket, appendfsync).await?;
         tracing::info!(socket = %socket.display(), pid = child.id(), "started embedded redis-server");
         Ok(EmbeddedRedis {
             child: Some(child),
+            dir,
             socket,
+            appendfsync,
             _lock: lock,
         })
+    }
+
+    /// Keep the server running: whenever it exits while the host runs, start it again from
+    /// its directory (its append-only file brings the data back), with backoff. Never
+    /// returns (for an adopted server, which is not our child, it waits forever).
+    pub async fn supervise(&mut self) {
+        let mut delays = crate::model::backoff(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return std::future::pending().await;
+            };
+            let ran_from = Instant::now();
+            let status = child.wait().await;
+            let log = self.dir.join("redis.log");
+            tracing::error!(status = ?status.ok(), log = %log.display(), "the embedded redis-server exited; starting it again from its data dir");
+            self.child = None;
+            // A server that ran a while before it died starts again at once.
+            if ran_from.elapsed() > Duration::from_secs(60) {
+                delays = crate::model::backoff(Duration::from_millis(200), Duration::from_secs(10));
+            }
+            while self.child.is_none() {
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+                match spawn(&self.dir, &self.socket, self.appendfsync).await {
+                    Ok(child) => {
+                        tracing::warn!(pid = child.id(), "embedded redis-server started again");
+                        self.child = Some(child);
+                    }
+                    Err(e) => tracing::error!(
+                        "starting the embedded redis-server again failed (tried again): {e:#}"
+                    ),
+                }
+            }
+        }
     }
 
     /// The URL to connect to it.
@@ -185,4 +167,67 @@ impl EmbeddedRedis {
             }
         }
     }
+}
+
+/// Start `redis-server` in `dir` on `socket` and wait until it answers.
+async fn spawn(dir: &Path, socket: &Path, appendfsync: AppendFsync) -> anyhow::Result<Child> {
+    let url = socket_url(socket)?;
+    // A socket file nobody answers on is left over from a killed server.
+    let _ = std::fs::remove_file(socket);
+    let log = dir.join("redis.log");
+    let child = Command::new("redis-server")
+        .arg("--port")
+        .arg("0")
+        .arg("--unixsocket")
+        .arg(socket)
+        .arg("--unixsocketperm")
+        .arg("700")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--appendonly")
+        .arg("yes")
+        .arg("--appendfsync")
+        .arg(appendfsync.as_str())
+        .arg("--save")
+        .arg("")
+        .arg("--daemonize")
+        .arg("no")
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: a Ctrl-C in the terminal must reach only us, so that we
+        // can finish committing before we stop Redis.
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no Redis URL is configured and `redis-server` is not installed: install it \
+             (apt-get install redis-server) or set [redis] url, --redis or SLUICE_REDIS_URL"
+        ),
+        Err(e) => return Err(e).context("starting redis-server"),
+    };
+    let started = Instant::now();
+    while !ping(&url).await {
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+            bail!(
+                "the embedded redis-server exited ({status}) before answering; its log ({}):\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill().await;
+            bail!(
+                "the embedded redis-server did not answer within 10 s; see {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(child)
 }
