@@ -23,6 +23,21 @@ pub fn event_span(job: &str, stream: &str, id: &str, version: &str, attempt: u32
 /// The filter when neither the environment nor the config file sets one.
 pub const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn";
 
+/// Crates that log a line per compiled function at debug: kept at `warn` unless a filter
+/// names them (`SLUICE_LOG=debug,cranelift=debug` shows them).
+const NOISY: [&str; 3] = ["wasmtime", "cranelift", "regalloc2"];
+
+/// `directives` with the noisy crates it does not name kept at `warn`.
+fn quiet(directives: &str) -> String {
+    let mut out = directives.to_string();
+    for krate in NOISY {
+        if !directives.contains(krate) {
+            out.push_str(&format!(",{krate}=warn"));
+        }
+    }
+    out
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,9 +70,11 @@ pub fn init(format: LogFormat, configured: Option<&str>) {
     if FILTER.get().is_some() {
         return;
     }
-    let directives = from_env()
-        .or_else(|| configured.map(str::to_string))
-        .unwrap_or_else(|| DEFAULT_FILTER.to_string());
+    let directives = quiet(
+        &from_env()
+            .or_else(|| configured.map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_FILTER.to_string()),
+    );
     let filter = parse_filter(&directives).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -93,8 +110,24 @@ pub fn reload(configured: Option<&str>) -> Result<String, String> {
         return Ok(format!("{env} (SLUICE_LOG/RUST_LOG win over [host] log)"));
     }
     let directives = configured.unwrap_or(DEFAULT_FILTER);
-    let filter = parse_filter(directives)?;
+    let filter = parse_filter(&quiet(directives))?;
     let handle = FILTER.get().ok_or("logging is not set up")?;
     handle.reload(filter).map_err(|e| e.to_string())?;
     Ok(directives.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn noisy_crates_stay_quiet_unless_named() {
+        assert_eq!(
+            super::quiet("debug"),
+            "debug,wasmtime=warn,cranelift=warn,regalloc2=warn"
+        );
+        assert_eq!(
+            super::quiet("debug,cranelift=debug"),
+            "debug,cranelift=debug,wasmtime=warn,regalloc2=warn"
+        );
+        assert!(super::parse_filter(&super::quiet("sluice=debug")).is_ok());
+    }
 }

@@ -35,7 +35,7 @@ fn a_bad_config_exits_64_naming_the_field_and_starts_nothing() {
         (
             good.replace(
                 "plugin = \"echo\"\nblock_ms",
-                "plugin = \"missing\"\nblock_ms",
+                "plugin = \"not a name\"\nblock_ms",
             ),
             "job[0].plugin",
         ),

@@ -867,3 +867,46 @@ fn hosts_register_their_config_again_when_redis_loses_its_data() {
         h.stop_ok();
     }
 }
+
+#[test]
+fn a_config_files_job_may_use_a_plugin_loaded_into_the_registry() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name loaded", plugin("chaos").display()),
+    );
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n\n[[job]]\nname = \"j\"\n\
+             source = \"stream:in\"\nplugin = \"loaded\"\nblock_ms = 100\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    // check-config says what it cannot check, and passes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("not checked here"), "{text}");
+    // A host runs the job with the registry's plugin.
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    publish(&mut conn, "in", 5, &[("action", "ok")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(
+            &mut conn, "j", "in", "acked"
+        ) == 5),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    host.stop_ok();
+}

@@ -30,13 +30,46 @@ pub fn check_config(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // Plugins of [plugins] dir that jobs use, checked like the file's own.
+    let mut dir_plugins = std::collections::HashMap::new();
+    if let Some(dir) = &config.plugins_dir.dir {
+        for job in &config.jobs {
+            let path = dir.join(format!("{}.wasm", job.plugin));
+            if !plugins.contains_key(&job.plugin) && path.is_file() {
+                match runtime.load_file(&job.plugin, &path) {
+                    Ok(p) => {
+                        println!(
+                            "plugin {}: ok ({}, from [plugins] dir)",
+                            job.plugin,
+                            path.display()
+                        );
+                        dir_plugins.insert(job.plugin.clone(), p);
+                    }
+                    Err(e) => {
+                        println!("error: {e:#}");
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
     for job in &config.jobs {
-        let Some(plugin) = plugins.get(&job.plugin) else {
-            println!(
-                "job {}: cannot run, plugin `{}` did not load",
-                job.name, job.plugin
-            );
-            ok = false;
+        let configured = config.plugins.iter().any(|p| p.name == job.plugin);
+        let Some(plugin) = plugins.get(&job.plugin).or(dir_plugins.get(&job.plugin)) else {
+            if configured {
+                println!(
+                    "job {}: cannot run, plugin `{}` did not load",
+                    job.name, job.plugin
+                );
+                ok = false;
+            } else {
+                println!(
+                    "job {}: plugin `{}` is neither a [[plugin]] here nor in [plugins] dir: hosts \
+                     run the job once it is loaded into the registry (sluice plugin load PATH \
+                     --name {}); not checked here",
+                    job.name, job.plugin, job.plugin
+                );
+            }
             continue;
         };
         match prepare_handler(plugin.clone(), job, &config.host.prefix, None) {
