@@ -477,6 +477,15 @@ fn redis_config(dir: &Path, name: &str, redis: &str) -> PathBuf {
     path
 }
 
+/// A config file in `dir` for one `chaos` job `j` on stream `in`, with `[redis]` settings
+/// `redis` (after the job's own tables, where TOML takes them as a table of the file).
+fn job_config_with_redis(dir: &Path, redis: &str) -> PathBuf {
+    let path = dir.join("host.toml");
+    let job = config_toml(dir, "chaos", "j", "in", "", "");
+    std::fs::write(&path, format!("{job}\n[redis]\n{redis}")).unwrap();
+    path
+}
+
 /// `sluice --config CFG ARGS…` (the URL in the config); its output, within `limit`.
 fn sluice_with(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -516,15 +525,7 @@ fn tls_with_a_client_certificate_carries_events_and_a_bad_certificate_is_named()
     );
 
     // A host over TLS runs a job and commits its events.
-    let cfg = dir.path().join("host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}\n[redis]\n{tls}",
-            config_toml(dir.path(), "chaos", "j", "in", "", "")
-        ),
-    )
-    .unwrap();
+    let cfg = job_config_with_redis(dir.path(), &tls);
     assert!(sluice_with(&cfg, &["check-config"], &[]).status.success());
     let log = dir.path().join("host.log");
     let mut host = HostProcess::start(&cfg, &url, &log);
@@ -629,15 +630,10 @@ fn an_acl_user_limited_to_sluices_keys_runs_jobs_and_each_refusal_is_named() {
     acl("sluice", "");
     acl("noscripts", "-@scripting");
     let url = format!("redis://127.0.0.1:{}/", redis.port);
-    let cfg = dir.path().join("host.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}\n[redis]\nurl = \"{url}\"\nusername = \"sluice\"\n",
-            config_toml(dir.path(), "chaos", "j", "in", "", "")
-        ),
-    )
-    .unwrap();
+    let cfg = job_config_with_redis(
+        dir.path(),
+        &format!("url = \"{url}\"\nusername = \"sluice\"\n"),
+    );
     let password = [("SLUICE_REDIS_PASSWORD", "s3cret")];
 
     // A wrong password: named, at once.
@@ -696,17 +692,6 @@ fn an_acl_user_limited_to_sluices_keys_runs_jobs_and_each_refusal_is_named() {
     );
 }
 
-/// The ids of a stream, oldest first.
-fn ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .unwrap();
-    entries.into_iter().map(|(id, _)| id).collect()
-}
-
 #[test]
 fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs() {
     let dir = tempfile::tempdir().unwrap();
@@ -750,9 +735,10 @@ fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs(
     ) == 100
         && acked(&mut conn, "slow") == 100));
     assert!(
-        wait_until(Duration::from_secs(10), || ids(&mut conn, "in").is_empty()),
+        wait_until(Duration::from_secs(10), || stream_ids(&mut conn, "in")
+            .is_empty()),
         "left: {}",
-        ids(&mut conn, "in").len()
+        stream_ids(&mut conn, "in").len()
     );
 
     // One entry `slow` fails (a retry in ten minutes: pending), then 20 that both ack: the
@@ -764,7 +750,7 @@ fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs(
     ) == 120
         && counter(&mut conn, "fast", "in", "dead") == 1));
     std::thread::sleep(Duration::from_secs(1));
-    let kept = ids(&mut conn, "in");
+    let kept = stream_ids(&mut conn, "in");
     assert_eq!(kept.len(), 21, "{kept:?}");
     assert_eq!(kept[0], failing[0]);
     assert_eq!(pending(&mut conn, "slow", "in"), 1);
@@ -778,7 +764,7 @@ fn retention_trims_what_every_group_acknowledged_and_keeps_what_one_still_needs(
         &mut conn, "fast"
     ) == 150));
     std::thread::sleep(Duration::from_secs(1));
-    let kept = ids(&mut conn, "in");
+    let kept = stream_ids(&mut conn, "in");
     assert_eq!(kept.len(), 51, "{kept:?}");
     assert_eq!(&kept[21..], &fresh[..]);
     // Nothing trimmed is counted as lost: the counters and lag still add up.
@@ -948,11 +934,11 @@ fn retention_keeps_an_oversized_entry_its_dead_letter_refers_to_until_it_is_repl
         && counter(&mut conn, "j", "in", "acked") == 10));
     // The dead letter holds no copy of the oversized entry: it stays in the stream, while
     // what came before it goes.
-    assert!(wait_until(Duration::from_secs(10), || !ids(
+    assert!(wait_until(Duration::from_secs(10), || !stream_ids(
         &mut conn, "in"
     )
     .contains(&before[0])));
-    let kept = ids(&mut conn, "in");
+    let kept = stream_ids(&mut conn, "in");
     assert_eq!(kept.first(), Some(&oversized[0]), "{kept:?}");
     let letters = json(&cli(&redis.url, "dlq list j --json"));
     assert_eq!(letters[0]["fields_in"], "source");
@@ -960,10 +946,10 @@ fn retention_keeps_an_oversized_entry_its_dead_letter_refers_to_until_it_is_repl
     let out = cli(&redis.url, "dlq replay j --all");
     assert!(out.contains("replayed 1"), "{out}");
     assert!(
-        wait_until(Duration::from_secs(10), || !ids(&mut conn, "in")
+        wait_until(Duration::from_secs(10), || !stream_ids(&mut conn, "in")
             .contains(&oversized[0])),
         "{:?}",
-        ids(&mut conn, "in")
+        stream_ids(&mut conn, "in")
     );
     host.stop_ok();
 }

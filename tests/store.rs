@@ -493,25 +493,20 @@ async fn trim_once(
     .unwrap()
 }
 
-fn ids_of(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(conn)
-        .unwrap();
-    entries.into_iter().map(|(id, _)| id).collect()
+/// A reconnecting async connection to `redis`, as the store uses.
+async fn async_conn(redis: &RedisServer) -> redis::aio::ConnectionManager {
+    store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn retention_compares_ids_whole_however_long_their_sequence() {
     let redis = RedisServer::start();
     let mut sync = redis.conn();
-    let mut conn = store::Endpoint::local(&redis.url)
-        .unwrap()
-        .connect(Duration::ZERO)
-        .await
-        .unwrap();
+    let mut conn = async_conn(&redis).await;
     // Sequences past 2^53, where a Lua number would round 9007199254740995 to ...996.
     for id in [
         "5-9007199254740990",
@@ -555,7 +550,7 @@ async fn retention_compares_ids_whole_however_long_their_sequence() {
         .unwrap();
     trim_once(&mut conn, "s", &[]).await;
     assert_eq!(
-        ids_of(&mut sync, "s"),
+        stream_ids(&mut sync, "s"),
         ["5-9007199254740995", "5-9007199254740996"]
     );
     // A foreign group set right before the last entry still needs it.
@@ -567,7 +562,7 @@ async fn retention_compares_ids_whole_however_long_their_sequence() {
         .query(&mut sync)
         .unwrap();
     trim_once(&mut conn, "s", &[]).await;
-    assert_eq!(ids_of(&mut sync, "s"), ["5-9007199254740996"]);
+    assert_eq!(stream_ids(&mut sync, "s"), ["5-9007199254740996"]);
     // A registered job whose group does not exist yet: nothing goes.
     let _: redis::Value = cmd(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"])
         .query(&mut sync)
@@ -586,11 +581,11 @@ async fn retention_compares_ids_whole_however_long_their_sequence() {
         matches!(&waiting, sluice::store::retention::Trim::Skipped(why) if why.contains("sluice:new-job")),
         "{waiting:?}"
     );
-    assert_eq!(ids_of(&mut sync, "s").len(), 1);
+    assert_eq!(stream_ids(&mut sync, "s").len(), 1);
     // Everything acknowledged by every group: all of it goes, and a pass on the largest
     // id there is works too.
     trim_once(&mut conn, "s", &[]).await;
-    assert!(ids_of(&mut sync, "s").is_empty());
+    assert!(stream_ids(&mut sync, "s").is_empty());
     let _: String = cmd(&[
         "XADD",
         "s",
@@ -601,18 +596,14 @@ async fn retention_compares_ids_whole_however_long_their_sequence() {
     .query(&mut sync)
     .unwrap();
     trim_once(&mut conn, "s", &[]).await;
-    assert_eq!(ids_of(&mut sync, "s").len(), 1, "undelivered: kept");
+    assert_eq!(stream_ids(&mut sync, "s").len(), 1, "undelivered: kept");
 }
 
 #[tokio::test]
 async fn retention_keeps_the_entries_dead_letters_refer_to_until_they_are_purged() {
     let redis = RedisServer::start();
     let mut sync = redis.conn();
-    let mut conn = store::Endpoint::local(&redis.url)
-        .unwrap()
-        .connect(Duration::ZERO)
-        .await
-        .unwrap();
+    let mut conn = async_conn(&redis).await;
     let keys = Keys::new("sluice");
     let ids = publish(&mut sync, "in", 3, &[("f", "v")]);
     let () = redis::cmd("XGROUP")
@@ -668,7 +659,7 @@ async fn retention_keeps_the_entries_dead_letters_refer_to_until_they_are_purged
         .query(&mut sync)
         .unwrap();
     trim_once(&mut conn, "in", &[]).await;
-    let kept = ids_of(&mut sync, "in");
+    let kept = stream_ids(&mut sync, "in");
     assert!(kept.contains(&ids[1]), "{kept:?}");
     // Purging the dead letter lets the entry go.
     let purged = sluice::store::dlq::purge(&mut conn, &keys, "j", "in", &[letter])
@@ -676,5 +667,5 @@ async fn retention_keeps_the_entries_dead_letters_refer_to_until_they_are_purged
         .unwrap();
     assert_eq!(purged, 1);
     trim_once(&mut conn, "in", &[]).await;
-    assert!(ids_of(&mut sync, "in").is_empty());
+    assert!(stream_ids(&mut sync, "in").is_empty());
 }

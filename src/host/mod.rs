@@ -213,6 +213,16 @@ async fn serve(
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut reloads = JoinSet::new();
+    // A reload of the config file at `path`, as a task of its own.
+    let reload = |path: &PathBuf, registry: &Registry| {
+        register::reload_owned(
+            path.clone(),
+            config.clone(),
+            runtime.clone(),
+            registry.clone(),
+            consumer.clone(),
+        )
+    };
     // A SIGHUP during a reload: one more reload once it is done (the file may have changed).
     let mut reload_again = false;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
@@ -235,13 +245,7 @@ async fn serve(
                     Some(path) if reloads.is_empty() => {
                         tracing::info!(path = %path.display(), "SIGHUP: reloading the config file");
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                        reloads.spawn(register::reload_owned(
-                            path.clone(),
-                            config.clone(),
-                            runtime.clone(),
-                            host.registry.clone(),
-                            consumer.clone(),
-                        ));
+                        reloads.spawn(reload(path, &host.registry));
                     }
                     Some(_) => {
                         tracing::info!("SIGHUP: a reload is under way; reloading again after it");
@@ -252,13 +256,7 @@ async fn serve(
                 Some(_) = reloads.join_next() => {
                     match (&files.config, std::mem::take(&mut reload_again)) {
                         (Some(path), true) => {
-                            reloads.spawn(register::reload_owned(
-                                path.clone(),
-                                config.clone(),
-                                runtime.clone(),
-                                host.registry.clone(),
-                                consumer.clone(),
-                            ));
+                            reloads.spawn(reload(path, &host.registry));
                         }
                         _ => {
                             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

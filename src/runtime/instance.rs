@@ -161,12 +161,15 @@ impl PluginInstance {
         let deadline = Instant::now() + budget;
         self.store.data_mut().call_deadline = deadline;
         self.store.set_epoch_deadline(1);
-        self.store.data_mut().call = CallState {
+        let state = self.store.data_mut();
+        state.call = CallState {
             event_id: Some(event.id.clone()),
-            stream: event.source.clone(),
             attempt: event.delivery_count,
             ..CallState::default()
         };
+        if state.stream != event.source {
+            state.stream.clone_from(&event.source);
+        }
         let wit_event = wit::Event {
             kind: event.kind.to_string(),
             id: event.id.clone(),

@@ -186,6 +186,17 @@ pub fn publish(
     ids
 }
 
+/// The ids of a stream, oldest first.
+pub fn stream_ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    entries.into_iter().map(|(id, _)| id).collect()
+}
+
 /// A job's counter from its hash (0 if unset).
 pub fn counter(conn: &mut redis::Connection, job: &str, stream: &str, field: &str) -> u64 {
     let key = format!("sluice:{{{stream}}}:job:{job}");

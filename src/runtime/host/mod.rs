@@ -57,8 +57,7 @@ impl std::fmt::Debug for dyn StateReader {
 pub struct CallState {
     /// The event being handled, attached to logs (None during `init`).
     pub event_id: Option<String>,
-    /// Its stream and delivery count, for the lines logged about it.
-    pub stream: String,
+    /// Its delivery count, for the lines logged about it.
     pub attempt: u32,
     /// Effects buffered so far, committed only if the event is acked.
     pub effects: Vec<Effect>,
@@ -100,6 +99,9 @@ pub struct HostState {
     pub(crate) call_deadline: Instant,
     /// The plugin version (sha256), for the lines logged about an event.
     pub(crate) version: Arc<str>,
+    /// The stream of the event being handled (kept across calls: a job's events share it,
+    /// so it is copied only when it changes, not per event).
+    pub(crate) stream: String,
 }
 
 impl HostState {
@@ -109,7 +111,7 @@ impl HostState {
         match &self.call.event_id {
             Some(id) => crate::logging::event_span(
                 &self.guest.job,
-                &self.call.stream,
+                &self.stream,
                 id,
                 &self.version,
                 self.call.attempt,
@@ -137,6 +139,7 @@ impl HostState {
             overlay,
             call_deadline: Instant::now(),
             version,
+            stream: String::new(),
         }
     }
 
