@@ -3,7 +3,7 @@
 //!
 //! [`run`] builds one [`Ctx`] (the config file, and where Redis is) and dispatches: `run`
 //! ([`crate::host`]), [`check`] (`check-config`), [`publish`], [`job`], [`plugin`] (the
-//! registry, and the authors' tools of [`crate::tools`]), [`dlq`], [`event`], and `bench`
+//! registry, and the authors' tools of [`crate::tools`]), [`dlq`], [`event`], [`hosts`], and `bench`
 //! ([`crate::bench`]).
 //!
 //! `--config` (env `SLUICE_CONFIG`, default `sluice.toml`), `--redis` (env
@@ -14,6 +14,7 @@
 mod check;
 mod dlq;
 mod event;
+mod hosts;
 mod job;
 mod plugin;
 mod publish;
@@ -97,6 +98,16 @@ pub enum Command {
         #[command(subcommand)]
         command: event::EventCommand,
     },
+    /// The hosts running now: consumer name, sluice version, when each started and was last
+    /// seen, the jobs it runs and the plugin version each serves
+    Hosts {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Also hosts gone in the last hour
+        #[arg(long)]
+        all: bool,
+    },
     /// Measure throughput and latency against baselines, in one process
     Bench(BenchArgs),
 }
@@ -152,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => plugin::registry(&ctx.client().await?, command).await,
         Command::Dlq { command } => dlq::run(&ctx.client().await?, command).await,
         Command::Event { command } => event::run(&ctx.client().await?, command).await,
+        Command::Hosts { json, all } => hosts::run(&ctx.client().await?, *json, *all).await,
     }
 }
 

@@ -34,6 +34,10 @@ pub fn limits(spec: &JobSpec, prefix: &str) -> Limits {
         allowed_streams: spec.allowed_streams.clone(),
         allowed_queues: spec.allowed_queues.clone(),
         reserved_prefix: format!("{prefix}:"),
+        own_source: match spec.source() {
+            Ok(crate::model::Source::Stream(key)) => key.to_string(),
+            _ => String::new(),
+        },
         ..Limits::default()
     }
 }

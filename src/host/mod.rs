@@ -8,10 +8,11 @@
 //! The rooms: [`register`] (what a host registers at start), [`plan`] (the pure reconcile
 //! decision), [`reconcile`] (carrying it out), [`plugins`] (compiled versions: memory, compile
 //! cache, registry), [`job`] (spec + plugin → running job, the one place a job is
-//! assembled), [`retention`] (trimming sources), [`watch`] (`--plugins DIR`), [`admin`] (the
+//! assembled), [`retention`] (trimming sources), [`heartbeat`] (the host registry), [`watch`] (`--plugins DIR`), [`admin`] (the
 //! admin HTTP server).
 
 pub mod admin;
+pub mod heartbeat;
 pub mod job;
 pub mod plan;
 pub mod plugins;
@@ -206,6 +207,7 @@ async fn serve(
         prep_ids: HashMap::new(),
         ready: HashMap::new(),
         readiness,
+        beat: heartbeat::Beat::new(&consumer, config.admin.listen.clone()),
     };
     tracing::info!(%redis, consumer, "sluice ready");
     // Under systemd (`Type=notify`): started. A no-op elsewhere.
@@ -297,5 +299,7 @@ async fn serve(
         );
         tasks.abort_all();
     }
+    // Off the host registry at once (else it is listed as live for a few seconds more).
+    let _ = tokio::time::timeout(Duration::from_secs(1), host.leave()).await;
     Ok(())
 }

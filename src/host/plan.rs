@@ -91,6 +91,8 @@ mod tests {
             spec: JobSpec::new("j", "stream:s", plugin),
             state,
             changed_at: 0,
+            updated_at: None,
+            file_spec: None,
             run,
         }
     }

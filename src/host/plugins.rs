@@ -37,9 +37,9 @@ impl Plugins {
         }
     }
 
-    /// Version `sha256`, if this host has it compiled.
-    pub fn known(&self, sha256: &str) -> Option<Arc<LoadedPlugin>> {
-        self.loaded.get(sha256).cloned()
+    /// Version `sha256` as plugin `name`, if this host has it compiled.
+    pub fn known(&self, sha256: &str, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.loaded.get(sha256).map(|p| p.named(name))
     }
 
     /// The runtime versions are compiled with.

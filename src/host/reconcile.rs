@@ -61,6 +61,8 @@ pub struct Host {
     pub max_connections: usize,
     /// Jobs not started here for want of connections (logged once).
     pub capped: HashSet<String>,
+    /// This host's record in the host registry.
+    pub beat: super::heartbeat::Beat,
 }
 
 /// Connections a host holds besides its jobs': the control connection and the pub/sub one.
@@ -206,6 +208,7 @@ impl Host {
             self.jobs.keys().cloned().collect(),
         );
         crate::metrics::jobs_running(self.jobs.len());
+        self.heartbeat().await;
     }
 
     /// The jobs the registry wants running that this host does not run, each with why.
@@ -266,7 +269,7 @@ impl Host {
     fn spawn_prepare(&mut self, snapshot: &Snapshot, target: Target) {
         let entry = &snapshot.jobs[&target.job];
         let version = snapshot.plugins[&entry.spec.plugin].clone();
-        let known = self.plugins.known(&target.sha256);
+        let known = self.plugins.known(&target.sha256, &target.plugin);
         let state = self.jobs.get(&target.job).map(Assembly::state_of);
         let assembly = self.assembly.clone();
         let runtime = self.plugins.runtime().clone();

@@ -1,6 +1,7 @@
 //! What a host registers at start, and again on SIGHUP ([`reload`]): the config file's plugins
-//! (compiled here first) and jobs go into the control registry, which wins after that (a
-//! stopped job stays stopped).
+//! (compiled here first) and jobs go into the control registry. A job's definition in the
+//! file is applied when the file's job is new or was edited ([`register_job`]); its state is
+//! the registry's (a stopped job stays stopped).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,13 +10,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::config::{Config, PluginConfig};
-use crate::model::short;
+use crate::model::{JobSpec, short};
 use crate::runtime::{LoadedPlugin, Runtime, sha256_hex};
-use crate::store::control::Registry;
+use crate::store::control::{Registry, spec_digest};
 
 /// SIGHUP: read the config file at `path` again; register its plugins (new files, changed
-/// bytes) and its new jobs, and apply its `[host] log` filter. What else changed (the
-/// `[redis]`, `[admin]` and other `[host]` settings) needs a restart, and is logged as such.
+/// bytes) and its jobs (new or edited ones), and apply its `[host] log` filter. What else
+/// changed (the `[redis]`, `[admin]` and other `[host]` settings) needs a restart, and is
+/// logged as such.
 /// A file that does not load is logged; the host goes on as it was.
 pub async fn reload(
     path: &Path,
@@ -103,10 +105,10 @@ pub fn load_plugins(
     (loaded, errors)
 }
 
-/// The config file's plugins and jobs go into the registry at start. A plugin file becomes
-/// the current version unless its bytes are already among the plugin's versions (so a
-/// restart does not undo a rollback or a live load); a job is registered unless a job of
-/// that name exists (the registry's definition and state win).
+/// The config file's plugins and jobs go into the registry at start (and on SIGHUP). A
+/// plugin file becomes the current version unless its bytes are already among the plugin's
+/// versions (so a restart does not undo a rollback or a live load). For jobs, see
+/// [`register_job`].
 pub async fn register_config(
     registry: &mut Registry,
     config: &Config,
@@ -123,27 +125,46 @@ pub async fn register_config(
         }
     }
     for job in &config.jobs {
-        match registry.start_job(job, true).await {
-            Ok(true) => {}
-            Ok(false) => {
-                if registry
-                    .job(&job.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|e| e.spec != *job)
-                {
-                    tracing::info!(job = %job.name, "the registry holds another definition of this job; it wins (stop the job and start it again to change it)");
-                }
-            }
-            Err(e) => {
-                tracing::error!(job = %job.name, "registering the config file's job failed: {e}")
-            }
+        if let Err(e) = register_job(registry, job).await {
+            tracing::error!(job = %job.name, "registering the config file's job failed: {e}");
         }
     }
     if let Err(e) = registry.mark_epoch(consumer).await {
         tracing::warn!("marking the registry's epoch failed (tried again later): {e}");
     }
+}
+
+/// A config file's job: registered (running) if the registry has no job of that name; else
+/// the file's definition replaces the registry's only if it is not the one the file last
+/// gave (the file was edited since): the newest intent wins, so a `job update` holds until
+/// the file's job is edited, and an edited file is not undone by an older `job update`. The
+/// job's state is the registry's either way (a stopped job stays stopped).
+async fn register_job(registry: &mut Registry, job: &JobSpec) -> anyhow::Result<()> {
+    if registry.start_job(job, true).await? {
+        tracing::info!(job = %job.name, "job registered from the config file");
+        return Ok(());
+    }
+    let digest = spec_digest(job);
+    let mut kept = None;
+    let updated = registry
+        .update_job(
+            &job.name,
+            |entry| {
+                if entry.file_spec.as_deref() == Some(digest.as_str()) {
+                    kept = Some(entry.spec != *job);
+                    return Ok(None);
+                }
+                Ok(Some(job.clone()))
+            },
+            Some(digest.clone()),
+        )
+        .await?;
+    if let Some(entry) = updated {
+        tracing::info!(job = %job.name, state = ?entry.state, "the config file's definition of the job changed: applied (hosts running it restart it)");
+    } else if kept == Some(true) {
+        tracing::info!(job = %job.name, "the registry's definition of the job differs from the config file's, which has not changed since it was applied: the registry's holds (`sluice job show {}`)", job.name);
+    }
+    Ok(())
 }
 
 async fn register_plugin(

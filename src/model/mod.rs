@@ -21,6 +21,18 @@ pub use spec::{
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Hex sha256 of some bytes: a plugin version's identity, and a job definition's digest.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
     SystemTime::now()

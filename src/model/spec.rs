@@ -203,6 +203,15 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Does `name` match `pattern` (an exact name, or a prefix ending in `*`)? How
+/// `allowed_streams` and `allowed_queues` are read.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
 /// Every default of a job, in one place: the spec's serde defaults, [`JobSpec::new`], and the
 /// defaults of the runtime's limits, the delivery policy and `plugin test` all read these.
 pub mod defaults {
@@ -363,6 +372,17 @@ impl JobSpec {
                 }
             }
         }
+        if let Ok(Source::Stream(own)) = j.source()
+            && let Some(p) = j.allowed_streams.iter().find(|p| name_matches(p, own))
+        {
+            return Err((
+                at("allowed_streams"),
+                format!(
+                    "{p:?} takes in the job's own source stream `{own}`: the job would read \
+                     what it emits, without end"
+                ),
+            ));
+        }
         for (k, v) in &j.config {
             config_value(v).map_err(|m| (format!("config.{k}"), m))?;
         }
@@ -448,6 +468,17 @@ fn config_value(v: &serde_json::Value) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_may_not_be_allowed_to_emit_to_its_own_source() {
+        let mut j = JobSpec::new("j", "stream:events", "p");
+        j.allowed_streams = vec!["out".into(), "ev*".into()];
+        let (field, message) = j.validate().unwrap_err();
+        assert_eq!(field, "allowed_streams");
+        assert!(message.contains("own source stream `events`"), "{message}");
+        j.allowed_streams = vec!["events:out".into()];
+        assert!(j.validate().is_ok());
+    }
 
     #[test]
     fn hash_tags_follow_redis_cluster_rules() {

@@ -19,10 +19,11 @@ mod instance;
 pub mod memory;
 mod plugin;
 
+pub use crate::model::sha256_hex;
 pub use handler::PluginHandler;
 pub use host::{GuestContext, Limits, Overlay};
 pub use instance::PluginInstance;
-pub use plugin::{LoadError, LoadedPlugin, sha256_hex};
+pub use plugin::{LoadError, LoadedPlugin};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

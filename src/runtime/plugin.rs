@@ -1,14 +1,13 @@
 //! Loading a plugin: bytes → component (compiled, or from the cache) → type-checked against
 //! the world → a [`LoadedPlugin`] that instances are made from.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::Runtime;
 use super::bindings::PluginPre;
+use crate::model::sha256_hex;
 
 /// The world every plugin must implement.
 pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
@@ -29,6 +28,25 @@ pub struct LoadedPlugin {
     pub stateful: bool,
     /// Linked and type-checked once; each instance is made from it.
     pub(crate) pre: PluginPre<super::host::HostState>,
+}
+
+impl LoadedPlugin {
+    /// This version under the name `name` (the same bytes may be loaded as two plugins;
+    /// what is said of an instance names the plugin its job uses).
+    pub fn named(self: &std::sync::Arc<Self>, name: &str) -> std::sync::Arc<LoadedPlugin> {
+        if self.name == name {
+            return self.clone();
+        }
+        std::sync::Arc::new(LoadedPlugin {
+            name: name.to_string(),
+            origin: self.origin.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            from_cache: self.from_cache,
+            stateful: self.stateful,
+            pre: self.pre.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -69,16 +87,6 @@ pub enum LoadError {
         origin: String,
         message: String,
     },
-}
-
-/// Hex sha256 of some bytes: a plugin version's identity.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 pub(super) fn load(

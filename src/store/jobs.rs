@@ -85,3 +85,94 @@ pub async fn status<C: AsyncCommands>(
     }
     Ok(Some(status))
 }
+
+/// What [`purge`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    pub keys: u64,
+    pub groups: u64,
+}
+
+/// `text` with the characters special in a `SCAN MATCH` pattern escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Delete everything a job keeps in Redis: its consumer group on its source stream, its
+/// keys (counters, retries, dead letters, status records, lifecycle stream, kv, counters,
+/// windows), its entry in [`Keys::jobs`] and its entries in the source's held set. Not the
+/// source stream: producers and other jobs own it. For a job no host runs any more.
+pub async fn purge<C: AsyncCommands>(
+    conn: &mut C,
+    keys: &Keys,
+    spec: &crate::model::JobSpec,
+) -> Result<Purged, StoreError> {
+    let name = spec.name.as_str();
+    let source = keys.source_stream(spec);
+    let group = keys.group(name);
+    let job_key = keys.job(name, &source);
+    let mut purged = Purged::default();
+    let destroyed: redis::RedisResult<u64> = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&source)
+        .arg(&group)
+        .query_async(conn)
+        .await;
+    // No stream (never written, or deleted): no group either.
+    purged.groups += destroyed.unwrap_or(0);
+    let mut doomed: Vec<String> = vec![job_key.clone()];
+    let pattern = format!("{}:*", glob_escape(&job_key));
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        doomed.extend(found);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for chunk in doomed.chunks(500) {
+        let n: u64 = redis::cmd("UNLINK").arg(chunk).query_async(conn).await?;
+        purged.keys += n;
+    }
+    let _: u64 = conn.hdel(keys.jobs(), name).await?;
+    // Held entries of this group: `<group>/<id>` members of the source's held set.
+    let held = keys.held(&source);
+    let pattern = format!("{}/*", glob_escape(&group));
+    let mut cursor = 0u64;
+    loop {
+        // ZSCAN answers member, score, member, score…
+        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(&held)
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        let members: Vec<&String> = found.iter().step_by(2).collect();
+        if !members.is_empty() {
+            let _: u64 = conn.zrem(&held, members).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(purged)
+}

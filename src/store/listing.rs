@@ -9,25 +9,141 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use super::control::{JobEntry, JobState, PluginVersion, Refusal, Registry, Snapshot};
-use super::{Keys, StoreError, dlq, jobs};
+use super::{Keys, StoreError, dlq, hosts, jobs};
 
-/// One job: its registry entry and its counters.
+/// A job's state as listings show it: the registry's, with `waiting` for a running job whose
+/// plugin is not loaded (nothing can run it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShownState {
+    Running,
+    Waiting,
+    Stopped,
+    Finished,
+    Unknown,
+}
+
+impl ShownState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShownState::Running => "running",
+            ShownState::Waiting => "waiting",
+            ShownState::Stopped => "stopped",
+            ShownState::Finished => "finished",
+            ShownState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A live host running a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Serving {
+    pub consumer: String,
+    /// sha256 of the plugin version it serves.
+    pub version: String,
+}
+
+/// One job: its registry entry, who runs it, and its counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRow {
     pub name: String,
-    pub state: JobState,
-    /// Running in the registry, but no host can run it: its plugin is not loaded.
-    pub waiting: bool,
+    pub state: ShownState,
     pub source: String,
     pub plugin: String,
-    /// The plugin's current version.
+    /// The plugin version live hosts serve (the one most of them serve, if they differ);
+    /// None: no live host runs the job.
     pub version: Option<String>,
+    /// The plugin's current version in the registry (what hosts are moving to).
+    pub current: Option<String>,
+    /// A host's refusal of the current version, if one refused it.
+    pub refused: Option<Refusal>,
+    /// The live hosts running it.
+    pub hosts: Vec<Serving>,
+    /// The run of the job (every `job start` begins a new one).
+    pub run: u64,
     pub changed_at: u64,
+    pub updated_at: Option<u64>,
     pub started_at: Option<u64>,
     /// Deliveries committed per second, over the sampling interval (None: not sampled).
     pub rate: Option<f64>,
     /// Counters and group state from Redis (None: no host has run it yet).
     pub status: Option<jobs::JobStatus>,
+}
+
+/// What listings need besides the registry: live hosts and refusals, read once.
+struct Context {
+    snapshot: Snapshot,
+    runners: BTreeMap<String, Vec<(String, String)>>,
+    refusals: BTreeMap<String, BTreeMap<String, Refusal>>,
+}
+
+impl Context {
+    async fn read(
+        reg: &mut Registry,
+        conn: &mut ConnectionManager,
+        keys: &Keys,
+    ) -> anyhow::Result<Self> {
+        Ok(Context {
+            snapshot: reg.snapshot().await?,
+            runners: hosts::runners(&hosts::list(conn, keys, false).await?),
+            refusals: reg.all_refusals().await?,
+        })
+    }
+
+    fn row(&self, name: &str, entry: &JobEntry, status: Option<jobs::JobStatus>) -> JobRow {
+        let current = self
+            .snapshot
+            .plugins
+            .get(&entry.spec.plugin)
+            .map(|v| v.sha256.clone());
+        let hosts: Vec<Serving> = self
+            .runners
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(consumer, version)| Serving {
+                consumer: consumer.clone(),
+                version: version.clone(),
+            })
+            .collect();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for h in &hosts {
+            *counts.entry(h.version.as_str()).or_default() += 1;
+        }
+        let version = counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(v, _)| v.to_string());
+        let refused = current.as_ref().and_then(|sha| {
+            self.refusals
+                .get(&entry.spec.plugin)
+                .and_then(|r| r.get(sha))
+                .cloned()
+        });
+        let state = match entry.state {
+            JobState::Running if current.is_none() => ShownState::Waiting,
+            JobState::Running => ShownState::Running,
+            JobState::Stopped => ShownState::Stopped,
+            JobState::Finished => ShownState::Finished,
+            JobState::Unknown => ShownState::Unknown,
+        };
+        JobRow {
+            name: name.to_string(),
+            state,
+            source: entry.spec.source.clone(),
+            plugin: entry.spec.plugin.clone(),
+            version,
+            current,
+            refused,
+            hosts,
+            run: entry.run,
+            changed_at: entry.changed_at,
+            updated_at: entry.updated_at,
+            started_at: status.as_ref().and_then(|s| s.started_at),
+            rate: None,
+            status,
+        }
+    }
 }
 
 /// One plugin: its current version, how many it has, refusals, and the jobs using it.
@@ -43,30 +159,6 @@ pub struct PluginRow {
     pub jobs: Vec<String>,
 }
 
-fn row(
-    snapshot: &Snapshot,
-    name: &str,
-    entry: &JobEntry,
-    status: Option<jobs::JobStatus>,
-) -> JobRow {
-    let version = snapshot
-        .plugins
-        .get(&entry.spec.plugin)
-        .map(|v| v.sha256.clone());
-    JobRow {
-        name: name.to_string(),
-        state: entry.state,
-        waiting: entry.state == JobState::Running && version.is_none(),
-        source: entry.spec.source.clone(),
-        plugin: entry.spec.plugin.clone(),
-        version,
-        changed_at: entry.changed_at,
-        started_at: status.as_ref().and_then(|s| s.started_at),
-        rate: None,
-        status,
-    }
-}
-
 /// Every job of the registry with its counters; with `rate_over`, the counters are read
 /// twice that far apart and each row gets its rate.
 pub async fn jobs(
@@ -75,7 +167,8 @@ pub async fn jobs(
     keys: &Keys,
     rate_over: Option<Duration>,
 ) -> anyhow::Result<Vec<JobRow>> {
-    let snapshot = reg.snapshot().await?;
+    let cx = Context::read(reg, conn, keys).await?;
+    let snapshot = &cx.snapshot;
     let mut before = BTreeMap::new();
     if let Some(over) = rate_over {
         for name in snapshot.jobs.keys() {
@@ -85,12 +178,7 @@ pub async fn jobs(
     }
     let mut rows = Vec::new();
     for (name, entry) in &snapshot.jobs {
-        let mut row = row(
-            &snapshot,
-            name,
-            entry,
-            jobs::status(conn, keys, name).await?,
-        );
+        let mut row = cx.row(name, entry, jobs::status(conn, keys, name).await?);
         if let (Some(over), Some(before)) = (rate_over, before.get(name)) {
             let received = |s: &Option<jobs::JobStatus>| s.as_ref().map_or(0, |s| s.received);
             let delta = received(&row.status).saturating_sub(received(before));
@@ -108,12 +196,12 @@ pub async fn job(
     keys: &Keys,
     name: &str,
 ) -> anyhow::Result<Option<JobRow>> {
-    let snapshot = reg.snapshot().await?;
-    let Some(entry) = snapshot.jobs.get(name) else {
+    let cx = Context::read(reg, conn, keys).await?;
+    let Some(entry) = cx.snapshot.jobs.get(name) else {
         return Ok(None);
     };
     let status = jobs::status(conn, keys, name).await?;
-    Ok(Some(row(&snapshot, name, entry, status)))
+    Ok(Some(cx.row(name, entry, status)))
 }
 
 /// Every plugin of the registry.

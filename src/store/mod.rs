@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod embedded;
 pub mod events;
 pub mod groups;
+pub mod hosts;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;

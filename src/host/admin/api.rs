@@ -33,6 +33,7 @@ pub fn routes() -> axum::Router<Admin> {
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{name}", get(job))
         .route("/api/plugins", get(plugins))
+        .route("/api/hosts", get(hosts))
         .route("/api/jobs/{name}/dlq", get(dead_letters))
         .route("/api/jobs/{name}/events/{id}", get(event))
         .route("/api/jobs/{name}/stop", post(stop))
@@ -152,6 +153,22 @@ async fn plugins(State(a): State<Admin>) -> Answer<Vec<listing::PluginRow>> {
     let (conn, keys) = a.redis()?;
     Ok(Json(
         listing::plugins(&mut Registry::new(conn, keys)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct HostsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn hosts(
+    State(a): State<Admin>,
+    Query(q): Query<HostsQuery>,
+) -> Answer<Vec<crate::store::hosts::HostRow>> {
+    let (mut conn, keys) = a.redis()?;
+    Ok(Json(
+        crate::store::hosts::list(&mut conn, &keys, q.all).await?,
     ))
 }
 

@@ -79,6 +79,11 @@ impl HostState {
                 stream.len(),
                 limits.max_name_bytes
             ))
+        } else if stream == limits.own_source {
+            Some(format!(
+                "emit to `{stream}`: that is the job's own source stream (the job would read \
+                 what it emits, without end)"
+            ))
         } else if !limits.stream_allowed(&stream) {
             Some(format!(
                 "emit to `{stream}`: not among the job's allowed streams ({})",

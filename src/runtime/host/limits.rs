@@ -48,6 +48,9 @@ pub struct Limits {
     pub allowed_queues: Vec<String>,
     /// sluice's key prefix followed by `:`; never writable by a plugin unless allowed explicitly.
     pub reserved_prefix: String,
+    /// The stream the job reads: never writable by its plugin (the job would read what it
+    /// emits, without end). Empty: none.
+    pub own_source: String,
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary) with a marker saying how long it
@@ -73,15 +76,15 @@ pub fn clamp(mut s: String, max: usize) -> String {
 fn matches(patterns: &[String], name: &str) -> bool {
     patterns
         .iter()
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == pattern,
-        })
+        .any(|pattern| crate::model::spec::name_matches(pattern, name))
 }
 
 impl Limits {
     /// May the plugin append to `stream`?
     pub fn stream_allowed(&self, stream: &str) -> bool {
+        if stream == self.own_source {
+            return false;
+        }
         if self.allowed_streams.is_empty() {
             return self.reserved_prefix.is_empty() || !stream.starts_with(&self.reserved_prefix);
         }
@@ -113,6 +116,7 @@ impl Default for Limits {
             allowed_streams: Vec::new(),
             allowed_queues: Vec::new(),
             reserved_prefix: "sluice:".into(),
+            own_source: String::new(),
         }
     }
 }
@@ -194,6 +198,12 @@ mod tests {
         };
         assert!(l.stream_allowed("a") && l.stream_allowed("b:1"));
         assert!(!l.stream_allowed("ab") && !l.stream_allowed("c"));
+        // Never the job's own source, whatever is allowed.
+        let l = Limits {
+            own_source: "events".into(),
+            ..Limits::default()
+        };
+        assert!(!l.stream_allowed("events") && l.stream_allowed("events:out"));
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! Jobs in the registry: registering a new run, reading entries, state changes as
 //! compare-and-set scripts that keep fields of other versions.
 
-use super::{ControlError, JobEntry, JobState, Registry, Result, decode, encode, patch};
+use super::{
+    ControlError, JobEntry, JobState, Registry, Result, decode, encode, patch, spec_digest,
+};
 use crate::model::{JobSpec, now_ms};
 use crate::store::scripts;
 
 impl Registry {
     /// Register a job and mark it running (a new run). A job of the same name is replaced
-    /// only when it is stopped or finished; `if_absent` (jobs of a config file at start) leaves any existing job alone.
-    /// Returns false when nothing was written because of `if_absent`.
-    pub async fn start_job(&mut self, spec: &JobSpec, if_absent: bool) -> Result<bool> {
+    /// only when it is stopped or finished. `from_file` (a config file's job): only if no job
+    /// of that name exists, and the definition is remembered as the file's
+    /// ([`JobEntry::file_spec`]). Returns false when nothing was written because of
+    /// `from_file`.
+    pub async fn start_job(&mut self, spec: &JobSpec, from_file: bool) -> Result<bool> {
+        let if_absent = from_file;
         let entry = JobEntry {
             spec: spec.clone(),
             state: JobState::Running,
             changed_at: now_ms(),
+            updated_at: None,
+            file_spec: from_file.then(|| spec_digest(spec)),
             run: 0,
         };
         let script = &*scripts::JOB_START;
@@ -126,5 +133,104 @@ impl Registry {
             }
         }
         Ok(false)
+    }
+
+    /// Rewrite a job's definition, keeping its state and run: hosts running it stop it
+    /// (in-flight batches commit) and start it again with the new definition. `change` gets
+    /// the entry as stored and returns the new spec, or None to leave the job as it is; with
+    /// `file_spec`, the entry also records it as the config file's definition. Compare-and-
+    /// set: fields of the stored JSON this version does not know are kept. Returns the entry
+    /// written, or None when `change` left it.
+    pub async fn update_job(
+        &mut self,
+        name: &str,
+        mut change: impl FnMut(&JobEntry) -> Result<Option<JobSpec>>,
+        file_spec: Option<String>,
+    ) -> Result<Option<JobEntry>> {
+        let script = &*scripts::JOB_STATE;
+        for _ in 0..5 {
+            let (json, run) = self
+                .job_json(name)
+                .await?
+                .ok_or_else(|| ControlError::Refused(format!("no job named `{name}`")))?;
+            let mut entry: JobEntry = decode(&format!("job {name}"), &json)?;
+            entry.run = run;
+            let Some(spec) = change(&entry)? else {
+                return Ok(None);
+            };
+            if spec.name != name {
+                return Err(ControlError::Refused(format!(
+                    "a job cannot be renamed (`{name}` → `{}`)",
+                    spec.name
+                )));
+            }
+            let mut stored: serde_json::Value = decode(&format!("job {name}"), &json)?;
+            let new_spec = serde_json::to_value(&spec).unwrap_or_default();
+            if let (Some(old), Some(new)) = (
+                stored.get_mut("spec").and_then(|s| s.as_object_mut()),
+                new_spec.as_object(),
+            ) {
+                for (k, v) in new {
+                    old.insert(k.clone(), v.clone());
+                }
+            }
+            let now = now_ms();
+            let mut fields = vec![("updated_at", serde_json::Value::from(now))];
+            if let Some(digest) = &file_spec {
+                fields.push(("file_spec", digest.clone().into()));
+            }
+            let patched = patch(&stored.to_string(), &fields)?;
+            let written: i64 = script
+                .key(self.keys.ctl_jobs())
+                .key(self.keys.ctl_runs())
+                .arg(name)
+                .arg(&json)
+                .arg(run.to_string())
+                .arg(&patched)
+                .invoke_async(&mut self.conn)
+                .await?;
+            if written == 1 {
+                self.notify(&format!("job {name}")).await?;
+                entry.spec = spec;
+                entry.updated_at = Some(now);
+                if file_spec.is_some() {
+                    entry.file_spec = file_spec;
+                }
+                return Ok(Some(entry));
+            }
+        }
+        Err(ControlError::Refused(format!(
+            "job `{name}` kept changing meanwhile; try again"
+        )))
+    }
+
+    /// Delete a job's registry entry (hosts forget it); refused while it is running.
+    /// Returns the entry deleted.
+    pub async fn delete_job(&mut self, name: &str) -> Result<JobEntry> {
+        let script = &*scripts::JOB_DELETE;
+        for _ in 0..5 {
+            let Some((entry, json)) = self.job_raw(name).await? else {
+                return Err(ControlError::Refused(format!("no job named `{name}`")));
+            };
+            if entry.state == JobState::Running {
+                return Err(ControlError::Refused(format!(
+                    "job `{name}` is running; stop it first (`sluice job stop {name}`)"
+                )));
+            }
+            let deleted: i64 = script
+                .key(self.keys.ctl_jobs())
+                .key(self.keys.ctl_runs())
+                .arg(name)
+                .arg(&json)
+                .invoke_async(&mut self.conn)
+                .await?;
+            if deleted == 1 {
+                self.notify(&format!("job {name}")).await?;
+                return Ok(entry);
+            }
+        }
+        Err(ControlError::Refused(format!(
+            "job `{name}` kept changing meanwhile; try again"
+        )))
     }
 }

@@ -65,6 +65,15 @@ pub struct JobEntry {
     pub state: JobState,
     /// When the state last changed, ms since the epoch.
     pub changed_at: u64,
+    /// When the spec last changed (`job update`, or an edited config file), ms since the
+    /// epoch; None: as started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<u64>,
+    /// The digest of the definition a config file last gave this job ([`spec_digest`]): a
+    /// host registering its config file applies the file's definition only when it differs
+    /// from this one (the file was edited), so a `job update` wins until the file changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_spec: Option<String>,
     /// Identifies one run of the job: a counter in Redis that every `job start` raises (not
     /// `resume`); each run gets one `job-started` (and, if finite, one `job-finished`). Kept
     /// apart from the JSON ([`Keys::ctl_runs`]) so that scripts never rewrite JSON.
@@ -170,6 +179,11 @@ pub(super) fn patch(json: &str, fields: &[(&str, serde_json::Value)]) -> Result<
         object.insert(k.to_string(), v.clone());
     }
     Ok(value.to_string())
+}
+
+/// A digest of a job's definition: sha256 of its JSON, hex.
+pub fn spec_digest(spec: &JobSpec) -> String {
+    crate::model::sha256_hex(encode(spec).as_bytes())
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> String {

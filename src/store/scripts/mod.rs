@@ -30,6 +30,10 @@ scripts! {
     JOB_START = "job_start.lua";
     /// Compare-and-set of a job's registry entry.
     JOB_STATE = "job_state.lua";
+    /// A host's heartbeat: its record, when Redis saw it, and forgetting long-dead hosts.
+    HEARTBEAT = "heartbeat.lua";
+    /// Deletes a job's registry entry, if unchanged.
+    JOB_DELETE = "job_delete.lua";
     /// Appends `job-started`, once per run.
     LIFECYCLE_BEGIN = "lifecycle_begin.lua";
     /// Trims a source stream of what every group acknowledged (`retention = "acked"`).
