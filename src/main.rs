@@ -9,6 +9,18 @@ use sluice::config::ConfigError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A command's output into a closed pipe (`sluice job list | head -1`) ends it quietly,
+    // as for any Unix tool; Rust ignores SIGPIPE, and println! would panic. Not for the
+    // host: nothing it writes should end it.
+    if !matches!(
+        cli.command,
+        cli::Command::Run { .. } | cli::Command::Bench(_)
+    ) {
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -417,3 +417,217 @@ fn a_job_cannot_read_what_it_emits() {
     );
     host.stop_ok();
 }
+
+#[test]
+fn dead_letters_are_replayed_by_source_id_and_nothing_replayed_exits_1() {
+    let (redis, mut conn, dir, cfg) = fleet();
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name chaos", plugin("chaos").display()),
+    );
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin chaos --max-deliveries 1 --block-ms 100",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    let ids = publish(&mut conn, "in", 2, &[("action", "error")]);
+    assert!(
+        wait_until(Duration::from_secs(30), || counter(
+            &mut conn, "j", "in", "dead"
+        ) == 2),
+        "{}",
+        log_of(&log)
+    );
+    // The source id `dlq list` and `event get` show is accepted.
+    let letters = json(&cli(&redis.url, "dlq list j --json"));
+    assert_eq!(letters[0]["source_id"], ids[0].as_str());
+    let replayed = cli(&redis.url, &format!("dlq replay j --id {}", ids[0]));
+    assert!(replayed.contains("(dead letter"), "{replayed}");
+    assert!(replayed.contains("replayed 1 of 1"), "{replayed}");
+    // Gone now (it was replayed, and dies again as a new entry with a new source id).
+    let again = sluice(&redis.url, &["dlq", "replay", "j", "--id", &ids[0]]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no dead letter of job j"));
+    let unknown = sluice(&redis.url, &["dlq", "replay", "j", "--id", "1-1"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    // A malformed id: one line saying so.
+    for args in [
+        &["dlq", "replay", "j", "--id", "nonsense"][..],
+        &["event", "get", "j", "nonsense"][..],
+    ] {
+        let out = sluice(&redis.url, args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("not a stream entry id"), "{err}");
+    }
+    // `event get` of the replayed entry's source id still answers (dead: it was its status).
+    cli(&redis.url, &format!("event get j {}", ids[1]));
+    host.stop_ok();
+}
+
+#[test]
+fn tasks_are_enqueued_from_the_shell_and_tail_follows_what_a_job_emits() {
+    let (redis, mut conn, dir, cfg) = fleet();
+    cli(&redis.url, "enqueue q now");
+    cli(&redis.url, "enqueue q later --delay-ms 1500");
+    // The delayed one waits in the queue's delayed set.
+    let delayed: u64 = redis::cmd("ZCARD")
+        .arg("sluice:queue:{q}:delayed")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(delayed, 1);
+    let queued = cli(&redis.url, "tail --queue q --last 1 --count 1");
+    assert!(queued.contains("payload=now"), "{queued}");
+    // Follow the job's output before it exists.
+    let follower = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "tail", "qout", "--count", "2", "--json", "--redis", &redis.url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cli(
+        &redis.url,
+        "job start jq --source queue:q --plugin echo --set target=qout --block-ms 100",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json)
+        .collect();
+    let payloads: Vec<&str> = lines
+        .iter()
+        .map(|l| l["fields"]["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(payloads, ["now", "later"]);
+    host.stop_ok();
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    publish(
+        &mut conn,
+        "big",
+        5000,
+        &[("text", "some words to make the line longer")],
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} tail big --last 5000 --count 5000 --redis {} | head -n 1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+            env!("CARGO_BIN_EXE_sluice"),
+            redis.url
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.trim().is_empty(), "{err}");
+    // Ended by SIGPIPE, as any Unix tool is.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "141");
+}
+
+#[test]
+fn completions_and_a_man_page_come_from_the_cli_definition() {
+    let bash = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("_sluice") && script.contains("hosts"),
+        "completions"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let man = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(man.status.success());
+    assert!(dir.path().join("sluice.1").exists());
+    assert!(dir.path().join("sluice-job-update.1").exists());
+    // man itself renders it, when installed.
+    if Command::new("man").arg("--version").output().is_ok() {
+        let rendered = Command::new("man")
+            .arg(dir.path().join("sluice-job-update.1"))
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&rendered.stdout).contains("--batch"));
+    }
+}
+
+#[test]
+fn plugin_test_takes_a_jobs_config_and_limits() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"fields\": {\"action\": \"emit\", \"n\": \"1\"}}\n\
+         {\"fields\": {\"action\": \"ok\", \"spin_ms\": \"300\"}}\n",
+    )
+    .unwrap();
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name chaos", plugin("chaos").display()),
+    );
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin chaos --set target=jobout --deadline-ms 100",
+    );
+    let chaos = plugin("chaos");
+    let test = |config: Option<&Path>, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let out = cmd
+            .args(["plugin", "test"])
+            .arg(&chaos)
+            .arg("--events")
+            .arg(&events)
+            .args(["--json", "--redis", &redis.url])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.code(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let effect = |report: &serde_json::Value| report["events"][0]["effects"][0].to_string();
+    // Alone: the defaults (deadline 1 s, target `<source>:out`).
+    let (code, report, _) = test(None, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(effect(&report).contains("test:out"), "{report}");
+    // The registry's job: its config and its deadline (the 300 ms event overruns 100 ms).
+    let (code, report, _) = test(None, &["--job", "j"]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(effect(&report).contains("jobout"), "{report}");
+    assert_eq!(report["events"][1]["failed"], true, "{report}");
+    // Options override the job's.
+    let (code, report, _) = test(None, &["--job", "j", "--deadline-ms", "2000"]);
+    assert_eq!(code, Some(0), "{report}");
+    // A config file's job comes first.
+    let cfg = write_config(dir.path(), "chaos", "j", "in", "", "target = \"filejob\"");
+    let (code, report, _) = test(Some(&cfg), &["--job", "j"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(effect(&report).contains("filejob"), "{report}");
+    let (code, _, err) = test(None, &["--job", "nope"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no job named `nope`"), "{err}");
+}

@@ -18,7 +18,8 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Move dead letters back to the source stream as new entries
+    /// Move dead letters back to the source stream as new entries (a lifecycle event's, to
+    /// the job's lifecycle stream); exit 1 unless every one asked for was replayed
     Replay(DlqSelection),
     /// Delete dead letters
     Purge(DlqSelection),
@@ -28,7 +29,8 @@ pub enum DlqCommand {
 #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
 pub struct DlqSelection {
     job: String,
-    /// A dead letter's id (repeatable)
+    /// A dead letter's id, or the source id it holds (what `dlq list` and `event get`
+    /// show; repeatable)
     #[arg(long)]
     id: Vec<String>,
     /// Every dead letter of the job
@@ -72,39 +74,76 @@ pub async fn run(c: &Client, command: &DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Replay(sel) => {
+            check_ids(&sel.id)?;
             let ids = (!sel.all).then(|| sel.id.clone());
+            let results = listing::replay(&mut conn, keys, job, &source, ids).await?;
             let mut replayed = 0;
-            for r in listing::replay(&mut conn, keys, job, &source, ids).await? {
-                match r.new_id {
-                    Some(new) => {
+            for r in &results {
+                match (&r.id, &r.new_id) {
+                    (Some(id), Some(new)) => {
                         replayed += 1;
-                        println!("{} -> {source} {new}", r.id);
+                        let via = if *id == r.asked {
+                            String::new()
+                        } else {
+                            format!(" (dead letter {id})")
+                        };
+                        println!("{}{via} -> {new}", r.asked);
                     }
-                    None => println!(
-                        "{}: not replayed (no such dead letter, or its fields are gone)",
-                        r.id
+                    (Some(id), None) => {
+                        eprintln!("{id}: not replayed (its fields are gone from the source)")
+                    }
+                    (None, _) => eprintln!(
+                        "{}: not replayed: no dead letter of job {job} has that id or source id",
+                        r.asked
                     ),
                 }
             }
-            println!("replayed {replayed} dead letters to {source}");
+            if sel.all && results.is_empty() {
+                println!("no dead letters for job {job}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "replayed {replayed} of {} dead letters to {source}",
+                results.len()
+            );
+            // Exit 1 unless everything asked for was replayed.
+            if replayed < results.len() {
+                return Ok(ExitCode::from(1));
+            }
         }
         DlqCommand::Purge(sel) => {
-            let ids: Vec<String> = match sel.all {
+            check_ids(&sel.id)?;
+            let named: Vec<(String, Option<String>)> = match sel.all {
                 true => listing::dead_letters(&mut conn, keys, job, &source)
                     .await?
                     .into_iter()
-                    .map(|d| d.id)
+                    .map(|d| (d.id.clone(), Some(d.id)))
                     .collect(),
-                false => sel.id.clone(),
+                false => listing::resolve(&mut conn, keys, job, &source, &sel.id).await?,
             };
+            for (asked, _) in named.iter().filter(|(_, id)| id.is_none()) {
+                eprintln!("{asked}: no dead letter of job {job} has that id or source id");
+            }
+            let ids: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
             let mut purged = 0;
             for chunk in ids.chunks(500) {
                 purged += dlq::purge(&mut conn, keys, job, &source, chunk).await?;
             }
             println!("purged {purged} dead letters of job {job}");
+            if !sel.all && (purged as usize) < named.len() {
+                return Ok(ExitCode::from(1));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every id must look like a stream entry id.
+fn check_ids(ids: &[String]) -> anyhow::Result<()> {
+    for id in ids {
+        crate::model::check_entry_id(id).map_err(|m| anyhow::anyhow!("--id: {m}"))?;
+    }
+    Ok(())
 }
 
 /// The source stream of a job registered in Redis, or a clear error.

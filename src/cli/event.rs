@@ -28,6 +28,9 @@ pub async fn run(c: &Client, command: &EventCommand) -> anyhow::Result<ExitCode>
 }
 
 async fn event_get(c: &Client, job: &str, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    if let Err(m) = crate::model::check_entry_id(id) {
+        bail!("{m}");
+    }
     let mut conn = c.conn().await?;
     let keys = &c.keys;
     let source = job_source(c, &mut conn, job).await?;

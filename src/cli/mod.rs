@@ -18,6 +18,7 @@ mod hosts;
 mod job;
 mod plugin;
 mod publish;
+mod tail;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,7 +78,19 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         count: u64,
     },
-    /// Manage jobs: start, stop, resume, list, watch, status
+    /// Put a task on a sluice queue (read by jobs with source queue:NAME)
+    Enqueue {
+        /// The queue's name
+        queue: String,
+        /// The task's payload (`-`: read it from stdin)
+        payload: String,
+        /// Deliver it after this many ms
+        #[arg(long, value_name = "MS")]
+        delay_ms: Option<u64>,
+    },
+    /// Follow a stream (what a job emits), a job's dead letters or a queue, printing new entries
+    Tail(tail::TailArgs),
+    /// Manage jobs: start, update, show, delete, stop, resume, list, watch, status
     Job {
         #[command(subcommand)]
         command: job::JobCommand,
@@ -110,17 +123,46 @@ pub enum Command {
     },
     /// Measure throughput and latency against baselines, in one process
     Bench(BenchArgs),
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (sluice.1), or with --dir write one page per command there
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Made from the CLI definition; no config, no Redis.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "sluice", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)?;
+                    clap_mangen::generate_to(command, dir)?;
+                    println!("man pages written to {}", dir.display());
+                }
+                None => clap_mangen::Man::new(command).render(&mut std::io::stdout())?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     // The authors' tools need neither a config file nor Redis.
     if let Command::Plugin { command } = &cli.command
         && !command.uses_redis()
     {
         crate::logging::init(Default::default(), None);
+        let setup = tool_setup(&cli, command).await?;
         let command = command.clone();
         // They call into plugins: on a blocking thread (WASI output blocks on the runtime).
-        return tokio::task::spawn_blocking(move || plugin::tool(&command)).await?;
+        return tokio::task::spawn_blocking(move || plugin::tool(&command, setup)).await?;
     }
     let ctx = Ctx::new(&cli, matches!(cli.command, Command::CheckConfig))?;
     let host = &ctx.config.host;
@@ -163,8 +205,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => plugin::registry(&ctx.client().await?, command).await,
         Command::Dlq { command } => dlq::run(&ctx.client().await?, command).await,
         Command::Event { command } => event::run(&ctx.client().await?, command).await,
+        Command::Enqueue {
+            queue,
+            payload,
+            delay_ms,
+        } => publish::enqueue(&ctx.client().await?, queue, payload, *delay_ms).await,
+        Command::Tail(args) => tail::tail(&ctx.client().await?, args).await,
+        // Answered above, before any config is read.
+        Command::Completions { .. } | Command::Man { .. } => Ok(ExitCode::SUCCESS),
         Command::Hosts { json, all } => hosts::run(&ctx.client().await?, *json, *all).await,
     }
+}
+
+/// The compile cache of the data dir, and for `plugin test --job NAME` the job: a `[[job]]`
+/// of the config file, else the registry's. A config file that does not load is an error
+/// only when the job is to come from it.
+async fn tool_setup(
+    cli: &Cli,
+    command: &plugin::PluginCommand,
+) -> anyhow::Result<plugin::ToolSetup> {
+    let ctx = Ctx::new(cli, false);
+    let Some(name) = command.test_job() else {
+        let (cache, prefix) = match &ctx {
+            Ok(ctx) => (
+                ctx.config.host.data_dir.join("cache"),
+                ctx.config.host.prefix.clone(),
+            ),
+            Err(_) => {
+                let defaults = Config::default();
+                let dir = cli.data_dir.clone().unwrap_or(defaults.host.data_dir);
+                (dir.join("cache"), defaults.host.prefix)
+            }
+        };
+        return Ok(plugin::ToolSetup {
+            cache: Some(cache),
+            job: None,
+            prefix,
+        });
+    };
+    let ctx = ctx?;
+    let cache = Some(ctx.config.host.data_dir.join("cache"));
+    let prefix = ctx.config.host.prefix.clone();
+    if let Some(job) = ctx.config.jobs.iter().find(|j| j.name == name) {
+        return Ok(plugin::ToolSetup {
+            cache,
+            job: Some(job.clone()),
+            prefix,
+        });
+    }
+    let client = ctx.client().await.with_context(|| {
+        format!("job `{name}` is not in the config file; looking for it in the registry")
+    })?;
+    let Some(entry) = client.registry().await?.job(name).await? else {
+        bail!("no job named `{name}` in the config file or the registry");
+    };
+    Ok(plugin::ToolSetup {
+        cache,
+        job: Some(entry.spec),
+        prefix,
+    })
 }
 
 /// What every command works from, built once: the config file (its defaults when none was

@@ -77,19 +77,43 @@ pub enum PluginCommand {
         /// names the config file on every command.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         plugin_config: Vec<String>,
-        /// Per-event deadline in ms
-        #[arg(long, default_value_t = crate::model::spec::defaults::DEADLINE_MS)]
-        deadline_ms: u64,
-        /// Memory cap in MiB
-        #[arg(long, default_value_t = crate::model::spec::defaults::MEMORY_MB)]
-        memory_mb: u64,
+        /// Test with the limits and config of this job: a `[[job]]` of the config file, else
+        /// a job of the registry (then Redis is needed); --set, --deadline-ms and --memory-mb
+        /// override them
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Per-event deadline in ms [default: the job's, else 1000]
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Memory cap in MiB [default: the job's, else 64]
+        #[arg(long)]
+        memory_mb: Option<u64>,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
 }
 
+/// What the authors' tools work with besides their arguments.
+#[derive(Debug, Clone, Default)]
+pub struct ToolSetup {
+    /// The data dir's compile cache (None: compile every time).
+    pub cache: Option<PathBuf>,
+    /// `plugin test --job`: the job's definition.
+    pub job: Option<crate::model::JobSpec>,
+    /// The key prefix (limits keep plugins off sluice's keys).
+    pub prefix: String,
+}
+
 impl PluginCommand {
+    /// `plugin test --job NAME`: the job named.
+    pub fn test_job(&self) -> Option<&str> {
+        match self {
+            PluginCommand::Test { job, .. } => job.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The commands that change or read the registry in Redis.
     pub fn uses_redis(&self) -> bool {
         !matches!(
@@ -110,8 +134,9 @@ pub async fn registry(c: &Client, command: &PluginCommand) -> anyhow::Result<Exi
     }
 }
 
-/// The authors' tools (no Redis).
-pub fn tool(command: &PluginCommand) -> anyhow::Result<ExitCode> {
+/// The authors' tools (no Redis, but for `plugin test --job` of a registry job, read before).
+pub fn tool(command: &PluginCommand, setup: ToolSetup) -> anyhow::Result<ExitCode> {
+    let runtime = || Runtime::new(setup.cache.as_deref());
     match command {
         PluginCommand::New { name, lang, dir } => {
             let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
@@ -126,7 +151,7 @@ pub fn tool(command: &PluginCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Inspect { path, json } => {
-            let i = crate::tools::inspect(path)?;
+            let i = crate::tools::inspect(&runtime()?, path)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
@@ -157,19 +182,28 @@ pub fn tool(command: &PluginCommand) -> anyhow::Result<ExitCode> {
             path,
             events,
             plugin_config,
+            job: _,
             deadline_ms,
             memory_mb,
             json,
         } => {
-            let config = parse_fields(plugin_config)?.into_iter().collect();
-            let limits = Limits {
-                deadline: std::time::Duration::from_millis(*deadline_ms),
-                memory_bytes: (*memory_mb as usize) << 20,
-                ..Limits::default()
+            let (name, mut config, mut limits) = match &setup.job {
+                Some(spec) => (
+                    spec.plugin.clone(),
+                    spec.plugin_config(),
+                    crate::host::job::limits(spec, &setup.prefix),
+                ),
+                None => ("plugin".to_string(), Default::default(), Limits::default()),
             };
+            config.extend(parse_fields(plugin_config)?);
+            if let Some(ms) = deadline_ms {
+                limits.deadline = std::time::Duration::from_millis(*ms);
+            }
+            if let Some(mb) = memory_mb {
+                limits.memory_bytes = (*mb as usize) << 20;
+            }
             let events = crate::tools::read_events(events)?;
-            let runtime = Runtime::new(None)?;
-            let plugin = runtime.load_file("plugin", path)?;
+            let plugin = runtime()?.load_file(&name, path)?;
             let report = crate::tools::run_test(plugin, &events, config, limits)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -159,17 +159,53 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new(""));
+        Config::parse_at(&text, &path.display().to_string(), base)
     }
 
-    /// Parse and validate config text; `origin` names it in errors.
+    /// Relative paths of a config file are relative to the file's directory, wherever sluice
+    /// is started (the data dir too: by default `.sluice` beside the file). `--data-dir` and
+    /// the other command-line paths are relative to the current directory, as usual.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let at = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        at(&mut self.host.data_dir);
+        for plugin in &mut self.plugins {
+            at(&mut plugin.path);
+        }
+        let r = &mut self.redis;
+        for p in [
+            &mut self.plugins_dir.dir,
+            &mut self.admin.token_file,
+            &mut r.password_file,
+            &mut r.tls_ca_file,
+            &mut r.tls_cert_file,
+            &mut r.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            at(p);
+        }
+    }
+
+    /// Parse and validate config text; `origin` names it in errors. Relative paths stay
+    /// relative to the current directory.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_at(text, origin, Path::new(""))
+    }
+
+    /// [`Config::parse`], with relative paths taken from `base` (the file's directory).
+    fn parse_at(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.into(),
             message: e.to_string().trim_end().to_string(),
         };
         let mut unknown = Vec::new();
-        let config: Config = serde_ignored::deserialize(
+        let mut config: Config = serde_ignored::deserialize(
             toml::Deserializer::parse(text).map_err(parse_error)?,
             |path| unknown.push(field_path(&path)),
         )
@@ -181,6 +217,7 @@ impl Config {
                 message: "unknown field (see examples/sluice.toml for every field)".into(),
             });
         }
+        config.resolve_paths(base);
         config
             .validate()
             .map_err(|(field, message)| ConfigError::Invalid {
@@ -303,6 +340,27 @@ mod tests {
         target = "events:out"
         threshold = 3
     "#;
+
+    #[test]
+    fn relative_paths_are_the_config_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conf").join("sluice.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a-token-of-enough-length-0123456789").unwrap();
+        let text = format!(
+            "[admin]\ntoken_file = \"{}\"\n[plugins]\ndir = \"wasm\"\n{GOOD}",
+            token.display()
+        );
+        std::fs::write(&file, text).unwrap();
+        let c = Config::load(&file).unwrap();
+        let base = dir.path().join("conf");
+        assert_eq!(c.plugins[0].path, base.join("plugins/dist/echo.wasm"));
+        assert_eq!(c.plugins_dir.dir, Some(base.join("wasm")));
+        assert_eq!(c.host.data_dir, base.join(".sluice"));
+        // Absolute paths stay as they are.
+        assert_eq!(c.admin.token_file, Some(token));
+    }
 
     fn invalid(text: &str) -> String {
         match Config::parse(text, "t.toml") {

@@ -21,6 +21,21 @@ pub use spec::{
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Is `id` a stream entry id (`<ms>-<seq>`, or `<ms>`)? The message says what one looks like.
+pub fn check_entry_id(id: &str) -> Result<(), String> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match id.split_once('-') {
+        Some((ms, seq)) => digits(ms) && digits(seq),
+        None => digits(id),
+    };
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "not a stream entry id (like 1700000000000-0): {id:?}"
+        )),
+    }
+}
+
 /// Hex sha256 of some bytes: a plugin version's identity, and a job definition's digest.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;

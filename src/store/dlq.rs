@@ -134,10 +134,18 @@ pub async fn replay<C: ConnectionLike + Send>(
                 break None;
             };
             let letter = parse(id.clone(), flat.clone());
+            // A dead-lettered lifecycle event (it shares the job's dead-letter stream) goes
+            // back to the lifecycle stream, not into the source.
+            let lifecycle = keys.lifecycle(job, source);
+            let target = if letter.source == lifecycle {
+                lifecycle.as_str()
+            } else {
+                source
+            };
             let original: Vec<Vec<u8>> = match letter.fields_in.as_str() {
                 "source" => {
                     let found: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-                        .arg(source)
+                        .arg(target)
                         .arg(&letter.source_id)
                         .arg(&letter.source_id)
                         .query_async(conn)
@@ -151,7 +159,7 @@ pub async fn replay<C: ConnectionLike + Send>(
                 break None;
             }
             let mut add = redis::cmd("XADD");
-            add.arg(source).arg("*");
+            add.arg(target).arg("*");
             for value in &original {
                 add.arg(value.as_slice());
             }

@@ -249,17 +249,44 @@ pub async fn dead_letters(
     }
 }
 
+/// The dead letters `ids` name, each a dead letter's id or the source id one holds (what
+/// `dlq list` and `event get` show): (id asked, the dead letter's id if there is one).
+pub async fn resolve(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    ids: &[String],
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let letters = dead_letters(conn, keys, job, source).await?;
+    Ok(ids
+        .iter()
+        .map(|asked| {
+            let found = letters
+                .iter()
+                .find(|d| &d.id == asked)
+                .or_else(|| letters.iter().find(|d| &d.source_id == asked))
+                .map(|d| d.id.clone());
+            (asked.clone(), found)
+        })
+        .collect())
+}
+
 /// What replaying one dead letter did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Replayed {
-    /// The dead letter.
-    pub id: String,
-    /// Its new entry in the source stream; None: not replayed (no such dead letter, or its
-    /// fields are gone).
+    /// The id asked for: a dead letter's, or the source id one holds (`--all`: the dead
+    /// letter's).
+    pub asked: String,
+    /// The dead letter; None: no dead letter has that id or source id.
+    pub id: Option<String>,
+    /// Its new entry in the source stream (or, for a lifecycle event, the job's lifecycle
+    /// stream); None: not replayed (no such dead letter, or its fields are gone).
     pub new_id: Option<String>,
 }
 
-/// Replay dead letters `ids` of `job` (all of them when None) to its source stream.
+/// Replay dead letters `ids` of `job` (all of them when None) to its source stream; each id
+/// a dead letter's or the source id one holds.
 pub async fn replay(
     conn: &mut ConnectionManager,
     keys: &Keys,
@@ -267,19 +294,27 @@ pub async fn replay(
     source: &str,
     ids: Option<Vec<String>>,
 ) -> Result<Vec<Replayed>, StoreError> {
-    let ids = match ids {
-        Some(ids) => ids,
+    let named: Vec<(String, Option<String>)> = match ids {
+        Some(ids) => resolve(conn, keys, job, source, &ids).await?,
         None => dead_letters(conn, keys, job, source)
             .await?
             .into_iter()
-            .map(|d| d.id)
+            .map(|d| (d.id.clone(), Some(d.id)))
             .collect(),
     };
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(100) {
+    let mut out = Vec::with_capacity(named.len());
+    let found: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
+    let mut replayed = std::collections::HashMap::new();
+    for chunk in found.chunks(100) {
         for (id, new_id) in dlq::replay(conn, keys, job, source, chunk).await? {
-            out.push(Replayed { id, new_id });
+            replayed.insert(id, new_id);
         }
+    }
+    for (asked, id) in named {
+        let new_id = id
+            .as_ref()
+            .and_then(|id| replayed.get(id).cloned().flatten());
+        out.push(Replayed { asked, id, new_id });
     }
     Ok(out)
 }

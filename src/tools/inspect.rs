@@ -27,7 +27,9 @@ pub struct Inspection {
     pub stateful: bool,
 }
 
-pub fn inspect(path: &Path) -> anyhow::Result<Inspection> {
+/// Inspect the component at `path` with `runtime` (its compile cache, if it has one: a
+/// component compiled once is not compiled again).
+pub fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = crate::runtime::sha256_hex(&bytes);
     let kind = if !bytes.starts_with(b"\0asm") {
@@ -37,11 +39,20 @@ pub fn inspect(path: &Path) -> anyhow::Result<Inspection> {
     } else {
         "component"
     };
-    let runtime = Runtime::new(None)?;
+    let loaded = if kind == "component" {
+        Some(runtime.load_bytes("plugin", &path.display().to_string(), &bytes))
+    } else {
+        None
+    };
+    // The compiled component of a plugin that loaded; else compiled here (it does not fit
+    // the world, but what it imports and exports says why).
+    let component = match &loaded {
+        Some(Ok(plugin)) => Some(plugin.pre.instance_pre().component().clone()),
+        Some(Err(_)) => wasmtime::component::Component::new(runtime.engine(), &bytes).ok(),
+        None => None,
+    };
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
-    if kind == "component"
-        && let Ok(component) = wasmtime::component::Component::new(runtime.engine(), &bytes)
-    {
+    if let Some(component) = component {
         let ty = component.component_type();
         let label = |name: &str, item: &ComponentItem| match item {
             ComponentItem::ComponentInstance(_) => format!("instance {name}"),
@@ -57,7 +68,8 @@ pub fn inspect(path: &Path) -> anyhow::Result<Inspection> {
             .map(|(n, i)| label(n, &i.ty))
             .collect();
     }
-    let loaded = runtime.load_bytes("plugin", &path.display().to_string(), &bytes);
+    let loaded =
+        loaded.unwrap_or_else(|| runtime.load_bytes("plugin", &path.display().to_string(), &bytes));
     Ok(Inspection {
         path: path.display().to_string(),
         size: bytes.len(),

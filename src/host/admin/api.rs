@@ -110,19 +110,9 @@ impl Admin {
 
 /// A stream entry id (`ms-seq`, or `ms`) from a request, else 400.
 fn entry_id(id: &str) -> Result<&str, ApiError> {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    let ok = match id.split_once('-') {
-        Some((ms, seq)) => digits(ms) && digits(seq),
-        None => digits(id),
-    };
-    if ok {
-        Ok(id)
-    } else {
-        Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("not a stream entry id (like 1700000000000-0): {id:?}"),
-        ))
-    }
+    crate::model::check_entry_id(id)
+        .map(|()| id)
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))
 }
 
 /// The source stream of job `name`, as Redis knows it (404 if no host ran it).
@@ -277,7 +267,8 @@ async fn replay(
         _ => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "give either `ids` (a list of dead-letter ids) or `all: true`".into(),
+                "give either `ids` (dead-letter ids, or the source ids they hold) or `all: true`"
+                    .into(),
             ));
         }
     };
