@@ -6,10 +6,11 @@
 //! | GET | `/api/jobs` | every job: state, plugin version, counters (`job list --json`) |
 //! | GET | `/api/jobs/{name}` | one job (404 if the registry has none) |
 //! | GET | `/api/plugins` | every plugin: version, versions, refusals, jobs (`plugin list --json`) |
+//! | GET | `/api/hosts?all=true` | the live hosts (with `all`, those gone in the last hour too; `sluice hosts --json`) |
 //! | GET | `/api/jobs/{name}/dlq?after=ID&limit=N` | a page of dead letters, oldest first (N ≤ 1000, default 100) |
 //! | GET | `/api/jobs/{name}/events/{id}` | where one source entry stands (`event get --json`) |
 //! | POST | `/api/jobs/{name}/stop`, `/resume` | stop or resume the job on every host |
-//! | POST | `/api/jobs/{name}/dlq/replay` | body `{"ids": [...]}` or `{"all": true}`: replay dead letters |
+//! | POST | `/api/jobs/{name}/dlq/replay` | body `{"ids": [...]}` (dead-letter or source ids) or `{"all": true}`: replay dead letters |
 //!
 //! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
 //! token file the API is read-only (actions answer 403). Errors are `{"error": "…"}`.
