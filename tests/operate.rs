@@ -631,3 +631,62 @@ fn plugin_test_takes_a_jobs_config_and_limits() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no job named `nope`"), "{err}");
 }
+
+#[test]
+fn a_refusal_names_the_plugin_of_the_job_even_when_the_bytes_are_shared() {
+    let (redis, _conn, dir, cfg) = fleet();
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name b", plugin("echo").display()),
+    );
+    cli(&redis.url, "job start ja --source stream:a --plugin echo");
+    // echo ignores `init`; chaos refuses to start when told `init = fail`.
+    cli(
+        &redis.url,
+        "job start jb --source stream:b --plugin b --set init=fail",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_for(&log, 2, "job started"));
+    // The same chaos bytes as plugin `echo` (served) and as plugin `b` (refused by jb's config):
+    // the host compiles them once, and the refusal names `b`.
+    let chaos = plugin("chaos");
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name echo", chaos.display()),
+    );
+    assert!(
+        wait_for(&log, 1, "new plugin version ready"),
+        "{}",
+        log_of(&log)
+    );
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name b", chaos.display()),
+    );
+    assert!(
+        wait_for(&log, 1, "plugin version refused"),
+        "{}",
+        log_of(&log)
+    );
+    let plugins = json(&cli(&redis.url, "plugin list --json"));
+    let b = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap();
+    let reason = b["refused"].as_object().unwrap().values().next().unwrap()["reason"].to_string();
+    assert!(reason.contains("plugin `b`"), "{reason}");
+    // `job list` shows the version served (echo's), and that the current one was refused.
+    let rows = json(&cli(&redis.url, "job list --json"));
+    let jb = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "jb")
+        .unwrap();
+    assert_ne!(jb["version"], jb["current"], "{jb}");
+    assert!(jb["refused"].is_object(), "{jb}");
+    host.stop_ok();
+}

@@ -98,7 +98,11 @@ impl CompileCache {
             .create(&self.dir)?;
             let bytes = component.serialize().map_err(anyhow::Error::from)?;
             let path = self.path(sha256);
-            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+            // Unique per write: two threads of one process may compile the same bytes at once
+            // (one component loaded as two plugins), and must not share a temporary file.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
             let mut file = std::os::unix::fs::OpenOptionsExt::mode(
                 std::fs::OpenOptions::new()
                     .write(true)
