@@ -90,9 +90,9 @@ fn a_job_is_updated_restarted_with_its_definition_and_deleted_with_its_keys() {
     // A bad value is refused, and nothing changes.
     let bad = sluice(&redis.url, &["job", "update", "j", "--batch", "0"]);
     assert!(!bad.status.success());
-    assert!(wait_until(Duration::from_secs(10), || {
-        json(&cli(&redis.url, "job show j --json"))["hosts"][0]["version"].is_string()
-    }));
+    // The host restarts the job with the new definition (within a second; an event published
+    // before that may still go through the old one).
+    assert!(wait_for(&log, 2, "job started"), "{}", log_of(&log));
     publish(&mut conn, "in", 30, &[("n", "b{i}")]);
     assert!(
         wait_until(Duration::from_secs(30), || stream_len(&mut conn, "out2")
@@ -259,9 +259,18 @@ fn live_hosts_are_listed_and_a_dead_one_drops_off_and_leaves_the_groups() {
         "{:?}",
         consumers(&mut conn)
     );
-    // A clean stop leaves the list at once.
+    // A clean stop leaves the live list at once; `--all` shows it stopped.
     a.stop_ok();
     assert_eq!(live(), serde_json::json!([]));
+    let all = json(&cli(&redis.url, "hosts --json --all"));
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["stopped"] == true && h["live"] == false),
+        "{all}"
+    );
+    assert!(cli(&redis.url, "hosts --all").contains("stopped"));
 }
 
 fn gethostname_for_test() -> String {
@@ -688,5 +697,127 @@ fn a_refusal_names_the_plugin_of_the_job_even_when_the_bytes_are_shared() {
         .unwrap();
     assert_ne!(jb["version"], jb["current"], "{jb}");
     assert!(jb["refused"].is_object(), "{jb}");
+    host.stop_ok();
+}
+
+#[test]
+fn a_purge_waits_for_the_batch_a_stopping_host_still_commits() {
+    let (redis, mut conn, dir, cfg) = fleet();
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name chaos", plugin("chaos").display()),
+    );
+    cli(
+        &redis.url,
+        "job start j --source stream:in --plugin chaos --set target=out --deadline-ms 20000 --block-ms 100",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_for(&log, 1, "job running job=\"j\" stream=in"));
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "emit"), ("spin_ms", "3000")],
+    );
+    // In flight: delivered, not yet committed.
+    assert!(wait_until(Duration::from_secs(10), || pending(
+        &mut conn, "j", "in"
+    ) == 1));
+    cli(&redis.url, "job stop j");
+    let deleted = cli(&redis.url, "job delete j --purge --yes");
+    assert!(deleted.contains("purged"), "{deleted}");
+    // The batch committed before the purge: its emit is there, and the job's keys are not.
+    assert_eq!(stream_len(&mut conn, "out"), 1, "{}", log_of(&log));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("sluice:*job:j*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    host.stop_ok();
+}
+
+#[test]
+fn damaged_registry_entries_can_be_deleted_and_replaced() {
+    let (redis, mut conn, _dir, _cfg) = fleet();
+    for name in ["bad", "bad2"] {
+        let () = redis::cmd("HSET")
+            .arg("sluice:{ctl}:jobs")
+            .arg(name)
+            .arg("garbage")
+            .query(&mut conn)
+            .unwrap();
+    }
+    // `job show` says what to do; delete and start replace it.
+    let shown = sluice(&redis.url, &["job", "show", "bad"]);
+    assert!(!shown.status.success());
+    let deleted = cli(&redis.url, "job delete bad --yes");
+    assert!(deleted.contains("deleted"), "{deleted}");
+    let started = sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "bad2",
+            "--source",
+            "stream:in",
+            "--plugin",
+            "echo",
+        ],
+    );
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(String::from_utf8_lossy(&started.stderr).contains("replacing"));
+    let rows = json(&cli(&redis.url, "job list --json"));
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    // A deleted job's run counter is kept: started again, it goes on from it.
+    cli(&redis.url, "job stop bad2");
+    cli(&redis.url, "job start bad2");
+    cli(&redis.url, "job stop bad2");
+    cli(&redis.url, "job delete bad2 --yes");
+    let again = cli(
+        &redis.url,
+        "job start bad2 --source stream:in --plugin echo",
+    );
+    assert!(again.contains("run 3"), "{again}");
+    // Sources among sluice's own keys are refused.
+    let own = sluice(
+        &redis.url,
+        &[
+            "job",
+            "start",
+            "x",
+            "--source",
+            "stream:sluice:{ctl}:jobs",
+            "--plugin",
+            "echo",
+        ],
+    );
+    assert!(!own.status.success());
+    assert!(String::from_utf8_lossy(&own.stderr).contains("sluice's own keys"));
+}
+
+#[test]
+fn after_redis_loses_its_data_no_group_of_a_forgotten_job_is_made_again() {
+    let (redis, mut conn, dir, cfg) = fleet();
+    cli(
+        &redis.url,
+        "job start gone --source stream:in --plugin echo --set target=out --block-ms 100",
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_for(&log, 1, "job running job=\"gone\" stream=in"));
+    let () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    assert!(wait_for(&log, 1, "the control registry in Redis was lost"));
+    std::thread::sleep(Duration::from_secs(2));
+    // The job lived only in the registry: nothing of it comes back (a group made again would
+    // never be read, and would hold back retention of the stream for good).
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let leftovers: Vec<&String> = keys.iter().filter(|k| !k.contains("{ctl}")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", log_of(&log));
+    assert!(host.is_running());
     host.stop_ok();
 }

@@ -23,7 +23,7 @@ pub async fn run(c: &Client, json: bool, all: bool) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<28} {:<6} {:<10} {:<24} {:>9}  jobs",
+        "{:<28} {:<7} {:<10} {:<24} {:>9}  jobs",
         "host", "state", "sluice", "started", "seen"
     );
     for h in &rows {
@@ -31,12 +31,19 @@ pub async fn run(c: &Client, json: bool, all: bool) -> anyhow::Result<ExitCode> 
         let jobs: Vec<String> = r
             .jobs
             .iter()
-            .map(|(name, j)| format!("{name}@{}", short(&j.version)))
+            .map(|(name, j)| {
+                let stopping = if j.stopping { " (stopping)" } else { "" };
+                format!("{name}@{}{stopping}", short(&j.version))
+            })
             .collect();
         println!(
-            "{:<28} {:<6} {:<10} {:<24} {:>7.1}s  {}",
+            "{:<28} {:<7} {:<10} {:<24} {:>7.1}s  {}",
             r.consumer,
-            if h.live { "live" } else { "gone" },
+            match (h.live, r.stopped) {
+                (true, _) => "live",
+                (false, true) => "stopped",
+                (false, false) => "gone",
+            },
             r.sluice,
             time(r.started_at),
             h.seen_ago_ms as f64 / 1000.0,

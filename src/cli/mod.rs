@@ -166,7 +166,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let ctx = Ctx::new(&cli, matches!(cli.command, Command::CheckConfig))?;
     let host = &ctx.config.host;
-    crate::logging::init(host.log_format, host.log.as_deref());
+    // `[host] log` is the host's filter; a command says what it did on stdout, and only
+    // warnings and errors go to stderr (SLUICE_LOG still wins).
+    let filter = match cli.command {
+        Command::Run { .. } | Command::Bench(_) => host.log.as_deref(),
+        _ => Some("warn"),
+    };
+    crate::logging::init(host.log_format, filter);
     match &cli.command {
         Command::Run { plugins, admin } => {
             // Hosts are stateless: without a config file, a host runs what the registry holds.

@@ -302,6 +302,8 @@ impl Config {
             // Its plugin may be a [[plugin]] here, a file of [plugins] dir, or one loaded into
             // the registry with `plugin load`: a host runs the job once it has that plugin.
             j.validate().map_err(|(f, m)| (at(&f), m))?;
+            j.check_source_outside(&h.prefix)
+                .map_err(|(f, m)| (at(&f), m))?;
         }
         Ok(())
     }

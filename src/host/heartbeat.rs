@@ -2,11 +2,14 @@
 //! itself with the jobs it runs and the version each serves, and now and then removes from
 //! its jobs' groups the consumers of hosts that are gone and hold nothing pending.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::reconcile::Host;
+use redis::aio::ConnectionManager;
+
+use super::job::RunningJob;
 use crate::store::hosts::{self, BEAT_EVERY, HostJob, HostRecord, LIVE_FOR};
+use crate::store::{Keys, StoreError};
 
 /// How often a host looks for dead consumers in its jobs' groups.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -31,6 +34,7 @@ impl Beat {
                 pid: std::process::id(),
                 started_at: crate::model::now_ms(),
                 admin,
+                stopped: false,
                 jobs: Default::default(),
             },
             last: None,
@@ -40,82 +44,95 @@ impl Beat {
     }
 }
 
-impl Host {
+impl Beat {
     /// Beat, if it is time (or the jobs run here changed); prune dead consumers, if it is
     /// time. Failures are logged; the next reconcile tries again.
-    pub async fn heartbeat(&mut self) {
-        let jobs = self
-            .jobs
+    pub async fn tick(
+        &mut self,
+        conn: &mut ConnectionManager,
+        keys: &Keys,
+        running: &HashMap<String, RunningJob>,
+        stopping: &HashSet<String>,
+    ) {
+        let mut jobs: BTreeMap<String, HostJob> = running
             .iter()
             .map(|(name, j)| {
                 let job = HostJob {
                     version: j.sha256.clone(),
                     run: j.run,
+                    stopping: false,
                 };
                 (name.clone(), job)
             })
             .collect();
-        let due = self.beat.last.is_none_or(|t| t.elapsed() >= BEAT_EVERY);
-        if !due && jobs == self.beat.record.jobs {
+        // A job told to stop is still run here until its runners end (they may commit a last
+        // batch): listed, so that `job delete --purge` waits for it.
+        for name in stopping {
+            if let Some(was) = self.record.jobs.get(name) {
+                let job = HostJob {
+                    stopping: true,
+                    ..was.clone()
+                };
+                jobs.insert(name.clone(), job);
+            }
+        }
+        let due = self.last.is_none_or(|t| t.elapsed() >= BEAT_EVERY);
+        if !due && jobs == self.record.jobs {
             return;
         }
-        self.beat.record.jobs = jobs;
-        match hosts::beat(&mut self.conn, &self.assembly.keys, &self.beat.record).await {
+        self.record.jobs = jobs;
+        match hosts::beat(conn, keys, &self.record).await {
             Ok(()) => {
-                self.beat.last = Some(Instant::now());
-                self.beat.failing = false;
+                self.last = Some(Instant::now());
+                self.failing = false;
             }
             Err(e) => {
-                if !std::mem::replace(&mut self.beat.failing, true) {
+                if !std::mem::replace(&mut self.failing, true) {
                     tracing::warn!("recording this host in the host registry failed: {e}");
                 }
                 return;
             }
         }
-        if self
-            .beat
-            .last_prune
-            .is_some_and(|t| t.elapsed() < PRUNE_EVERY)
-        {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
             return;
         }
-        self.beat.last_prune = Some(Instant::now());
-        if let Err(e) = self.prune_consumers().await {
+        self.last_prune = Some(Instant::now());
+        if let Err(e) = prune_consumers(conn, keys, running).await {
             tracing::debug!("removing dead consumers failed (tried again later): {e}");
         }
     }
 
-    /// Remove the consumers of hosts that are not live and hold nothing pending from the
-    /// groups of the jobs run here (source and lifecycle stream).
-    async fn prune_consumers(&mut self) -> Result<(), crate::store::StoreError> {
-        let keys = &self.assembly.keys;
-        let live: HashSet<String> = hosts::list(&mut self.conn, keys, false)
-            .await?
-            .into_iter()
-            .map(|h| h.record.consumer)
-            .collect();
-        for (name, job) in &self.jobs {
-            let source = keys.source_stream(&job.spec);
-            let group = keys.group(name);
-            // A live consumer reads at least every `block_ms`.
-            let idle_over = LIVE_FOR.max(Duration::from_millis(3 * job.spec.block_ms));
-            for stream in [source.clone(), keys.lifecycle(name, &source)] {
-                let removed =
-                    hosts::prune_consumers(&mut self.conn, &stream, &group, &live, idle_over)
-                        .await?;
-                for consumer in removed {
-                    tracing::info!(job = %name, %stream, %consumer, "removed a dead host's consumer from the group (nothing pending)");
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Take this host off the host registry (a clean stop).
-    pub async fn leave(&mut self) {
-        let consumer = self.beat.record.consumer.clone();
-        if let Err(e) = hosts::leave(&mut self.conn, &self.assembly.keys, &consumer).await {
+    pub async fn leave(&self, conn: &mut ConnectionManager, keys: &Keys) {
+        if let Err(e) = hosts::leave(conn, keys, &self.record).await {
             tracing::debug!("leaving the host registry failed (it forgets this host): {e}");
         }
     }
+}
+
+/// Remove the consumers of hosts that are not live and hold nothing pending from the groups
+/// of the jobs run here (source and lifecycle stream).
+async fn prune_consumers(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    running: &HashMap<String, RunningJob>,
+) -> Result<(), StoreError> {
+    let live: HashSet<String> = hosts::list(conn, keys, false)
+        .await?
+        .into_iter()
+        .map(|h| h.record.consumer)
+        .collect();
+    for (name, job) in running {
+        let source = keys.source_stream(&job.spec);
+        let group = keys.group(name);
+        // A live consumer reads at least every `block_ms`.
+        let idle_over = LIVE_FOR.max(Duration::from_millis(3 * job.spec.block_ms));
+        for stream in [source.clone(), keys.lifecycle(name, &source)] {
+            let removed = hosts::prune_consumers(conn, &stream, &group, &live, idle_over).await?;
+            for consumer in removed {
+                tracing::info!(job = %name, %stream, %consumer, "removed a dead host's consumer from the group (nothing pending)");
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,8 +8,8 @@
 //! The rooms: [`register`] (what a host registers at start), [`plan`] (the pure reconcile
 //! decision), [`reconcile`] (carrying it out), [`plugins`] (compiled versions: memory, compile
 //! cache, registry), [`job`] (spec + plugin → running job, the one place a job is
-//! assembled), [`retention`] (trimming sources), [`heartbeat`] (the host registry), [`watch`] (`--plugins DIR`), [`admin`] (the
-//! admin HTTP server).
+//! assembled), [`retention`] (trimming sources), [`heartbeat`] (the host registry),
+//! [`watch`] (`--plugins DIR`), [`admin`] (the admin HTTP server).
 
 pub mod admin;
 pub mod heartbeat;
@@ -300,6 +300,7 @@ async fn serve(
         tasks.abort_all();
     }
     // Off the host registry at once (else it is listed as live for a few seconds more).
-    let _ = tokio::time::timeout(Duration::from_secs(1), host.leave()).await;
+    let leave = host.beat.leave(&mut host.conn, &host.assembly.keys);
+    let _ = tokio::time::timeout(Duration::from_secs(1), leave).await;
     Ok(())
 }

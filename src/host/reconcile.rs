@@ -208,7 +208,10 @@ impl Host {
             self.jobs.keys().cloned().collect(),
         );
         crate::metrics::jobs_running(self.jobs.len());
-        self.heartbeat().await;
+        let keys = &self.assembly.keys;
+        self.beat
+            .tick(&mut self.conn, keys, &self.jobs, &self.stopping)
+            .await;
     }
 
     /// The jobs the registry wants running that this host does not run, each with why.

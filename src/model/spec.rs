@@ -389,6 +389,21 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A source stream under sluice's own key prefix (the registry, a job's dead letters…)
+    /// is not a source: refused where the prefix is known (the CLI, the config file).
+    pub fn check_source_outside(&self, prefix: &str) -> Result<(), (String, String)> {
+        match self.source() {
+            Ok(Source::Stream(key)) if key.starts_with(&format!("{prefix}:")) => Err((
+                "source".into(),
+                format!(
+                    "`{key}` is one of sluice's own keys (prefix `{prefix}:`); read a stream of \
+                     your own (`sluice tail --dlq JOB` follows a job's dead letters)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// `config` as the strings a plugin sees.
     pub fn plugin_config(&self) -> BTreeMap<String, String> {
         self.config

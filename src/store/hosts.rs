@@ -35,6 +35,9 @@ pub struct HostRecord {
     /// Where its admin server listens, if it has one.
     #[serde(default)]
     pub admin: Option<String>,
+    /// It stopped cleanly (then it is not live, and `--all` lists it as stopped).
+    #[serde(default)]
+    pub stopped: bool,
     /// The jobs it runs.
     #[serde(default)]
     pub jobs: BTreeMap<String, HostJob>,
@@ -47,6 +50,9 @@ pub struct HostJob {
     pub version: String,
     /// The run of the job it serves.
     pub run: u64,
+    /// Told to stop, and finishing its batches in flight (it may still commit).
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 /// A host as listings show it.
@@ -80,21 +86,19 @@ pub async fn beat<C: ConnectionLike + Send>(
     Ok(())
 }
 
-/// Take this host off the registry (a clean stop).
+/// Take this host off the live list (a clean stop): its record stays, marked stopped, for
+/// `--all`, until forgotten like any other.
 pub async fn leave<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
-    consumer: &str,
+    record: &HostRecord,
 ) -> Result<(), StoreError> {
-    let _: () = redis::pipe()
-        .atomic()
-        .hdel(keys.ctl_hosts(), consumer)
-        .ignore()
-        .zrem(keys.ctl_hosts_seen(), consumer)
-        .ignore()
-        .query_async(conn)
-        .await?;
-    Ok(())
+    let stopped = HostRecord {
+        stopped: true,
+        jobs: Default::default(),
+        ..record.clone()
+    };
+    beat(conn, keys, &stopped).await
 }
 
 /// Every host the registry knows, most recently seen first; with `all` false, the live ones.
@@ -114,14 +118,20 @@ pub async fn list<C: ConnectionLike + Send>(
     let now = secs * 1000 + micros / 1000;
     let mut rows = Vec::new();
     for (consumer, seen_at) in seen {
-        let Some(record) = records
-            .get(&consumer)
-            .and_then(|json| serde_json::from_str::<HostRecord>(json).ok())
-        else {
+        let Some(json) = records.get(&consumer) else {
             continue;
         };
+        let record = match serde_json::from_str::<HostRecord>(json) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "host registry: the record of {consumer:?} does not decode ({e}); skipped"
+                );
+                continue;
+            }
+        };
         let seen_ago_ms = now.saturating_sub(seen_at);
-        let live = seen_ago_ms <= LIVE_FOR.as_millis() as u64;
+        let live = !record.stopped && seen_ago_ms <= LIVE_FOR.as_millis() as u64;
         if live || all {
             rows.push(HostRow {
                 record,
@@ -134,7 +144,8 @@ pub async fn list<C: ConnectionLike + Send>(
     Ok(rows)
 }
 
-/// The live hosts running each job: job → [(consumer, plugin version)].
+/// The live hosts running each job (or finishing its batches after a stop): job →
+/// [(consumer, plugin version)].
 pub fn runners(hosts: &[HostRow]) -> BTreeMap<String, Vec<(String, String)>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for h in hosts.iter().filter(|h| h.live) {

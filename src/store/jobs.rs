@@ -109,13 +109,14 @@ fn glob_escape(text: &str) -> String {
 /// keys (counters, retries, dead letters, status records, lifecycle stream, kv, counters,
 /// windows), its entry in [`Keys::jobs`] and its entries in the source's held set. Not the
 /// source stream: producers and other jobs own it. For a job no host runs any more.
+/// `source` is the stream the job reads ([`Keys::source_stream`]).
 pub async fn purge<C: AsyncCommands>(
     conn: &mut C,
     keys: &Keys,
-    spec: &crate::model::JobSpec,
+    name: &str,
+    source: &str,
 ) -> Result<Purged, StoreError> {
-    let name = spec.name.as_str();
-    let source = keys.source_stream(spec);
+    let source = source.to_string();
     let group = keys.group(name);
     let job_key = keys.job(name, &source);
     let mut purged = Purged::default();

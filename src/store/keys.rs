@@ -28,7 +28,7 @@
 //! | `<prefix>:{ctl}:jobs` | hash | `control` | job name → JSON `{spec, state, changed_at}`; state `running`, `stopped` or `finished` |
 //! | `<prefix>:{ctl}:epoch` | string | `control` | `<consumer>@<ms>` of the host that first registered into this registry; gone or changed: Redis lost its data, and hosts register their config files again |
 //! | `<prefix>:{ctl}:runs` | hash | `control` | job name → its current run, raised by every `job start` |
-//! | `<prefix>:{ctl}:hosts` | hash | `hosts` | consumer name → JSON `{consumer, sluice, hostname, pid, started_at, admin, jobs: {job: {version, run}}}`, a host's record, rewritten by its heartbeat |
+//! | `<prefix>:{ctl}:hosts` | hash | `hosts` | consumer name → JSON `{consumer, sluice, hostname, pid, started_at, admin, stopped, jobs: {job: {version, run, stopping}}}`, a host's record, rewritten by its heartbeat (a clean stop marks it `stopped`) |
 //! | `<prefix>:{ctl}:hosts:seen` | sorted set | `heartbeat.lua` | consumer name → when its host last beat (ms, Redis's clock); a host unseen for 10 s is not live, one unseen for an hour is forgotten |
 //! | `<prefix>:{ctl}:refused` | hash | `control` | `<plugin>@<sha256>` → JSON `{host, reason, at}`: a version a host would not run |
 //!

@@ -204,22 +204,23 @@ impl Registry {
         )))
     }
 
-    /// Delete a job's registry entry (hosts forget it); refused while it is running.
-    /// Returns the entry deleted.
-    pub async fn delete_job(&mut self, name: &str) -> Result<JobEntry> {
+    /// Delete a job's registry entry (hosts forget it); refused while it is running. An entry
+    /// that does not decode (damaged, written by hand) is deleted too: no host runs it.
+    /// Returns the entry deleted (None: it was corrupt).
+    pub async fn delete_job(&mut self, name: &str) -> Result<Option<JobEntry>> {
         let script = &*scripts::JOB_DELETE;
         for _ in 0..5 {
-            let Some((entry, json)) = self.job_raw(name).await? else {
+            let Some((json, _)) = self.job_json(name).await? else {
                 return Err(ControlError::Refused(format!("no job named `{name}`")));
             };
-            if entry.state == JobState::Running {
+            let entry = decode::<JobEntry>(&format!("job {name}"), &json).ok();
+            if entry.as_ref().is_some_and(|e| e.state == JobState::Running) {
                 return Err(ControlError::Refused(format!(
                     "job `{name}` is running; stop it first (`sluice job stop {name}`)"
                 )));
             }
             let deleted: i64 = script
                 .key(self.keys.ctl_jobs())
-                .key(self.keys.ctl_runs())
                 .arg(name)
                 .arg(&json)
                 .invoke_async(&mut self.conn)

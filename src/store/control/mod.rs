@@ -105,6 +105,9 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Refused(String),
+    /// An entry in Redis that does not decode (written by hand, or damaged).
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl From<redis::RedisError> for ControlError {
@@ -166,7 +169,7 @@ pub struct Registry {
 
 pub(super) fn decode<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json)
-        .map_err(|e| ControlError::Refused(format!("corrupt registry entry {what}: {e}")))
+        .map_err(|e| ControlError::Corrupt(format!("corrupt registry entry {what}: {e}")))
 }
 
 /// The JSON object `json` with `fields` set, every other field kept as it was.
@@ -174,7 +177,7 @@ pub(super) fn patch(json: &str, fields: &[(&str, serde_json::Value)]) -> Result<
     let mut value: serde_json::Value = decode("job", json)?;
     let object = value
         .as_object_mut()
-        .ok_or_else(|| ControlError::Refused("corrupt registry entry: not an object".into()))?;
+        .ok_or_else(|| ControlError::Corrupt("corrupt registry entry: not an object".into()))?;
     for (k, v) in fields {
         object.insert(k.to_string(), v.clone());
     }

@@ -124,6 +124,21 @@ impl StreamReader {
                 self.job.group, self.job.stream
             )));
         }
+        // Redis lost its data (the registry's epoch went with it): the host starts its jobs
+        // afresh from the registry within a second; a group made here now could be one of a
+        // job that is no more, left behind for good.
+        let epoch: bool = self
+            .conn
+            .exists(self.job.keys.ctl_epoch())
+            .await
+            .unwrap_or(true);
+        if !epoch {
+            return Err(StoreError::GroupGone(
+                "Redis lost its data (the control registry's epoch is gone): not recreating the \
+                 group; the host starts its jobs afresh from the registry"
+                    .into(),
+            ));
+        }
         tracing::warn!(job = &*self.job.job, stream = %self.job.stream, "consumer group vanished with the stream empty; creating it again");
         ensure_group(&mut self.conn, &self.job, Start::Beginning).await
     }

@@ -1,0 +1,350 @@
+//! `sluice job start|update|show|delete|stop|resume|list|watch|status`: jobs in the control
+//! registry (every host applies a change within a second), who runs them, and their counters.
+//! [`options`]: every field of a definition as a command-line option; [`change`]: starting,
+//! updating, showing and deleting a job; here: the commands, state changes and listings.
+
+mod change;
+mod options;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use self::options::JobOptions;
+use super::{Client, time};
+use crate::model::short;
+use crate::store::control::JobState;
+use crate::store::listing::ShownState;
+use crate::store::{jobs, listing};
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Start a job as a new run on every host. A new job needs --source and --plugin; a
+    /// stopped or finished one starts again with its stored definition, changed by the
+    /// options given. Refused while the job is running
+    Start {
+        name: String,
+        /// The input: stream:KEY or queue:NAME
+        #[arg(long)]
+        source: Option<String>,
+        /// The plugin (loaded with `plugin load`)
+        #[arg(long)]
+        plugin: Option<String>,
+        #[command(flatten)]
+        options: Box<JobOptions>,
+    },
+    /// Change a job's definition, keeping its state and run: hosts running it restart it
+    /// with the new definition (in-flight batches commit first)
+    Update {
+        name: String,
+        /// Another plugin (the source cannot change: start a new job for that)
+        #[arg(long)]
+        plugin: Option<String>,
+        #[command(flatten)]
+        options: Box<JobOptions>,
+    },
+    /// A job's definition as stored (as a config file's [[job]]), its state, and which host
+    /// runs which version
+    Show {
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a stopped job from the registry; --purge also deletes its consumer group,
+    /// counters, retries, dead letters, status records and state
+    Delete {
+        name: String,
+        /// Also delete everything the job keeps in Redis (not its source stream)
+        #[arg(long)]
+        purge: bool,
+        /// Confirm: without it, says what would be deleted and exits 1
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop a job on every host (in-flight batches are committed first)
+    Stop { name: String },
+    /// Start a stopped job again (the same run)
+    Resume { name: String },
+    /// Every job: state, plugin version served, live hosts, counters, lag, rate
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live counters until Ctrl-C or until the job is stopped and drained; exit 1 if it had
+    /// failures
+    Watch { name: String },
+    /// Counters and consumer-group state of a job, read from Redis
+    Status {
+        /// The job's name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(c: &Client, command: &JobCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        JobCommand::Status { name, json } => job_status(c, name, *json).await,
+        JobCommand::Start {
+            name,
+            source,
+            plugin,
+            options,
+        } => change::job_start(c, name, source.as_deref(), plugin.as_deref(), options).await,
+        JobCommand::Update {
+            name,
+            plugin,
+            options,
+        } => change::job_update(c, name, plugin.as_deref(), options).await,
+        JobCommand::Show { name, json } => change::job_show(c, name, *json).await,
+        JobCommand::Delete { name, purge, yes } => change::job_delete(c, name, *purge, *yes).await,
+        JobCommand::Stop { name } => job_set_state(c, name, JobState::Stopped).await,
+        JobCommand::Resume { name } => job_set_state(c, name, JobState::Running).await,
+        JobCommand::List { json } => job_list(c, *json).await,
+        JobCommand::Watch { name } => job_watch(c, name).await,
+    }
+}
+
+pub async fn job_set_state(c: &Client, name: &str, state: JobState) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    reg.set_job_state(name, state).await?;
+    let what = match state {
+        JobState::Running => "resumed",
+        JobState::Stopped | JobState::Finished | JobState::Unknown => {
+            "stopped (hosts finish and commit their batches in flight)"
+        }
+    };
+    println!("job {name}: {what}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn job_list(c: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let mut conn = c.conn().await?;
+    let rows = listing::jobs(&mut reg, &mut conn, &c.keys, Some(Duration::from_secs(1))).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:<12} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8}",
+        "job",
+        "state",
+        "since",
+        "source",
+        "plugin",
+        "version",
+        "hosts",
+        "received",
+        "failed",
+        "dead",
+        "pending",
+        "lag",
+        "rate/s"
+    );
+    for r in &rows {
+        let s = r.status.clone().unwrap_or_default();
+        let hosts = match (r.state, r.hosts.len()) {
+            (ShownState::Running, 0) => "no live host".to_string(),
+            (_, n) => n.to_string(),
+        };
+        let version = match (&r.version, &r.refused) {
+            (Some(v), _) => short(v).to_string(),
+            (None, Some(_)) => "refused".to_string(),
+            (None, None) => "-".to_string(),
+        };
+        println!(
+            "{:<20} {:<8} {:<24} {:<24} {:<16} {:<12} {:<12} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8.0}",
+            r.name,
+            r.state.as_str(),
+            time(r.changed_at),
+            r.source,
+            r.plugin,
+            version,
+            hosts,
+            s.received,
+            s.failed,
+            s.dead,
+            s.pending,
+            s.lag.map_or("?".into(), |l| l.to_string()),
+            r.rate.unwrap_or(0.0)
+        );
+    }
+    if rows.iter().any(|r| r.state == ShownState::Waiting) {
+        println!("waiting: the job's plugin is not loaded (sluice plugin load PATH --name NAME)");
+    }
+    if rows
+        .iter()
+        .any(|r| r.version.is_none() && r.refused.is_some())
+    {
+        println!(
+            "refused: hosts refused the plugin's current version (sluice job show NAME says why)"
+        );
+    }
+    if rows
+        .iter()
+        .any(|r| r.state == ShownState::Running && r.hosts.is_empty())
+    {
+        println!("no live host: no `sluice run` host runs the job now (sluice hosts)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Live counters every second until Ctrl-C, or until the job is stopped or finished and has
+/// nothing pending; exit 1 if the job had failures.
+pub async fn job_watch(c: &Client, name: &str) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let keys = &c.keys;
+    let mut conn = c.conn().await?;
+    if reg.job(name).await?.is_none() {
+        bail!("no job named `{name}`");
+    }
+    let mut last = None::<u64>;
+    let mut failures: u64;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let entry = reg.job(name).await?;
+        let status = jobs::status(&mut conn, keys, name)
+            .await?
+            .unwrap_or_default();
+        failures = status.failed + status.dead;
+        let rate = last.map_or(0, |l| status.received.saturating_sub(l));
+        last = Some(status.received);
+        let state = entry.as_ref().map_or(JobState::Stopped, |e| e.state);
+        println!(
+            "{name}: {:<7} received {} acked {} skipped {} retried {} failed {} dead {} pending {} lag {} ({rate}/s)",
+            format!("{state:?}").to_lowercase(),
+            status.received,
+            status.acked,
+            status.skipped,
+            status.retried,
+            status.failed,
+            status.dead,
+            status.pending,
+            status.lag.map_or("?".into(), |l| l.to_string()),
+        );
+        if state != JobState::Running && status.pending == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut reg = c.registry().await?;
+    let mut conn = c.conn().await?;
+    let keys = &c.keys;
+    let row = listing::job(&mut reg, &mut conn, keys, name).await?;
+    // A job deleted from the registry whose counters are still in Redis is shown too.
+    let status = match &row {
+        Some(r) => r.status.clone(),
+        None => jobs::status(&mut conn, keys, name).await?,
+    };
+    if row.is_none() && status.is_none() {
+        bail!("no job named `{name}` (prefix `{}`)", c.prefix());
+    }
+    if json {
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            name: &'a str,
+            state: Option<ShownState>,
+            source: Option<&'a str>,
+            plugin: Option<&'a str>,
+            version: Option<&'a str>,
+            #[serde(flatten)]
+            counters: jobs::JobStatus,
+        }
+        let counters = status.clone().unwrap_or_default();
+        let shown = Status {
+            name,
+            state: row.as_ref().map(|r| r.state),
+            source: row.as_ref().map(|r| r.source.as_str()),
+            plugin: row.as_ref().map(|r| r.plugin.as_str()),
+            version: row.as_ref().and_then(|r| r.version.as_deref()),
+            counters: jobs::JobStatus {
+                name: name.to_string(),
+                ..counters
+            },
+        };
+        let mut value = serde_json::to_value(&shown)?;
+        // One `source` form everywhere: the job's (`stream:KEY`, `queue:NAME`); the stream
+        // it reads is `stream`.
+        if let Some(object) = value.as_object_mut() {
+            let stream = match (&status, &row) {
+                (Some(s), _) => Some(s.source.clone()),
+                (None, Some(r)) => Some(
+                    c.keys
+                        .source_stream(&crate::model::JobSpec::new(name, &r.source, &r.plugin)),
+                ),
+                (None, None) => None,
+            };
+            object.insert("stream".into(), stream.into());
+            if let Some(r) = &row {
+                object.insert("source".into(), r.source.clone().into());
+                object.insert("plugin".into(), r.plugin.clone().into());
+            }
+            if status.is_none() {
+                object.insert("group".into(), keys.group(name).into());
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = status.clone().unwrap_or_default();
+    println!("job       {name}");
+    match &row {
+        Some(r) => {
+            println!("state     {}", r.state.as_str());
+            println!("source    {}  (group {})", r.source, keys.group(name));
+            println!(
+                "plugin    {}  (version served: {})",
+                r.plugin,
+                r.version
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or("none: no live host runs it")
+            );
+        }
+        None => {
+            println!("state     deleted from the registry (its counters remain)");
+            println!("source    stream:{}  (group {})", s.source, s.group);
+            println!("plugin    {}", s.plugin);
+        }
+    }
+    if status.is_none() {
+        println!("no host has run it yet: no counters");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lag = s.lag.map_or("?".into(), |l| l.to_string());
+    println!("received  {}", s.received);
+    println!("acked     {}", s.acked);
+    println!("skipped   {}", s.skipped);
+    println!("retried   {}", s.retried);
+    println!("failed    {}", s.failed);
+    println!("dead      {}", s.dead);
+    if s.conflicts > 0 {
+        println!(
+            "conflicts {}  (batches handled again: another host wrote what they read)",
+            s.conflicts
+        );
+    }
+    println!(
+        "pending   {}  (of which scheduled retries: {})",
+        s.pending, s.scheduled
+    );
+    println!("dlq       {}", s.dead_letters);
+    println!("lag       {lag}");
+    Ok(ExitCode::SUCCESS)
+}

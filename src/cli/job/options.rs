@@ -1,0 +1,216 @@
+//! Every field of a job's definition as a command-line option, for `job start` and `job
+//! update`.
+
+use anyhow::Context as _;
+
+use crate::model::JobSpec;
+
+/// Every field of a job's definition but its name, source and plugin (the `[[job]]` fields
+/// of the config file; README lists what each means). Unset options leave the field as it
+/// is: the default for a new job, the stored value for `update` and a restart.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JobOptions {
+    /// Set a key of the plugin's config, as KEY=VALUE (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub plugin_config: Vec<String>,
+    /// Remove a key of the plugin's config (repeatable)
+    #[arg(long = "unset", value_name = "KEY")]
+    pub unset: Vec<String>,
+    /// Entries per batch
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// How long one read waits for new entries, in ms
+    #[arg(long)]
+    pub block_ms: Option<u64>,
+    /// Per-event deadline in ms
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// Budget of starting an instance (instantiating it and running `init`), in ms
+    #[arg(long)]
+    pub init_timeout_ms: Option<u64>,
+    /// Plugin memory cap in MiB
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Deliveries before an event is dead-lettered
+    #[arg(long)]
+    pub max_deliveries: Option<u32>,
+    /// First retry delay in ms (`retry_backoff.base_ms`)
+    #[arg(long)]
+    pub retry_base_ms: Option<u64>,
+    /// Longest retry delay in ms (`retry_backoff.max_ms`)
+    #[arg(long)]
+    pub retry_max_ms: Option<u64>,
+    /// Entries idle this long (ms) on a consumer are taken over by a live host
+    #[arg(long)]
+    pub claim_idle_ms: Option<u64>,
+    /// Keep the status record of an event that ever failed this many seconds (0: none)
+    #[arg(long)]
+    pub status_ttl_s: Option<u64>,
+    /// Keep a status record of every event this many seconds (0: only of events that failed)
+    #[arg(long)]
+    pub done_ttl_s: Option<u64>,
+    /// Streams the plugin may emit to, comma-separated names or prefixes ending in `*`
+    /// ("": any stream outside sluice's keys)
+    #[arg(long, value_name = "LIST")]
+    pub allowed_streams: Option<String>,
+    /// Queues the plugin may enqueue to, comma-separated ("": any)
+    #[arg(long, value_name = "LIST")]
+    pub allowed_queues: Option<String>,
+    /// Replicas that must have a batch's writes before it counts as committed
+    #[arg(long)]
+    pub wait_replicas: Option<u32>,
+    /// How long one WAIT for replicas blocks, in ms
+    #[arg(long)]
+    pub wait_timeout_ms: Option<u64>,
+    /// Largest input entry handed to the plugin, in bytes
+    #[arg(long)]
+    pub max_entry_bytes: Option<usize>,
+    /// Where a new group starts: beginning or new
+    #[arg(long)]
+    pub start: Option<String>,
+    /// `acked`: trim source entries every consumer group acknowledged; `keep` (default)
+    #[arg(long)]
+    pub retention: Option<String>,
+    /// With `--retention acked`: keep acknowledged entries at least this many seconds
+    #[arg(long)]
+    pub retention_keep_s: Option<u64>,
+    /// With `--retention acked`: how often a host trims, in ms
+    #[arg(long)]
+    pub retention_every_ms: Option<u64>,
+    /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
+    /// turns it off
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub finite: Option<bool>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl JobOptions {
+    /// Apply the options given to `spec`, then check it as `job start` and a `[[job]]` are.
+    pub fn apply(&self, spec: &mut JobSpec) -> anyhow::Result<()> {
+        fn set<T: Copy>(field: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *field = v;
+            }
+        }
+        set(&mut spec.batch, self.batch);
+        set(&mut spec.block_ms, self.block_ms);
+        set(&mut spec.deadline_ms, self.deadline_ms);
+        set(&mut spec.init_timeout_ms, self.init_timeout_ms);
+        set(&mut spec.memory_mb, self.memory_mb);
+        set(&mut spec.max_deliveries, self.max_deliveries);
+        set(&mut spec.retry_backoff.base_ms, self.retry_base_ms);
+        set(&mut spec.retry_backoff.max_ms, self.retry_max_ms);
+        set(&mut spec.claim_idle_ms, self.claim_idle_ms);
+        set(&mut spec.status_ttl_s, self.status_ttl_s);
+        set(&mut spec.done_ttl_s, self.done_ttl_s);
+        set(&mut spec.wait_replicas, self.wait_replicas);
+        set(&mut spec.wait_timeout_ms, self.wait_timeout_ms);
+        set(&mut spec.max_entry_bytes, self.max_entry_bytes);
+        set(&mut spec.retention_keep_s, self.retention_keep_s);
+        set(&mut spec.retention_every_ms, self.retention_every_ms);
+        set(&mut spec.finite, self.finite);
+        if let Some(streams) = &self.allowed_streams {
+            spec.allowed_streams = list(streams);
+        }
+        if let Some(queues) = &self.allowed_queues {
+            spec.allowed_queues = list(queues);
+        }
+        if let Some(start) = &self.start {
+            spec.start = serde_json::from_value(start.as_str().into()).with_context(|| {
+                format!("invalid job: --start must be `beginning` or `new`, got {start:?}")
+            })?;
+        }
+        if let Some(retention) = &self.retention {
+            spec.retention =
+                serde_json::from_value(retention.as_str().into()).with_context(|| {
+                    format!("invalid job: --retention must be `keep` or `acked`, got {retention:?}")
+                })?;
+        }
+        for key in &self.unset {
+            spec.config.remove(key);
+        }
+        for kv in &self.plugin_config {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--set takes KEY=VALUE, got {kv:?}"))?;
+            spec.config.insert(k.into(), v.into());
+        }
+        spec.validate()
+            .map_err(|(field, message)| anyhow::anyhow!("invalid job: {field}: {message}"))
+    }
+}
+
+/// The job a `job start` of a new job describes, with the defaults and checks of a `[[job]]`.
+pub fn job_spec(name: &str, source: &str, plugin: &str, o: &JobOptions) -> anyhow::Result<JobSpec> {
+    let mut spec = JobSpec::new(name, source, plugin);
+    o.apply(&mut spec)?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// Every field of a job's definition can be set from the command line.
+    #[test]
+    fn every_spec_field_has_an_option() {
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            options: JobOptions,
+        }
+        let command = Probe::command();
+        let flags: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(String::from))
+            .collect();
+        let spec = serde_json::to_value(JobSpec::new("j", "stream:s", "p")).unwrap();
+        for field in spec.as_object().unwrap().keys() {
+            let wanted: Vec<String> = match field.as_str() {
+                "name" | "source" | "plugin" => continue,
+                "config" => vec!["set".into(), "unset".into()],
+                "retry_backoff" => vec!["retry-base-ms".into(), "retry-max-ms".into()],
+                other => vec![other.replace('_', "-")],
+            };
+            for flag in &wanted {
+                assert!(flags.contains(flag), "spec field `{field}` has no --{flag}");
+            }
+        }
+    }
+
+    #[test]
+    fn options_change_only_what_they_name() {
+        let mut spec = JobSpec::new("j", "stream:s", "p");
+        spec.config.insert("keep".into(), "1".into());
+        spec.config.insert("drop".into(), "2".into());
+        let options = JobOptions {
+            batch: Some(7),
+            allowed_streams: Some("out, audit:*".into()),
+            unset: vec!["drop".into()],
+            finite: Some(true),
+            ..JobOptions::default()
+        };
+        options.apply(&mut spec).unwrap();
+        assert_eq!(spec.batch, 7);
+        assert_eq!(spec.allowed_streams, ["out", "audit:*"]);
+        assert!(spec.finite);
+        assert_eq!(spec.config.keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(spec.block_ms, crate::model::spec::defaults::BLOCK_MS);
+        JobOptions {
+            allowed_streams: Some(String::new()),
+            ..JobOptions::default()
+        }
+        .apply(&mut spec)
+        .unwrap();
+        assert!(spec.allowed_streams.is_empty());
+    }
+}
