@@ -911,7 +911,11 @@ fn a_state_read_meeting_busy_charges_no_event() {
         400,
         &[("action", "kv-incr"), ("key", "k{i}"), ("spin_ms", "10")],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Busy once the job is under way (a sleep raced a host slow to start on a loaded
+    // machine): its reads go on for seconds more, well into the busy time.
+    assert!(wait_until(Duration::from_secs(30), || counter(
+        &mut conn, "j", "in", "acked"
+    ) >= 16));
     let url = redis.url.clone();
     keep_busy(&url, 2);
     assert!(

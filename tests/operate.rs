@@ -471,6 +471,31 @@ fn dead_letters_are_replayed_by_source_id_and_nothing_replayed_exits_1() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("not a stream entry id"), "{err}");
     }
+    // Named twice (by its source id and by its own id): replayed once, and said so.
+    let letters = json(&cli(&redis.url, "dlq list j --json"));
+    let second = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source_id"] == ids[1].as_str())
+        .unwrap();
+    let before = stream_len(&mut conn, "in");
+    let both = sluice(
+        &redis.url,
+        &[
+            "dlq",
+            "replay",
+            "j",
+            "--id",
+            &ids[1],
+            "--id",
+            second["id"].as_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&both.stdout);
+    assert_eq!(both.status.code(), Some(0), "{text}");
+    assert!(text.contains("replayed 1 of 1"), "{text}");
+    assert_eq!(stream_len(&mut conn, "in"), before + 1);
     // `event get` of the replayed entry's source id still answers (dead: it was its status).
     cli(&redis.url, &format!("event get j {}", ids[1]));
     host.stop_ok();
@@ -479,6 +504,17 @@ fn dead_letters_are_replayed_by_source_id_and_nothing_replayed_exits_1() {
 #[test]
 fn tasks_are_enqueued_from_the_shell_and_tail_follows_what_a_job_emits() {
     let (redis, mut conn, dir, cfg) = fleet();
+    // A delay past 30 days is a usage error, and nothing is written.
+    let far = sluice(
+        &redis.url,
+        &["enqueue", "q", "x", "--delay-ms", "18446744073709551615"],
+    );
+    assert_eq!(far.status.code(), Some(2));
+    let written: u64 = redis::cmd("EXISTS")
+        .arg("sluice:queue:{q}:delayed")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(written, 0);
     cli(&redis.url, "enqueue q now");
     cli(&redis.url, "enqueue q later --delay-ms 1500");
     // The delayed one waits in the queue's delayed set.
@@ -748,6 +784,21 @@ fn damaged_registry_entries_can_be_deleted_and_replaced() {
             .query(&mut conn)
             .unwrap();
     }
+    // Hand-written host entries cost only themselves.
+    let () = redis::cmd("ZADD")
+        .arg("sluice:{ctl}:hosts:seen")
+        .arg("-5")
+        .arg("neg")
+        .query(&mut conn)
+        .unwrap();
+    let () = redis::cmd("HSET")
+        .arg("sluice:{ctl}:hosts")
+        .arg("neg")
+        .arg("garbage")
+        .query(&mut conn)
+        .unwrap();
+    cli(&redis.url, "hosts --all");
+    cli(&redis.url, "job list");
     // `job show` says what to do; delete and start replace it.
     let shown = sluice(&redis.url, &["job", "show", "bad"]);
     assert!(!shown.status.success());

@@ -102,9 +102,19 @@ pub async fn run(c: &Client, command: &DlqCommand) -> anyhow::Result<ExitCode> {
                 println!("no dead letters for job {job}");
                 return Ok(ExitCode::SUCCESS);
             }
+            // A dead letter named twice (by its id and its source id, say) is replayed once.
+            let distinct = |only_replayed: bool| {
+                results
+                    .iter()
+                    .filter(|r| !only_replayed || r.new_id.is_some())
+                    .map(|r| r.id.as_ref().unwrap_or(&r.asked))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            };
             println!(
-                "replayed {replayed} of {} dead letters to {source}",
-                results.len()
+                "replayed {} of {} dead letters to {source}",
+                distinct(true),
+                distinct(false)
             );
             // Exit 1 unless everything asked for was replayed.
             if replayed < results.len() {

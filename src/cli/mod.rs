@@ -84,9 +84,10 @@ pub enum Command {
         queue: String,
         /// The task's payload (`-`: read it from stdin)
         payload: String,
-        /// Deliver it after this many ms
-        #[arg(long, value_name = "MS")]
-        delay_ms: Option<u64>,
+        /// Deliver it after this many ms (at most 30 days)
+        #[arg(long, value_name = "MS",
+              value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::model::spec::MAX_DELAY_MS)))]
+        delay_ms: Option<u32>,
     },
     /// Follow a stream (what a job emits), a job's dead letters or a queue, printing new entries
     Tail(tail::TailArgs),

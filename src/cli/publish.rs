@@ -54,7 +54,7 @@ pub async fn enqueue(
     c: &Client,
     queue: &str,
     payload: &str,
-    delay_ms: Option<u64>,
+    delay_ms: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     crate::model::check_name(queue).map_err(|m| anyhow::anyhow!("queue name {queue:?}: {m}"))?;
     let payload: Vec<u8> = if payload == "-" {
@@ -79,7 +79,7 @@ pub async fn enqueue(
         }
         Some(delay) => {
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-            let due = secs * 1000 + micros / 1000 + delay;
+            let due = secs * 1000 + micros / 1000 + u64::from(delay);
             // A delayed task is `<origin>\n<payload>` → due ms; the origin keeps equal
             // payloads apart (see the key table).
             let mut member = format!(

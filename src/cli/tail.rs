@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::Client;
+use crate::store::StoreError;
 
 /// What to follow, and how much.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,7 +58,8 @@ pub async fn tail(c: &Client, args: &TailArgs) -> anyhow::Result<ExitCode> {
         .arg("COUNT")
         .arg(args.last.max(1))
         .query_async(&mut conn)
-        .await?;
+        .await
+        .map_err(StoreError::from)?;
     let mut after = newest
         .first()
         .map(|(id, _)| id.clone())
@@ -79,7 +81,7 @@ pub async fn tail(c: &Client, args: &TailArgs) -> anyhow::Result<ExitCode> {
         let read = xread.query_async::<Option<Vec<(String, Entries)>>>(&mut conn);
         let got = tokio::select! {
             _ = &mut ctrl_c => break,
-            got = read => got?,
+            got = read => got.map_err(StoreError::from)?,
         };
         for (_, entries) in got.unwrap_or_default() {
             if let Some(last) = print(args, entries, &mut printed) {

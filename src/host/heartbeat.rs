@@ -81,6 +81,9 @@ impl Beat {
             return;
         }
         self.record.jobs = jobs;
+        if self.last.is_none() {
+            self.check_name_is_ours(conn, keys).await;
+        }
         match hosts::beat(conn, keys, &self.record).await {
             Ok(()) => {
                 self.last = Some(Instant::now());
@@ -99,6 +102,29 @@ impl Beat {
         self.last_prune = Some(Instant::now());
         if let Err(e) = prune_consumers(conn, keys, running).await {
             tracing::debug!("removing dead consumers failed (tried again later): {e}");
+        }
+    }
+
+    /// Before the first beat: another live process recording itself under this consumer name
+    /// shares one consumer with this one in every group (a copied `[host] consumer`); nothing
+    /// is lost or doubled, but the two are one in `sluice hosts`, and the takeover of a dead
+    /// one's entries waits for the other to go quiet. Said at error level.
+    async fn check_name_is_ours(&self, conn: &mut ConnectionManager, keys: &Keys) {
+        let Ok(live) = hosts::list(conn, keys, false).await else {
+            return;
+        };
+        let me = &self.record;
+        if let Some(other) = live
+            .iter()
+            .map(|h| &h.record)
+            .find(|r| r.consumer == me.consumer && (r.hostname != me.hostname || r.pid != me.pid))
+        {
+            tracing::error!(
+                consumer = %me.consumer,
+                other_host = %other.hostname,
+                other_pid = other.pid,
+                "another live host uses this consumer name: give each host its own `[host] consumer` (or leave it unset: <hostname>-<pid>)"
+            );
         }
     }
 

@@ -146,6 +146,8 @@ async fn register_job(registry: &mut Registry, job: &JobSpec) -> anyhow::Result<
     }
     let digest = spec_digest(job);
     let mut kept = None;
+    // What the registry held: (a file gave it a definition, `job update` changed it since).
+    let mut was = (false, false);
     let updated = registry
         .update_job(
             &job.name,
@@ -154,13 +156,24 @@ async fn register_job(registry: &mut Registry, job: &JobSpec) -> anyhow::Result<
                     kept = Some(entry.spec != *job);
                     return Ok(None);
                 }
+                let from_file = entry.file_spec.is_some();
+                let updated = from_file && entry.file_spec != Some(spec_digest(&entry.spec));
+                was = (from_file, updated);
                 Ok(Some(job.clone()))
             },
             Some(digest.clone()),
         )
         .await?;
     if let Some(entry) = updated {
-        tracing::info!(job = %job.name, state = ?entry.state, "the config file's definition of the job changed: applied (hosts running it restart it)");
+        let state = entry.state;
+        match was {
+            (false, _) => {
+                tracing::warn!(job = %job.name, ?state, "the config file defines a job that was started with `job start`: the file's definition applied (hosts running it restart it)")
+            }
+            (true, updated) => {
+                tracing::info!(job = %job.name, ?state, replaced_update = updated, "the config file's definition of the job is not the one a config file last gave it (this file was edited, or another host's file defines the job differently: keep one file per fleet): applied (hosts running it restart it)")
+            }
+        }
     } else if kept == Some(true) {
         tracing::info!(job = %job.name, "the registry's definition of the job differs from the config file's, which has not changed since it was applied: the registry's holds (`sluice job show {}`)", job.name);
     }

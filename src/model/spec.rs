@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::DeliveryPolicy;
 
+/// Longest delay of an enqueued task (a plugin's `enqueue`, `sluice enqueue`): 30 days.
+pub const MAX_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;
+
 /// Largest memory cap a job may ask for, in MiB (the runtime reserves slots this big).
 pub const MAX_MEMORY_MB: u64 = 4096;
 

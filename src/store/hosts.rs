@@ -108,7 +108,13 @@ pub async fn list<C: ConnectionLike + Send>(
     keys: &Keys,
     all: bool,
 ) -> Result<Vec<HostRow>, StoreError> {
-    type Read = ((u64, u64), HashMap<String, String>, Vec<(String, u64)>);
+    // Scores as they come (text in RESP2, doubles in RESP3): one written by hand (`-5`,
+    // `1.5`) costs only its own host.
+    type Read = (
+        (u64, u64),
+        HashMap<String, String>,
+        Vec<(String, redis::Value)>,
+    );
     let ((secs, micros), records, seen): Read = redis::pipe()
         .cmd("TIME")
         .hgetall(keys.ctl_hosts())
@@ -118,6 +124,12 @@ pub async fn list<C: ConnectionLike + Send>(
     let now = secs * 1000 + micros / 1000;
     let mut rows = Vec::new();
     for (consumer, seen_at) in seen {
+        let Some(seen_at) = time_of(&seen_at) else {
+            warn_once(format!(
+                "host registry: {consumer:?} was last seen at {seen_at:?}, not a time; skipped"
+            ));
+            continue;
+        };
         let Some(json) = records.get(&consumer) else {
             continue;
         };
@@ -142,6 +154,29 @@ pub async fn list<C: ConnectionLike + Send>(
         }
     }
     Ok(rows)
+}
+
+/// A last-seen score as ms since the epoch, if it is one.
+fn time_of(score: &redis::Value) -> Option<u64> {
+    match score {
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        redis::Value::Int(n) => u64::try_from(*n).ok(),
+        redis::Value::Double(f) if *f >= 0.0 && f.fract() == 0.0 => Some(*f as u64),
+        _ => None,
+    }
+}
+
+/// Log a bad host record once per process (listings are read again and again).
+fn warn_once(message: String) {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.len() < 1000 && seen.insert(message.clone()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!("{message}");
+    }
 }
 
 /// The live hosts running each job (or finishing its batches after a stop): job →

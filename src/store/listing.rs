@@ -303,7 +303,13 @@ pub async fn replay(
             .collect(),
     };
     let mut out = Vec::with_capacity(named.len());
-    let found: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
+    // Each dead letter once, however often it was named (by its id, its source id, or both).
+    let mut found: Vec<String> = Vec::new();
+    for id in named.iter().filter_map(|(_, id)| id.as_ref()) {
+        if !found.contains(id) {
+            found.push(id.clone());
+        }
+    }
     let mut replayed = std::collections::HashMap::new();
     for chunk in found.chunks(100) {
         for (id, new_id) in dlq::replay(conn, keys, job, source, chunk).await? {

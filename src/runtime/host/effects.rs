@@ -4,6 +4,7 @@
 
 use super::super::bindings::sluice::plugin::effects::Host;
 use super::HostState;
+use crate::model::spec::MAX_DELAY_MS;
 use crate::model::{Effect, Field};
 
 impl Host for HostState {
@@ -59,9 +60,6 @@ impl Host for HostState {
         self.buffer_emit(stream, fields, Some(max_len))
     }
 }
-
-/// Longest delay of an enqueued task: 30 days.
-const MAX_DELAY_MS: u32 = 30 * 24 * 3600 * 1000;
 
 impl HostState {
     fn buffer_emit(
