@@ -159,7 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Plugin { command } = &cli.command
         && !command.uses_redis()
     {
-        crate::logging::init(Default::default(), None);
+        crate::logging::init(Default::default(), Some("warn"));
         let setup = tool_setup(&cli, command).await?;
         let command = command.clone();
         // They call into plugins: on a blocking thread (WASI output blocks on the runtime).
