@@ -240,6 +240,8 @@ fn bench_runs_every_mode_and_reports_json() {
             "1",
             "--rate",
             "2000",
+            "--repeat",
+            "2",
             "--json",
         ])
         .arg("--plugin-dir")
@@ -256,9 +258,19 @@ fn bench_runs_every_mode_and_reports_json() {
     let swap = &report["swap"];
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 10, "{modes:?}");
+    assert_eq!(modes.len(), 11, "{modes:?}");
     for r in rows {
         assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        // Two interleaved runs of each mode, and the median between them.
+        let runs: Vec<f64> = r["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 2, "{r}");
+        let median = r["events_per_s"].as_f64().unwrap();
+        assert!((median - (runs[0] + runs[1]) / 2.0).abs() < 1e-6, "{r}");
         assert!(
             r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
             "{r}"

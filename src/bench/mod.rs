@@ -5,11 +5,18 @@
 //! - `host, native no-op`: the job runner and commit script with a handler compiled in;
 //! - `host, native, done records`: the same, also writing a status record for every event
 //!   (`done_ttl_s = 600`; by default only events that failed get one);
-//! - `host, wasm no-op`: the same with the `chaos` plugin answering `ack` (no effects);
+//! - `host, wasm no-op`: the same with the `noop` plugin answering `ack` (no effects, no
+//!   imports: what the sandbox costs);
+//! - `host, wasm stateful no-op`: `chaos` answering `ack`; it imports job state, so its batches
+//!   are handled and committed one after the other (a stateful plugin's price);
 //! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream.
 //!
 //! Throughput: a stream pre-filled with `--events` entries is drained; events/s is entries
-//! over the time to ack the last one. Latency: entries are published at a fixed rate (default:
+//! over the time to ack the last one. Every mode runs `--repeat` times (default 3),
+//! interleaved (bare, native, wasm, … then again), each on a fresh stream and only once Redis
+//! is not rewriting its AOF or saving: a row reports the median, the spread (min–max), and
+//! its ratio to the bare loop as the median of the per-round ratios (a mode against the bare
+//! loop of its own round, minutes apart at most). Latency: entries are published at a fixed rate (default:
 //! half of that mode's measured throughput) for `--latency-secs`, each stamped with its publish
 //! time; the latency of an entry is the time from that stamp to the end of the commit that
 //! acked it.
@@ -50,13 +57,16 @@ pub struct BenchArgs {
     /// Batch size (entries per read and commit) for every mode
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Throughput runs of each mode, interleaved
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
     /// Seconds of paced publishing in each latency run
     #[arg(long, default_value_t = 3)]
     pub latency_secs: u64,
     /// Publish rate of the latency runs, events/s [default: half of each mode's throughput]
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Directory holding echo.wasm and chaos.wasm
+    /// Directory holding echo.wasm, noop.wasm and chaos.wasm (and the wordcount ones)
     #[arg(long, default_value = "plugins/dist")]
     pub plugin_dir: PathBuf,
     /// Print JSON instead of a table
@@ -70,6 +80,7 @@ enum Mode {
     NativeDoneRecords,
     Native,
     WasmNoop,
+    WasmStateful,
     Echo,
     /// wordcount in this language, on entries without a `text` field: one call, `skip`.
     Guest(&'static str),
@@ -79,11 +90,12 @@ enum Mode {
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 10] = [
+    const ALL: [Mode; 11] = [
         Mode::Bare,
         Mode::Native,
         Mode::NativeDoneRecords,
         Mode::WasmNoop,
+        Mode::WasmStateful,
         Mode::Echo,
         Mode::Guest(GUESTS[0]),
         Mode::Guest(GUESTS[1]),
@@ -97,7 +109,8 @@ impl Mode {
             Mode::Bare => "bare XREADGROUP/XACK loop",
             Mode::NativeDoneRecords => "host, native, done records",
             Mode::Native => "host, native no-op handler",
-            Mode::WasmNoop => "host, wasm no-op (chaos)",
+            Mode::WasmNoop => "host, wasm no-op (noop)",
+            Mode::WasmStateful => "host, wasm stateful no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
             Mode::Guest("rust") => "host, rust wordcount (skips)",
             Mode::Guest("c") => "host, c wordcount (skips)",
@@ -113,6 +126,7 @@ impl Mode {
             Mode::NativeDoneRecords => "native-done-records",
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
+            Mode::WasmStateful => "wasm-stateful",
             Mode::Echo => "echo",
             Mode::Guest(lang) => lang,
         }
@@ -122,7 +136,13 @@ impl Mode {
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     mode: &'static str,
+    /// The median of the runs.
     events_per_s: f64,
+    /// Every throughput run, in order.
+    runs: Vec<f64>,
+    /// (max − min) / median of the runs.
+    spread: f64,
+    /// The median of the runs' ratios to the bare loop of the same round.
     vs_bare: f64,
     latency_rate: u64,
     p50_ms: f64,
@@ -131,6 +151,7 @@ struct Row {
 
 struct Plugins {
     echo: Arc<LoadedPlugin>,
+    noop: Arc<LoadedPlugin>,
     chaos: Arc<LoadedPlugin>,
     /// wordcount-<lang> for each of [`GUESTS`] that is built.
     wordcount: BTreeMap<&'static str, Arc<LoadedPlugin>>,
@@ -150,6 +171,7 @@ pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()
     };
     let plugins = Plugins {
         echo: load("echo")?,
+        noop: load("noop")?,
         chaos: load("chaos")?,
         wordcount: GUESTS
             .into_iter()
@@ -206,39 +228,93 @@ pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The median of some numbers (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Wait until Redis is neither rewriting its AOF nor saving (what would slow one mode's run
+/// and not another's); at most 60 s, then go on and say so.
+async fn quiet(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(conn)
+            .await?;
+        let busy = info.lines().any(|l| {
+            matches!(
+                l.trim(),
+                "aof_rewrite_in_progress:1"
+                    | "rdb_bgsave_in_progress:1"
+                    | "aof_rewrite_scheduled:1"
+            )
+        });
+        if !busy {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("  (Redis still rewriting or saving after 60 s; measuring anyway)");
+    Ok(())
+}
+
 async fn measure(
     args: &BenchArgs,
     redis: &Endpoint,
     plugins: &Plugins,
 ) -> anyhow::Result<Vec<Row>> {
-    let mut throughput = Vec::new();
     let available = |mode: &Mode| match mode {
         Mode::Guest(lang) => plugins.wordcount.contains_key(lang),
         _ => true,
     };
-    for mode in Mode::ALL.into_iter().filter(available) {
-        let stream = format!("sluice-bench:{}:tput", mode.key());
-        let mut conn = redis.connect(Duration::from_secs(20)).await?;
-        cleanup(&mut conn, &stream).await?;
-        prefill(&mut conn, &stream, args.events).await?;
-        let (rate, _) = consume(mode, args, redis, plugins, &stream, args.events, None).await?;
-        cleanup(&mut conn, &stream).await?;
-        eprintln!("  {:<28} {:>10.0} events/s", mode.label(), rate);
-        throughput.push((mode, rate));
+    let modes: Vec<Mode> = Mode::ALL.into_iter().filter(available).collect();
+    // runs[m][r]: mode m's events/s in round r (interleaved: every mode once per round).
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut conn = redis.connect(Duration::from_secs(20)).await?;
+    for round in 0..args.repeat {
+        eprintln!("  round {} of {}", round + 1, args.repeat);
+        for (m, mode) in modes.iter().enumerate() {
+            let stream = format!("sluice-bench:{}:tput", mode.key());
+            cleanup(&mut conn, &stream).await?;
+            prefill(&mut conn, &stream, args.events).await?;
+            quiet(&mut conn).await?;
+            let (rate, _) =
+                consume(*mode, args, redis, plugins, &stream, args.events, None).await?;
+            cleanup(&mut conn, &stream).await?;
+            eprintln!("  {:<32} {:>10.0} events/s", mode.label(), rate);
+            runs[m].push(rate);
+        }
     }
-    let bare = throughput[0].1;
+    let bare_runs = runs[0].clone();
     let mut rows = Vec::new();
-    for (mode, events_per_s) in throughput {
+    for (m, mode) in modes.iter().enumerate() {
+        let events_per_s = median(&runs[m]);
+        let (min, max) = runs[m]
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let ratios: Vec<f64> = runs[m]
+            .iter()
+            .zip(&bare_runs)
+            .map(|(r, bare)| r / bare)
+            .collect();
         let rate = args.rate.unwrap_or((events_per_s / 2.0) as u64).max(1);
         let stream = format!("sluice-bench:{}:lat", mode.key());
-        let mut conn = redis.connect(Duration::from_secs(20)).await?;
         cleanup(&mut conn, &stream).await?;
-        let (_, hist) = consume(mode, args, redis, plugins, &stream, 0, Some(rate)).await?;
+        quiet(&mut conn).await?;
+        let (_, hist) = consume(*mode, args, redis, plugins, &stream, 0, Some(rate)).await?;
         cleanup(&mut conn, &stream).await?;
         rows.push(Row {
             mode: mode.label(),
             events_per_s,
-            vs_bare: events_per_s / bare,
+            runs: runs[m].clone(),
+            spread: (max - min) / events_per_s,
+            vs_bare: median(&ratios),
             latency_rate: rate,
             p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
             p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -270,22 +346,24 @@ fn print_state_table(args: &BenchArgs, rows: &[state::StateRow]) {
 
 fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
     println!(
-        "sluice bench: {} events per throughput run, batch {}, latency over {} s of paced publishing, redis {}",
-        args.events, args.batch, args.latency_secs, redis
+        "sluice bench: {} events per throughput run, {} runs of each mode interleaved (median, \
+         spread = (max-min)/median), batch {}, latency over {} s of paced publishing, redis {}",
+        args.events, args.repeat, args.batch, args.latency_secs, redis
     );
     println!(
-        "| {:<30} | {:>10} | {:>7} | {:>12} | {:>8} | {:>8} |",
-        "mode", "events/s", "vs bare", "latency at/s", "p50 ms", "p99 ms"
+        "| {:<30} | {:>10} | {:>6} | {:>7} | {:>12} | {:>8} | {:>8} |",
+        "mode", "events/s", "spread", "vs bare", "latency at/s", "p50 ms", "p99 ms"
     );
     println!(
-        "|{:-<32}|{:-<12}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
-        "", "", "", "", "", ""
+        "|{:-<32}|{:-<12}|{:-<8}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
+        "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "| {:<30} | {:>10.0} | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
+            "| {:<30} | {:>10.0} | {:>5.0}% | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
             r.mode,
             r.events_per_s,
+            r.spread * 100.0,
             r.vs_bare * 100.0,
             r.latency_rate,
             r.p50_ms,
@@ -313,7 +391,8 @@ async fn consume(
     let handler: Option<Box<dyn Handler>> = match mode {
         Mode::Bare => None,
         Mode::Native | Mode::NativeDoneRecords => Some(Box::new(NoopHandler)),
-        Mode::WasmNoop => Some(Box::new(prepared(&plugins.chaos, &spec).await?)),
+        Mode::WasmNoop => Some(Box::new(prepared(&plugins.noop, &spec).await?)),
+        Mode::WasmStateful => Some(Box::new(prepared(&plugins.chaos, &spec).await?)),
         Mode::Echo => {
             let echo = job_spec(
                 mode.key(),
