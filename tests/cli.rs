@@ -276,6 +276,47 @@ fn bench_runs_every_mode_and_reports_json() {
             "{r}"
         );
     }
+    // A few modes, for profiling one: the bare loop and those asked for, nothing else.
+    let only = sluice()
+        .args([
+            "--redis", &redis.url, "bench", "--events", "2000", "--repeat", "1",
+        ])
+        .args([
+            "--latency-secs",
+            "1",
+            "--rate",
+            "1000",
+            "--only",
+            "wasm-noop",
+            "--json",
+        ])
+        .arg("--plugin-dir")
+        .arg(&plugin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        only.status.success(),
+        "{}",
+        String::from_utf8_lossy(&only.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&only.stdout).unwrap();
+    let modes: Vec<&str> = report["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        modes,
+        ["bare XREADGROUP/XACK loop", "host, wasm no-op (noop)"]
+    );
+    assert!(report.get("swap").is_none());
+    let wrong = sluice()
+        .args(["--redis", &redis.url, "bench", "--only", "nope"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("no mode `nope`"));
     // It cleans up after itself.
     let mut conn = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS")

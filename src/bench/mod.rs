@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Batch size (entries per read and commit) for every mode
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Only these modes (comma-separated keys: native, native-done-records, wasm-noop,
+    /// wasm-stateful, echo, rust, c, go, python, js), with the bare loop always; and none of
+    /// the observing, swap and stateful sections (for profiling one mode)
+    #[arg(long, value_name = "MODES", value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Throughput runs of each mode, interleaved
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
@@ -157,8 +162,14 @@ struct Plugins {
     wordcount: BTreeMap<&'static str, Arc<LoadedPlugin>>,
 }
 
-pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()> {
-    let runtime = Runtime::new(None)?;
+/// Run the benchmark; plugins are compiled once into `cache` (the data dir's compile cache:
+/// compiling is not what is measured).
+pub async fn run(
+    args: &BenchArgs,
+    redis: Option<Endpoint>,
+    cache: &std::path::Path,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::new(Some(cache))?;
     let load = |name: &str| {
         let path = args.plugin_dir.join(format!("{name}.wasm"));
         runtime
@@ -193,17 +204,31 @@ pub async fn run(args: &BenchArgs, redis: Option<Endpoint>) -> anyhow::Result<()
     let observer = observe::Observer::install()?;
     let result = async {
         let rows = measure(args, &redis, &plugins).await?;
+        if !args.only.is_empty() {
+            return anyhow::Ok((rows, None));
+        }
         let observed = observe::cost(args, &redis, &plugins, &observer).await?;
         let swap = swap::swap_pause(args, &redis, &plugins).await?;
         let state = state::stateful(args, &redis, &plugins).await?;
-        anyhow::Ok((rows, observed, swap, state))
+        anyhow::Ok((rows, Some((observed, swap, state))))
     }
     .await;
     if let Some(e) = embedded {
         e.stop().await;
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    let (rows, (observed, recording), swap, state) = result?;
+    let (rows, extras) = result?;
+    let Some(((observed, recording), swap, state)) = extras else {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "modes": rows }))?
+            );
+        } else {
+            print_table(args, &redis, &rows);
+        }
+        return Ok(());
+    };
     if args.json {
         let report = serde_json::json!({
             "modes": rows, "observing": observed, "metric_calls": recording, "swap": swap,
@@ -273,7 +298,19 @@ async fn measure(
         Mode::Guest(lang) => plugins.wordcount.contains_key(lang),
         _ => true,
     };
-    let modes: Vec<Mode> = Mode::ALL.into_iter().filter(available).collect();
+    let asked = |mode: &Mode| {
+        *mode == Mode::Bare || args.only.is_empty() || args.only.iter().any(|k| k == mode.key())
+    };
+    for key in &args.only {
+        if !Mode::ALL.iter().any(|m| m.key() == key) {
+            anyhow::bail!("--only: no mode `{key}`");
+        }
+    }
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(available)
+        .filter(asked)
+        .collect();
     // runs[m][r]: mode m's events/s in round r (interleaved: every mode once per round).
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
@@ -351,16 +388,16 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
         args.events, args.repeat, args.batch, args.latency_secs, redis
     );
     println!(
-        "| {:<30} | {:>10} | {:>6} | {:>7} | {:>12} | {:>8} | {:>8} |",
+        "| {:<34} | {:>10} | {:>6} | {:>7} | {:>12} | {:>8} | {:>8} |",
         "mode", "events/s", "spread", "vs bare", "latency at/s", "p50 ms", "p99 ms"
     );
     println!(
-        "|{:-<32}|{:-<12}|{:-<8}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
+        "|{:-<36}|{:-<12}|{:-<8}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
         "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "| {:<30} | {:>10.0} | {:>5.0}% | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
+            "| {:<34} | {:>10.0} | {:>5.0}% | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
             r.mode,
             r.events_per_s,
             r.spread * 100.0,

@@ -200,7 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(url) => Some(Endpoint::new(&url, &ctx.config.redis.connection())?),
                 None => None,
             };
-            crate::bench::run(args, redis).await?;
+            let cache = ctx.config.host.data_dir.join("cache");
+            crate::bench::run(args, redis, &cache).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish {
