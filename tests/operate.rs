@@ -26,11 +26,16 @@ fn fleet() -> (
     let conn = redis.conn();
     let dir = tempfile::tempdir().unwrap();
     let cfg = fleet_config(dir.path());
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name echo", plugin("echo").display()),
-    );
+    load(&redis.url, "echo", "echo");
     (redis, conn, dir, cfg)
+}
+
+/// `sluice plugin load` of plugin `file` (of `plugins/dist`) as `name`.
+fn load(url: &str, file: &str, name: &str) {
+    cli(
+        url,
+        &format!("plugin load {} --name {name}", plugin(file).display()),
+    );
 }
 
 fn log_of(path: &Path) -> String {
@@ -293,10 +298,7 @@ fn list_and_json_agree_on_state_and_status_json_carries_state_version_and_source
     assert_eq!(rows[0]["state"], "waiting");
     assert!(cli(&redis.url, "job list").contains(" waiting "));
     // Running on a host: both say running, with the version served.
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name echo", plugin("echo").display()),
-    );
+    load(&redis.url, "echo", "echo");
     let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
     assert!(wait_until(Duration::from_secs(20), || {
         json(&cli(&redis.url, "job list --json"))[0]["version"].is_string()
@@ -430,10 +432,7 @@ fn a_job_cannot_read_what_it_emits() {
 #[test]
 fn dead_letters_are_replayed_by_source_id_and_nothing_replayed_exits_1() {
     let (redis, mut conn, dir, cfg) = fleet();
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name chaos", plugin("chaos").display()),
-    );
+    load(&redis.url, "chaos", "chaos");
     cli(
         &redis.url,
         "job start j --source stream:in --plugin chaos --max-deliveries 1 --block-ms 100",
@@ -622,10 +621,7 @@ fn plugin_test_takes_a_jobs_config_and_limits() {
          {\"fields\": {\"action\": \"ok\", \"spin_ms\": \"300\"}}\n",
     )
     .unwrap();
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name chaos", plugin("chaos").display()),
-    );
+    load(&redis.url, "chaos", "chaos");
     cli(
         &redis.url,
         "job start j --source stream:in --plugin chaos --set target=jobout --deadline-ms 100",
@@ -680,10 +676,7 @@ fn plugin_test_takes_a_jobs_config_and_limits() {
 #[test]
 fn a_refusal_names_the_plugin_of_the_job_even_when_the_bytes_are_shared() {
     let (redis, _conn, dir, cfg) = fleet();
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name b", plugin("echo").display()),
-    );
+    load(&redis.url, "echo", "b");
     cli(&redis.url, "job start ja --source stream:a --plugin echo");
     // echo ignores `init`; chaos refuses to start when told `init = fail`.
     cli(
@@ -695,20 +688,13 @@ fn a_refusal_names_the_plugin_of_the_job_even_when_the_bytes_are_shared() {
     assert!(wait_for(&log, 2, "job started"));
     // The same chaos bytes as plugin `echo` (served) and as plugin `b` (refused by jb's config):
     // the host compiles them once, and the refusal names `b`.
-    let chaos = plugin("chaos");
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name echo", chaos.display()),
-    );
+    load(&redis.url, "chaos", "echo");
     assert!(
         wait_for(&log, 1, "new plugin version ready"),
         "{}",
         log_of(&log)
     );
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name b", chaos.display()),
-    );
+    load(&redis.url, "chaos", "b");
     assert!(
         wait_for(&log, 1, "plugin version refused"),
         "{}",
@@ -739,10 +725,7 @@ fn a_refusal_names_the_plugin_of_the_job_even_when_the_bytes_are_shared() {
 #[test]
 fn a_purge_waits_for_the_batch_a_stopping_host_still_commits() {
     let (redis, mut conn, dir, cfg) = fleet();
-    cli(
-        &redis.url,
-        &format!("plugin load {} --name chaos", plugin("chaos").display()),
-    );
+    load(&redis.url, "chaos", "chaos");
     cli(
         &redis.url,
         "job start j --source stream:in --plugin chaos --set target=out --deadline-ms 20000 --block-ms 100",

@@ -130,21 +130,11 @@ pub async fn purge<C: AsyncCommands>(
     purged.groups += destroyed.unwrap_or(0);
     let mut doomed: Vec<String> = vec![job_key.clone()];
     let pattern = format!("{}:*", glob_escape(&job_key));
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        doomed.extend(found);
-        if next == 0 {
-            break;
+    {
+        let mut found: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+        while let Some(key) = found.next_item().await {
+            doomed.push(key?);
         }
-        cursor = next;
     }
     for chunk in doomed.chunks(500) {
         let n: u64 = redis::cmd("UNLINK").arg(chunk).query_async(conn).await?;
@@ -154,26 +144,15 @@ pub async fn purge<C: AsyncCommands>(
     // Held entries of this group: `<group>/<id>` members of the source's held set.
     let held = keys.held(&source);
     let pattern = format!("{}/*", glob_escape(&group));
-    let mut cursor = 0u64;
-    loop {
-        // ZSCAN answers member, score, member, score…
-        let (next, found): (u64, Vec<String>) = redis::cmd("ZSCAN")
-            .arg(&held)
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        let members: Vec<&String> = found.iter().step_by(2).collect();
-        if !members.is_empty() {
-            let _: u64 = conn.zrem(&held, members).await?;
+    let mut members: Vec<String> = Vec::new();
+    {
+        let mut found: redis::AsyncIter<(String, f64)> = conn.zscan_match(&held, &pattern).await?;
+        while let Some(member) = found.next_item().await {
+            members.push(member?.0);
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
+    }
+    for chunk in members.chunks(500) {
+        let _: u64 = conn.zrem(&held, chunk).await?;
     }
     Ok(purged)
 }

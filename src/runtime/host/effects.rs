@@ -77,20 +77,23 @@ impl HostState {
                 stream.len(),
                 limits.max_name_bytes
             ))
-        } else if stream == limits.own_source {
-            Some(format!(
-                "emit to `{stream}`: that is the job's own source stream (the job would read \
-                 what it emits, without end)"
-            ))
         } else if !limits.stream_allowed(&stream) {
-            Some(format!(
-                "emit to `{stream}`: not among the job's allowed streams ({})",
-                if limits.allowed_streams.is_empty() {
-                    format!("any but `{}*`", limits.reserved_prefix)
-                } else {
-                    limits.allowed_streams.join(", ")
-                }
-            ))
+            // One check (the limits' own); the message says which rule refused it.
+            Some(if stream == limits.own_source {
+                format!(
+                    "emit to `{stream}`: that is the job's own source stream (the job would \
+                     read what it emits, without end)"
+                )
+            } else {
+                format!(
+                    "emit to `{stream}`: not among the job's allowed streams ({})",
+                    if limits.allowed_streams.is_empty() {
+                        format!("any but `{}*`", limits.reserved_prefix)
+                    } else {
+                        limits.allowed_streams.join(", ")
+                    }
+                )
+            })
         } else if fields.is_empty() {
             Some(format!(
                 "emit to `{stream}`: an entry needs at least one field"
