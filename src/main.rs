@@ -7,6 +7,10 @@ use clap::Parser as _;
 use sluice::cli::{self, Cli};
 use sluice::config::ConfigError;
 
+/// mimalloc instead of glibc's malloc: the event path allocates per event (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A command's output into a closed pipe (`sluice job list | head -1`) ends it quietly,
