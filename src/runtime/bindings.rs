@@ -3,6 +3,7 @@
 //! Calls into the guest are async (run under a wall-clock bound, see
 //! [`instance`](super::instance)); so are the imports that read job state from Redis, so a
 //! slow read is bounded by the same deadline. Every other import is a plain function.
+//! Types passed into guest exports borrow (see `ownership`).
 
 wasmtime::component::bindgen!({
     world: "plugin",
@@ -14,4 +15,7 @@ wasmtime::component::bindgen!({
         "sluice:plugin/counters.window-count": async,
     },
     exports: { default: async },
+    // An event is handed to the guest borrowed from the host's own: no copy of its strings
+    // and fields per call (the canonical ABI copies them into guest memory anyway).
+    ownership: Borrowing { duplicate_if_necessary: true },
 });

@@ -4,10 +4,11 @@
 //! The deadline is wall-clock and holds whatever the guest does. Every call is async: while
 //! wasm runs, each epoch tick checks the deadline (a trap past it, else a yield to the
 //! executor); while the guest waits in a host call (a WASI sleep or poll, a state read) the
-//! call is a pending future, and [`tokio::time::timeout_at`] drops it at the deadline. Either
+//! call is a pending future, dropped at the deadline by a timer armed once it waits. Either
 //! way the instance is poisoned and dropped.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -45,13 +46,24 @@ async fn bounded<T>(
     deadline: Instant,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, CallError> {
+    let mut call = std::pin::pin!(call);
     // The epoch check traps a running guest at the deadline; the timer is for a guest
     // waiting in a host call, and fires a tick later so a running guest's trap comes first.
-    match tokio::time::timeout_at((deadline + EPOCH_TICK).into(), call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(CallError::Trap(e)),
-        Err(_) => Err(CallError::Blocked),
-    }
+    // Most calls return at their first poll: the timer is made only for one that waits.
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+            return Poll::Ready(result.map_err(CallError::Trap));
+        }
+        timer
+            .get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until((deadline + EPOCH_TICK).into()))
+            })
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(CallError::Blocked))
+    })
+    .await
 }
 
 impl PluginInstance {
@@ -62,10 +74,11 @@ impl PluginInstance {
         guest: Arc<GuestContext>,
         overlay: Overlay,
     ) -> Result<Self, Failure> {
-        let config: Vec<(String, String)> = guest
+        let context = guest.clone();
+        let config: Vec<(&str, &str)> = context
             .config
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let timeout = guest.limits.init_timeout;
         let max = guest.limits.max_guest_string_bytes;
@@ -170,18 +183,23 @@ impl PluginInstance {
         if state.stream != event.source {
             state.stream.clone_from(&event.source);
         }
+        let fields: Vec<(&str, &[u8])> = event
+            .fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
         let wit_event = wit::Event {
-            kind: event.kind.to_string(),
-            id: event.id.clone(),
-            source: event.source.clone(),
-            fields: event.fields.clone(),
+            kind: event.kind,
+            id: &event.id,
+            source: &event.source,
+            fields: &fields,
             delivery_count: event.delivery_count,
-            job: event.job.to_string(),
+            job: &event.job,
         };
         let call = self
             .bindings
             .sluice_plugin_handler()
-            .call_handle(&mut self.store, &wit_event);
+            .call_handle(&mut self.store, wit_event);
         let result = bounded(deadline, call).await;
         let mut call = std::mem::take(&mut self.store.data_mut().call);
         let printed = self.store.data().output.take();
