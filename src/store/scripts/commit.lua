@@ -110,22 +110,17 @@ end
 -- XPENDING over the batch's id range (consumer-filtered) when it can answer for all of them,
 -- else one per id. An event is ours to commit only if the group's delivery count is the one
 -- we handled: a newer delivery (a retry taken, a takeover) makes this commit stale.
-local n_events = 0
-do
-  local pos = FIRST
-  while pos <= #ARGV do
-    n_events = n_events + 1
-    pos = past_effects(pos + 7, tonumber(ARGV[pos + 6]))
-  end
-end
+-- One pass over the records: how many events there are, and every counter's deltas.
 -- Counters must not overflow, and must hold integers: INCRBY would fail half-way through the
 -- writes. Every counter's value is followed through the batch's deltas in order (of every
 -- event, whether written or not: a superset of what is written), and a value near the edge of
 -- a signed 64-bit integer at any step refuses the batch before anything is written.
+local n_events = 0
 do
   local deltas, order = {}, {}
   local pos = FIRST
   while pos <= #ARGV do
+    n_events = n_events + 1
     local n_effects = tonumber(ARGV[pos + 6])
     pos = pos + 7
     for _ = 1, n_effects do
@@ -216,6 +211,9 @@ end
 
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
 local to_ack, done_ids, dead_ids = {}, {}, {}
+-- The finished events are announced only while someone listens (the list costs a string per
+-- event to build).
+local announce = redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
 local pos = FIRST
 while pos <= #ARGV do
   local id, decision, failed_now = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
@@ -299,11 +297,11 @@ while pos <= #ARGV do
           redis.call('ZADD', held, string.match(id, '^(%d+)'), ARGV[1] .. '/' .. id)
         end
         dead = dead + 1
-        dead_ids[#dead_ids + 1] = '"' .. id .. '"'
+        if announce then dead_ids[#dead_ids + 1] = '"' .. id .. '"' end
         status = 'dead'
       else
         if decision == 'a' then acked = acked + 1 else skipped = skipped + 1 end
-        done_ids[#done_ids + 1] = '"' .. id .. '"'
+        if announce then done_ids[#done_ids + 1] = '"' .. id .. '"' end
         status = 'done'
       end
     end
