@@ -24,7 +24,7 @@ WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps testdeps pydeps plugins rust-plugins build demo test lint bench clean
+.PHONY: all deps testdeps benchdeps pydeps plugins rust-plugins build demo test lint bench clean
 
 all: build plugins
 
@@ -46,6 +46,21 @@ testdeps:
 	  command -v systemd-analyze >/dev/null || { \
 	  echo "installing curl, openssl and systemd (apt)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl openssl systemd; }
+
+## benchdeps: what the benchmark's peers need (bench/peers): redis-py from PyPI, and bullmq
+## with ioredis from npm (pinned in bench/peers/package-lock.json)
+REDIS_PY_VERSION := 8.1.0
+BENCH_PEERS := bench/peers/node_modules/.package-lock.json
+benchdeps: $(BENCH_PEERS)
+	@python3 -c 'import redis, sys; sys.exit(redis.__version__ != "$(REDIS_PY_VERSION)")' 2>/dev/null || { \
+	  echo "installing redis-py $(REDIS_PY_VERSION) (pip)"; \
+	  python3 -m pip install -q -r bench/peers/requirements.txt; }
+
+$(BENCH_PEERS): bench/peers/package.json bench/peers/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	cd bench/peers && npm install --silent --no-audit --no-fund
 
 ## pydeps: componentize-py for Python plugins (from PyPI) if missing
 pydeps:
@@ -97,13 +112,13 @@ demo: deps plugins build
 	examples/demo.sh
 
 ## test: every test (unit, integration against real redis-server and real plugins), lint
-test: deps testdeps plugins
+test: deps testdeps benchdeps plugins
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
 
 ## bench: the benchmark, optimised build (see README for the figures)
-bench: deps plugins
+bench: deps plugins benchdeps
 	$(CARGO) run --release -- bench
 
 clean:

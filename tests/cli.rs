@@ -246,6 +246,8 @@ fn bench_runs_every_mode_and_reports_json() {
         ])
         .arg("--plugin-dir")
         .arg(&plugin_dir)
+        .arg("--peers-dir")
+        .arg(repo().join("bench/peers"))
         .output()
         .unwrap();
     assert!(
@@ -259,6 +261,18 @@ fn bench_runs_every_mode_and_reports_json() {
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(modes.len(), 11, "{modes:?}");
+    // A real `sluice run` process started, handled an entry and was measured.
+    let start = &report["host_start"]["Ok"];
+    assert!(start["first_event_ms"].as_f64().unwrap() > 0.0, "{start}");
+    assert!(start["rss_one_job_mib"].as_f64().unwrap() > 1.0, "{start}");
+    assert_eq!(start["runs_ms"].as_array().unwrap().len(), 3, "{start}");
+    // The peers ran (make test installs what they need): redis-py, BullMQ at 1 and 64.
+    let peers = report["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    for p in peers {
+        assert!(p["events_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["sluice_ratio"].as_f64().unwrap() > 0.0, "{p}");
+    }
     for r in rows {
         assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
         // Two interleaved runs of each mode, and the median between them.
@@ -319,10 +333,15 @@ fn bench_runs_every_mode_and_reports_json() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("no mode `nope`"));
     // It cleans up after itself.
     let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("sluice-bench*")
         .query(&mut conn)
         .unwrap();
+    let bullmq: Vec<String> = redis::cmd("KEYS")
+        .arg("bull:sluice-bench*")
+        .query(&mut conn)
+        .unwrap();
+    keys.extend(bullmq);
     assert!(
         keys.is_empty(),
         "{} keys left, e.g. {:?}",

@@ -39,6 +39,8 @@ use tokio::sync::watch;
 
 mod load;
 mod observe;
+mod peers;
+mod start;
 mod state;
 mod swap;
 
@@ -74,6 +76,9 @@ pub struct BenchArgs {
     /// Directory holding echo.wasm, noop.wasm and chaos.wasm (and the wordcount ones)
     #[arg(long, default_value = "plugins/dist")]
     pub plugin_dir: PathBuf,
+    /// Directory holding the peers' scripts (redis-py loop, BullMQ worker)
+    #[arg(long, default_value = "bench/peers")]
+    pub peers_dir: PathBuf,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -149,6 +154,11 @@ struct Row {
     spread: f64,
     /// The median of the runs' ratios to the bare loop of the same round.
     vs_bare: f64,
+    /// The median over the runs of this process's CPU time per event, µs: what the host
+    /// (reading, handling, committing) costs, whatever else the machine is doing.
+    host_us_per_event: f64,
+    /// The same for the Redis server.
+    redis_us_per_event: f64,
     latency_rate: u64,
     p50_ms: f64,
     p99_ms: f64,
@@ -166,7 +176,7 @@ struct Plugins {
 /// compiling is not what is measured).
 pub async fn run(
     args: &BenchArgs,
-    redis: Option<Endpoint>,
+    redis: Option<(Endpoint, String)>,
     cache: &std::path::Path,
 ) -> anyhow::Result<()> {
     let runtime = Runtime::new(Some(cache))?;
@@ -194,11 +204,11 @@ pub async fn run(
             .collect::<anyhow::Result<_>>()?,
     };
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-    let (redis, embedded) = match redis {
-        Some(redis) => (redis, None),
+    let (redis, url, embedded) = match redis {
+        Some((redis, url)) => (redis, url, None),
         None => {
             let e = EmbeddedRedis::start(&scratch, Default::default()).await?;
-            (Endpoint::local(&e.url())?, Some(e))
+            (Endpoint::local(&e.url())?, e.url(), Some(e))
         }
     };
     let observer = observe::Observer::install()?;
@@ -210,7 +220,13 @@ pub async fn run(
         let observed = observe::cost(args, &redis, &plugins, &observer).await?;
         let swap = swap::swap_pause(args, &redis, &plugins).await?;
         let state = state::stateful(args, &redis, &plugins).await?;
-        anyhow::Ok((rows, Some((observed, swap, state))))
+        let start = start::host_start(args, &redis, &url, cache, &scratch.join("start")).await;
+        let sluice = rows
+            .iter()
+            .find(|r| r.mode == Mode::WasmNoop.label())
+            .map_or(f64::NAN, |r| r.events_per_s);
+        let peers = peers::run(args, &redis, &url, sluice).await?;
+        anyhow::Ok((rows, Some((observed, swap, state, start, (peers, sluice)))))
     }
     .await;
     if let Some(e) = embedded {
@@ -218,7 +234,7 @@ pub async fn run(
         let _ = std::fs::remove_dir_all(&scratch);
     }
     let (rows, extras) = result?;
-    let Some(((observed, recording), swap, state)) = extras else {
+    let Some(((observed, recording), swap, state, start, (peers, sluice))) = extras else {
         if args.json {
             println!(
                 "{}",
@@ -232,7 +248,9 @@ pub async fn run(
     if args.json {
         let report = serde_json::json!({
             "modes": rows, "observing": observed, "metric_calls": recording, "swap": swap,
-            "stateful": state
+            "stateful": state,
+            "host_start": start.as_ref().map_err(|e| format!("{e:#}")),
+            "peers": peers,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -249,6 +267,8 @@ pub async fn run(
             swap.max_gap_elsewhere_ms
         );
         print_state_table(args, &state);
+        start::print(&start);
+        peers::print(&peers, sluice, &args.peers_dir);
     }
     Ok(())
 }
@@ -313,6 +333,8 @@ async fn measure(
         .collect();
     // runs[m][r]: mode m's events/s in round r (interleaved: every mode once per round).
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    // cpu[m][r]: (host, redis) µs of CPU per event of mode m in round r.
+    let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     for round in 0..args.repeat {
         eprintln!("  round {} of {}", round + 1, args.repeat);
@@ -321,11 +343,17 @@ async fn measure(
             cleanup(&mut conn, &stream).await?;
             prefill(&mut conn, &stream, args.events).await?;
             quiet(&mut conn).await?;
-            let (rate, _) =
-                consume(*mode, args, redis, plugins, &stream, args.events, None).await?;
+            let run = consume(*mode, args, redis, plugins, &stream, args.events, None).await?;
             cleanup(&mut conn, &stream).await?;
-            eprintln!("  {:<32} {:>10.0} events/s", mode.label(), rate);
-            runs[m].push(rate);
+            eprintln!(
+                "  {:<32} {:>10.0} events/s  host {:.2} µs/event  redis {:.2} µs/event",
+                mode.label(),
+                run.events_per_s,
+                run.host_us,
+                run.redis_us
+            );
+            runs[m].push(run.events_per_s);
+            cpu[m].push((run.host_us, run.redis_us));
         }
     }
     let bare_runs = runs[0].clone();
@@ -344,7 +372,9 @@ async fn measure(
         let stream = format!("sluice-bench:{}:lat", mode.key());
         cleanup(&mut conn, &stream).await?;
         quiet(&mut conn).await?;
-        let (_, hist) = consume(*mode, args, redis, plugins, &stream, 0, Some(rate)).await?;
+        let hist = consume(*mode, args, redis, plugins, &stream, 0, Some(rate))
+            .await?
+            .hist;
         cleanup(&mut conn, &stream).await?;
         rows.push(Row {
             mode: mode.label(),
@@ -352,6 +382,8 @@ async fn measure(
             runs: runs[m].clone(),
             spread: (max - min) / events_per_s,
             vs_bare: median(&ratios),
+            host_us_per_event: median(&cpu[m].iter().map(|c| c.0).collect::<Vec<_>>()),
+            redis_us_per_event: median(&cpu[m].iter().map(|c| c.1).collect::<Vec<_>>()),
             latency_rate: rate,
             p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
             p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -388,20 +420,30 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
         args.events, args.repeat, args.batch, args.latency_secs, redis
     );
     println!(
-        "| {:<34} | {:>10} | {:>6} | {:>7} | {:>12} | {:>8} | {:>8} |",
-        "mode", "events/s", "spread", "vs bare", "latency at/s", "p50 ms", "p99 ms"
+        "| {:<34} | {:>10} | {:>6} | {:>7} | {:>9} | {:>9} | {:>12} | {:>8} | {:>8} |",
+        "mode",
+        "events/s",
+        "spread",
+        "vs bare",
+        "host µs/e",
+        "redis µs/e",
+        "latency at/s",
+        "p50 ms",
+        "p99 ms"
     );
     println!(
-        "|{:-<36}|{:-<12}|{:-<8}|{:-<9}|{:-<14}|{:-<10}|{:-<10}|",
-        "", "", "", "", "", "", ""
+        "|{:-<36}|{:-<12}|{:-<8}|{:-<9}|{:-<11}|{:-<11}|{:-<14}|{:-<10}|{:-<10}|",
+        "", "", "", "", "", "", "", "", ""
     );
     for r in rows {
         println!(
-            "| {:<34} | {:>10.0} | {:>5.0}% | {:>6.0}% | {:>12} | {:>8.2} | {:>8.2} |",
+            "| {:<34} | {:>10.0} | {:>5.0}% | {:>6.0}% | {:>9.2} | {:>9.2} | {:>12} | {:>8.2} | {:>8.2} |",
             r.mode,
             r.events_per_s,
             r.spread * 100.0,
             r.vs_bare * 100.0,
+            r.host_us_per_event,
+            r.redis_us_per_event,
             r.latency_rate,
             r.p50_ms,
             r.p99_ms
@@ -409,8 +451,45 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
     }
 }
 
+/// What one run of a mode measured.
+struct Run {
+    events_per_s: f64,
+    hist: Histogram<u64>,
+    /// CPU time of this process (the host: its runtime threads and plugin calls) per event
+    /// committed, µs.
+    host_us: f64,
+    /// CPU time of the Redis server per event committed, µs (`INFO cpu`).
+    redis_us: f64,
+}
+
+/// CPU time this process has used so far (every thread, user and system).
+#[allow(unsafe_code)]
+fn process_cpu() -> Duration {
+    // SAFETY: `rusage` is plain data (all zeroes is a valid value), and getrusage only
+    // writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time the Redis server has used so far, from `INFO cpu` (its main thread and the
+/// rest, user and system).
+async fn redis_cpu(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Duration> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let secs: f64 = info
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .filter(|(k, _)| matches!(*k, "used_cpu_sys" | "used_cpu_user"))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Run one mode's consumer on `stream` until `target` events were committed (throughput),
-/// or while publishing at `rate` (latency). Returns events/s and the latency histogram.
+/// or while publishing at `rate` (latency).
 async fn consume(
     mode: Mode,
     args: &BenchArgs,
@@ -419,7 +498,7 @@ async fn consume(
     stream: &str,
     target: u64,
     rate: Option<u64>,
-) -> anyhow::Result<(f64, Histogram<u64>)> {
+) -> anyhow::Result<Run> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut spec = job_spec(mode.key(), stream, args.batch, &[]);
     if mode == Mode::NativeDoneRecords {
@@ -465,6 +544,8 @@ async fn consume(
             .await;
         created?;
     }
+    let mut probe = conn.clone();
+    let (host_before, redis_before) = (process_cpu(), redis_cpu(&mut probe).await?);
     let tally = Arc::new(Tally::new(target, stop_tx));
     let consumer = {
         let tally = tally.clone();
@@ -480,6 +561,10 @@ async fn consume(
         tally.set_target(published);
     }
     consumer.await??;
+    let (host_cpu, redis_cpu) = (
+        process_cpu().saturating_sub(host_before),
+        redis_cpu(&mut probe).await?.saturating_sub(redis_before),
+    );
     let elapsed = tally.elapsed();
     let count = tally.count.load(Ordering::SeqCst);
     let hist = tally
@@ -487,7 +572,13 @@ async fn consume(
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
-    Ok((count as f64 / elapsed.as_secs_f64(), hist))
+    let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count.max(1) as f64;
+    Ok(Run {
+        events_per_s: count as f64 / elapsed.as_secs_f64(),
+        hist,
+        host_us: per_event(host_cpu),
+        redis_us: per_event(redis_cpu),
+    })
 }
 
 /// Where the benchmark's jobs run: their own key prefix and consumer.

@@ -167,8 +167,9 @@ pub(super) async fn cost(
                 let mut conn = redis.connect(Duration::from_secs(20)).await?;
                 cleanup(&mut conn, &stream).await?;
                 prefill(&mut conn, &stream, args.events).await?;
-                let (rate, _) =
-                    consume(mode, args, redis, plugins, &stream, args.events, None).await?;
+                let rate = consume(mode, args, redis, plugins, &stream, args.events, None)
+                    .await?
+                    .events_per_s;
                 cleanup(&mut conn, &stream).await?;
                 match variant {
                     Variant::Off => off.push(rate),

@@ -197,7 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             let redis = match ctx.config.redis.resolve(cli.redis.clone())? {
-                Some(url) => Some(Endpoint::new(&url, &ctx.config.redis.connection())?),
+                Some(url) => Some((Endpoint::new(&url, &ctx.config.redis.connection())?, url)),
                 None => None,
             };
             let cache = ctx.config.host.data_dir.join("cache");
