@@ -69,6 +69,17 @@ fn config(
 
 #[test]
 fn n_events_in_n_handled_acked_and_emitted_in_order() {
+    n_events_through_echo("batch = 64");
+}
+
+#[test]
+fn a_job_of_concurrency_3_handles_each_event_once_and_commits_in_read_order() {
+    // Each batch is cut in three runs handled on three instances at once; the emits land in
+    // the order the events were read, once each.
+    n_events_through_echo("batch = 64\nconcurrency = 3");
+}
+
+fn n_events_through_echo(job_extra: &str) {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
     let data = tempfile::tempdir().unwrap();
@@ -80,13 +91,7 @@ fn n_events_in_n_handled_acked_and_emitted_in_order() {
         &[("n", "{i}"), ("payload", "hello")],
     );
     let host = Host::start(
-        config(
-            data.path(),
-            "echo",
-            "events",
-            "batch = 64",
-            "target = \"out\"",
-        ),
+        config(data.path(), "echo", "events", job_extra, "target = \"out\""),
         &redis.url,
     );
     let done = wait_until(Duration::from_secs(30), || {

@@ -246,3 +246,32 @@ fn what_a_guest_says_is_cut_to_the_limit() {
     };
     assert!(reason.len() < 4200 && reason.ends_with("(cut: 100000 bytes)"));
 }
+
+#[test]
+fn lanes_handle_a_batch_in_parallel_and_give_the_outcomes_in_order() {
+    let mut h = handler("echo", &[("target", "t")]).with_concurrency(3);
+    assert_eq!(h.concurrency(), 3);
+    h.prepare().unwrap();
+    let events: Vec<Event> = (0..10)
+        .map(|i| event(&format!("{i}-0"), &[("n", &i.to_string())]))
+        .collect();
+    let out = h.handle_batch(&events);
+    assert_eq!(out.len(), 10);
+    for (i, o) in out.iter().enumerate() {
+        let Outcome::Handled { effects, .. } = o else {
+            panic!("{o:?}")
+        };
+        let [Effect::Emit { fields, .. }] = effects.as_slice() else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(fields, &vec![("n".to_string(), i.to_string().into_bytes())]);
+    }
+    // Fewer events than lanes: each gets one.
+    assert_eq!(h.handle_batch(&events[..2]).len(), 2);
+}
+
+#[test]
+fn a_plugin_that_reads_state_keeps_one_instance_whatever_the_concurrency() {
+    // chaos imports job state: its events must see each other's writes, in order.
+    assert_eq!(handler("chaos", &[]).with_concurrency(4).concurrency(), 1);
+}

@@ -9,7 +9,10 @@
 //!   imports: what the sandbox costs);
 //! - `host, wasm stateful no-op`: `chaos` answering `ack`; it imports job state, so its batches
 //!   are handled and committed one after the other (a stateful plugin's price);
-//! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream.
+//! - `host, echo plugin`: the `echo` plugin, which emits every event to another stream;
+//! - `host, busy plugin, concurrency N`: the CPU-bound `busy` plugin (tens of µs of hashing
+//!   per event, no state) on a job of concurrency 1 and 2: how plugin work scales with
+//!   instances in parallel on this machine.
 //!
 //! Throughput: a stream pre-filled with `--events` entries is drained; events/s is entries
 //! over the time to ack the last one. Every mode runs `--repeat` times (default 3),
@@ -60,7 +63,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Only these modes (comma-separated keys: native, native-done-records, wasm-noop,
-    /// wasm-stateful, echo, rust, c, go, python, js), with the bare loop always; and none of
+    /// wasm-stateful, echo, rust, c, go, python, js, busy-1, busy-2), with the bare loop
+    /// always; and none of
     /// the observing, swap and stateful sections (for profiling one mode)
     #[arg(long, value_name = "MODES", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -94,13 +98,19 @@ enum Mode {
     Echo,
     /// wordcount in this language, on entries without a `text` field: one call, `skip`.
     Guest(&'static str),
+    /// The CPU-bound `busy` plugin on a job of this concurrency.
+    Busy(u32),
 }
+
+/// Rounds of hashing per event of the `busy` plugin: tens of µs, well above what the host
+/// costs per event, so the rows show how plugin work scales with a job's concurrency.
+const BUSY_ROUNDS: &str = "300";
 
 /// The languages of the wordcount plugins benchmarked (rows of unbuilt ones are left out).
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 11] = [
+    const ALL: [Mode; 13] = [
         Mode::Bare,
         Mode::Native,
         Mode::NativeDoneRecords,
@@ -112,6 +122,8 @@ impl Mode {
         Mode::Guest(GUESTS[2]),
         Mode::Guest(GUESTS[3]),
         Mode::Guest(GUESTS[4]),
+        Mode::Busy(1),
+        Mode::Busy(2),
     ];
 
     fn label(self) -> &'static str {
@@ -127,6 +139,8 @@ impl Mode {
             Mode::Guest("go") => "host, go wordcount (skips)",
             Mode::Guest("python") => "host, python wordcount (skips)",
             Mode::Guest(_) => "host, js wordcount (skips)",
+            Mode::Busy(1) => "host, busy plugin, concurrency 1",
+            Mode::Busy(_) => "host, busy plugin, concurrency 2",
         }
     }
 
@@ -139,6 +153,8 @@ impl Mode {
             Mode::WasmStateful => "wasm-stateful",
             Mode::Echo => "echo",
             Mode::Guest(lang) => lang,
+            Mode::Busy(1) => "busy-1",
+            Mode::Busy(_) => "busy-2",
         }
     }
 }
@@ -168,6 +184,7 @@ struct Plugins {
     echo: Arc<LoadedPlugin>,
     noop: Arc<LoadedPlugin>,
     chaos: Arc<LoadedPlugin>,
+    busy: Arc<LoadedPlugin>,
     /// wordcount-<lang> for each of [`GUESTS`] that is built.
     wordcount: BTreeMap<&'static str, Arc<LoadedPlugin>>,
 }
@@ -194,6 +211,7 @@ pub async fn run(
         echo: load("echo")?,
         noop: load("noop")?,
         chaos: load("chaos")?,
+        busy: load("busy")?,
         wordcount: GUESTS
             .into_iter()
             .filter_map(|lang| {
@@ -517,6 +535,11 @@ async fn consume(
                 &[("target", &format!("{stream}:out"))],
             );
             Some(Box::new(prepared(&plugins.echo, &echo).await?))
+        }
+        Mode::Busy(n) => {
+            let mut busy = job_spec(mode.key(), stream, args.batch, &[("rounds", BUSY_ROUNDS)]);
+            busy.concurrency = n;
+            Some(Box::new(prepared(&plugins.busy, &busy).await?))
         }
         Mode::Guest(lang) => {
             let plugin = plugins

@@ -60,7 +60,8 @@ pub fn prepare_handler(
             limits: limits(spec, prefix),
             state,
         },
-    );
+    )
+    .with_concurrency(spec.concurrency);
     // The failure stays inside (its kind tells a refusal from Redis trouble).
     handler.prepare().map_err(|f| {
         let message = format!("job `{}` cannot start: {}", spec.name, f.message);

@@ -35,6 +35,12 @@ pub struct JobSpec {
     /// Most entries read and committed together (1–10000, default 256).
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Plugin instances handling a batch's events in parallel on one host (1–64, default 1):
+    /// the batch is split into that many runs of consecutive events, one per instance, and
+    /// committed whole, in read order. A plugin that reads job state is run on one instance
+    /// whatever this says (its events see each other's writes in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
     /// How long one read waits for new entries, in ms (1–60000, default 1000). Also bounds
     /// how long a stop waits for an idle job.
     #[serde(default = "default_block_ms")]
@@ -217,6 +223,9 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
 
 /// Every default of a job, in one place: the spec's serde defaults, [`JobSpec::new`], and the
 /// defaults of the runtime's limits, the delivery policy and `plugin test` all read these.
+/// Most plugin instances one job runs in parallel on one host.
+pub const MAX_CONCURRENCY: u32 = 64;
+
 pub mod defaults {
     pub const BATCH: usize = 256;
     pub const BLOCK_MS: u64 = 1000;
@@ -235,6 +244,9 @@ pub mod defaults {
 
 fn default_batch() -> usize {
     defaults::BATCH
+}
+fn default_concurrency() -> u32 {
+    1
 }
 fn default_block_ms() -> u64 {
     defaults::BLOCK_MS
@@ -278,6 +290,7 @@ impl JobSpec {
             source: source.into(),
             plugin: plugin.into(),
             batch: default_batch(),
+            concurrency: default_concurrency(),
             block_ms: default_block_ms(),
             deadline_ms: default_deadline_ms(),
             init_timeout_ms: default_init_timeout_ms(),
@@ -327,6 +340,8 @@ impl JobSpec {
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
+        in_range(u64::from(j.concurrency), 1, MAX_CONCURRENCY as u64)
+            .map_err(|m| (at("concurrency"), m))?;
         in_range(j.block_ms, 1, 60_000).map_err(|m| (at("block_ms"), m))?;
         in_range(j.deadline_ms, 1, 600_000).map_err(|m| (at("deadline_ms"), m))?;
         in_range(j.init_timeout_ms, 1, 600_000).map_err(|m| (at("init_timeout_ms"), m))?;

@@ -10,15 +10,19 @@ use crate::model::{Disposition, Event, Handler, MAX_COMMIT_COST, Outcome, ReadSe
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
 
-/// Runs events through one plugin for one job, keeping an instance alive across events and
-/// batches, and replacing it after a trap or after [`RECYCLE_AFTER_CALLS`] calls.
+/// Runs events through one plugin for one job, keeping instances alive across events and
+/// batches, and replacing one after a trap or after [`RECYCLE_AFTER_CALLS`] calls.
+///
+/// With a concurrency of N (and a plugin that reads no job state) it keeps N instances, its
+/// lanes: a batch is cut into N runs of consecutive events, each handled on its own lane on
+/// a thread of its own, and their outcomes are put back together in the batch's order.
 pub struct PluginHandler {
     /// The plugin version in use.
     plugin: Arc<LoadedPlugin>,
     /// The job's name, config and limits, handed to every instance.
     guest: Arc<GuestContext>,
-    /// The live instance, if any; made on demand.
-    instance: Option<PluginInstance>,
+    /// The live instance of each lane, if any; made on demand. Never empty.
+    lanes: Vec<Option<PluginInstance>>,
     /// State writes of the current batch's acked events, seen by later events' reads.
     overlay: Overlay,
 }
@@ -28,9 +32,29 @@ impl PluginHandler {
         PluginHandler {
             plugin,
             guest: Arc::new(guest),
-            instance: None,
+            lanes: vec![None],
             overlay: Overlay::default(),
         }
+    }
+
+    /// Run up to `n` instances in parallel. A plugin that reads job state keeps one: each of
+    /// its events must see the writes of the events before it.
+    pub fn with_concurrency(mut self, n: u32) -> Self {
+        let n = if self.plugin.stateful {
+            if n > 1 {
+                tracing::warn!(
+                    job = &*self.guest.job,
+                    plugin = &*self.guest.plugin,
+                    concurrency = n,
+                    "the plugin reads job state: its events are handled on one instance, in order"
+                );
+            }
+            1
+        } else {
+            n.max(1)
+        };
+        self.lanes.resize_with(n as usize, || None);
+        self
     }
 
     /// The plugin version this handler runs.
@@ -38,29 +62,45 @@ impl PluginHandler {
         &self.plugin
     }
 
-    /// Make the first instance now (running `init`), so a plugin that cannot start for this
-    /// job is refused before the job reads anything.
+    /// How many instances handle a batch in parallel.
+    pub fn concurrency(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Make every lane's instance now (running `init`), so a plugin that cannot start for
+    /// this job is refused before the job reads anything.
     /// Blocks: call it from a blocking thread, never from an async task.
     pub fn prepare(&mut self) -> Result<(), crate::model::Failure> {
-        if self.instance.is_none() {
-            self.instance = Some(super::block_on(PluginInstance::new(
-                &self.plugin,
-                self.guest.clone(),
-                self.overlay.clone(),
-            ))?);
+        for lane in &mut self.lanes {
+            if lane.is_none() {
+                *lane = Some(super::block_on(PluginInstance::new(
+                    &self.plugin,
+                    self.guest.clone(),
+                    self.overlay.clone(),
+                ))?);
+            }
         }
         Ok(())
     }
+}
 
-    async fn handle_one(&mut self, event: &Event) -> Outcome {
-        let mut instance = match self.instance.take() {
+/// What one lane needs of its handler: shared, read-only.
+struct Shared<'a> {
+    plugin: &'a Arc<LoadedPlugin>,
+    guest: &'a Arc<GuestContext>,
+    overlay: &'a Overlay,
+}
+
+impl Shared<'_> {
+    async fn handle_one(&self, lane: &mut Option<PluginInstance>, event: &Event) -> Outcome {
+        let mut instance = match lane.take() {
             Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
             old => {
                 if old.is_some_and(|i| i.is_usable()) {
                     crate::metrics::recycle(&self.guest.job, "calls");
                 }
                 let made =
-                    PluginInstance::new(&self.plugin, self.guest.clone(), self.overlay.clone());
+                    PluginInstance::new(self.plugin, self.guest.clone(), self.overlay.clone());
                 match made.await {
                     Ok(i) => i,
                     Err(failure) => return Outcome::Failed(failure),
@@ -70,11 +110,41 @@ impl PluginHandler {
         let outcome = instance.handle(event).await;
         // A trapped instance is dropped here, giving its memory back at once.
         if instance.is_usable() {
-            self.instance = Some(instance);
+            *lane = Some(instance);
         } else {
             crate::metrics::recycle(&self.guest.job, "failed");
         }
         outcome
+    }
+
+    /// Handle `events` in order on `lane` until their outcomes cost `max_cost`. Acked
+    /// events' state writes go into the overlay, for later events' reads.
+    async fn handle_run(
+        &self,
+        lane: &mut Option<PluginInstance>,
+        events: &[Event],
+        max_cost: usize,
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut cost = 0usize;
+        for e in events {
+            if cost >= max_cost {
+                break;
+            }
+            let outcome = self.handle_one(lane, e).await;
+            cost += outcome.cost(e);
+            // An acked event's state writes will be committed: later events must see them.
+            if let Outcome::Handled {
+                disposition: Disposition::Ack,
+                effects,
+            } = &outcome
+                && let Ok(mut batch) = self.overlay.lock()
+            {
+                batch.acked(effects);
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 }
 
@@ -93,28 +163,53 @@ impl Handler for PluginHandler {
         } else {
             self.guest.limits.max_batch_bytes
         };
-        super::block_on(async {
-            let mut outcomes = Vec::with_capacity(events.len());
-            let mut cost = 0usize;
-            for e in events {
-                if cost >= max_batch {
-                    break;
-                }
-                let outcome = self.handle_one(e).await;
-                cost += outcome.cost(e);
-                // An acked event's state writes will be committed: later events must see them.
-                if let Outcome::Handled {
-                    disposition: Disposition::Ack,
-                    effects,
-                } = &outcome
-                    && let Ok(mut batch) = self.overlay.lock()
-                {
-                    batch.acked(effects);
-                }
-                outcomes.push(outcome);
+        let shared = Shared {
+            plugin: &self.plugin,
+            guest: &self.guest,
+            overlay: &self.overlay,
+        };
+        let lanes = self.lanes.len().min(events.len());
+        if lanes <= 1 {
+            return super::block_on(shared.handle_run(&mut self.lanes[0], events, max_batch));
+        }
+        // One run of consecutive events per lane, each on a thread of its own (this one
+        // takes the first), with its share of the batch's effect budget.
+        let per_lane = events.len().div_ceil(lanes);
+        let budget = max_batch / lanes;
+        let runtime = super::runtime_handle();
+        let runs: Vec<Vec<Outcome>> = std::thread::scope(|scope| {
+            let mut work = self.lanes.iter_mut().zip(events.chunks(per_lane));
+            let (first_lane, first_run) = work.next().expect("at least two lanes");
+            let others: Vec<_> = work
+                .map(|(lane, run)| {
+                    let (shared, runtime) = (&shared, &runtime);
+                    scope.spawn(move || runtime.block_on(shared.handle_run(lane, run, budget)))
+                })
+                .collect();
+            let mut runs = vec![super::block_on(
+                shared.handle_run(first_lane, first_run, budget),
+            )];
+            for other in others {
+                // A panic in a lane is the handler's panic (the runner stops the job).
+                runs.push(
+                    other
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                );
             }
-            outcomes
-        })
+            runs
+        });
+        // The outcomes of a prefix of the batch: up to the first run that stopped short
+        // (the events after it are handed over again, their outcomes dropped unseen).
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (run, handled) in events.chunks(per_lane).zip(runs) {
+            let whole = handled.len() == run.len();
+            outcomes.extend(handled);
+            if !whole {
+                break;
+            }
+        }
+        outcomes
     }
 
     fn reads_state(&self) -> bool {

@@ -39,6 +39,12 @@ use self::host::HostState;
 /// calling thread (a blocking-pool thread of the host), else on a small runtime of its own
 /// (tests, tools). Never call it from an async task.
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    runtime_handle().block_on(f)
+}
+
+/// The tokio runtime plugin calls run on: the calling thread's, else a small one of its own
+/// (tests, tools). Its handle can be taken to other threads (a handler's lanes).
+pub(crate) fn runtime_handle() -> tokio::runtime::Handle {
     static FALLBACK: std::sync::LazyLock<tokio::runtime::Runtime> =
         std::sync::LazyLock::new(|| {
             tokio::runtime::Builder::new_multi_thread()
@@ -48,10 +54,7 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
                 .build()
                 .expect("starting a tokio runtime for plugin calls")
         });
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.block_on(f),
-        Err(_) => FALLBACK.block_on(f),
-    }
+    tokio::runtime::Handle::try_current().unwrap_or_else(|_| FALLBACK.handle().clone())
 }
 
 /// Largest memory cap a job may ask for; the pooling allocator reserves slots this big.

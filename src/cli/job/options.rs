@@ -19,6 +19,9 @@ pub struct JobOptions {
     /// Entries per batch
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Plugin instances handling a batch in parallel on each host
+    #[arg(long)]
+    pub concurrency: Option<u32>,
     /// How long one read waits for new entries, in ms
     #[arg(long)]
     pub block_ms: Option<u64>,
@@ -101,6 +104,7 @@ impl JobOptions {
             }
         }
         set(&mut spec.batch, self.batch);
+        set(&mut spec.concurrency, self.concurrency);
         set(&mut spec.block_ms, self.block_ms);
         set(&mut spec.deadline_ms, self.deadline_ms);
         set(&mut spec.init_timeout_ms, self.init_timeout_ms);
