@@ -10,14 +10,18 @@ import { Queue, Worker } from "bullmq";
 const [url, name, countArg, concurrencyArg] = process.argv.slice(2);
 const count = Number(countArg);
 const concurrency = Number(concurrencyArg);
+// redis://[:password@]host:port[/db] or unix:///path/to/socket (the bench's own Redis).
 const u = new URL(url);
-const connection = {
-  host: u.hostname,
-  port: Number(u.port || 6379),
-  password: u.password ? decodeURIComponent(u.password) : undefined,
-  db: Number((u.pathname || "/0").slice(1) || 0),
-  maxRetriesPerRequest: null,
-};
+const connection =
+  u.protocol === "unix:"
+    ? { path: decodeURIComponent(u.pathname), maxRetriesPerRequest: null }
+    : {
+        host: u.hostname,
+        port: Number(u.port || 6379),
+        password: u.password ? decodeURIComponent(u.password) : undefined,
+        db: Number((u.pathname || "/0").slice(1) || 0),
+        maxRetriesPerRequest: null,
+      };
 
 const queue = new Queue(name, { connection });
 await queue.obliterate({ force: true }).catch(() => {});

@@ -60,7 +60,7 @@ pub async fn run(
             skipped: Some(format!("{e:#}")),
         },
     };
-    if url.starts_with("rediss://") || url.starts_with("unix://") {
+    if url.starts_with("rediss://") {
         for peer in [
             "redis-py loop",
             "BullMQ worker, concurrency 1",
