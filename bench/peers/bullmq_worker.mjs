@@ -4,10 +4,11 @@
 // concurrency from its start until it has completed them all. Jobs are removed on
 // completion (what a high-volume BullMQ user sets). Prints one JSON line.
 //
-//     node bullmq_worker.mjs URL QUEUE COUNT CONCURRENCY
+//     SLUICE_BENCH_REDIS=URL node bullmq_worker.mjs QUEUE COUNT CONCURRENCY
 import { Queue, Worker } from "bullmq";
 
-const [url, name, countArg, concurrencyArg] = process.argv.slice(2);
+const url = process.env.SLUICE_BENCH_REDIS;
+const [name, countArg, concurrencyArg] = process.argv.slice(2);
 const count = Number(countArg);
 const concurrency = Number(concurrencyArg);
 // redis://[:password@]host:port[/db] or unix:///path/to/socket (the bench's own Redis).

@@ -4,10 +4,11 @@ XREADGROUP a batch, call a handler per entry, XACK the batch; until COUNT entrie
 acked. The stream is already filled. Prints one JSON line: events/s and this process's CPU
 time per event.
 
-    python3 redis_py_loop.py URL STREAM GROUP COUNT BATCH
+    SLUICE_BENCH_REDIS=URL python3 redis_py_loop.py STREAM GROUP COUNT BATCH
 """
 
 import json
+import os
 import sys
 import time
 
@@ -20,7 +21,8 @@ def handle(entry_id, fields):
 
 
 def main():
-    url, stream, group, count, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    url = os.environ["SLUICE_BENCH_REDIS"]
+    stream, group, count, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     r = redis.Redis.from_url(url)
     r.xgroup_create(stream, group, id="0", mkstream=True)
     done = 0

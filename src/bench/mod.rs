@@ -249,8 +249,8 @@ pub async fn run(
     .await;
     if let Some(e) = embedded {
         e.stop().await;
-        let _ = std::fs::remove_dir_all(&scratch);
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     let (rows, extras) = result?;
     let Some(((observed, recording), swap, state, start, (peers, sluice))) = extras else {
         if args.json {

@@ -88,9 +88,9 @@ pub async fn run(
         let script = dir.join("redis_py_loop.py");
         let out = peer_json(
             "python3",
+            url,
             &[
                 script.display().to_string(),
-                url.to_string(),
                 stream.to_string(),
                 "sluice-bench:peer".into(),
                 args.events.to_string(),
@@ -129,9 +129,9 @@ pub async fn run(
                 let script = dir.join("bullmq_worker.mjs");
                 peer_json(
                     "node",
+                    url,
                     &[
                         script.display().to_string(),
-                        url.to_string(),
                         "sluice-bench-peer".into(),
                         BULLMQ_JOBS.min(args.events).to_string(),
                         concurrency.to_string(),
@@ -186,12 +186,14 @@ async fn check(program: &str, args: &[&str], missing: &str) -> anyhow::Result<()
     }
 }
 
-/// Run a peer script and read its JSON line: (events/s, CPU µs per event).
-async fn peer_json(program: &str, args: &[String]) -> anyhow::Result<(f64, f64)> {
+/// Run a peer script and read its JSON line: (events/s, CPU µs per event). The Redis URL
+/// goes in its environment (`SLUICE_BENCH_REDIS`), not its arguments, which `ps` shows.
+async fn peer_json(program: &str, url: &str, args: &[String]) -> anyhow::Result<(f64, f64)> {
     let out = tokio::time::timeout(
         Duration::from_secs(600),
         tokio::process::Command::new(program)
             .args(args)
+            .env("SLUICE_BENCH_REDIS", url)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),

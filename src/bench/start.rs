@@ -71,7 +71,18 @@ pub async fn host_start(
                 .await?;
         }
         let config = scratch.join(format!("start-{run}.toml"));
-        std::fs::write(&config, config_text(url, cache, &plugin, &streams))?;
+        // Only for its owner: the URL may carry a password.
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&config)?
+                .write_all(config_text(url, cache, &plugin, &streams).as_bytes())?;
+        }
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&exe)
             .arg("run")
@@ -103,7 +114,14 @@ pub async fn host_start(
         .await;
         let _ = child.start_kill();
         let _ = child.wait().await;
-        let mib = result?;
+        let _ = std::fs::remove_file(&config);
+        let mib = match result {
+            Ok(mib) => mib,
+            Err(e) => {
+                let _ = cleanup(&mut conn, PREFIX).await;
+                return Err(e);
+            }
+        };
         if jobs == 1 {
             rss.0 = mib;
         } else {

@@ -304,13 +304,18 @@ impl Assembly {
         plugin: &Arc<LoadedPlugin>,
         state: &Arc<dyn StateReader>,
     ) -> Result<[Box<dyn Handler>; 2], Failure> {
-        let prepare = || {
+        let prepare = |spec: JobSpec| {
             prepare_handler_async(
                 plugin.clone(),
-                spec.clone(),
+                spec,
                 self.prefix.clone(),
                 Some(state.clone()),
             )
+        };
+        // The job's concurrency is for its source; lifecycle events come one or two a run.
+        let lifecycle = JobSpec {
+            concurrency: 1,
+            ..spec.clone()
         };
         // A version `init` refuses is refused for the run; one whose `init` met Redis
         // trouble (a state read failed) is tried again.
@@ -319,7 +324,7 @@ impl Assembly {
             _ => Failure::Refused(e.to_string()),
         };
         // Both at once: a slow `init` costs its timeout once, not twice.
-        let (source, life) = tokio::join!(prepare(), prepare());
+        let (source, life) = tokio::join!(prepare(spec.clone()), prepare(lifecycle));
         Ok([
             Box::new(source.map_err(refused)?),
             Box::new(life.map_err(refused)?),

@@ -1,6 +1,7 @@
 //! [`PluginHandler`]: the [`Handler`] a job uses to run its events through a plugin.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::host::{GuestContext, Overlay};
 use super::instance::PluginInstance;
@@ -67,18 +68,17 @@ impl PluginHandler {
         self.lanes.len()
     }
 
-    /// Make every lane's instance now (running `init`), so a plugin that cannot start for
-    /// this job is refused before the job reads anything.
+    /// Make the first lane's instance now (running `init`), so a plugin that cannot start
+    /// for this job is refused before the job reads anything. The other lanes make theirs
+    /// when a batch first reaches them.
     /// Blocks: call it from a blocking thread, never from an async task.
     pub fn prepare(&mut self) -> Result<(), crate::model::Failure> {
-        for lane in &mut self.lanes {
-            if lane.is_none() {
-                *lane = Some(super::block_on(PluginInstance::new(
-                    &self.plugin,
-                    self.guest.clone(),
-                    self.overlay.clone(),
-                ))?);
-            }
+        if self.lanes[0].is_none() {
+            self.lanes[0] = Some(super::block_on(PluginInstance::new(
+                &self.plugin,
+                self.guest.clone(),
+                self.overlay.clone(),
+            ))?);
         }
         Ok(())
     }
@@ -172,44 +172,47 @@ impl Handler for PluginHandler {
         if lanes <= 1 {
             return super::block_on(shared.handle_run(&mut self.lanes[0], events, max_batch));
         }
-        // One run of consecutive events per lane, each on a thread of its own (this one
-        // takes the first), with its share of the batch's effect budget.
-        let per_lane = events.len().div_ceil(lanes);
-        let budget = max_batch / lanes;
+        // Lanes take the batch's events one at a time, in order, from a shared cursor, and
+        // stop taking once the outcomes so far cost `max_batch`: what was taken is always a
+        // prefix of the batch, handled whole, and a slow event holds up only its own lane.
+        // This thread is the first lane; each other runs on a thread of its own.
+        let next = AtomicUsize::new(0);
+        let cost = AtomicUsize::new(0);
+        let slots: Vec<std::sync::Mutex<Option<Outcome>>> =
+            events.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let work = |lane: &mut Option<PluginInstance>| {
+            super::block_on(async {
+                while cost.load(Ordering::Acquire) < max_batch {
+                    let i = next.fetch_add(1, Ordering::AcqRel);
+                    let Some(event) = events.get(i) else { break };
+                    let outcome = shared.handle_one(lane, event).await;
+                    cost.fetch_add(outcome.cost(event), Ordering::AcqRel);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(outcome);
+                    }
+                }
+            })
+        };
         let runtime = super::runtime_handle();
-        let runs: Vec<Vec<Outcome>> = std::thread::scope(|scope| {
-            let mut work = self.lanes.iter_mut().zip(events.chunks(per_lane));
-            let (first_lane, first_run) = work.next().expect("at least two lanes");
-            let others: Vec<_> = work
-                .map(|(lane, run)| {
-                    let (shared, runtime) = (&shared, &runtime);
-                    scope.spawn(move || runtime.block_on(shared.handle_run(lane, run, budget)))
-                })
-                .collect();
-            let mut runs = vec![super::block_on(
-                shared.handle_run(first_lane, first_run, budget),
-            )];
-            for other in others {
-                // A panic in a lane is the handler's panic (the runner stops the job).
-                runs.push(
-                    other
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                );
+        std::thread::scope(|scope| {
+            let (first, others) = self.lanes[..lanes].split_first_mut().expect("two lanes");
+            for lane in others {
+                let (work, runtime) = (&work, &runtime);
+                // Without a thread (the system refused one) the other lanes do its share.
+                let _ = std::thread::Builder::new()
+                    .name("sluice-lane".into())
+                    .spawn_scoped(scope, move || {
+                        let _entered = runtime.enter();
+                        work(lane)
+                    });
             }
-            runs
+            work(first);
         });
-        // The outcomes of a prefix of the batch: up to the first run that stopped short
-        // (the events after it are handed over again, their outcomes dropped unseen).
-        let mut outcomes = Vec::with_capacity(events.len());
-        for (run, handled) in events.chunks(per_lane).zip(runs) {
-            let whole = handled.len() == run.len();
-            outcomes.extend(handled);
-            if !whole {
-                break;
-            }
-        }
-        outcomes
+        // The handled prefix, in the batch's order (a panic in a lane ended the scope above).
+        slots
+            .into_iter()
+            .map_while(|slot| slot.into_inner().ok().flatten())
+            .collect()
     }
 
     fn reads_state(&self) -> bool {

@@ -55,6 +55,11 @@ async fn bounded<T>(
         if let Poll::Ready(result) = call.as_mut().poll(cx) {
             return Poll::Ready(result.map_err(CallError::Trap));
         }
+        // Checked here too: the timer's poll spends the task's cooperative budget, and a
+        // task out of budget would see it pending past the deadline.
+        if Instant::now() >= deadline + EPOCH_TICK {
+            return Poll::Ready(Err(CallError::Blocked));
+        }
         timer
             .get_or_insert_with(|| {
                 Box::pin(tokio::time::sleep_until((deadline + EPOCH_TICK).into()))

@@ -211,9 +211,10 @@ end
 
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
 local to_ack, done_ids, dead_ids = {}, {}, {}
--- The finished events are announced only while someone listens (the list costs a string per
--- event to build).
+-- The finished events are announced only while someone listens on this server, to the
+-- channel or to a pattern (the list costs a string per event to build).
 local announce = redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
+  or redis.call('PUBSUB', 'NUMPAT') > 0
 local pos = FIRST
 while pos <= #ARGV do
   local id, decision, failed_now = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2]
