@@ -6,7 +6,7 @@
 //!   and `init` run, entry read, handled, committed);
 //! - memory: the resident set (VmRSS) of a host running one `noop` job once it has handled
 //!   its entry, and of one running [`MANY`] such jobs: the difference over the extra jobs is
-//!   what a job (its runner, connections and one plugin instance) costs.
+//!   what a job (its source and lifecycle runners, their connections and instances) costs.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -205,7 +205,7 @@ pub fn print(report: &anyhow::Result<StartReport>) {
         Ok(r) => println!(
             "host start (a `sluice run` process, warm compile cache, one noop job): first event \
              committed {:.0} ms after the spawn (median of {}: {}); resident memory {:.1} MiB with \
-             one job, {:.1} MiB with {}: {:.2} MiB per job (its runner and plugin instance)",
+             one job, {:.1} MiB with {}: {:.2} MiB per job (its two runners and their plugin instances)",
             r.first_event_ms,
             r.runs_ms.len(),
             r.runs_ms

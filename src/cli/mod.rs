@@ -122,7 +122,7 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Measure throughput and latency against baselines, in one process
+    /// Measure throughput and latency against baselines and peers, on one Redis
     Bench(BenchArgs),
     /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`
     Completions { shell: clap_complete::Shell },

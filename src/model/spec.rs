@@ -36,8 +36,8 @@ pub struct JobSpec {
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// Plugin instances handling a batch's events in parallel on one host (1–64, default 1):
-    /// the batch is split into that many runs of consecutive events, one per instance, and
-    /// committed whole, in read order. A plugin that reads job state is run on one instance
+    /// each takes the batch's next event from a shared cursor; the outcomes are committed as
+    /// one batch, in read order. A plugin that reads job state is run on one instance
     /// whatever this says (its events see each other's writes in order).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,

@@ -15,8 +15,8 @@ const RECYCLE_AFTER_CALLS: u64 = 100_000;
 /// batches, and replacing one after a trap or after [`RECYCLE_AFTER_CALLS`] calls.
 ///
 /// With a concurrency of N (and a plugin that reads no job state) it keeps N instances, its
-/// lanes: a batch is cut into N runs of consecutive events, each handled on its own lane on
-/// a thread of its own, and their outcomes are put back together in the batch's order.
+/// lanes, each on a thread of its own: they take a batch's events one at a time from a
+/// shared cursor, and the outcomes are put back together in the batch's order.
 pub struct PluginHandler {
     /// The plugin version in use.
     plugin: Arc<LoadedPlugin>,
