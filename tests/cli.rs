@@ -260,7 +260,7 @@ fn bench_runs_every_mode_and_reports_json() {
     let swap = &report["swap"];
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 13, "{modes:?}");
+    assert_eq!(modes.len(), 14, "{modes:?}");
     // A real `sluice run` process started, handled an entry and was measured.
     let start = &report["host_start"]["Ok"];
     assert!(start["first_event_ms"].as_f64().unwrap() > 0.0, "{start}");
@@ -289,6 +289,16 @@ fn bench_runs_every_mode_and_reports_json() {
             r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
             "{r}"
         );
+        // Where the latency went: each stage's p99 is part of the whole's.
+        let stages = r["stages_p99_ms"].as_array().unwrap();
+        assert_eq!(stages.len(), 3, "{r}");
+        for stage in stages {
+            let p99 = stage.as_f64().unwrap();
+            assert!(
+                p99 > 0.0 && p99 <= r["p99_ms"].as_f64().unwrap() * 1.01 + 0.01,
+                "{r}"
+            );
+        }
     }
     // A few modes, for profiling one: the bare loop and those asked for, nothing else.
     let only = sluice()

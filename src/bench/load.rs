@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use crate::model::{Disposition, Event, Handler, Outcome};
-use crate::runner::CommitObserver;
+use crate::runner::{CommitObserver, Stamps};
 use crate::store::Endpoint;
 use crate::store::stream::{StreamJob, parse_read_reply};
 
@@ -117,7 +117,14 @@ pub struct Tally {
     started: Instant,
     finished: Mutex<Option<Duration>>,
     pub hist: Mutex<Histogram<u64>>,
+    /// Where the latency went, per event: publish → read returned, read → handler returned,
+    /// handler → commit ended (µs).
+    pub stages: Mutex<[Histogram<u64>; 3]>,
     stop: watch::Sender<bool>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 impl Tally {
@@ -127,16 +134,18 @@ impl Tally {
             target: AtomicU64::new(if target == 0 { u64::MAX } else { target }),
             started: Instant::now(),
             finished: Mutex::new(None),
-            hist: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-            ),
+            hist: Mutex::new(histogram()),
+            stages: Mutex::new([histogram(), histogram(), histogram()]),
             stop,
         }
     }
 
-    fn add(&self, events: &[Event]) {
-        let now = now_us();
-        if let Ok(mut hist) = self.hist.lock() {
+    fn add(&self, events: &[Event], stamps: &Stamps) {
+        let (now, at) = (now_us(), Instant::now());
+        // The stamps as wall-clock µs, to compare with the publish stamps.
+        let wall = |i: Instant| now.saturating_sub(at.duration_since(i).as_micros() as u64);
+        let (read, handled) = (wall(stamps.read), wall(stamps.handled));
+        if let (Ok(mut hist), Ok(mut stages)) = (self.hist.lock(), self.stages.lock()) {
             for e in events {
                 let t = e
                     .fields
@@ -146,6 +155,9 @@ impl Tally {
                     .unwrap_or(0);
                 if t > 0 {
                     let _ = hist.record(now.saturating_sub(t).max(1));
+                    let _ = stages[0].record(read.saturating_sub(t).max(1));
+                    let _ = stages[1].record(handled.saturating_sub(read).max(1));
+                    let _ = stages[2].record(now.saturating_sub(handled).max(1));
                 }
             }
         }
@@ -184,8 +196,8 @@ impl Tally {
 }
 
 impl CommitObserver for Tally {
-    fn committed(&self, events: &[Event], _outcomes: &[Outcome]) {
-        self.add(events);
+    fn committed(&self, events: &[Event], _outcomes: &[Outcome], stamps: &Stamps) {
+        self.add(events, stamps);
     }
 }
 
@@ -203,11 +215,13 @@ impl Handler for NoopHandler {
     }
 }
 
-/// The baseline: read a batch, ack it, nothing else.
+/// The baseline: read a batch, ack it, nothing else; with `echo_to`, also append each
+/// entry's fields to that stream, in one `MULTI`/`EXEC` with the acks.
 pub async fn bare_loop(
     mut conn: ConnectionManager,
     job: &StreamJob,
     batch: usize,
+    echo_to: Option<String>,
     tally: Arc<Tally>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -229,13 +243,35 @@ pub async fn bare_loop(
         if events.is_empty() {
             continue;
         }
+        let read = Instant::now();
         let mut xack = redis::cmd("XACK");
         xack.arg(&job.stream).arg(&job.group);
         for e in &events {
             xack.arg(&e.id);
         }
-        let _: u64 = xack.query_async(&mut conn).await?;
-        tally.add(&events);
+        match &echo_to {
+            None => {
+                let _: u64 = xack.query_async(&mut conn).await?;
+            }
+            Some(out) => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for e in &events {
+                    let xadd = pipe.cmd("XADD").arg(out).arg("*");
+                    for (name, value) in &e.fields {
+                        xadd.arg(name).arg(value);
+                    }
+                    xadd.ignore();
+                }
+                pipe.add_command(xack).ignore();
+                let () = pipe.query_async(&mut conn).await?;
+            }
+        }
+        let stamps = Stamps {
+            read,
+            handled: read,
+        };
+        tally.add(&events, &stamps);
     }
     Ok(())
 }

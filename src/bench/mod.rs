@@ -62,9 +62,8 @@ pub struct BenchArgs {
     /// Batch size (entries per read and commit) for every mode
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    /// Only these modes (comma-separated keys: native, native-done-records, wasm-noop,
-    /// wasm-stateful, echo, rust, c, go, python, js, busy-1, busy-2), with the bare loop
-    /// always; and none of
+    /// Only these modes (comma-separated keys: bare-echo, native, native-done-records,
+    /// wasm-noop, wasm-stateful, echo, rust, c, go, python, js, busy-1, busy-2), with the bare loop always; and none of
     /// the observing, swap and stateful sections (for profiling one mode)
     #[arg(long, value_name = "MODES", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -77,7 +76,7 @@ pub struct BenchArgs {
     /// Publish rate of the latency runs, events/s [default: half of each mode's throughput]
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Directory holding echo.wasm, noop.wasm and chaos.wasm (and the wordcount ones)
+    /// Directory holding echo.wasm, noop.wasm, chaos.wasm and busy.wasm (and the wordcount ones)
     #[arg(long, default_value = "plugins/dist")]
     pub plugin_dir: PathBuf,
     /// Directory holding the peers' scripts (redis-py loop, BullMQ worker)
@@ -91,6 +90,9 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Bare,
+    /// The bare loop writing one entry per event (`XADD`) with its `XACK`s in one
+    /// `MULTI`/`EXEC`: the floor of what the echo mode can do on this Redis.
+    BareEcho,
     NativeDoneRecords,
     Native,
     WasmNoop,
@@ -110,8 +112,9 @@ const BUSY_ROUNDS: &str = "300";
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 13] = [
+    const ALL: [Mode; 14] = [
         Mode::Bare,
+        Mode::BareEcho,
         Mode::Native,
         Mode::NativeDoneRecords,
         Mode::WasmNoop,
@@ -129,6 +132,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Bare => "bare XREADGROUP/XACK loop",
+            Mode::BareEcho => "bare loop + XADD per event (MULTI)",
             Mode::NativeDoneRecords => "host, native, done records",
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (noop)",
@@ -147,6 +151,7 @@ impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
+            Mode::BareEcho => "bare-echo",
             Mode::NativeDoneRecords => "native-done-records",
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
@@ -178,6 +183,9 @@ struct Row {
     latency_rate: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// p99 of each stage of the latency run: publish → read returned, read → handler
+    /// returned, handler → commit ended.
+    stages_p99_ms: [f64; 3],
 }
 
 struct Plugins {
@@ -231,20 +239,11 @@ pub async fn run(
     };
     let observer = observe::Observer::install()?;
     let result = async {
-        let rows = measure(args, &redis, &plugins).await?;
-        if !args.only.is_empty() {
-            return anyhow::Ok((rows, None));
-        }
-        let observed = observe::cost(args, &redis, &plugins, &observer).await?;
-        let swap = swap::swap_pause(args, &redis, &plugins).await?;
-        let state = state::stateful(args, &redis, &plugins).await?;
-        let start = start::host_start(args, &redis, &url, cache, &scratch.join("start")).await;
-        let sluice = rows
-            .iter()
-            .find(|r| r.mode == Mode::WasmNoop.label())
-            .map_or(f64::NAN, |r| r.events_per_s);
-        let peers = peers::run(args, &redis, &url, sluice).await?;
-        anyhow::Ok((rows, Some((observed, swap, state, start, (peers, sluice)))))
+        let mut control = redis.connect(Duration::from_secs(20)).await?;
+        let rewrites = Rewrites::hold(&mut control).await?;
+        let result = sections(args, &redis, &url, cache, &scratch, &plugins, &observer).await;
+        rewrites.restore(&mut control).await;
+        result
     }
     .await;
     if let Some(e) = embedded {
@@ -291,6 +290,42 @@ pub async fn run(
     Ok(())
 }
 
+/// Every section of the bench, in order: the modes, then (without `--only`) observing, the
+/// hot swap, the stateful job, the host start and the peers.
+async fn sections(
+    args: &BenchArgs,
+    redis: &Endpoint,
+    url: &str,
+    cache: &std::path::Path,
+    scratch: &std::path::Path,
+    plugins: &Plugins,
+    observer: &observe::Observer,
+) -> anyhow::Result<(Vec<Row>, Option<Extras>)> {
+    let rows = measure(args, redis, plugins).await?;
+    if !args.only.is_empty() {
+        return Ok((rows, None));
+    }
+    let observed = observe::cost(args, redis, plugins, observer).await?;
+    let swap = swap::swap_pause(args, redis, plugins).await?;
+    let state = state::stateful(args, redis, plugins).await?;
+    let start = start::host_start(args, redis, url, cache, &scratch.join("start")).await;
+    let sluice = rows
+        .iter()
+        .find(|r| r.mode == Mode::WasmNoop.label())
+        .map_or(f64::NAN, |r| r.events_per_s);
+    let peers = peers::run(args, redis, url, sluice).await?;
+    Ok((rows, Some((observed, swap, state, start, (peers, sluice)))))
+}
+
+/// What the sections after the modes measured.
+type Extras = (
+    (Vec<observe::ObserveRow>, observe::Recording),
+    swap::SwapPause,
+    Vec<state::StateRow>,
+    anyhow::Result<start::StartReport>,
+    (Vec<peers::PeerRow>, f64),
+);
+
 /// The median of some numbers (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -302,24 +337,91 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The Redis setting the bench holds while it measures: automatic AOF rewrites off (a rewrite
+/// forks and its child takes one of this machine's 2 cores for seconds: it would land in some
+/// modes' runs and not others). [`quiet`] rewrites the AOF between runs instead, as Redis
+/// would have, so every run starts from the same compact file. Restored by [`Rewrites::restore`].
+pub(crate) struct Rewrites {
+    /// `auto-aof-rewrite-percentage` as it was; None when the AOF is off (nothing to hold).
+    percentage: Option<String>,
+}
+
+/// A run's AOF beyond this is rewritten before the next run (Redis's default
+/// `auto-aof-rewrite-min-size`).
+const AOF_REWRITE_ABOVE: u64 = 64 << 20;
+
+impl Rewrites {
+    async fn hold(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Self> {
+        let aof: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(conn)
+            .await?;
+        if aof.get(1).map(String::as_str) != Some("yes") {
+            return Ok(Rewrites { percentage: None });
+        }
+        let was: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("auto-aof-rewrite-percentage")
+            .query_async(conn)
+            .await?;
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("auto-aof-rewrite-percentage")
+            .arg(0)
+            .query_async(conn)
+            .await?;
+        Ok(Rewrites {
+            percentage: was.get(1).cloned(),
+        })
+    }
+
+    async fn restore(&self, conn: &mut redis::aio::ConnectionManager) {
+        if let Some(was) = &self.percentage {
+            let restored: redis::RedisResult<()> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("auto-aof-rewrite-percentage")
+                .arg(was)
+                .query_async(conn)
+                .await;
+            if let Err(e) = restored {
+                eprintln!("  (could not restore auto-aof-rewrite-percentage {was}: {e})");
+            }
+        }
+    }
+}
+
+/// A field of an `INFO` section, as text.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// Wait until Redis is neither rewriting its AOF nor saving (what would slow one mode's run
-/// and not another's); at most 60 s, then go on and say so.
+/// and not another's), first rewriting an AOF grown past [`AOF_REWRITE_ABOVE`] (automatic
+/// rewrites are off while the bench runs: [`Rewrites`]); at most 60 s, then go on and say so.
 async fn quiet(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<()> {
+    let mut asked = false;
     for _ in 0..600 {
         let info: String = redis::cmd("INFO")
             .arg("persistence")
             .query_async(conn)
             .await?;
-        let busy = info.lines().any(|l| {
-            matches!(
-                l.trim(),
-                "aof_rewrite_in_progress:1"
-                    | "rdb_bgsave_in_progress:1"
-                    | "aof_rewrite_scheduled:1"
-            )
-        });
+        let on = |name| info_field(&info, name) == Some("1");
+        let busy = on("aof_rewrite_in_progress")
+            || on("rdb_bgsave_in_progress")
+            || on("aof_rewrite_scheduled");
         if !busy {
-            return Ok(());
+            let size: u64 = info_field(&info, "aof_current_size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if asked || !on("aof_enabled") || size <= AOF_REWRITE_ABOVE {
+                return Ok(());
+            }
+            let () = redis::cmd("BGREWRITEAOF").query_async(conn).await?;
+            asked = true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -390,9 +492,9 @@ async fn measure(
         let stream = format!("sluice-bench:{}:lat", mode.key());
         cleanup(&mut conn, &stream).await?;
         quiet(&mut conn).await?;
-        let hist = consume(*mode, args, redis, plugins, &stream, 0, Some(rate))
-            .await?
-            .hist;
+        let latency = consume(*mode, args, redis, plugins, &stream, 0, Some(rate)).await?;
+        let (hist, stages) = (latency.hist, latency.stages);
+        let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
         cleanup(&mut conn, &stream).await?;
         rows.push(Row {
             mode: mode.label(),
@@ -404,7 +506,8 @@ async fn measure(
             redis_us_per_event: median(&cpu[m].iter().map(|c| c.1).collect::<Vec<_>>()),
             latency_rate: rate,
             p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-            p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+            p99_ms: p99(&hist),
+            stages_p99_ms: [p99(&stages[0]), p99(&stages[1]), p99(&stages[2])],
         });
     }
     Ok(rows)
@@ -467,12 +570,29 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
             r.p99_ms
         );
     }
+    println!(
+        "where the latency runs' time went (p99 of each stage, ms; publish = the publisher's stamp):"
+    );
+    println!(
+        "| {:<34} | {:>14} | {:>14} | {:>14} |",
+        "mode", "publish → read", "read → handled", "handled → acked"
+    );
+    println!("|{:-<36}|{:-<16}|{:-<16}|{:-<16}|", "", "", "", "");
+    for r in rows {
+        let [read, handled, acked] = r.stages_p99_ms;
+        println!(
+            "| {:<34} | {:>14.2} | {:>14.2} | {:>14.2} |",
+            r.mode, read, handled, acked
+        );
+    }
 }
 
 /// What one run of a mode measured.
 struct Run {
     events_per_s: f64,
     hist: Histogram<u64>,
+    /// See [`load::Tally::stages`].
+    stages: [Histogram<u64>; 3],
     /// CPU time of this process (the host: its runtime threads and plugin calls) per event
     /// committed, µs.
     host_us: f64,
@@ -523,7 +643,7 @@ async fn consume(
         spec.done_ttl_s = 600;
     }
     let handler: Option<Box<dyn Handler>> = match mode {
-        Mode::Bare => None,
+        Mode::Bare | Mode::BareEcho => None,
         Mode::Native | Mode::NativeDoneRecords => Some(Box::new(NoopHandler)),
         Mode::WasmNoop => Some(Box::new(prepared(&plugins.noop, &spec).await?)),
         Mode::WasmStateful => Some(Box::new(prepared(&plugins.chaos, &spec).await?)),
@@ -570,12 +690,13 @@ async fn consume(
     let mut probe = conn.clone();
     let (host_before, redis_before) = (process_cpu(), redis_cpu(&mut probe).await?);
     let tally = Arc::new(Tally::new(target, stop_tx));
+    let echo_to = (mode == Mode::BareEcho).then(|| format!("{stream}:out"));
     let consumer = {
         let tally = tally.clone();
         tokio::spawn(async move {
             match runner {
                 Some(runner) => runner.with_observer(tally).run(stop_rx).await.map(|_| ()),
-                None => bare_loop(conn, &job, spec.batch, tally, stop_rx).await,
+                None => bare_loop(conn, &job, spec.batch, echo_to, tally, stop_rx).await,
             }
         })
     };
@@ -595,10 +716,16 @@ async fn consume(
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
+    let stages = tally
+        .stages
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
     let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / count.max(1) as f64;
     Ok(Run {
         events_per_s: count as f64 / elapsed.as_secs_f64(),
         hist,
+        stages,
         host_us: per_event(host_cpu),
         redis_us: per_event(redis_cpu),
     })

@@ -65,6 +65,7 @@ async fn run(
     let stream = format!("sluice-bench:state:{keys}:{hosts}");
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, &stream).await?;
+    super::quiet(&mut conn).await?;
     let mut sent = 0;
     while sent < events {
         let chunk = (events - sent).min(1000);

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::load::{cleanup, prefill};
 use super::{BenchArgs, Plugins, assembly, job_spec, prepared};
 use crate::model::{Event, Outcome};
-use crate::runner::CommitObserver;
+use crate::runner::{CommitObserver, Stamps};
 use crate::store::Endpoint;
 
 /// What a hot swap under load costs: gaps between consecutive commits.
@@ -34,7 +34,7 @@ struct CommitTimes {
 }
 
 impl CommitObserver for CommitTimes {
-    fn committed(&self, events: &[Event], _outcomes: &[Outcome]) {
+    fn committed(&self, events: &[Event], _outcomes: &[Outcome], _stamps: &Stamps) {
         if let Ok(mut t) = self.times.lock() {
             t.push(Instant::now());
         }
@@ -57,6 +57,7 @@ pub async fn swap_pause(
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, stream).await?;
     prefill(&mut conn, stream, args.events).await?;
+    super::quiet(&mut conn).await?;
     let spec = job_spec(
         "echo",
         stream,

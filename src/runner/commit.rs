@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{CommitObserver, Handled, InFlight, RunnerStats, redis_backoff};
+use super::{CommitObserver, Handled, InFlight, RunnerStats, Stamps, redis_backoff};
 use crate::model::{
     Decision, DeliveryPolicy, Event, FailureKind, MAX_COMMIT_COST, Outcome, ReadSet,
 };
@@ -46,6 +46,7 @@ pub(super) async fn commit_stage(
         mut outcomes,
         version,
         reads,
+        stamps,
     }) = input.recv().await
     {
         for (event, outcome) in events.iter().zip(&outcomes) {
@@ -97,6 +98,7 @@ pub(super) async fn commit_stage(
                     &in_flight,
                     &events[..range.start],
                     &outcomes[..range.start],
+                    &stamps,
                 );
                 if redo.send(events[range.start..].to_vec()).is_err() {
                     return stats;
@@ -135,6 +137,7 @@ pub(super) async fn commit_stage(
                         &in_flight,
                         &events[..range.start],
                         &outcomes[..range.start],
+                        &stamps,
                     );
                     tokio::time::sleep(redo_backoff.next().unwrap_or(Duration::from_millis(100)))
                         .await;
@@ -192,7 +195,13 @@ pub(super) async fn commit_stage(
             n += 1;
         }
         if cut < events.len() {
-            observe(&observer, &in_flight, &events[..cut], &outcomes[..cut]);
+            observe(
+                &observer,
+                &in_flight,
+                &events[..cut],
+                &outcomes[..cut],
+                &stamps,
+            );
             add(&mut stats.committed, &committed);
             let delay = unavailable_backoff.next().unwrap_or(Duration::from_secs(5));
             tracing::warn!(
@@ -209,7 +218,7 @@ pub(super) async fn commit_stage(
         unavailable_backoff = redis_backoff();
         redos = 0;
         redo_backoff = crate::model::backoff(Duration::from_millis(1), Duration::from_millis(100));
-        observe(&observer, &in_flight, &events, &outcomes);
+        observe(&observer, &in_flight, &events, &outcomes, &stamps);
         stats.batches += 1;
         let _ = committed_count.send(stats.batches);
         add(&mut stats.committed, &committed);
@@ -240,13 +249,14 @@ fn observe(
     in_flight: &InFlight,
     events: &[Event],
     outcomes: &[Outcome],
+    stamps: &Stamps,
 ) {
     if events.is_empty() {
         return;
     }
     in_flight.remove(events);
     if let Some(observer) = observer {
-        observer.committed(events, outcomes);
+        observer.committed(events, outcomes, stamps);
     }
 }
 

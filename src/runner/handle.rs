@@ -7,28 +7,29 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Handled, HandlerSlot};
+use super::{Handled, HandlerSlot, Read, Stamps};
 use crate::model::{DeliveryPolicy, Event, FailureKind, Handler, Outcome};
 
 pub(super) async fn handle_stage(
     mut handler: Box<dyn Handler>,
     next: HandlerSlot,
     delivery: DeliveryPolicy,
-    mut input: mpsc::Receiver<Vec<Event>>,
+    mut input: mpsc::Receiver<Read>,
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
     mut redo: mpsc::UnboundedReceiver<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut handled = 0u64;
-    while let Some(batch) = input.recv().await {
+    while let Some(Read { events: batch, at }) = input.recv().await {
         // A new version takes over between batches: everything handled so far is on its way
         // to the committer with the old version's name on it.
         if let Some(next) = next.take() {
             let started = Instant::now();
             let from = handler.version().to_string();
             let old = std::mem::replace(&mut handler, next);
-            // Dropping the old handler frees its instance; count it in the pause.
-            drop(old);
+            // Dropping the old handler frees its instances (one per lane): on a blocking
+            // thread, not this async worker; the next batch does not wait for it.
+            tokio::task::spawn_blocking(move || drop(old));
             tracing::info!(
                 from = crate::model::short(&from),
                 to = crate::model::short(handler.version()),
@@ -39,6 +40,7 @@ pub(super) async fn handle_stage(
         // A handler may stop part-way through a batch (its outcomes would hold too much):
         // the rest goes on as a batch of its own.
         let mut pieces = VecDeque::from([batch]);
+        let mut read_at = at;
         while let Some(mut events) = pieces.pop_front() {
             let reads_state = handler.reads_state();
             if reads_state && committed.wait_for(|c| *c >= handled).await.is_err() {
@@ -67,6 +69,10 @@ pub(super) async fn handle_stage(
                     outcomes,
                     version: handler.version().to_string(),
                     reads: reads_state.then_some(reads),
+                    stamps: Stamps {
+                        read: read_at,
+                        handled: Instant::now(),
+                    },
                 };
                 if out.send(batch).await.is_err() {
                     return Ok(());
@@ -83,7 +89,10 @@ pub(super) async fn handle_stage(
                         }
                         break;
                     }
-                    Some(again) = redo.recv() => events = again,
+                    Some(again) = redo.recv() => {
+                        events = again;
+                        read_at = Instant::now();
+                    }
                 }
             }
         }

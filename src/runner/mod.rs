@@ -22,7 +22,7 @@ mod handle;
 mod read;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -32,9 +32,25 @@ use self::read::{keep_fresh, read_stage};
 use crate::model::{DeliveryPolicy, Event, Handler, Outcome};
 use crate::store::stream::{Committed, StreamCommitter, StreamReader};
 
-/// Told about every committed batch; used by the benchmark to time publish→ack.
+/// Told about every committed batch; used by the benchmark to time publish→ack and where a
+/// batch's time went.
 pub trait CommitObserver: Send + Sync {
-    fn committed(&self, events: &[Event], outcomes: &[Outcome]);
+    fn committed(&self, events: &[Event], outcomes: &[Outcome], stamps: &Stamps);
+}
+
+/// When a batch passed the stages before its commit (the commit ends as the observer is told).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamps {
+    /// Its read returned (for a batch handled again, when it came back to the handler).
+    pub read: Instant,
+    /// Its handler returned.
+    pub handled: Instant,
+}
+
+/// A batch read, on its way to the handler.
+pub(crate) struct Read {
+    pub events: Vec<Event>,
+    pub at: Instant,
 }
 
 /// How a runner reads.
@@ -101,6 +117,7 @@ pub(crate) struct Handled {
     pub outcomes: Vec<Outcome>,
     /// The version of the handler that produced the outcomes.
     pub version: String,
+    pub stamps: Stamps,
     /// The handler reads state: what it read, for the commit to check, which also commits
     /// the batch all-or-nothing (see [`commit`]). None for handlers that read no state.
     pub reads: Option<crate::model::ReadSet>,
@@ -142,7 +159,7 @@ impl JobRunner {
         let job = self.reader.job().job.clone();
         let stream = self.reader.job().stream.clone();
         tracing::info!(job = &*job, stream = %stream, consumer = %self.reader.job().consumer, "job running");
-        let (read_tx, read_rx) = mpsc::channel::<Vec<Event>>(1);
+        let (read_tx, read_rx) = mpsc::channel::<Read>(1);
         let (handled_tx, handled_rx) = mpsc::channel::<Handled>(1);
         // State-reading batches that lost to another host's writes, back to the handler.
         let (redo_tx, redo_rx) = mpsc::unbounded_channel::<Vec<Event>>();

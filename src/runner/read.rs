@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{InFlight, RETRY_POLL, ReadPolicy, redis_backoff};
+use super::{InFlight, RETRY_POLL, Read, ReadPolicy, redis_backoff};
 use crate::model::Event;
 use crate::store::StoreError;
 use crate::store::stream::{StreamCommitter, StreamReader};
@@ -78,7 +78,7 @@ pub(super) async fn read_stage(
     mut reader: StreamReader,
     policy: ReadPolicy,
     mut stop: watch::Receiver<bool>,
-    out: mpsc::Sender<Vec<Event>>,
+    out: mpsc::Sender<Read>,
     in_flight: InFlight,
 ) {
     let job = reader.job().job.clone();
@@ -104,6 +104,7 @@ pub(super) async fn read_stage(
         .await;
         match step {
             Ok(batches) => {
+                let at = Instant::now();
                 backoff = redis_backoff();
                 // All of them in flight (kept fresh) before any waits for the handler: a batch
                 // waiting behind another must not go idle and be taken over.
@@ -112,7 +113,7 @@ pub(super) async fn read_stage(
                     size.observe(events);
                 }
                 for events in batches {
-                    if !events.is_empty() && out.send(events).await.is_err() {
+                    if !events.is_empty() && out.send(Read { events, at }).await.is_err() {
                         // The handler stage is gone (it panicked): these stay pending.
                         return;
                     }

@@ -48,6 +48,8 @@
 -- call's arguments stay far below Lua's unpack() bound (the host caps fields per emit; dead
 -- letters copy at most 7000 values), so the script cannot fail half-way on its own input. Emit targets are type-checked before anything is written, so a target holding
 -- another type aborts the whole batch rather than half of it.
+-- Globals read in the loops below, as locals (a global is a table lookup each time).
+local ARGV, KEYS, tonumber, unpack = ARGV, KEYS, tonumber, unpack
 local src, job, retry, dlq, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
