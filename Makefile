@@ -8,7 +8,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WASM_DIR := plugins/target/wasm32-wasip2/release
 # Guest toolchains, pinned (see shared/GUEST_TOOLCHAINS.md).
 COMPONENTIZE_PY_VERSION := 0.25.1
-# Python plugins: every plugins/<name>/app.py becomes plugins/dist/<name>.wasm.
+# Python plugins: every plugins/<name>/app.py becomes plugins/dist/<name>.wasm (world
+# batch-plugin: handle and handle-batch, as the JavaScript ones).
 PY_PLUGINS := $(patsubst plugins/%/app.py,plugins/dist/%.wasm,$(wildcard plugins/*/app.py))
 # JavaScript plugins: every plugins/<name>/app.js becomes plugins/dist/<name>.wasm.
 JS_PLUGINS := $(patsubst plugins/%/app.js,plugins/dist/%.wasm,$(wildcard plugins/*/app.js))
@@ -74,7 +75,7 @@ plugins: deps rust-plugins $(PY_PLUGINS) $(JS_PLUGINS) $(C_PLUGINS) $(GO_PLUGINS
 
 plugins/dist/%.wasm: plugins/%/app.py $(WIT) | pydeps
 	@mkdir -p plugins/dist
-	$(COMPONENTIZE_PY) -d wit -w plugin componentize -p plugins/$* app -o $@
+	$(COMPONENTIZE_PY) -d wit -w batch-plugin componentize -p plugins/$* app -o $@
 
 plugins/dist/%.wasm: plugins/%/app.js $(WIT) plugins/build-js.mjs | $(JS_TOOLS)
 	@mkdir -p plugins/dist

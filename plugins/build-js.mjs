@@ -1,5 +1,6 @@
 // Build a JavaScript plugin into a component: node build-js.mjs <dir> <out.wasm>
-// <dir>/app.js is an ES module exporting `handler` (the sluice:plugin/handler interface).
+// <dir>/app.js is an ES module exporting `handler` and `batchHandler` (the world
+// sluice:plugin/batch-plugin: handler and batch-handler).
 // Every optional WASI feature is disabled, so the component imports only our world.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { writeFile } from 'node:fs/promises';
@@ -13,7 +14,7 @@ if (!dir || !out) {
 const { component } = await componentize({
   sourcePath: join(dir, 'app.js'),
   witPath: new URL('../wit', import.meta.url).pathname,
-  worldName: 'plugin',
+  worldName: 'batch-plugin',
   disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
 });
 await writeFile(out, component);

@@ -260,7 +260,7 @@ fn bench_runs_every_mode_and_reports_json() {
     let swap = &report["swap"];
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 14, "{modes:?}");
+    assert_eq!(modes.len(), 16, "{modes:?}");
     // A real `sluice run` process started, handled an entry and was measured.
     let start = &report["host_start"]["Ok"];
     assert!(start["first_event_ms"].as_f64().unwrap() > 0.0, "{start}");

@@ -85,7 +85,14 @@ fn echo_emits_to_the_configured_target_or_the_default() {
 
 #[test]
 fn each_failure_is_classified_and_the_next_event_still_runs() {
-    let mut h = handler("chaos", &[]);
+    // One call per event, and whole batches in `handle-batch` calls: the same outcomes.
+    for name in ["chaos", "chaos-batch"] {
+        each_failure_is_classified(name);
+    }
+}
+
+fn each_failure_is_classified(name: &str) {
+    let mut h = handler(name, &[]);
     let actions = ["trap", "ok", "loop", "ok", "alloc", "ok", "error", "ok"];
     let events: Vec<Event> = actions
         .iter()
@@ -130,7 +137,13 @@ fn each_failure_is_classified_and_the_next_event_still_runs() {
 
 #[test]
 fn dispositions_come_back_as_answered() {
-    let mut h = handler("chaos", &[]);
+    for name in ["chaos", "chaos-batch"] {
+        dispositions_come_back(name);
+    }
+}
+
+fn dispositions_come_back(name: &str) {
+    let mut h = handler(name, &[]);
     let out = h.handle_batch(&[
         event("1-0", &[("action", "skip")]),
         event("2-0", &[("action", "retry")]),
@@ -274,4 +287,134 @@ fn lanes_handle_a_batch_in_parallel_and_give_the_outcomes_in_order() {
 fn a_plugin_that_reads_state_keeps_one_instance_whatever_the_concurrency() {
     // chaos imports job state: its events must see each other's writes, in order.
     assert_eq!(handler("chaos", &[]).with_concurrency(4).concurrency(), 1);
+}
+
+fn emitted(o: &Outcome) -> Vec<String> {
+    match o {
+        Outcome::Handled { effects, .. } => effects
+            .iter()
+            .map(|e| match e {
+                Effect::Emit { fields, .. } => fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        Outcome::Failed(f) => vec![format!("failed: {:?}", f.kind)],
+    }
+}
+
+#[test]
+fn a_batch_call_gives_each_event_its_own_effects() {
+    let mut h = handler("chaos-batch", &[("target", "t")]);
+    assert!(h.batch_calls());
+    let events = [
+        event("1-0", &[("action", "emit"), ("x", "1")]),
+        event("2-0", &[("action", "error")]),
+        event("3-0", &[("action", "emit"), ("x", "3")]),
+        event("4-0", &[("action", "dead-letter")]),
+        event("5-0", &[("action", "emit"), ("x", "5")]),
+    ];
+    let out = h.handle_batch(&events);
+    let got: Vec<Vec<String>> = out.iter().map(emitted).collect();
+    assert_eq!(
+        got,
+        vec![
+            vec!["action=emit,x=1".to_string()],
+            vec!["failed: Error".to_string()],
+            vec!["action=emit,x=3".to_string()],
+            vec![],
+            vec!["action=emit,x=5".to_string()],
+        ]
+    );
+}
+
+#[test]
+fn each_event_of_a_batch_call_has_its_own_deadline() {
+    // Five events of 60 ms each in one call: 300 ms, past one event's deadline of 100 ms.
+    let mut h = handler("chaos-batch", &[]);
+    let events: Vec<Event> = (0..5)
+        .map(|i| event(&format!("{i}-0"), &[("action", "ok"), ("spin_ms", "60")]))
+        .collect();
+    let out = h.handle_batch(&events);
+    assert_eq!(out.iter().filter_map(failure_kind).count(), 0, "{out:#?}");
+    assert_eq!(out.len(), 5);
+}
+
+#[test]
+fn a_plugin_misusing_finish_harms_only_its_own_events() {
+    let events: Vec<Event> = (0..4)
+        .map(|i| event(&format!("{i}-0"), &[("action", "ok")]))
+        .collect();
+    // Returning without finishing: each event fails in turn, and the batch still ends.
+    let out = handler("chaos-batch", &[("batch", "no-finish")]).handle_batch(&events);
+    assert_eq!(out.len(), 4);
+    for o in &out {
+        let Outcome::Failed(f) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(f.kind, FailureKind::Error);
+        assert!(f.message.contains("without finishing"), "{}", f.message);
+    }
+    // Finishing twice: the extra results land on later events of its own batch, never past it.
+    let out = handler("chaos-batch", &[("batch", "extra-finish")]).handle_batch(&events);
+    assert_eq!(out.len(), 4, "{out:#?}");
+    // `finish` outside `handle-batch` breaks a rule: the event fails.
+    let mut single = handler("chaos-batch", &[]).without_batch_calls();
+    let out = single.handle_batch(&[event("1-0", &[("action", "finish-in-handle")])]);
+    match &out[..] {
+        [Outcome::Failed(f)] => {
+            assert_eq!(f.kind, FailureKind::Limit);
+            assert!(f.message.contains("outside handle-batch"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_batch_call_stops_when_the_batch_budget_is_spent() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime
+        .load_file("chaos-batch", &common::plugin("chaos-batch"))
+        .unwrap();
+    assert!(plugin.handles_batches());
+    let mut h = PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: "job".into(),
+            plugin: "chaos-batch".into(),
+            config: [("target".to_string(), "t".to_string())].into(),
+            limits: Limits {
+                max_batch_bytes: 20_000,
+                ..Limits::default()
+            },
+            state: None,
+        },
+    );
+    let big = "x".repeat(4000);
+    let events: Vec<Event> = (0..20)
+        .map(|i| event(&format!("{i}-0"), &[("action", "emit"), ("x", &big)]))
+        .collect();
+    let out = h.handle_batch(&events);
+    assert!(
+        (2..20).contains(&out.len()),
+        "{} outcomes for a budget of about five",
+        out.len()
+    );
+    assert!(out.iter().all(|o| emitted(o).len() == 1), "{out:#?}");
+}
+
+#[test]
+fn lanes_make_batch_calls_and_give_the_outcomes_in_order() {
+    let mut h = handler("echo-batch", &[("target", "t")]).with_concurrency(3);
+    assert!(h.batch_calls());
+    let events: Vec<Event> = (0..50)
+        .map(|i| event(&format!("{i}-0"), &[("n", &i.to_string())]))
+        .collect();
+    let out = h.handle_batch(&events);
+    let got: Vec<Vec<String>> = out.iter().map(emitted).collect();
+    let want: Vec<Vec<String>> = (0..50).map(|i| vec![format!("n={i}")]).collect();
+    assert_eq!(got, want);
 }

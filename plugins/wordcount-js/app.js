@@ -1,6 +1,10 @@
 // wordcount (JavaScript): counts the words of field `text` in job counters; when a word's
 // count reaches config `threshold` (default 3), emits {word, count} to config `target`
 // (default the source stream + ":words"). Behaves exactly like plugins/wordcount-rust.
+// Built against the `batch-plugin` world: besides `handle`, it exports `handleBatch`, which the
+// host calls with a whole batch of events (one call into JavaScript instead of one per event),
+// reporting each event's result with `finish` as soon as it has it.
+import { finish } from 'sluice:plugin/batch@0.1.0';
 import { counterAdd } from 'sluice:plugin/counters@0.1.0';
 import { emit } from 'sluice:plugin/effects@0.1.0';
 
@@ -54,5 +58,19 @@ export const handler = {
       throw { message: String(e?.payload ?? e) };
     }
     return { tag: 'ack' };
+  },
+};
+
+export const batchHandler = {
+  handleBatch(events) {
+    for (const event of events) {
+      let outcome;
+      try {
+        outcome = { tag: 'ok', val: handler.handle(event) };
+      } catch (e) {
+        outcome = { tag: 'err', val: { message: String(e?.message ?? e) } };
+      }
+      if (!finish(outcome)) return;
+    }
   },
 };

@@ -1,12 +1,16 @@
 """wordcount (Python): counts the words of field `text` in job counters; when a word's count
 reaches config `threshold` (default 3), emits {word, count} to config `target` (default the
-source stream + ":words"). Behaves exactly like plugins/wordcount-rust."""
+source stream + ":words"). Behaves exactly like plugins/wordcount-rust.
+
+Built against the `batch-plugin` world: besides `handle`, it exports `handle_batch`, which
+the host calls with a whole batch of events (one call into Python instead of one per event),
+reporting each event's result with `batch.finish` as soon as it has it."""
 
 import re
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import counters, effects, types
+from wit_world.imports import batch, counters, effects, types
 
 WORD = re.compile(r"[^\W_]+")
 
@@ -37,3 +41,15 @@ class Handler(exports.Handler):
         except Err as e:
             raise Err(types.HandlerError(message=str(e.value)))
         return types.Disposition_Ack()
+
+
+class BatchHandler(exports.BatchHandler):
+    def handle_batch(self, events):
+        handler = Handler()
+        for event in events:
+            try:
+                outcome = Ok(handler.handle(event))
+            except Err as e:
+                outcome = e
+            if not batch.finish(outcome):
+                return

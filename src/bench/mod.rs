@@ -63,7 +63,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Only these modes (comma-separated keys: bare-echo, native, native-done-records,
-    /// wasm-noop, wasm-stateful, echo, rust, c, go, python, js, busy-1, busy-2), with the bare loop always; and none of
+    /// wasm-noop, wasm-stateful, echo, rust, c, go, python, python-single, js, js-single,
+    /// busy-1, busy-2), with the bare loop always; and none of
     /// the observing, swap and stateful sections (for profiling one mode)
     #[arg(long, value_name = "MODES", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -100,6 +101,9 @@ enum Mode {
     Echo,
     /// wordcount in this language, on entries without a `text` field: one call, `skip`.
     Guest(&'static str),
+    /// The same, handing the plugin one event per call although it exports `handle-batch`
+    /// (Python and JavaScript): what batch calls buy.
+    GuestSingle(&'static str),
     /// The CPU-bound `busy` plugin on a job of this concurrency.
     Busy(u32),
 }
@@ -112,7 +116,7 @@ const BUSY_ROUNDS: &str = "300";
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 14] = [
+    const ALL: [Mode; 16] = [
         Mode::Bare,
         Mode::BareEcho,
         Mode::Native,
@@ -124,7 +128,9 @@ impl Mode {
         Mode::Guest(GUESTS[1]),
         Mode::Guest(GUESTS[2]),
         Mode::Guest(GUESTS[3]),
+        Mode::GuestSingle(GUESTS[3]),
         Mode::Guest(GUESTS[4]),
+        Mode::GuestSingle(GUESTS[4]),
         Mode::Busy(1),
         Mode::Busy(2),
     ];
@@ -143,6 +149,8 @@ impl Mode {
             Mode::Guest("go") => "host, go wordcount (skips)",
             Mode::Guest("python") => "host, python wordcount (skips)",
             Mode::Guest(_) => "host, js wordcount (skips)",
+            Mode::GuestSingle("python") => "host, python wordcount, 1 per call",
+            Mode::GuestSingle(_) => "host, js wordcount, 1 per call",
             Mode::Busy(1) => "host, busy plugin, concurrency 1",
             Mode::Busy(_) => "host, busy plugin, concurrency 2",
         }
@@ -158,6 +166,8 @@ impl Mode {
             Mode::WasmStateful => "wasm-stateful",
             Mode::Echo => "echo",
             Mode::Guest(lang) => lang,
+            Mode::GuestSingle("python") => "python-single",
+            Mode::GuestSingle(_) => "js-single",
             Mode::Busy(1) => "busy-1",
             Mode::Busy(_) => "busy-2",
         }
@@ -436,6 +446,10 @@ async fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     let available = |mode: &Mode| match mode {
         Mode::Guest(lang) => plugins.wordcount.contains_key(lang),
+        Mode::GuestSingle(lang) => plugins
+            .wordcount
+            .get(lang)
+            .is_some_and(|p| p.handles_batches()),
         _ => true,
     };
     let asked = |mode: &Mode| {
@@ -661,12 +675,17 @@ async fn consume(
             busy.concurrency = n;
             Some(Box::new(prepared(&plugins.busy, &busy).await?))
         }
-        Mode::Guest(lang) => {
+        Mode::Guest(lang) | Mode::GuestSingle(lang) => {
             let plugin = plugins
                 .wordcount
                 .get(lang)
                 .ok_or_else(|| anyhow::anyhow!("wordcount-{lang} is not built"))?;
-            Some(Box::new(prepared(plugin, &spec).await?))
+            let handler = prepared(plugin, &spec).await?;
+            Some(Box::new(if matches!(mode, Mode::GuestSingle(_)) {
+                handler.without_batch_calls()
+            } else {
+                handler
+            }))
         }
     };
     let assembly = assembly(redis);

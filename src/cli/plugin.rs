@@ -166,8 +166,14 @@ pub fn tool(command: &PluginCommand, setup: ToolSetup) -> anyhow::Result<ExitCod
                 }
                 match &i.problem {
                     None => println!(
-                        "world     fits sluice:plugin/plugin@0.1.0{}",
-                        if i.stateful { " (uses job state)" } else { "" }
+                        "world     fits sluice:plugin/{}@0.1.0{}",
+                        if i.batch { "batch-plugin" } else { "plugin" },
+                        match (i.stateful, i.batch) {
+                            (true, true) => " (uses job state; takes whole batches in one call)",
+                            (true, false) => " (uses job state)",
+                            (false, true) => " (takes whole batches in one call)",
+                            (false, false) => "",
+                        }
                     ),
                     Some(p) => println!("world     does not fit: {p}"),
                 }

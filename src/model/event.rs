@@ -280,8 +280,13 @@ impl Outcome {
     /// end in the dead-letter stream (a failure, a dead-letter answer) the copy of the entry
     /// there. The batch limit and the split of commits count this.
     pub fn cost(&self, event: &Event) -> usize {
+        self.cost_for(event.size(), event.fields.len())
+    }
+
+    /// [`Outcome::cost`] for an event of `size` bytes in `fields` fields.
+    pub fn cost_for(&self, size: usize, fields: usize) -> usize {
         let record = 7 * ARG_COST + COMMAND_COST;
-        let copy = event.size() + ARG_COST * 2 * event.fields.len();
+        let copy = size + ARG_COST * 2 * fields;
         match self {
             Outcome::Handled {
                 disposition: Disposition::DeadLetter(reason),

@@ -1,4 +1,6 @@
-//! The one `bindgen!` of the host: Rust types and traits for `wit/` (world `plugin`).
+//! The one `bindgen!` of the host: Rust types and traits for `wit/`: the world `plugin`
+//! plus the `batch` import of `batch-plugin` (whose `batch-handler` export is optional, so
+//! it is looked up per component, see [`plugin`](super::plugin), not required here).
 //!
 //! Calls into the guest are async (run under a wall-clock bound, see
 //! [`instance`](super::instance)); so are the imports that read job state from Redis, so a
@@ -6,8 +8,15 @@
 //! Types passed into guest exports borrow (see `ownership`).
 
 wasmtime::component::bindgen!({
-    world: "plugin",
+    world: "sluice:host/plugin",
     path: "wit",
+    inline: "
+        package sluice:host;
+        world plugin {
+            include sluice:plugin/plugin@0.1.0;
+            import sluice:plugin/batch@0.1.0;
+        }
+    ",
     imports: {
         "sluice:plugin/kv.get": async,
         "sluice:plugin/counters.counter-add": async,

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::host::{GuestContext, Overlay};
+use super::host::{Budget, GuestContext, Overlay};
 use super::instance::PluginInstance;
 use super::plugin::LoadedPlugin;
-use crate::model::{Disposition, Event, Handler, MAX_COMMIT_COST, Outcome, ReadSet};
+use crate::model::{Event, Handler, MAX_COMMIT_COST, Outcome, ReadSet};
 
 /// Replace an instance after this many calls, bounding what a leaky guest can hoard.
 const RECYCLE_AFTER_CALLS: u64 = 100_000;
@@ -26,16 +26,31 @@ pub struct PluginHandler {
     lanes: Vec<Option<PluginInstance>>,
     /// State writes of the current batch's acked events, seen by later events' reads.
     overlay: Overlay,
+    /// Use the plugin's `handle-batch`, when it has one (on by default).
+    batch_calls: bool,
 }
 
 impl PluginHandler {
     pub fn new(plugin: Arc<LoadedPlugin>, guest: GuestContext) -> Self {
         PluginHandler {
+            batch_calls: plugin.handles_batches(),
             plugin,
             guest: Arc::new(guest),
             lanes: vec![None],
             overlay: Overlay::default(),
         }
+    }
+
+    /// Hand events to the plugin one per call even when it exports `handle-batch` (for
+    /// measuring what batch calls buy).
+    pub fn without_batch_calls(mut self) -> Self {
+        self.batch_calls = false;
+        self
+    }
+
+    /// True when batches go to the plugin's `handle-batch`.
+    pub fn batch_calls(&self) -> bool {
+        self.batch_calls
     }
 
     /// Run up to `n` instances in parallel. A plugin that reads job state keeps one: each of
@@ -89,60 +104,93 @@ struct Shared<'a> {
     plugin: &'a Arc<LoadedPlugin>,
     guest: &'a Arc<GuestContext>,
     overlay: &'a Overlay,
+    /// Whole runs of events go to the plugin's `handle-batch` in one call.
+    batch_calls: bool,
 }
 
 impl Shared<'_> {
-    async fn handle_one(&self, lane: &mut Option<PluginInstance>, event: &Event) -> Outcome {
-        let mut instance = match lane.take() {
-            Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
-            old => {
-                if old.is_some_and(|i| i.is_usable()) {
-                    crate::metrics::recycle(&self.guest.job, "calls");
-                }
-                let made =
-                    PluginInstance::new(self.plugin, self.guest.clone(), self.overlay.clone());
-                match made.await {
-                    Ok(i) => i,
-                    Err(failure) => return Outcome::Failed(failure),
-                }
-            }
-        };
-        let outcome = instance.handle(event).await;
-        // A trapped instance is dropped here, giving its memory back at once.
-        if instance.is_usable() {
-            *lane = Some(instance);
-        } else {
-            crate::metrics::recycle(&self.guest.job, "failed");
+    /// Events per `handle-batch` call, at most: what the lanes take at once from the batch.
+    fn chunk(&self, events: usize, lanes: usize) -> usize {
+        if !self.batch_calls {
+            return 1;
         }
-        outcome
+        // With several lanes, a few takes each, so that a slow run holds up only its lane.
+        let per_take = if lanes > 1 {
+            events.div_ceil(lanes * 4)
+        } else {
+            events
+        };
+        per_take.max(1)
     }
 
-    /// Handle `events` in order on `lane` until their outcomes cost `max_cost`. Acked
-    /// events' state writes go into the overlay, for later events' reads.
+    /// How far from `start` one `handle-batch` call goes: at most `max` events, and as many
+    /// bytes as leave the guest room to work (the batch is lowered into its memory at once;
+    /// a big event goes alone, as it would to `handle`).
+    fn call_end(&self, events: &[Event], start: usize, max: usize) -> usize {
+        if !self.batch_calls {
+            return start + 1;
+        }
+        let room = (self.guest.limits.memory_bytes / 8).clamp(64 << 10, 4 << 20);
+        let mut bytes = 0;
+        let mut end = start;
+        for e in events[start..].iter().take(max) {
+            bytes += e.size() + e.id.len() + e.source.len() + e.job.len() + 64;
+            if end > start && bytes > room {
+                break;
+            }
+            end += 1;
+        }
+        end
+    }
+
+    /// Handle `events` in order on `lane` (in `handle-batch` calls of a few at most, or
+    /// one by one) until they are all handled or `budget` is spent; the outcomes of a prefix.
+    /// A trapped instance is dropped (giving its memory back at once) and the next call gets
+    /// a fresh one.
     async fn handle_run(
         &self,
         lane: &mut Option<PluginInstance>,
         events: &[Event],
-        max_cost: usize,
+        budget: &Budget,
     ) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut cost = 0usize;
-        for e in events {
-            if cost >= max_cost {
+        while outcomes.len() < events.len() && !budget.is_spent() {
+            let mut instance = match lane.take() {
+                Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
+                old => {
+                    if old.is_some_and(|i| i.is_usable()) {
+                        crate::metrics::recycle(&self.guest.job, "calls");
+                    }
+                    let made =
+                        PluginInstance::new(self.plugin, self.guest.clone(), self.overlay.clone());
+                    match made.await {
+                        Ok(i) => i,
+                        Err(failure) => {
+                            outcomes.push(Outcome::Failed(failure));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let start = outcomes.len();
+            let end = self.call_end(events, start, events.len() - start);
+            let got = if self.batch_calls {
+                instance.handle_batch(&events[start..end], budget).await
+            } else {
+                let event = &events[start];
+                let outcome = instance.handle(event).await;
+                budget.spend(outcome.cost(event));
+                vec![outcome]
+            };
+            if instance.is_usable() {
+                *lane = Some(instance);
+            } else {
+                crate::metrics::recycle(&self.guest.job, "failed");
+            }
+            if got.is_empty() {
                 break;
             }
-            let outcome = self.handle_one(lane, e).await;
-            cost += outcome.cost(e);
-            // An acked event's state writes will be committed: later events must see them.
-            if let Outcome::Handled {
-                disposition: Disposition::Ack,
-                effects,
-            } = &outcome
-                && let Ok(mut batch) = self.overlay.lock()
-            {
-                batch.acked(effects);
-            }
-            outcomes.push(outcome);
+            outcomes.extend(got);
         }
         outcomes
     }
@@ -167,28 +215,35 @@ impl Handler for PluginHandler {
             plugin: &self.plugin,
             guest: &self.guest,
             overlay: &self.overlay,
+            batch_calls: self.batch_calls,
         };
+        let budget = Budget::new(max_batch);
         let lanes = self.lanes.len().min(events.len());
         if lanes <= 1 {
-            return super::block_on(shared.handle_run(&mut self.lanes[0], events, max_batch));
+            return super::block_on(shared.handle_run(&mut self.lanes[0], events, &budget));
         }
-        // Lanes take the batch's events one at a time, in order, from a shared cursor, and
-        // stop taking once the outcomes so far cost `max_batch`: what was taken is always a
-        // prefix of the batch, handled whole, and a slow event holds up only its own lane.
-        // This thread is the first lane; each other runs on a thread of its own.
+        // Lanes take the batch's events a few at a time (one at a time without batch calls),
+        // in order, from a shared cursor, and stop taking once the outcomes so far spend the
+        // budget: what was taken is a prefix of the batch, handled whole, and a slow event
+        // holds up only its own lane. This thread is the first lane; each other runs on a
+        // thread of its own.
+        let take = shared.chunk(events.len(), lanes);
         let next = AtomicUsize::new(0);
-        let cost = AtomicUsize::new(0);
         let slots: Vec<std::sync::Mutex<Option<Outcome>>> =
             events.iter().map(|_| std::sync::Mutex::new(None)).collect();
         let work = |lane: &mut Option<PluginInstance>| {
             super::block_on(async {
-                while cost.load(Ordering::Acquire) < max_batch {
-                    let i = next.fetch_add(1, Ordering::AcqRel);
-                    let Some(event) = events.get(i) else { break };
-                    let outcome = shared.handle_one(lane, event).await;
-                    cost.fetch_add(outcome.cost(event), Ordering::AcqRel);
-                    if let Ok(mut slot) = slots[i].lock() {
-                        *slot = Some(outcome);
+                while !budget.is_spent() {
+                    let i = next.fetch_add(take, Ordering::AcqRel);
+                    if i >= events.len() {
+                        break;
+                    }
+                    let end = (i + take).min(events.len());
+                    let outcomes = shared.handle_run(lane, &events[i..end], &budget).await;
+                    for (slot, outcome) in slots[i..].iter().zip(outcomes) {
+                        if let Ok(mut slot) = slot.lock() {
+                            *slot = Some(outcome);
+                        }
                     }
                 }
             })

@@ -16,15 +16,19 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::Plugin;
 use super::bindings::sluice::plugin::types as wit;
 use super::engine::EPOCH_TICK;
-use super::host::{CallState, GuestContext, HostState, Overlay, clamp};
+use super::host::{
+    BatchCall, BatchEvent, Budget, CallState, Deadline, GuestContext, HostState, Overlay, clamp,
+};
 use super::plugin::LoadedPlugin;
-use crate::model::{Disposition, Event, Failure, FailureKind, Outcome};
+use crate::model::{Event, Failure, FailureKind, Outcome};
 
 pub struct PluginInstance {
     /// The instance's memory, tables, WASI state and our per-call state.
     store: Store<HostState>,
     /// Typed handles to the component's exports.
     bindings: Plugin,
+    /// Its `handle-batch`, when it exports one (type-checked when the instance was made).
+    batch: Option<wasmtime::component::Func>,
     /// Set after a trap, a timeout or a memory overrun: the instance must not be entered again.
     poisoned: bool,
     /// `handle` calls so far, for recycling.
@@ -41,32 +45,41 @@ enum CallError {
     Blocked,
 }
 
-/// Run `call` (a call into the guest) until `deadline`: past it, the future is dropped.
+/// Run `call` (a call into the guest) until `deadline`, which may move on while it runs (a
+/// batch's next event): past it, the future is dropped.
 async fn bounded<T>(
-    deadline: Instant,
+    deadline: &Deadline,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<T, CallError> {
     let mut call = std::pin::pin!(call);
     // The epoch check traps a running guest at the deadline; the timer is for a guest
     // waiting in a host call, and fires a tick later so a running guest's trap comes first.
     // Most calls return at their first poll: the timer is made only for one that waits.
-    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut timer: Option<(Instant, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = call.as_mut().poll(cx) {
             return Poll::Ready(result.map_err(CallError::Trap));
         }
-        // Checked here too: the timer's poll spends the task's cooperative budget, and a
-        // task out of budget would see it pending past the deadline.
-        if Instant::now() >= deadline + EPOCH_TICK {
-            return Poll::Ready(Err(CallError::Blocked));
+        loop {
+            // Checked here too: the timer's poll spends the task's cooperative budget, and a
+            // task out of budget would see it pending past the deadline.
+            let due = deadline.get() + EPOCH_TICK;
+            if Instant::now() >= due {
+                return Poll::Ready(Err(CallError::Blocked));
+            }
+            let sleep = match &mut timer {
+                Some((at, sleep)) if *at == due => sleep,
+                slot => {
+                    &mut slot
+                        .insert((due, Box::pin(tokio::time::sleep_until(due.into()))))
+                        .1
+                }
+            };
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer fired: the deadline has passed, or moved on meanwhile (look again).
         }
-        timer
-            .get_or_insert_with(|| {
-                Box::pin(tokio::time::sleep_until((deadline + EPOCH_TICK).into()))
-            })
-            .as_mut()
-            .poll(cx)
-            .map(|()| Err(CallError::Blocked))
     })
     .await
 }
@@ -93,14 +106,14 @@ impl PluginInstance {
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().call_deadline {
+            if Instant::now() >= ctx.data().deadline.get() {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let deadline = Instant::now() + timeout;
-        store.data_mut().call_deadline = deadline;
+        let deadline = store.data().deadline.clone();
+        deadline.set(Instant::now() + timeout);
         store.set_epoch_deadline(1);
         // An `init` that failed after a state read failed met Redis trouble, not a refusal.
         let kind = |store: &Store<HostState>| match store.data().call.state_error {
@@ -123,17 +136,47 @@ impl PluginInstance {
                 ),
             }
         };
-        let bindings = match bounded(deadline, plugin.pre.instantiate_async(&mut store)).await {
-            Ok(b) => b,
+        let instance = match bounded(
+            &deadline,
+            plugin.pre.instance_pre().instantiate_async(&mut store),
+        )
+        .await
+        {
+            Ok(i) => i,
             Err(e) => return Err(init_failed(&store, e)),
+        };
+        let refused = |message: String| Failure {
+            kind: FailureKind::Init,
+            message: format!("plugin `{}`: {message}", plugin.name),
+        };
+        let bindings = plugin
+            .indices
+            .load(&mut store, &instance)
+            .map_err(|e| refused(format!("{e:#}")))?;
+        let batch = match &plugin.batch {
+            None => None,
+            Some(index) => {
+                let func = instance
+                    .get_func(&mut store, index)
+                    .ok_or_else(|| refused("its `handle-batch` export is not a function".into()))?;
+                func.typed::<(&[wit::Event<'_>],), ()>(&store)
+                    .map_err(|e| {
+                        refused(format!(
+                            "its `handle-batch` export is not the one of the world \
+                             sluice:plugin/batch-plugin@0.1.0: {e:#}"
+                        ))
+                    })?;
+                Some(func)
+            }
         };
         let init = bindings
             .sluice_plugin_handler()
             .call_init(&mut store, &config);
-        match bounded(deadline, init).await {
+        match bounded(&deadline, init).await {
             Ok(Ok(())) => Ok(PluginInstance {
                 store,
                 bindings,
+                batch,
                 poisoned: false,
                 calls: 0,
                 last_logs: Vec::new(),
@@ -171,15 +214,125 @@ impl PluginInstance {
     }
 
     /// Hand one event to the plugin. Never panics and never returns a trap: every failure is
-    /// an [`Outcome::Failed`], and a trapped instance marks itself unusable.
+    /// an [`Outcome::Failed`], and a trapped instance marks itself unusable. An acked event's
+    /// state writes go into the batch overlay (for the next events' reads).
     pub async fn handle(&mut self, event: &Event) -> Outcome {
         debug_assert!(!self.poisoned, "a trapped instance was entered again");
         self.calls += 1;
-        let budget = self.store.data().guest.limits.deadline;
-        let deadline = Instant::now() + budget;
-        self.store.data_mut().call_deadline = deadline;
-        self.store.set_epoch_deadline(1);
+        self.begin(event);
+        let fields = wit_fields(event);
+        let wit_event = wit_event(event, &fields);
+        let deadline = self.store.data().deadline.clone();
+        let call = self
+            .bindings
+            .sluice_plugin_handler()
+            .call_handle(&mut self.store, wit_event);
+        let result = bounded(&deadline, call).await;
+        let mut call = std::mem::take(&mut self.store.data_mut().call);
+        let printed = self.printed(event, &mut call);
+        self.last_logs = std::mem::take(&mut call.logs);
+        match result {
+            Err(e) => self.failed(e, &call, printed.as_deref()),
+            Ok(answer) => self.store.data_mut().close(&mut call, answer),
+        }
+    }
+
+    /// True when the plugin takes whole batches in one call ([`PluginInstance::handle_batch`]).
+    pub fn handles_batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Hand `events` to the plugin's `handle-batch` in one call; their outcomes come back in
+    /// order, as far as the plugin went: it stops once `budget` is spent (the rest go to a
+    /// later call), and a trap or a timeout fails the event under way (the instance is then
+    /// unusable; the events after it are not handled). Each outcome is what [`handle`] would
+    /// give for the event; with no `handle-batch`, the events are handled one by one.
+    ///
+    /// [`handle`]: PluginInstance::handle
+    pub async fn handle_batch(&mut self, events: &[Event], budget: &Budget) -> Vec<Outcome> {
+        debug_assert!(!self.poisoned, "a trapped instance was entered again");
+        let (Some(func), Some(first)) = (self.batch, events.first()) else {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let outcome = self.handle(event).await;
+                let within = budget.spend(outcome.cost(event));
+                outcomes.push(outcome);
+                if !within || self.poisoned {
+                    break;
+                }
+            }
+            return outcomes;
+        };
+        self.calls += events.len() as u64;
+        self.begin(first);
+        self.store.data_mut().batch = Some(BatchCall {
+            events: events
+                .iter()
+                .map(|e| BatchEvent {
+                    id: e.id.clone(),
+                    attempt: e.delivery_count,
+                    size: e.size(),
+                    fields: e.fields.len(),
+                })
+                .collect(),
+            outcomes: Vec::with_capacity(events.len()),
+            budget: budget.clone(),
+            stopped: false,
+        });
+        let fields: Vec<Vec<(&str, &[u8])>> = events.iter().map(wit_fields).collect();
+        let wit_events: Vec<wit::Event<'_>> = events
+            .iter()
+            .zip(&fields)
+            .map(|(e, f)| wit_event(e, f))
+            .collect();
+        let deadline = self.store.data().deadline.clone();
+        // Type-checked when the instance was made; checked again here (it is cheap next to a
+        // batch) rather than trusted without a check.
+        let result = match func.typed::<(&[wit::Event<'_>],), ()>(&self.store) {
+            Ok(typed) => {
+                bounded(
+                    &deadline,
+                    typed.call_async(&mut self.store, (wit_events.as_slice(),)),
+                )
+                .await
+            }
+            Err(e) => Err(CallError::Trap(e)),
+        };
         let state = self.store.data_mut();
+        let batch = state.batch.take();
+        let mut call = std::mem::take(&mut state.call);
+        let (mut outcomes, stopped) =
+            batch.map_or((Vec::new(), false), |b| (b.outcomes, b.stopped));
+        // The event under way when the call ended: the first without a result.
+        let Some(event) = events.get(outcomes.len()) else {
+            if result.is_err() {
+                self.poisoned = true;
+            }
+            return outcomes;
+        };
+        let printed = self.printed(event, &mut call);
+        match result {
+            Err(e) => outcomes.push(self.failed(e, &call, printed.as_deref())),
+            // Told to stop: the rest are for a later call.
+            Ok(()) if stopped => {}
+            Ok(()) => {
+                let answer = Err(wit::HandlerError {
+                    message: "handle-batch returned without finishing this event \
+                              (batch.finish was not called for it)"
+                        .into(),
+                });
+                outcomes.push(self.store.data_mut().close(&mut call, answer));
+            }
+        }
+        outcomes
+    }
+
+    /// Ready the store for a call about `event`: its call state, deadline and stream.
+    fn begin(&mut self, event: &Event) {
+        let state = self.store.data_mut();
+        state
+            .deadline
+            .set(Instant::now() + state.guest.limits.deadline);
         state.call = CallState {
             event_id: Some(event.id.clone()),
             attempt: event.delivery_count,
@@ -188,25 +341,11 @@ impl PluginInstance {
         if state.stream != event.source {
             state.stream.clone_from(&event.source);
         }
-        let fields: Vec<(&str, &[u8])> = event
-            .fields
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect();
-        let wit_event = wit::Event {
-            kind: event.kind,
-            id: &event.id,
-            source: &event.source,
-            fields: &fields,
-            delivery_count: event.delivery_count,
-            job: &event.job,
-        };
-        let call = self
-            .bindings
-            .sluice_plugin_handler()
-            .call_handle(&mut self.store, wit_event);
-        let result = bounded(deadline, call).await;
-        let mut call = std::mem::take(&mut self.store.data_mut().call);
+        self.store.set_epoch_deadline(1);
+    }
+
+    /// What the guest printed during the call about `event`, logged (and kept in its logs).
+    fn printed(&mut self, event: &Event, call: &mut CallState) -> Option<String> {
         let printed = self.store.data().output.take();
         if let Some(text) = &printed {
             let state = self.store.data();
@@ -214,52 +353,53 @@ impl PluginInstance {
             tracing::info!(job = &*state.guest.job, plugin = &*state.guest.plugin, event = %event.id, "the plugin printed: {text}");
             call.logs.push(format!("printed: {text}"));
         }
-        self.last_logs = std::mem::take(&mut call.logs);
-        let max_string = self.store.data().guest.limits.max_guest_string_bytes;
-        match result {
+        printed
+    }
+
+    /// The outcome of an event whose call did not return: the instance is poisoned.
+    fn failed(&mut self, e: CallError, call: &CallState, printed: Option<&str>) -> Outcome {
+        self.poisoned = true;
+        let budget = self.store.data().guest.limits.deadline;
+        match e {
             // Stopped at the deadline while a state read waited on Redis: Redis trouble.
-            Err(CallError::Blocked) if call.reading => {
-                self.poisoned = true;
-                Outcome::failed(
-                    FailureKind::Unavailable,
-                    format!(
-                        "reading job state took past the deadline of {} ms",
-                        budget.as_millis()
-                    ),
-                )
-            }
-            Err(e) => {
-                self.poisoned = true;
+            CallError::Blocked if call.reading => Outcome::failed(
+                FailureKind::Unavailable,
+                format!(
+                    "reading job state took past the deadline of {} ms",
+                    budget.as_millis()
+                ),
+            ),
+            e => {
                 let mut failure = classify(&self.store, &e, "the event", budget);
-                if let Some(text) = &printed {
+                if let Some(text) = printed {
                     failure.message.push_str(&printed_suffix(text));
                 }
+                let max_string = self.store.data().guest.limits.max_guest_string_bytes;
                 failure.message = clamp(failure.message, max_string);
                 Outcome::Failed(failure)
             }
-            Ok(_) if call.violation.is_some() => Outcome::failed(
-                FailureKind::Limit,
-                clamp(call.violation.unwrap_or_default(), max_string),
-            ),
-            Ok(_) if call.state_error.is_some() => Outcome::failed(
-                FailureKind::Unavailable,
-                clamp(call.state_error.unwrap_or_default(), max_string),
-            ),
-            Ok(Err(wit::HandlerError { message })) => {
-                Outcome::failed(FailureKind::Error, clamp(message, max_string))
-            }
-            Ok(Ok(disposition)) => Outcome::Handled {
-                disposition: match disposition {
-                    wit::Disposition::Ack => Disposition::Ack,
-                    wit::Disposition::Retry(after) => Disposition::Retry(after),
-                    wit::Disposition::DeadLetter(reason) => {
-                        Disposition::DeadLetter(clamp(reason, max_string))
-                    }
-                    wit::Disposition::Skip => Disposition::Skip,
-                },
-                effects: call.effects,
-            },
         }
+    }
+}
+
+/// An event's fields as the guest's list borrows them.
+fn wit_fields(event: &Event) -> Vec<(&str, &[u8])> {
+    event
+        .fields
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect()
+}
+
+/// An event as it is lowered into the guest, borrowed from the host's own.
+fn wit_event<'a>(event: &'a Event, fields: &'a [(&'a str, &'a [u8])]) -> wit::Event<'a> {
+    wit::Event {
+        kind: event.kind,
+        id: &event.id,
+        source: &event.source,
+        fields,
+        delivery_count: event.delivery_count,
+        job: &event.job,
     }
 }
 

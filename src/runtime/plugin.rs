@@ -3,14 +3,18 @@
 
 use std::time::Instant;
 
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::Runtime;
-use super::bindings::PluginPre;
+use super::bindings::{PluginIndices, PluginPre};
 use crate::model::sha256_hex;
 
 /// The world every plugin must implement.
 pub const WORLD: &str = "sluice:plugin/plugin@0.1.0";
+
+/// The optional export of the `batch-plugin` world, and its function.
+const BATCH_HANDLER: &str = "sluice:plugin/batch-handler@0.1.0";
+const HANDLE_BATCH: &str = "handle-batch";
 
 /// A plugin version ready to instantiate.
 pub struct LoadedPlugin {
@@ -28,9 +32,18 @@ pub struct LoadedPlugin {
     pub stateful: bool,
     /// Linked and type-checked once; each instance is made from it.
     pub(crate) pre: PluginPre<super::host::HostState>,
+    /// Where the world's exports are in an instance of it.
+    pub(crate) indices: PluginIndices,
+    /// `handle-batch`, when the plugin exports `batch-handler` (the `batch-plugin` world).
+    pub(crate) batch: Option<ComponentExportIndex>,
 }
 
 impl LoadedPlugin {
+    /// True when it exports `handle-batch` (the `batch-plugin` world).
+    pub fn handles_batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
     /// This version under the name `name` (the same bytes may be loaded as two plugins;
     /// what is said of an instance names the plugin its job uses).
     pub fn named(self: &std::sync::Arc<Self>, name: &str) -> std::sync::Arc<LoadedPlugin> {
@@ -45,6 +58,8 @@ impl LoadedPlugin {
             from_cache: self.from_cache,
             stateful: self.stateful,
             pre: self.pre.clone(),
+            indices: self.indices.clone(),
+            batch: self.batch,
         })
     }
 }
@@ -206,6 +221,11 @@ fn link(
         .instantiate_pre(&component)
         .map_err(wrong_world)?;
     let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+    let indices = PluginIndices::new(pre.instance_pre()).map_err(wrong_world)?;
+    // Its type is checked in each instance (a mismatch refuses the version at `init`).
+    let batch = component
+        .get_export_index(None, BATCH_HANDLER)
+        .and_then(|interface| component.get_export_index(Some(&interface), HANDLE_BATCH));
     let stateful = component
         .component_type()
         .imports(&runtime.engine)
@@ -220,5 +240,7 @@ fn link(
         from_cache,
         stateful,
         pre,
+        indices,
+        batch,
     })
 }

@@ -25,6 +25,9 @@ pub struct Inspection {
     pub problem: Option<String>,
     /// Whether it uses job state (kv, counters): its batches are not pipelined.
     pub stateful: bool,
+    /// Whether it takes whole batches in one call (exports `handle-batch`, world
+    /// sluice:plugin/batch-plugin@0.1.0).
+    pub batch: bool,
 }
 
 /// Inspect the component at `path` with `runtime` (its compile cache, if it has one: a
@@ -79,6 +82,7 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> anyhow::Result<Inspection> {
         exports,
         fits_world: loaded.is_ok(),
         stateful: loaded.as_ref().is_ok_and(|p| p.stateful),
+        batch: loaded.as_ref().is_ok_and(|p| p.handles_batches()),
         problem: loaded.err().map(|e| e.to_string()),
     })
 }

@@ -16,7 +16,7 @@ pub enum Lang {
 }
 
 /// The WIT package, as the host knows it: copied into every new project.
-const WIT: [(&str, &str); 9] = [
+const WIT: [(&str, &str); 10] = [
     ("world.wit", include_str!("../../wit/world.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("handler.wit", include_str!("../../wit/handler.wit")),
@@ -26,6 +26,7 @@ const WIT: [(&str, &str); 9] = [
     ("effects.wit", include_str!("../../wit/effects.wit")),
     ("kv.wit", include_str!("../../wit/kv.wit")),
     ("counters.wit", include_str!("../../wit/counters.wit")),
+    ("batch.wit", include_str!("../../wit/batch.wit")),
 ];
 
 /// Helpers of `plugins/tools/build-{c,go}.sh`, copied into C and Go projects.
@@ -106,10 +107,17 @@ pub fn new_plugin(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
         Lang::Go => "Go",
         Lang::C => "C",
     };
+    // Python and JavaScript plugins take whole batches in one call: a call into them costs
+    // more than most handlers' own work.
+    let world = match lang {
+        Lang::Python | Lang::Js => "batch-plugin",
+        Lang::Rust | Lang::Go | Lang::C => "plugin",
+    };
     let fill = |text: &str| {
         text.replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
             .replace("{{lang}}", lang_name)
+            .replace("{{world}}", world)
     };
     for (file, text) in files {
         let path = dir.join(file);

@@ -20,8 +20,17 @@
 //! - `enqueue` (`queue`, `payload`, optional `delay_ms`): push a task onto a sluice queue.
 //!
 //! With a field `spin_ms`, it first busy-waits that long (to make handling take real time).
+//!
+//! Built with the feature `batch` (the `chaos-batch` crate), it is of the `batch-plugin` world:
+//! `handle-batch` runs each event through `handle` and reports it with `batch.finish`, except
+//! as config `batch` says: `no-finish` returns without finishing anything, `extra-finish`
+//! finishes each event twice; and the action `finish-in-handle` calls `batch.finish` from
+//! `handle` (not allowed: it fails the event).
 
+#[cfg(not(feature = "batch"))]
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+#[cfg(feature = "batch")]
+wit_bindgen::generate!({ world: "batch-plugin", path: "../../wit" });
 
 use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
 use sluice::plugin::config::config_get;
@@ -153,6 +162,11 @@ impl Guest for Chaos {
             b"retry" => Ok(Disposition::Retry(None)),
             b"dead-letter" => Ok(Disposition::DeadLetter(text(&event, "message", "chaos"))),
             b"skip" => Ok(Disposition::Skip),
+            #[cfg(feature = "batch")]
+            b"finish-in-handle" => {
+                sluice::plugin::batch::finish(Ok(&Disposition::Ack));
+                Ok(Disposition::Ack)
+            }
             b"fail-until" => {
                 let n: u32 = text(&event, "n", "1").parse().unwrap_or(1);
                 if event.delivery_count >= n {
@@ -166,6 +180,26 @@ impl Guest for Chaos {
             other => Err(HandlerError {
                 message: format!("unknown action {:?}", String::from_utf8_lossy(other)),
             }),
+        }
+    }
+}
+
+#[cfg(feature = "batch")]
+impl exports::sluice::plugin::batch_handler::Guest for Chaos {
+    fn handle_batch(events: Vec<Event>) {
+        let how = config_get("batch").unwrap_or_default();
+        for event in events {
+            let result = <Chaos as Guest>::handle(event);
+            if how == "no-finish" {
+                return;
+            }
+            let more = sluice::plugin::batch::finish(result.as_ref());
+            if how == "extra-finish" {
+                sluice::plugin::batch::finish(result.as_ref());
+            }
+            if !more {
+                return;
+            }
         }
     }
 }

@@ -2,10 +2,16 @@
 //! `target` (default: the source stream + `:out`), then acks. Lifecycle events
 //! (`job-started`, `job-finished`) are emitted as `{kind, id}` to config `lifecycle_target`
 //! when it is set, and skipped otherwise.
+//!
+//! Built with the feature `batch` (the `echo-batch` crate), it is of the `batch-plugin` world
+//! too: `handle-batch` runs each event through `handle` and reports it with `batch.finish`.
 
 use std::cell::RefCell;
 
+#[cfg(not(feature = "batch"))]
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+#[cfg(feature = "batch")]
+wit_bindgen::generate!({ world: "batch-plugin", path: "../../wit" });
 
 use exports::sluice::plugin::handler::{Disposition, Event, Guest, HandlerError};
 use sluice::plugin::effects::emit;
@@ -45,6 +51,17 @@ impl Guest for Echo {
         let target = target.unwrap_or_else(|| format!("{}:out", event.source));
         emit(&target, &event.fields).map_err(error)?;
         Ok(Disposition::Ack)
+    }
+}
+
+#[cfg(feature = "batch")]
+impl exports::sluice::plugin::batch_handler::Guest for Echo {
+    fn handle_batch(events: Vec<Event>) {
+        for event in events {
+            if !sluice::plugin::batch::finish(<Echo as Guest>::handle(event).as_ref()) {
+                return;
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! before it is buffered, and a violation fails the event (it never reaches Redis), even if
 //! the guest ignores the error it was given.
 
+mod batch;
 mod clock;
 mod config;
 mod counters;
@@ -16,18 +17,21 @@ mod output;
 mod overlay;
 mod reads;
 
+pub use batch::{BatchCall, BatchEvent, Budget};
 pub use limits::{Limits, MemoryLimiter, clamp};
 pub use output::GuestOutput;
 pub use overlay::{BatchState, Overlay, Writes};
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::model::{ARG_COST, COMMAND_COST, Effect, StateReader};
+use crate::model::{
+    ARG_COST, COMMAND_COST, Disposition, Effect, FailureKind, Outcome, StateReader,
+};
 
 use super::bindings;
 
@@ -75,6 +79,33 @@ pub struct CallState {
     pub reading: bool,
 }
 
+/// When the call under way must end; shared by the store's epoch check and the call's
+/// timer, and moved on by `batch.finish` for each event of a batch.
+#[derive(Debug, Clone)]
+pub struct Deadline(Arc<Mutex<Instant>>);
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline(Arc::new(Mutex::new(Instant::now())))
+    }
+}
+
+impl Deadline {
+    pub fn get(&self) -> Instant {
+        self.0
+            .lock()
+            .map(|d| *d)
+            .unwrap_or_else(|p| *p.into_inner())
+    }
+
+    pub fn set(&self, at: Instant) {
+        match self.0.lock() {
+            Ok(mut d) => *d = at,
+            Err(p) => *p.into_inner() = at,
+        }
+    }
+}
+
 /// Log lines kept per call (all go to the host's tracing regardless).
 pub const MAX_LOGS_KEPT: usize = 100;
 
@@ -94,9 +125,12 @@ pub struct HostState {
     pub(crate) overlay: Overlay,
     /// What the guest printed (stdout and stderr) since the last look.
     pub(crate) output: GuestOutput,
-    /// When the current call (`init` or `handle`) must have returned: checked at every epoch
-    /// tick while wasm runs.
-    pub(crate) call_deadline: Instant,
+    /// When the current call (`init`, `handle`, or the event under way in `handle-batch`)
+    /// must have returned: checked at every epoch tick while wasm runs, and by the timer of a
+    /// call waiting in a host call.
+    pub(crate) deadline: Deadline,
+    /// The `handle-batch` call under way, if any.
+    pub(crate) batch: Option<BatchCall>,
     /// The plugin version (sha256), for the lines logged about an event.
     pub(crate) version: Arc<str>,
     /// The stream of the event being handled (kept across calls: a job's events share it,
@@ -137,7 +171,8 @@ impl HostState {
             guest,
             call: CallState::default(),
             overlay,
-            call_deadline: Instant::now(),
+            deadline: Deadline::default(),
+            batch: None,
             version,
             stream: String::new(),
         }
@@ -197,6 +232,54 @@ impl HostState {
         self.call.writes.apply(&effect);
         self.call.effects.push(effect);
         Ok(())
+    }
+
+    /// The outcome of the event `call` was about, from what the guest answered: a broken
+    /// limit or a failed state read fails it whatever the answer; an acked event's state
+    /// writes go into the batch overlay, for the reads of the events after it. Takes the
+    /// effects out of `call` (its logs stay).
+    pub(crate) fn close(
+        &mut self,
+        call: &mut CallState,
+        answer: Result<
+            bindings::sluice::plugin::types::Disposition,
+            bindings::sluice::plugin::types::HandlerError,
+        >,
+    ) -> Outcome {
+        use bindings::sluice::plugin::types as wit;
+        let max = self.guest.limits.max_guest_string_bytes;
+        let outcome = if let Some(violation) = call.violation.take() {
+            Outcome::failed(FailureKind::Limit, clamp(violation, max))
+        } else if let Some(error) = call.state_error.take() {
+            Outcome::failed(FailureKind::Unavailable, clamp(error, max))
+        } else {
+            match answer {
+                Err(wit::HandlerError { message }) => {
+                    Outcome::failed(FailureKind::Error, clamp(message, max))
+                }
+                Ok(disposition) => Outcome::Handled {
+                    disposition: match disposition {
+                        wit::Disposition::Ack => Disposition::Ack,
+                        wit::Disposition::Retry(after) => Disposition::Retry(after),
+                        wit::Disposition::DeadLetter(reason) => {
+                            Disposition::DeadLetter(clamp(reason, max))
+                        }
+                        wit::Disposition::Skip => Disposition::Skip,
+                    },
+                    effects: std::mem::take(&mut call.effects),
+                },
+            }
+        };
+        // An acked event's state writes will be committed: later events must see them.
+        if let Outcome::Handled {
+            disposition: Disposition::Ack,
+            effects,
+        } = &outcome
+            && let Ok(mut batch) = self.overlay.lock()
+        {
+            batch.acked(effects);
+        }
+        outcome
     }
 
     /// Record a broken limit: the event fails whatever the guest does next.

@@ -1,5 +1,11 @@
 // {{name}}: a sluice plugin. Counts events per value of field `kind` (a job counter) and emits
 // {kind, count} to the stream named by config `target` (default: the source stream + ":counts").
+//
+// It is of the world `batch-plugin`: the host hands it a whole batch of events in one call to
+// `handleBatch` (a call into JavaScript costs more than most handlers' own work), which reports
+// each event's result with `finish`; `handle` serves single events (`sluice plugin test`).
+// Write your logic in `handle`; `handleBatch` needs no change.
+import { finish } from 'sluice:plugin/batch@0.1.0';
 import { configGet } from 'sluice:plugin/config@0.1.0';
 import { counterAdd } from 'sluice:plugin/counters@0.1.0';
 import { emit } from 'sluice:plugin/effects@0.1.0';
@@ -27,5 +33,20 @@ export const handler = {
       throw { message: String(e?.payload ?? e) };
     }
     return { tag: 'ack' };
+  },
+};
+
+export const batchHandler = {
+  handleBatch(events) {
+    for (const event of events) {
+      let outcome;
+      try {
+        outcome = { tag: 'ok', val: handler.handle(event) };
+      } catch (e) {
+        outcome = { tag: 'err', val: { message: String(e?.message ?? e) } };
+      }
+      // False: the host takes no more events in this call (the rest come later).
+      if (!finish(outcome)) return;
+    }
   },
 };

@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 const { component } = await componentize({
   sourcePath: 'app.js',
   witPath: 'wit',
-  worldName: 'plugin',
+  worldName: 'batch-plugin',
   disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
 });
 await writeFile('{{name}}.wasm', component);

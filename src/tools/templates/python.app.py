@@ -1,9 +1,14 @@
 """{{name}}: a sluice plugin. Counts events per value of field `kind` (a job counter) and emits
-{kind, count} to the stream named by config `target` (default: the source stream + ":counts")."""
+{kind, count} to the stream named by config `target` (default: the source stream + ":counts").
 
-from componentize_py_types import Err
+It is of the world `batch-plugin`: the host hands it a whole batch of events in one call to
+`handle_batch` (a call into Python costs more than most handlers' own work), which reports
+each event's result with `batch.finish`; `handle` serves single events (`sluice plugin test`).
+Write your logic in `handle`; `handle_batch` needs no change."""
+
+from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import config, counters, effects, log, types
+from wit_world.imports import batch, config, counters, effects, log, types
 
 
 class Handler(exports.Handler):
@@ -23,3 +28,16 @@ class Handler(exports.Handler):
         except Err as e:
             raise Err(types.HandlerError(message=str(e.value)))
         return types.Disposition_Ack()
+
+
+class BatchHandler(exports.BatchHandler):
+    def handle_batch(self, events):
+        handler = Handler()
+        for event in events:
+            try:
+                outcome = Ok(handler.handle(event))
+            except Err as e:
+                outcome = e
+            # False: the host takes no more events in this call (the rest come later).
+            if not batch.finish(outcome):
+                return
