@@ -118,9 +118,10 @@ test: deps testdeps benchdeps plugins
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
 
-## bench: the benchmark, optimised build (see README for the figures)
+## bench: the benchmark, optimised build (see BENCHMARKS.md for the figures); its pictures
+## go to bench/plots
 bench: deps plugins benchdeps
-	$(CARGO) run --release -- bench
+	$(CARGO) run --release -- bench --plots bench/plots
 
 clean:
 	$(CARGO) clean

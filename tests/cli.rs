@@ -229,6 +229,7 @@ fn bench_runs_every_mode_and_reports_json() {
     // Every plugin `make plugins` built: the wordcount rows of all five languages too.
     plugin("echo");
     let plugin_dir = repo().join("plugins/dist");
+    let plots = tempfile::tempdir().unwrap();
     let out = sluice()
         .args([
             "--redis",
@@ -248,6 +249,8 @@ fn bench_runs_every_mode_and_reports_json() {
         .arg(&plugin_dir)
         .arg("--peers-dir")
         .arg(repo().join("bench/peers"))
+        .arg("--plots")
+        .arg(plots.path())
         .output()
         .unwrap();
     assert!(
@@ -260,7 +263,19 @@ fn bench_runs_every_mode_and_reports_json() {
     let swap = &report["swap"];
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 16, "{modes:?}");
+    assert_eq!(modes.len(), 17, "{modes:?}");
+    // The pictures: an SVG each, naming what they show.
+    for (file, shows) in [
+        ("throughput.svg", "host, wasm no-op (noop)"),
+        ("latency.svg", "bare XREADGROUP/XACK loop"),
+        ("concurrency.svg", "perfect scaling"),
+    ] {
+        let svg = std::fs::read_to_string(plots.path().join(file)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains(shows),
+            "{file}: {svg:.300}"
+        );
+    }
     // A real `sluice run` process started, handled an entry and was measured.
     let start = &report["host_start"]["Ok"];
     assert!(start["first_event_ms"].as_f64().unwrap() > 0.0, "{start}");

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 mod load;
 mod observe;
 mod peers;
+mod plots;
 mod start;
 mod state;
 mod swap;
@@ -64,7 +65,7 @@ pub struct BenchArgs {
     pub batch: usize,
     /// Only these modes (comma-separated keys: bare-echo, native, native-done-records,
     /// wasm-noop, wasm-stateful, echo, rust, c, go, python, python-single, js, js-single,
-    /// busy-1, busy-2), with the bare loop always; and none of
+    /// busy-1, busy-2, busy-4), with the bare loop always; and none of
     /// the observing, swap and stateful sections (for profiling one mode)
     #[arg(long, value_name = "MODES", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -86,6 +87,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Draw the pictures (throughput by mode, latency CDF, scaling with concurrency) as SVG
+    /// files into this directory (`make bench`: bench/plots)
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +121,7 @@ const BUSY_ROUNDS: &str = "300";
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 16] = [
+    const ALL: [Mode; 17] = [
         Mode::Bare,
         Mode::BareEcho,
         Mode::Native,
@@ -133,6 +138,7 @@ impl Mode {
         Mode::GuestSingle(GUESTS[4]),
         Mode::Busy(1),
         Mode::Busy(2),
+        Mode::Busy(4),
     ];
 
     fn label(self) -> &'static str {
@@ -152,7 +158,8 @@ impl Mode {
             Mode::GuestSingle("python") => "host, python wordcount, 1 per call",
             Mode::GuestSingle(_) => "host, js wordcount, 1 per call",
             Mode::Busy(1) => "host, busy plugin, concurrency 1",
-            Mode::Busy(_) => "host, busy plugin, concurrency 2",
+            Mode::Busy(2) => "host, busy plugin, concurrency 2",
+            Mode::Busy(_) => "host, busy plugin, concurrency 4",
         }
     }
 
@@ -169,7 +176,8 @@ impl Mode {
             Mode::GuestSingle("python") => "python-single",
             Mode::GuestSingle(_) => "js-single",
             Mode::Busy(1) => "busy-1",
-            Mode::Busy(_) => "busy-2",
+            Mode::Busy(2) => "busy-2",
+            Mode::Busy(_) => "busy-4",
         }
     }
 }
@@ -177,6 +185,8 @@ impl Mode {
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     mode: &'static str,
+    /// The mode's `--only` key.
+    key: &'static str,
     /// The median of the runs.
     events_per_s: f64,
     /// Every throughput run, in order.
@@ -196,7 +206,18 @@ struct Row {
     /// p99 of each stage of the latency run: publish → read returned, read → handler
     /// returned, handler → commit ended.
     stages_p99_ms: [f64; 3],
+    /// The latency run's distribution: (fraction of the events, ms within which they were
+    /// acked), at [`CDF_AT`].
+    cdf: Vec<(f64, f64)>,
+    /// The job's concurrency, for the rows that vary it.
+    concurrency: Option<u32>,
 }
+
+/// Where the latency distribution is sampled (fractions of the events).
+const CDF_AT: [f64; 16] = [
+    0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.998, 0.999, 0.9995,
+    0.9999,
+];
 
 struct Plugins {
     echo: Arc<LoadedPlugin>,
@@ -261,6 +282,13 @@ pub async fn run(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let (rows, extras) = result?;
+    if let Some(dir) = &args.plots {
+        let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let when = format!("{} UTC", when.replace('T', " ").trim_end_matches('Z'));
+        for path in plots::draw(dir, &rows, &when)? {
+            eprintln!("  drew {}", path.display());
+        }
+    }
     let Some(((observed, recording), swap, state, start, (peers, sluice))) = extras else {
         if args.json {
             println!(
@@ -512,6 +540,7 @@ async fn measure(
         cleanup(&mut conn, &stream).await?;
         rows.push(Row {
             mode: mode.label(),
+            key: mode.key(),
             events_per_s,
             runs: runs[m].clone(),
             spread: (max - min) / events_per_s,
@@ -522,6 +551,14 @@ async fn measure(
             p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
             p99_ms: p99(&hist),
             stages_p99_ms: [p99(&stages[0]), p99(&stages[1]), p99(&stages[2])],
+            cdf: CDF_AT
+                .iter()
+                .map(|q| (*q, hist.value_at_quantile(*q).max(1) as f64 / 1000.0))
+                .collect(),
+            concurrency: match mode {
+                Mode::Busy(n) => Some(*n),
+                _ => None,
+            },
         });
     }
     Ok(rows)
