@@ -418,3 +418,57 @@ fn lanes_make_batch_calls_and_give_the_outcomes_in_order() {
     let want: Vec<Vec<String>> = (0..50).map(|i| vec![format!("n={i}")]).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_call_failing_before_its_first_result_is_split_until_the_fault_is_found() {
+    // The plugin takes 1 MiB per event of a call before it handles any (as a language
+    // converting the whole batch at once does): 32 events do not fit in 16 MiB, 8 do. No
+    // event is failed for what the batch as a whole did.
+    let mut h = handler("chaos-batch", &[("batch", "hoard")]);
+    let events: Vec<Event> = (0..32)
+        .map(|i| event(&format!("{i}-0"), &[("action", "ok")]))
+        .collect();
+    let out = h.handle_batch(&events);
+    assert_eq!(out.len(), 32);
+    assert_eq!(out.iter().filter_map(failure_kind).count(), 0, "{out:#?}");
+    // An event that fails alone still fails, and only it.
+    let mut events = events;
+    events[5] = event("5-0", &[("action", "trap")]);
+    let out = h.handle_batch(&events);
+    let kinds: Vec<Option<FailureKind>> = out.iter().map(failure_kind).collect();
+    let mut want = vec![None; 32];
+    want[5] = Some(FailureKind::Trap);
+    assert_eq!(kinds, want);
+}
+
+#[test]
+fn a_trap_after_the_host_said_stop_fails_no_event() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime
+        .load_file("chaos-batch", &common::plugin("chaos-batch"))
+        .unwrap();
+    let mut h = PluginHandler::new(
+        plugin,
+        GuestContext {
+            job: "job".into(),
+            plugin: "chaos-batch".into(),
+            config: [
+                ("target".to_string(), "t".to_string()),
+                ("batch".to_string(), "trap-after-stop".to_string()),
+            ]
+            .into(),
+            limits: Limits {
+                max_batch_bytes: 20_000,
+                ..Limits::default()
+            },
+            state: None,
+        },
+    );
+    let big = "x".repeat(4000);
+    let events: Vec<Event> = (0..20)
+        .map(|i| event(&format!("{i}-0"), &[("action", "emit"), ("x", &big)]))
+        .collect();
+    let out = h.handle_batch(&events);
+    assert!((2..20).contains(&out.len()), "{}", out.len());
+    assert_eq!(out.iter().filter_map(failure_kind).count(), 0, "{out:#?}");
+}

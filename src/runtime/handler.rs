@@ -154,7 +154,11 @@ impl Shared<'_> {
         budget: &Budget,
     ) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(events.len());
-        while outcomes.len() < events.len() && !budget.is_spent() {
+        // Events per `handle-batch` call: halved after a call that failed before finishing
+        // any event (it could not say which one was at fault), down to one.
+        let mut most = events.len();
+        // The first event is always handled (a lane that took it must give its outcome).
+        while outcomes.len() < events.len() && (outcomes.is_empty() || !budget.is_spent()) {
             let mut instance = match lane.take() {
                 Some(i) if i.is_usable() && i.calls() < RECYCLE_AFTER_CALLS => i,
                 old => {
@@ -166,14 +170,16 @@ impl Shared<'_> {
                     match made.await {
                         Ok(i) => i,
                         Err(failure) => {
-                            outcomes.push(Outcome::Failed(failure));
+                            let outcome = Outcome::Failed(failure);
+                            budget.spend(outcome.cost(&events[outcomes.len()]));
+                            outcomes.push(outcome);
                             continue;
                         }
                     }
                 }
             };
             let start = outcomes.len();
-            let end = self.call_end(events, start, events.len() - start);
+            let end = self.call_end(events, start, most);
             let got = if self.batch_calls {
                 instance.handle_batch(&events[start..end], budget).await
             } else {
@@ -188,7 +194,9 @@ impl Shared<'_> {
                 crate::metrics::recycle(&self.guest.job, "failed");
             }
             if got.is_empty() {
-                break;
+                // Only a call of several events comes back empty: smaller calls now.
+                most = ((end - start) / 2).max(1);
+                continue;
             }
             outcomes.extend(got);
         }

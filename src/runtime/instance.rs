@@ -31,7 +31,8 @@ pub struct PluginInstance {
     batch: Option<wasmtime::component::Func>,
     /// Set after a trap, a timeout or a memory overrun: the instance must not be entered again.
     poisoned: bool,
-    /// `handle` calls so far, for recycling.
+    /// Events handled so far (one per `handle` call, those finished in `handle-batch`
+    /// calls), for recycling.
     calls: u64,
     /// Log lines of the last `handle` call.
     last_logs: Vec<String>,
@@ -198,7 +199,7 @@ impl PluginInstance {
         !self.poisoned
     }
 
-    /// `handle` calls made so far.
+    /// Events handled so far.
     pub fn calls(&self) -> u64 {
         self.calls
     }
@@ -263,7 +264,6 @@ impl PluginInstance {
             }
             return outcomes;
         };
-        self.calls += events.len() as u64;
         self.begin(first);
         self.store.data_mut().batch = Some(BatchCall {
             events: events
@@ -303,27 +303,49 @@ impl PluginInstance {
         let mut call = std::mem::take(&mut state.call);
         let (mut outcomes, stopped) =
             batch.map_or((Vec::new(), false), |b| (b.outcomes, b.stopped));
-        // The event under way when the call ended: the first without a result.
-        let Some(event) = events.get(outcomes.len()) else {
+        self.calls += outcomes.len() as u64;
+        // The event under way when the call ended: the first without a result, unless the
+        // plugin was told to stop (then no event was under way: what it did after the stop
+        // is nobody's, and a trap then costs only the instance).
+        let under_way = events.get(outcomes.len()).filter(|_| !stopped);
+        let Some(event) = under_way else {
             if result.is_err() {
                 self.poisoned = true;
             }
+            if let Some(text) = self.store.data().output.take() {
+                let state = self.store.data();
+                tracing::info!(
+                    job = &*state.guest.job,
+                    plugin = &*state.guest.plugin,
+                    "the plugin printed after its batch: {text}"
+                );
+            }
             return outcomes;
         };
+        // Failing before its first `finish`, a call of many events cannot say which was at
+        // fault (lowering the batch into the guest, and the guest's own conversion of it, come
+        // before the first event): nothing is returned, the instance is dropped, and the
+        // caller hands the events over again in smaller calls, down to one.
+        if result.is_err() && outcomes.is_empty() && events.len() > 1 {
+            self.poisoned = true;
+            let _ = self.store.data().output.take();
+            return outcomes;
+        }
         let printed = self.printed(event, &mut call);
-        match result {
-            Err(e) => outcomes.push(self.failed(e, &call, printed.as_deref())),
-            // Told to stop: the rest are for a later call.
-            Ok(()) if stopped => {}
+        let outcome = match result {
+            Err(e) => self.failed(e, &call, printed.as_deref()),
             Ok(()) => {
                 let answer = Err(wit::HandlerError {
                     message: "handle-batch returned without finishing this event \
                               (batch.finish was not called for it)"
                         .into(),
                 });
-                outcomes.push(self.store.data_mut().close(&mut call, answer));
+                self.store.data_mut().close(&mut call, answer)
             }
-        }
+        };
+        budget.spend(outcome.cost(event));
+        self.calls += 1;
+        outcomes.push(outcome);
         outcomes
     }
 

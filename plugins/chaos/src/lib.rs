@@ -24,8 +24,10 @@
 //! Built with the feature `batch` (the `chaos-batch` crate), it is of the `batch-plugin` world:
 //! `handle-batch` runs each event through `handle` and reports it with `batch.finish`, except
 //! as config `batch` says: `no-finish` returns without finishing anything, `extra-finish`
-//! finishes each event twice; and the action `finish-in-handle` calls `batch.finish` from
-//! `handle` (not allowed: it fails the event).
+//! finishes each event twice, `hoard` first takes 1 MiB of memory per event of the call (as a
+//! language converting the whole batch at once would), `trap-after-stop` panics once
+//! `finish` said stop; and the action `finish-in-handle` calls `batch.finish` from `handle`
+//! (not allowed: it fails the event).
 
 #[cfg(not(feature = "batch"))]
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
@@ -188,6 +190,12 @@ impl Guest for Chaos {
 impl exports::sluice::plugin::batch_handler::Guest for Chaos {
     fn handle_batch(events: Vec<Event>) {
         let how = config_get("batch").unwrap_or_default();
+        let hoard: Vec<Vec<u8>> = if how == "hoard" {
+            events.iter().map(|_| vec![1u8; 1 << 20]).collect()
+        } else {
+            Vec::new()
+        };
+        std::hint::black_box(&hoard);
         for event in events {
             let result = <Chaos as Guest>::handle(event);
             if how == "no-finish" {
@@ -198,6 +206,9 @@ impl exports::sluice::plugin::batch_handler::Guest for Chaos {
                 sluice::plugin::batch::finish(result.as_ref());
             }
             if !more {
+                if how == "trap-after-stop" {
+                    panic!("chaos: trapping after the host said stop");
+                }
                 return;
             }
         }
