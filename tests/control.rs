@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -36,30 +35,6 @@ fn wait_acked(conn: &mut redis::Connection, job: &str, n: u64) {
     );
 }
 
-/// A second version of a component: the same code plus a custom section (another sha256).
-fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
-    let mut bytes = std::fs::read(original).unwrap();
-    let name = tag.as_bytes();
-    let payload_len = 1 + name.len();
-    bytes.push(0); // custom section id
-    bytes.push(payload_len as u8); // LEB128, < 128
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    let path = dir.join(format!("{tag}.wasm"));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn sha_of(path: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["plugin", "inspect", "--json"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["sha256"].as_str().unwrap().to_string()
-}
-
 /// `acked=N` of the host's "job stopped" log lines, summed.
 fn acked_in_log(log: &Path) -> u64 {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -68,12 +43,6 @@ fn acked_in_log(log: &Path) -> u64 {
         .filter_map(|l| l.split("acked=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
-    wait_until(timeout, || {
-        std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
-    })
 }
 
 /// Every `n` field of the output stream: each published index exactly once.

@@ -475,7 +475,7 @@ async fn a_counter_is_followed_step_by_step_and_must_hold_an_integer() {
 
 /// One retention pass on `stream` (a fresh lock each time: `every` is 1 ms).
 async fn trim_once(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut sluice::store::Conn,
     stream: &str,
     groups: &[String],
 ) -> sluice::store::retention::Trim {
@@ -494,7 +494,7 @@ async fn trim_once(
 }
 
 /// A reconnecting async connection to `redis`, as the store uses.
-async fn async_conn(redis: &RedisServer) -> redis::aio::ConnectionManager {
+async fn async_conn(redis: &RedisServer) -> sluice::store::Conn {
     store::Endpoint::local(&redis.url)
         .unwrap()
         .connect(Duration::ZERO)

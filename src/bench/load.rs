@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::store::Conn;
 use hdrhistogram::Histogram;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use crate::model::{Disposition, Event, Handler, Outcome};
@@ -25,7 +25,7 @@ const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345678
 
 /// Delete everything a run wrote: the streams, and every `sluice-bench:*` key (job hash,
 /// retry set, status records…).
-pub async fn cleanup(conn: &mut ConnectionManager, stream: &str) -> anyhow::Result<()> {
+pub async fn cleanup(conn: &mut Conn, stream: &str) -> anyhow::Result<()> {
     let _: () = redis::pipe()
         .del(stream)
         .del(format!("{stream}:out"))
@@ -51,7 +51,7 @@ pub async fn cleanup(conn: &mut ConnectionManager, stream: &str) -> anyhow::Resu
     }
 }
 
-pub async fn prefill(conn: &mut ConnectionManager, stream: &str, n: u64) -> anyhow::Result<()> {
+pub async fn prefill(conn: &mut Conn, stream: &str, n: u64) -> anyhow::Result<()> {
     let mut sent = 0;
     while sent < n {
         let chunk = (n - sent).min(1000);
@@ -218,7 +218,7 @@ impl Handler for NoopHandler {
 /// The baseline: read a batch, ack it, nothing else; with `echo_to`, also append each
 /// entry's fields to that stream, in one `MULTI`/`EXEC` with the acks.
 pub async fn bare_loop(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     job: &StreamJob,
     batch: usize,
     echo_to: Option<String>,

@@ -389,7 +389,7 @@ pub(crate) struct Rewrites {
 const AOF_REWRITE_ABOVE: u64 = 64 << 20;
 
 impl Rewrites {
-    async fn hold(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Self> {
+    async fn hold(conn: &mut crate::store::Conn) -> anyhow::Result<Self> {
         let aof: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("appendonly")
@@ -414,7 +414,7 @@ impl Rewrites {
         })
     }
 
-    async fn restore(&self, conn: &mut redis::aio::ConnectionManager) {
+    async fn restore(&self, conn: &mut crate::store::Conn) {
         if let Some(was) = &self.percentage {
             let restored: redis::RedisResult<()> = redis::cmd("CONFIG")
                 .arg("SET")
@@ -440,7 +440,7 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 /// Wait until Redis is neither rewriting its AOF nor saving (what would slow one mode's run
 /// and not another's), first rewriting an AOF grown past [`AOF_REWRITE_ABOVE`] (automatic
 /// rewrites are off while the bench runs: [`Rewrites`]); at most 60 s, then go on and say so.
-async fn quiet(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<()> {
+async fn quiet(conn: &mut crate::store::Conn) -> anyhow::Result<()> {
     let mut asked = false;
     for _ in 0..600 {
         let info: String = redis::cmd("INFO")
@@ -666,7 +666,7 @@ fn process_cpu() -> Duration {
 
 /// CPU time the Redis server has used so far, from `INFO cpu` (its main thread and the
 /// rest, user and system).
-async fn redis_cpu(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<Duration> {
+async fn redis_cpu(conn: &mut crate::store::Conn) -> anyhow::Result<Duration> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
     let secs: f64 = info
         .lines()

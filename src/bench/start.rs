@@ -141,7 +141,7 @@ pub async fn host_start(
 
 /// Wait until the job hash `key` counts an acked entry (at most 30 s).
 async fn wait_acked(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::store::Conn,
     key: &str,
     child: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {

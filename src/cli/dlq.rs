@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use crate::store::Conn;
 use anyhow::bail;
 use clap::Subcommand;
-use redis::aio::ConnectionManager;
 
 use super::Client;
 use crate::store::{dlq, listing};
@@ -157,11 +157,7 @@ fn check_ids(ids: &[String]) -> anyhow::Result<()> {
 }
 
 /// The source stream of a job registered in Redis, or a clear error.
-pub async fn job_source(
-    c: &Client,
-    conn: &mut ConnectionManager,
-    job: &str,
-) -> anyhow::Result<String> {
+pub async fn job_source(c: &Client, conn: &mut Conn, job: &str) -> anyhow::Result<String> {
     match dlq::source_of(conn, &c.keys, job).await? {
         Some(source) => Ok(source),
         None => bail!(

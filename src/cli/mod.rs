@@ -339,7 +339,7 @@ impl Ctx {
 
 impl Client {
     /// A connection to Redis: the one way commands connect.
-    pub async fn conn(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+    pub async fn conn(&self) -> anyhow::Result<crate::store::Conn> {
         self.redis
             .connect_once()
             .await

@@ -71,6 +71,15 @@ pub struct RedisConfig {
     /// The protocol: `resp2` (default) or `resp3`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// `url` is a node of a Redis Cluster (default false; a `redis+cluster://h1:p1,h2:p2` URL
+    /// says so by itself). Commands go to the node of their keys' slot, and hosts follow the
+    /// cluster as it changes (failovers, resharding) without a restart.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More nodes of the cluster to start from besides `url`'s (`redis://host:port`, with
+    /// `url`'s password and TLS settings): any one reachable is enough. Implies `cluster`.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
 }
 
 /// The Redis protocol version (`[redis] protocol`).
@@ -141,6 +150,8 @@ impl RedisConfig {
             reconnect_min: ms(self.reconnect_min_ms),
             reconnect_max: ms(self.reconnect_max_ms),
             resp3: self.protocol == Protocol::Resp3,
+            cluster: self.cluster,
+            cluster_nodes: self.cluster_nodes.clone(),
         }
     }
 
@@ -230,9 +241,34 @@ impl RedisConfig {
             ));
         }
         let tls_set = files.iter().any(|(_, p)| p.is_some()) || self.tls_insecure;
+        let cluster = self.cluster || !self.cluster_nodes.is_empty();
+        if cluster && self.url.is_none() {
+            return Err((
+                field("cluster"),
+                "a Redis Cluster needs `url` (a node of it): the embedded Redis is one server"
+                    .into(),
+            ));
+        }
+        for (n, node) in self.cluster_nodes.iter().enumerate() {
+            let tls_node = node.starts_with("rediss://");
+            if !(node.starts_with("redis://") || tls_node)
+                || self
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("rediss") != tls_node)
+            {
+                return Err((
+                    field("cluster_nodes"),
+                    format!(
+                        "node {} is not redis://host:port (rediss:// when `url` is)",
+                        n + 1
+                    ),
+                ));
+            }
+        }
         if tls_set
             && let Some(url) = &self.url
-            && !url.starts_with("rediss://")
+            && !url.starts_with("rediss")
         {
             return Err((
                 field("url"),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 
 use super::job::RunningJob;
 use crate::store::hosts::{self, BEAT_EVERY, HostJob, HostRecord, LIVE_FOR};
@@ -49,7 +49,7 @@ impl Beat {
     /// time. Failures are logged; the next reconcile tries again.
     pub async fn tick(
         &mut self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         keys: &Keys,
         running: &HashMap<String, RunningJob>,
         stopping: &HashSet<String>,
@@ -109,7 +109,7 @@ impl Beat {
     /// shares one consumer with this one in every group (a copied `[host] consumer`); nothing
     /// is lost or doubled, but the two are one in `sluice hosts`, and the takeover of a dead
     /// one's entries waits for the other to go quiet. Said at error level.
-    async fn check_name_is_ours(&self, conn: &mut ConnectionManager, keys: &Keys) {
+    async fn check_name_is_ours(&self, conn: &mut Conn, keys: &Keys) {
         let Ok(live) = hosts::list(conn, keys, false).await else {
             return;
         };
@@ -129,7 +129,7 @@ impl Beat {
     }
 
     /// Take this host off the host registry (a clean stop).
-    pub async fn leave(&self, conn: &mut ConnectionManager, keys: &Keys) {
+    pub async fn leave(&self, conn: &mut Conn, keys: &Keys) {
         if let Err(e) = hosts::leave(conn, keys, &self.record).await {
             tracing::debug!("leaving the host registry failed (it forgets this host): {e}");
         }
@@ -139,7 +139,7 @@ impl Beat {
 /// Remove the consumers of hosts that are not live and hold nothing pending from the groups
 /// of the jobs run here (source and lifecycle stream).
 async fn prune_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     running: &HashMap<String, RunningJob>,
 ) -> Result<(), StoreError> {

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Conn;
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -150,7 +150,7 @@ fn transient(name: &str) -> impl Fn(anyhow::Error) -> Failure + Copy + '_ {
 
 impl Assembly {
     /// A reconnecting connection for one of `spec`'s blocking readers or committers.
-    async fn connect(&self, spec: &JobSpec) -> anyhow::Result<ConnectionManager> {
+    async fn connect(&self, spec: &JobSpec) -> anyhow::Result<Conn> {
         self.redis
             .connect(Duration::from_millis(spec.block_ms))
             .await

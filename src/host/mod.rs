@@ -171,7 +171,7 @@ async fn serve(
 
     let wake = Arc::new(Notify::new());
     let subscriber = tokio::spawn(watch_notices(
-        redis.client().clone(),
+        redis.clone(),
         keys.ctl_channel(),
         wake.clone(),
     ));

@@ -31,7 +31,7 @@ pub struct Host {
     pub assembly: Assembly,
     pub registry: Registry,
     /// For lifecycle scripts in the jobs' slots.
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: crate::store::Conn,
     pub plugins: Plugins,
     pub jobs: HashMap<String, RunningJob>,
     /// Jobs told to stop whose runner has not ended yet (not restarted until it has).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 
 use crate::model::JobSpec;
 use crate::store::Keys;
@@ -28,7 +28,7 @@ async fn registered_groups(
 
 /// `retention = "acked"`: trim the job's source stream every `retention_every_ms` (when no
 /// other host did), until aborted with the job.
-pub async fn keep_trimmed(mut conn: ConnectionManager, keys: Keys, spec: JobSpec, holder: String) {
+pub async fn keep_trimmed(mut conn: Conn, keys: Keys, spec: JobSpec, holder: String) {
     let stream = keys.source_stream(&spec);
     let every = Duration::from_millis(spec.retention_every_ms);
     let keep = Duration::from_secs(spec.retention_keep_s);

@@ -23,6 +23,10 @@ pub struct Connection {
     pub reconnect_max: Duration,
     /// RESP3 instead of RESP2.
     pub resp3: bool,
+    /// The URL is a node of a Redis Cluster (a `redis+cluster://` URL says so by itself).
+    pub cluster: bool,
+    /// More nodes of the cluster to start from, besides the URL's (implies `cluster`).
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for Connection {
@@ -36,6 +40,8 @@ impl Default for Connection {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             resp3: false,
+            cluster: false,
+            cluster_nodes: Vec::new(),
         }
     }
 }

@@ -110,8 +110,8 @@ fn glob_escape(text: &str) -> String {
 /// windows), its entry in [`Keys::jobs`] and its entries in the source's held set. Not the
 /// source stream: producers and other jobs own it. For a job no host runs any more.
 /// `source` is the stream the job reads ([`Keys::source_stream`]).
-pub async fn purge<C: AsyncCommands>(
-    conn: &mut C,
+pub async fn purge(
+    conn: &mut crate::store::Conn,
     keys: &Keys,
     name: &str,
     source: &str,
@@ -130,12 +130,8 @@ pub async fn purge<C: AsyncCommands>(
     purged.groups += destroyed.unwrap_or(0);
     let mut doomed: Vec<String> = vec![job_key.clone()];
     let pattern = format!("{}:*", glob_escape(&job_key));
-    {
-        let mut found: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-        while let Some(key) = found.next_item().await {
-            doomed.push(key?);
-        }
-    }
+    // The job's keys share its hash tag: on a cluster, they are all on its slot's master.
+    doomed.extend(conn.scan_node_of(&job_key, &pattern).await?);
     for chunk in doomed.chunks(500) {
         let n: u64 = redis::cmd("UNLINK").arg(chunk).query_async(conn).await?;
         purged.keys += n;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 use tokio::sync::watch;
 
 use super::groups::group_info;
@@ -19,7 +19,7 @@ use super::{Keys, StoreError, scripts};
 
 /// Append `job-started` for `run`, unless done already. True if this call appended it.
 pub async fn begin(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
@@ -50,7 +50,7 @@ pub enum Progress {
 /// For a finite job: when its source is drained (nothing undelivered, pending, scheduled or,
 /// for a queue, delayed) and `job-started` is handled, append `job-finished` (once per run).
 pub async fn check_finished(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
@@ -78,7 +78,7 @@ pub async fn check_finished(
 
 /// True when the job's lifecycle stream has nothing undelivered or pending for its group.
 pub async fn drained(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
@@ -90,7 +90,7 @@ pub async fn drained(
 /// What a job's source runner waits behind: the job's lifecycle stream must be drained
 /// (`job-started` handled, by any host) before the source is read.
 pub struct Gate {
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     pub keys: Keys,
     pub job: String,
     pub source: String,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 use serde::Serialize;
 
 use super::control::{JobEntry, JobState, PluginVersion, Refusal, Registry, Snapshot};
@@ -78,11 +78,7 @@ struct Context {
 }
 
 impl Context {
-    async fn read(
-        reg: &mut Registry,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-    ) -> anyhow::Result<Self> {
+    async fn read(reg: &mut Registry, conn: &mut Conn, keys: &Keys) -> anyhow::Result<Self> {
         Ok(Context {
             snapshot: reg.snapshot().await?,
             runners: hosts::runners(&hosts::list(conn, keys, false).await?),
@@ -163,7 +159,7 @@ pub struct PluginRow {
 /// twice that far apart and each row gets its rate.
 pub async fn jobs(
     reg: &mut Registry,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     rate_over: Option<Duration>,
 ) -> anyhow::Result<Vec<JobRow>> {
@@ -192,7 +188,7 @@ pub async fn jobs(
 /// One job of the registry with its counters; None if the registry has no such job.
 pub async fn job(
     reg: &mut Registry,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     name: &str,
 ) -> anyhow::Result<Option<JobRow>> {
@@ -233,7 +229,7 @@ pub async fn plugins(reg: &mut Registry) -> anyhow::Result<Vec<PluginRow>> {
 
 /// Every dead letter of `job` (on `source`), oldest first, page by page.
 pub async fn dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
@@ -252,7 +248,7 @@ pub async fn dead_letters(
 /// The dead letters `ids` name, each a dead letter's id or the source id one holds (what
 /// `dlq list` and `event get` show): (id asked, the dead letter's id if there is one).
 pub async fn resolve(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
@@ -288,7 +284,7 @@ pub struct Replayed {
 /// Replay dead letters `ids` of `job` (all of them when None) to its source stream; each id
 /// a dead letter's or the source id one holds.
 pub async fn replay(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,

@@ -22,7 +22,7 @@ pub mod scripts;
 pub mod state;
 pub mod stream;
 
-pub use connect::{Endpoint, redact_url};
+pub use connect::{Conn, Endpoint, redact_url};
 pub use keys::Keys;
 
 /// `text` without the repeats redis-rs puts in some errors (`a: b: a: b` → `a: b`).

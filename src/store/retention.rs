@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 
 use super::{Keys, StoreError, scripts};
 
@@ -23,7 +23,7 @@ pub enum Trim {
 /// acknowledged entries younger than `keep` stay, and nothing goes while one of `groups`
 /// (those of the jobs registered on the stream) does not exist yet.
 pub async fn trim(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     stream: &str,
     holder: &str,

@@ -3,25 +3,25 @@
 //!
 //! Keys read: [`Keys::kv`], [`Keys::counter`], [`Keys::window`] under the job's hash.
 
+use crate::store::Conn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use super::Keys;
 use crate::model::StateReader;
 
 /// Reads one job's state over its own connection.
 pub struct RedisState {
-    conn: ConnectionManager,
+    conn: Conn,
     /// The job hash key, under which the plugin's names live.
     job_key: String,
 }
 
 impl RedisState {
-    pub fn new(conn: ConnectionManager, job_key: String) -> Self {
+    pub fn new(conn: Conn, job_key: String) -> Self {
         RedisState { conn, job_key }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 }

@@ -121,6 +121,248 @@ impl Drop for RedisServer {
     }
 }
 
+/// A real Redis Cluster of `redis-server` processes on free ports (each with its cluster
+/// bus port, +10000, free too), made with `redis-cli --cluster create`, torn down on drop
+/// (the nodes' logs printed when the test failed).
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`: every node, as sluice takes it.
+    pub url: String,
+}
+
+pub struct ClusterNode {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    fn spawn(port: u16, dir: &Path) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir)
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                // A master unreachable this long is failed over to its replica.
+                "--cluster-node-timeout",
+                "1500",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--daemonize",
+                "no",
+            ])
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make deps)")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_connection()
+            .expect("redis connection")
+    }
+
+    /// SIGKILL the node (its replica takes over once the cluster sees it gone).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a killed node again (it rejoins with its data and cluster config).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(Self::spawn(self.port, self.dir.path()));
+    }
+
+    fn info(&self, section: &str) -> String {
+        redis::Client::open(self.url())
+            .ok()
+            .and_then(|c| {
+                c.get_connection_with_timeout(Duration::from_millis(500))
+                    .ok()
+            })
+            .and_then(|mut c| redis::cmd(section).arg("INFO").query::<String>(&mut c).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// 3 masters with a replica each, every slot served, `cluster_state:ok` on every node.
+    pub fn start() -> Self {
+        Self::start_with(3, 1)
+    }
+
+    pub fn start_with(masters: usize, replicas: usize) -> Self {
+        let mut nodes = Vec::new();
+        while nodes.len() < masters * (1 + replicas) {
+            let port = free_cluster_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let child = ClusterNode::spawn(port, dir.path());
+            let mut node = ClusterNode {
+                child: Some(child),
+                port,
+                dir,
+            };
+            let started = Instant::now();
+            let up = loop {
+                if let Some(Ok(Some(_))) = node.child.as_mut().map(|c| c.try_wait()) {
+                    break false; // the port was taken meanwhile: another one
+                }
+                if redis::Client::open(node.url())
+                    .ok()
+                    .and_then(|c| c.get_connection().ok())
+                    .is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
+                {
+                    break true;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                nodes.push(node);
+            } else {
+                node.kill();
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        let cluster = RedisCluster {
+            url: format!("redis+cluster://{}", addrs.join(",")),
+            nodes,
+        };
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        assert!(
+            cluster.wait_ok(Duration::from_secs(30)),
+            "the cluster did not reach cluster_state:ok"
+        );
+        cluster
+    }
+
+    /// Until every live node says `cluster_state:ok`, knows every node and serves every slot.
+    pub fn wait_ok(&self, within: Duration) -> bool {
+        let total = self.nodes.len().to_string();
+        wait_until(within, || {
+            self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = n.info("CLUSTER");
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && info.contains(&format!("cluster_known_nodes:{total}"))
+            })
+        })
+    }
+
+    /// A cluster connection for the test's own checks.
+    pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+        redis::cluster::ClusterClient::new(urls)
+            .expect("cluster client")
+            .get_connection()
+            .expect("cluster connection")
+    }
+
+    /// A plain connection to the master of `key`'s slot: for the commands of one slot the
+    /// helpers here send (pipelines included, which a cluster connection does not take).
+    pub fn conn_for(&self, key: &str) -> redis::Connection {
+        self.nodes[self.master_of(key)].conn()
+    }
+
+    /// The node serving `key`'s slot as master, by index into `nodes`.
+    pub fn master_of(&self, key: &str) -> usize {
+        let mut conn = self.conn();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .expect("CLUSTER KEYSLOT");
+        let shards: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut conn)
+            .expect("CLUSTER SLOTS");
+        let redis::Value::Array(ranges) = shards else {
+            panic!("CLUSTER SLOTS: {shards:?}")
+        };
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let num = |v: &redis::Value| match v {
+                redis::Value::Int(n) => *n as u16,
+                _ => 0,
+            };
+            if parts.len() >= 3 && num(&parts[0]) <= slot && slot <= num(&parts[1]) {
+                let redis::Value::Array(master) = &parts[2] else {
+                    continue;
+                };
+                let port = num(&master[1]);
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("the master is one of ours");
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for node in &mut self.nodes {
+            node.kill();
+            if failed {
+                eprintln!(
+                    "---- redis-server log (cluster node {}) ----\n{}",
+                    node.port,
+                    std::fs::read_to_string(node.dir.path().join("redis.log")).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -166,7 +408,7 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// Append `n` entries with the given fields; returns their ids in order.
 pub fn publish(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     stream: &str,
     n: usize,
     fields: &[(&str, &str)],
@@ -187,7 +429,7 @@ pub fn publish(
 }
 
 /// The ids of a stream, oldest first.
-pub fn stream_ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+pub fn stream_ids(conn: &mut impl redis::ConnectionLike, stream: &str) -> Vec<String> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -198,7 +440,7 @@ pub fn stream_ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
 }
 
 /// A job's counter from its hash (0 if unset).
-pub fn counter(conn: &mut redis::Connection, job: &str, stream: &str, field: &str) -> u64 {
+pub fn counter(conn: &mut impl redis::ConnectionLike, job: &str, stream: &str, field: &str) -> u64 {
     let key = format!("sluice:{{{stream}}}:job:{job}");
     conn.hget::<_, _, Option<u64>>(key, field)
         .expect("HGET")
@@ -206,7 +448,7 @@ pub fn counter(conn: &mut redis::Connection, job: &str, stream: &str, field: &st
 }
 
 /// Entries pending in a job's group.
-pub fn pending(conn: &mut redis::Connection, job: &str, stream: &str) -> u64 {
+pub fn pending(conn: &mut impl redis::ConnectionLike, job: &str, stream: &str) -> u64 {
     // Before the host created the group there is nothing pending (XPENDING says NOGROUP).
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
@@ -487,4 +729,34 @@ pub fn fleet_config(dir: &Path) -> PathBuf {
     )
     .unwrap();
     path
+}
+
+/// A second version of a component: the same code plus a custom section (another sha256).
+pub fn variant(original: &Path, dir: &Path, tag: &str) -> PathBuf {
+    let mut bytes = std::fs::read(original).unwrap();
+    let name = tag.as_bytes();
+    let payload_len = 1 + name.len();
+    bytes.push(0); // custom section id
+    bytes.push(payload_len as u8); // LEB128, < 128
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    let path = dir.join(format!("{tag}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+pub fn sha_of(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["plugin", "inspect", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sha256"].as_str().unwrap().to_string()
+}
+
+pub fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
+    })
 }

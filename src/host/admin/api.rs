@@ -15,12 +15,12 @@
 //! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
 //! token file the API is read-only (actions answer 403). Errors are `{"error": "…"}`.
 
+use crate::store::Conn;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -72,7 +72,7 @@ fn not_found(what: String) -> ApiError {
 
 impl Admin {
     /// A connection to Redis and the key table, once the host reached Redis.
-    fn redis(&self) -> Result<(ConnectionManager, Keys), ApiError> {
+    fn redis(&self) -> Result<(Conn, Keys), ApiError> {
         self.readiness.redis().ok_or_else(|| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -117,7 +117,7 @@ fn entry_id(id: &str) -> Result<&str, ApiError> {
 }
 
 /// The source stream of job `name`, as Redis knows it (404 if no host ran it).
-async fn source(conn: &mut ConnectionManager, keys: &Keys, name: &str) -> Result<String, ApiError> {
+async fn source(conn: &mut Conn, keys: &Keys, name: &str) -> Result<String, ApiError> {
     dlq::source_of(conn, keys, name).await?.ok_or_else(|| {
         not_found(format!(
             "no job named `{name}` in Redis: no host has run it"

@@ -17,13 +17,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::store::Conn;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::store::{Endpoint, Keys};
@@ -43,7 +43,7 @@ pub struct Readiness {
 /// table, and where to open a connection of one's own (for `WATCH`).
 #[derive(Clone)]
 struct Attached {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     endpoint: Endpoint,
 }
@@ -80,7 +80,7 @@ impl Readiness {
 
     /// Redis is up: where `/metrics` samples each running job's lag, pending entries,
     /// scheduled retries and dead letters.
-    pub fn attach(&self, conn: ConnectionManager, keys: Keys, endpoint: Endpoint) {
+    pub fn attach(&self, conn: Conn, keys: Keys, endpoint: Endpoint) {
         let _ = self.redis.set(Attached {
             conn,
             keys,
@@ -89,7 +89,7 @@ impl Readiness {
     }
 
     /// A connection to Redis and the key table, once the host reached Redis.
-    fn redis(&self) -> Option<(ConnectionManager, Keys)> {
+    fn redis(&self) -> Option<(Conn, Keys)> {
         self.redis.get().map(|a| (a.conn.clone(), a.keys.clone()))
     }
 

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Conn;
 use futures_util::StreamExt as _;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -119,9 +119,14 @@ impl From<redis::RedisError> for ControlError {
 pub(super) type Result<T> = std::result::Result<T, ControlError>;
 
 /// Subscribe to the control channel and wake the control loop on every notice, and after
-/// each (re)subscription (what happened meanwhile is read from the registry).
-pub async fn watch_notices(client: redis::Client, channel: String, wake: Arc<Notify>) {
+/// each (re)subscription (what happened meanwhile is read from the registry). On a cluster,
+/// one node's subscription hears every message (Redis Cluster broadcasts them): a node that
+/// cannot be reached is left for the next seed.
+pub async fn watch_notices(redis: crate::store::Endpoint, channel: String, wake: Arc<Notify>) {
+    let mut attempt = 0usize;
     loop {
+        let client = redis.client(attempt);
+        attempt = attempt.wrapping_add(1);
         if let Ok(mut pubsub) = client.get_async_pubsub().await
             && pubsub.subscribe(&channel).await.is_ok()
         {
@@ -163,7 +168,7 @@ fn checked_job(name: &str, e: JobEntry) -> Result<JobEntry> {
 /// Reads and changes the registry.
 #[derive(Clone)]
 pub struct Registry {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) keys: Keys,
 }
 
@@ -194,7 +199,7 @@ pub(super) fn encode<T: Serialize>(value: &T) -> String {
 }
 
 impl Registry {
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: Conn, keys: Keys) -> Self {
         Registry { conn, keys }
     }
 

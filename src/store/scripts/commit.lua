@@ -6,7 +6,7 @@
 -- KEYS[5]   the job's hash (its `lifecycle_run`, the run fence)
 -- KEYS[6]   the stream's held set: source entries a dead letter refers to (`<group>/<id>`)
 -- KEYS[7..] every other key the batch writes, each once, with its expected type in ARGV[11];
---           then the key of each read check (ARGV[14])
+--           then the key of each read check (ARGV[15])
 -- ARGV[1] consumer group   ARGV[2] consumer name
 -- ARGV[3] smallest entry id of the batch, ARGV[4] largest (numeric order)
 -- ARGV[5] now (ms)         ARGV[6] plugin version (sha256)
@@ -19,7 +19,9 @@
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
 -- ARGV[13] the job run this runner serves ('' for none): if the job hash's `lifecycle_run`
 --          differs, a newer run has begun; write nothing and reply SLUICE_SUPERSEDED
--- ARGV[14] R, the number of read checks (strict commits: the batch's read set), then R
+-- ARGV[14] '1' to announce finished events whether or not this server has a subscriber (a
+--          cluster node counts only its own; the message reaches every node)
+-- ARGV[15] R, the number of read checks (strict commits: the batch's read set), then R
 --   checks of four values each: op, key index (into KEYS, after the written keys), a, b:
 --     'k' present ('1'/'0'), value   GET must give that value (or nothing)
 --     'c' value, ''                  GET must give that integer (nothing counts as 0)
@@ -27,7 +29,7 @@
 --     'n' since (ms), count          ZCOUNT since +inf must give that count
 --   Any that fails: another host wrote what the batch read; write nothing and reply
 --   SLUICE_CONFLICT <key index>.
--- ARGV[15 + 4R..] one record per event:
+-- ARGV[16 + 4R..] one record per event:
 --   id, decision ('a' ack with effects, 's' skip, 'r' retry, 'd' dead letter, 'D' dead letter
 --   whose fields stay in the source, never copied: an entry over the job's size limit),
 --   failed ('1' if this delivery failed), deliveries, retry due time (ms, for 'r'),
@@ -55,8 +57,9 @@ local group, consumer, first_id, last_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, plugin, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local status_prefix, channel, done_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local key_types, strict = ARGV[11], ARGV[12] == '1'
-local n_reads = tonumber(ARGV[14])
-local FIRST = 15 + 4 * n_reads
+local always_announce = ARGV[14] == '1'
+local n_reads = tonumber(ARGV[15])
+local FIRST = 16 + 4 * n_reads
 
 if ARGV[13] ~= '' and redis.call('HGET', KEYS[5], 'lifecycle_run') ~= ARGV[13] then
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
@@ -186,7 +189,7 @@ end
 
 -- The read set: everything the batch read must still be what it read.
 for r = 0, n_reads - 1 do
-  local at = 15 + 4 * r
+  local at = 16 + 4 * r
   local op, index, a, b = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
   local key, same = KEYS[index], false
   if op == 'k' then
@@ -215,7 +218,7 @@ local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0,
 local to_ack, done_ids, dead_ids = {}, {}, {}
 -- The finished events are announced only while someone listens on this server, to the
 -- channel or to a pattern (the list costs a string per event to build).
-local announce = redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
+local announce = always_announce or redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
   or redis.call('PUBSUB', 'NUMPAT') > 0
 local pos = FIRST
 while pos <= #ARGV do

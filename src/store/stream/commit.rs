@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 
 use super::StreamJob;
 use crate::model::{Decision, Effect, Event, FailureKind, Outcome, ReadSet, now_ms};
@@ -58,7 +58,7 @@ pub struct BadTarget {
 
 /// Commits a job's handled batches with the commit script.
 pub struct StreamCommitter {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) job: Arc<StreamJob>,
     /// The runner's stop signal: waiting for replicas gives up once it is set.
     pub(super) stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -150,7 +150,8 @@ impl StreamCommitter {
         invocation
             .arg(&key_types)
             .arg(if strict { "1" } else { "0" })
-            .arg(j.run.map(|r| r.to_string()).unwrap_or_default());
+            .arg(j.run.map(|r| r.to_string()).unwrap_or_default())
+            .arg(if self.conn.is_cluster() { "1" } else { "0" });
         // The read set, each check naming a key after the written ones.
         let reads = reads.map(|r| read_checks(j, r)).unwrap_or_default();
         invocation.arg(reads.len());
@@ -329,11 +330,11 @@ impl StreamCommitter {
                     .query_async(&mut self.conn)
                     .await;
             }
-            let reply: redis::RedisResult<u32> = redis::cmd("WAIT")
-                .arg(wanted)
-                .arg(self.job.wait_timeout_ms)
-                .query_async(&mut self.conn)
-                .await;
+            // To the server of the job's keys (on a cluster, the master of their slot).
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(wanted).arg(self.job.wait_timeout_ms);
+            let reply: Result<u32, crate::store::StoreError> =
+                self.conn.on_node_of(&self.job.job_key, &wait).await;
             match reply {
                 Ok(have) if have >= wanted => {
                     if waited > 0 || errors > 0 {

@@ -19,8 +19,8 @@ pub use read::{StreamReader, parse_read_reply};
 
 use std::sync::Arc;
 
+use crate::store::Conn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use super::StoreError;
 use super::keys::Keys;
@@ -166,16 +166,19 @@ pub enum Entries {
 /// the job, and return its reader and committer, each on its own connection (a blocking
 /// read must not hold up a commit).
 pub async fn open(
-    read_conn: ConnectionManager,
-    mut commit_conn: ConnectionManager,
+    read_conn: Conn,
+    mut commit_conn: Conn,
     job: StreamJob,
     start: Start,
 ) -> Result<(StreamReader, StreamCommitter), StoreError> {
     let job = Arc::new(job);
     ensure_group(&mut commit_conn, &job, start).await?;
     if job.entries == Entries::Source {
-        let _: () = redis::pipe()
+        // Two commands: the index and the job hash are in different slots of a cluster.
+        let _: () = commit_conn
             .hset(&job.registry_key, &*job.job, &job.stream)
+            .await?;
+        let _: () = redis::pipe()
             .hset_multiple(
                 &job.job_key,
                 &[
@@ -202,7 +205,7 @@ pub async fn open(
 }
 
 pub(super) async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     job: &StreamJob,
     start: Start,
 ) -> Result<(), StoreError> {

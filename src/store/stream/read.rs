@@ -1,7 +1,7 @@
 //! Reading a job's stream through its consumer group: new entries (`XREADGROUP`), due retries
 //! and entries idle on other consumers (`claim.lua`), and recovery from a vanished group.
 
-use redis::aio::ConnectionManager;
+use crate::store::Conn;
 use redis::{AsyncCommands, Value};
 
 use super::{StreamJob, ensure_group};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// Reads a job's entries through its consumer group: new ones, due retries, idle ones.
 pub struct StreamReader {
     /// Its own connection: `XREADGROUP … BLOCK` holds it while waiting.
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) job: Arc<StreamJob>,
 }
 
