@@ -16,12 +16,16 @@
 //! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
 //! | `sluice_instance_recycles_total` | counter | `job`, `reason` | plugin instances replaced by a fresh one: `failed` (a trap, timeout or memory overrun left it unusable), `calls` (after 100000 calls, bounding what a leaky guest hoards) |
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
+//! | `sluice_forwarded_total` | counter | `job` | outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots) |
+//! | `sluice_outbox_dead_total` | counter | `job` | outbox entries that could not be forwarded (their target holds another type), moved to the outbox's dead letters |
 //! | `sluice_redis_connection_errors_total` | counter | | Redis commands that failed on their connection (Redis away, a timeout); each makes that connection reconnect |
 //! | `sluice_jobs_running` | gauge | | jobs this host runs |
 //! | `sluice_job_lag` | gauge | `job` | entries of the source not yet delivered to the job's group (read from Redis at scrape time, fleet-wide) |
 //! | `sluice_job_pending` | gauge | `job` | entries delivered and not yet acknowledged (fleet-wide) |
 //! | `sluice_job_retries_scheduled` | gauge | `job` | retries waiting for their time (fleet-wide) |
 //! | `sluice_job_dead_letters` | gauge | `job` | entries in the job's dead-letter stream |
+//! | `sluice_job_outbox` | gauge | `job` | (Redis Cluster) entries of the job's outbox not yet forwarded |
+//! | `sluice_job_outbox_lag_seconds` | gauge | `job` | (Redis Cluster) age of the oldest entry of the job's outbox: the forwarding lag |
 //! | `sluice_build_info` | gauge | `version` | 1, labelled with sluice's version |
 
 use std::time::Duration;
@@ -93,6 +97,23 @@ pub fn describe() {
         "sluice_job_dead_letters",
         "Entries in the job's dead-letter stream"
     );
+    describe_counter!(
+        "sluice_forwarded_total",
+        "Outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots)"
+    );
+    describe_counter!(
+        "sluice_outbox_dead_total",
+        "Outbox entries that could not be forwarded (their target holds another type)"
+    );
+    describe_gauge!(
+        "sluice_job_outbox",
+        "Entries of the job's outbox not yet forwarded (Redis Cluster)"
+    );
+    describe_gauge!(
+        "sluice_job_outbox_lag_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest entry of the job's outbox: the forwarding lag (Redis Cluster)"
+    );
     describe_gauge!("sluice_build_info", "1, labelled with sluice's version");
     gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -148,6 +169,26 @@ pub fn recycle(job: &str, reason: &'static str) {
 /// `n` source entries of `job` trimmed.
 pub fn trimmed(job: &str, n: u64) {
     counter!("sluice_trimmed_total", "job" => job.to_string()).increment(n);
+}
+
+/// `n` outbox entries of `job` written to their targets.
+pub fn forwarded(job: &str, n: u64) {
+    if n > 0 {
+        counter!("sluice_forwarded_total", "job" => job.to_string()).increment(n);
+    }
+}
+
+/// `n` outbox entries of `job` that could not be forwarded.
+pub fn outbox_dead(job: &str, n: u64) {
+    counter!("sluice_outbox_dead_total", "job" => job.to_string()).increment(n);
+}
+
+/// A job's outbox as Redis holds it (sampled at scrape time, on a cluster): entries not yet
+/// forwarded, and the age of the oldest (ms).
+pub fn job_outbox(job: &str, entries: u64, oldest_ms: u64) {
+    gauge!("sluice_job_outbox", "job" => job.to_string()).set(entries as f64);
+    gauge!("sluice_job_outbox_lag_seconds", "job" => job.to_string())
+        .set(oldest_ms as f64 / 1000.0);
 }
 
 /// A Redis command failed on its connection.

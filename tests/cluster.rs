@@ -134,3 +134,170 @@ fn the_control_plane_works_on_a_cluster() {
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The `n` fields of a stream, in order.
+fn ns(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    field_values(conn, stream, "n")
+}
+
+/// The slot of `key`.
+fn slot(conn: &mut redis::Connection, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(conn)
+        .unwrap()
+}
+
+#[test]
+fn effects_aimed_at_other_slots_arrive_once_through_a_host_kill() {
+    const N: usize = 20_000;
+    let cluster = RedisCluster::start();
+    let url = &cluster.url;
+    let jobs = [("j1", "s1", "t1"), ("j2", "s2", "t2"), ("j3", "s3", "t3")];
+    let mut probe = cluster.conn_for("s1");
+    for (_, source, target) in jobs {
+        assert_ne!(
+            slot(&mut probe, source),
+            slot(&mut probe, target),
+            "{source} {target}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!(
+        "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n\n[[plugin]]\nname = \"echo\"\npath = \"{}\"\n",
+        dir.path().display(),
+        plugin("echo").display()
+    );
+    for (job, source, target) in jobs {
+        toml.push_str(&format!(
+            "\n[[job]]\nname = \"{job}\"\nsource = \"stream:{source}\"\nplugin = \"echo\"\n\
+             block_ms = 100\nbatch = 100\nclaim_idle_ms = 2000\n[job.config]\ntarget = \"{target}\"\n"
+        ));
+    }
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut a = HostProcess::start(&cfg, url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, url, &dir.path().join("b.log"));
+    let publishers: Vec<_> = jobs
+        .iter()
+        .map(|(_, source, _)| {
+            let mut conn = cluster.conn_for(source);
+            let source = source.to_string();
+            std::thread::spawn(move || {
+                for chunk in 0..20 {
+                    let mut pipe = redis::pipe();
+                    for i in chunk * (N / 20)..(chunk + 1) * (N / 20) {
+                        pipe.cmd("XADD").arg(&source).arg("*").arg("n").arg(i);
+                    }
+                    let _: Vec<String> = pipe.query(&mut conn).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        })
+        .collect();
+    // Kill one host in the middle of the run: what it held is taken over, its outbox lock
+    // lapses, and the other host forwards what it had not.
+    let mut t1 = cluster.conn_for("t1");
+    assert!(
+        wait_until(Duration::from_secs(120), || stream_ids(&mut t1, "t1").len()
+            >= N / 4),
+        "forwarding did not start"
+    );
+    a.kill9();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    for (job, source, target) in jobs {
+        let mut conn = cluster.conn_for(target);
+        assert!(
+            wait_until(Duration::from_secs(180), || stream_ids(&mut conn, target)
+                .len()
+                >= N),
+            "{target}: {} of {N} arrived; host b running {}",
+            stream_ids(&mut conn, target).len(),
+            b.is_running()
+        );
+        let seen = ns(&mut conn, target);
+        let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(seen.len(), N, "{target}: entries duplicated");
+        let mut sorted = seen.clone();
+        sorted.sort_by_key(|s| s.parse::<usize>().unwrap());
+        assert_eq!(sorted, want, "{target}: every event's entry exactly once");
+        let mut at_source = cluster.conn_for(source);
+        assert!(
+            wait_until(Duration::from_secs(30), || pending(
+                &mut at_source,
+                job,
+                source
+            ) == 0),
+            "{job}: entries still pending"
+        );
+        let outbox = format!("sluice:{{{source}}}:job:{job}:outbox");
+        assert!(
+            wait_until(Duration::from_secs(30), || redis::cmd("XLEN")
+                .arg(&outbox)
+                .query::<u64>(&mut at_source)
+                .unwrap()
+                == 0),
+            "{job}: the outbox is not drained"
+        );
+    }
+    b.stop_ok();
+}
+
+#[test]
+fn one_host_forwards_in_emit_order_and_keeps_what_cannot_be_forwarded() {
+    let cluster = RedisCluster::start();
+    let url = &cluster.url;
+    let mut source = cluster.conn_for("in");
+    let mut out = cluster.conn_for("elsewhere");
+    assert_ne!(slot(&mut source, "in"), slot(&mut source, "elsewhere"));
+    // A key of the wrong type where the second job emits.
+    let mut bad = cluster.conn_for("a-string");
+    let _: () = redis::cmd("SET")
+        .arg("a-string")
+        .arg("x")
+        .query(&mut bad)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[host]\ndata_dir = \"{}\"\n\n[[plugin]]\nname = \"echo\"\npath = \"{}\"\n\n\
+         [[job]]\nname = \"j\"\nsource = \"stream:in\"\nplugin = \"echo\"\nblock_ms = 100\n\
+         [job.config]\ntarget = \"elsewhere\"\n\n\
+         [[job]]\nname = \"k\"\nsource = \"stream:in2\"\nplugin = \"echo\"\nblock_ms = 100\n\
+         [job.config]\ntarget = \"a-string\"\n",
+        dir.path().display(),
+        plugin("echo").display()
+    );
+    let cfg = dir.path().join("one.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut host = HostProcess::start(&cfg, url, &dir.path().join("host.log"));
+    publish(&mut source, "in", 3000, &[("n", "{i}")]);
+    assert!(wait_until(Duration::from_secs(60), || stream_ids(
+        &mut out,
+        "elsewhere"
+    )
+    .len()
+        >= 3000));
+    let want: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
+    assert_eq!(ns(&mut out, "elsewhere"), want, "in emit order, each once");
+    // The job's events are acked; what cannot reach its target is kept with the reason.
+    let mut in2 = cluster.conn_for("in2");
+    publish(&mut in2, "in2", 10, &[("n", "{i}")]);
+    let dead = "sluice:{in2}:job:k:outbox:dead";
+    assert!(
+        wait_until(Duration::from_secs(30), || stream_ids(&mut in2, dead).len()
+            == 10),
+        "dead: {:?}",
+        stream_ids(&mut in2, dead)
+    );
+    assert_eq!(counter(&mut in2, "k", "in2", "acked"), 10);
+    let errors = field_values(&mut in2, dead, "sluice:error");
+    assert!(
+        errors[0].contains("a-string") && errors[0].contains("string"),
+        "{errors:?}"
+    );
+    assert!(host.is_running());
+    host.stop_ok();
+}

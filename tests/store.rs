@@ -669,3 +669,87 @@ async fn retention_keeps_the_entries_dead_letters_refer_to_until_they_are_purged
     trim_once(&mut conn, "in", &[]).await;
     assert!(stream_ids(&mut sync, "in").is_empty());
 }
+
+#[tokio::test]
+async fn a_forwarder_taking_over_writes_nothing_twice_and_keeps_the_order() {
+    use sluice::store::forward::{Outbox, forward_once, outbox_entry};
+    let redis = RedisServer::start();
+    let mut conn = async_conn(&redis).await;
+    let keys = Keys::new("sluice");
+    let outbox_key = keys.outbox("j", "in");
+    // Five emits of job j, aimed at `out` (on a cluster: another slot).
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let emit = Effect::Emit {
+            stream: "out".into(),
+            fields: vec![("n".into(), n.to_string().into_bytes())],
+            max_len: None,
+        };
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&outbox_key).arg("*");
+        for (k, v) in outbox_entry(&emit, "out", b"", 0).unwrap() {
+            xadd.arg(k).arg(v);
+        }
+        ids.push(xadd.query_async::<String>(&mut conn).await.unwrap());
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&outbox_key)
+        .arg(keys.outbox_group())
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A forwarder read all five, wrote the first three to the target, and died before
+    // acknowledging anything.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(keys.outbox_group())
+        .arg("forwarder")
+        .arg("STREAMS")
+        .arg(&outbox_key)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut first = store::scripts::FORWARD.prepare_invoke();
+    first
+        .key("out")
+        .key(keys.forwarded("out", "j", "in"))
+        .arg(60_000);
+    for (n, id) in ids.iter().take(3).enumerate() {
+        first.arg(id).arg("x").arg(3).arg("").arg("n").arg(n);
+    }
+    let written: u64 = first.invoke_async(&mut conn).await.unwrap();
+    assert_eq!(written, 3);
+    // Another host takes over once the dead one's lock lapses (here: there is none).
+    let outbox = Outbox {
+        job: "j".into(),
+        source: "in".into(),
+        keys: keys.clone(),
+        holder: "host-b".into(),
+    };
+    let read = forward_once(&mut conn, &outbox, 10).await.unwrap();
+    assert_eq!(read, Some(5), "the entries read before are read again");
+    let out: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("out")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ns: Vec<&str> = out.iter().map(|(_, f)| f[0].1.as_str()).collect();
+    assert_eq!(ns, ["0", "1", "2", "3", "4"], "each once, in order");
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&outbox_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "forwarded entries leave the outbox");
+    // A host holding the lock keeps the others out.
+    let other = Outbox {
+        holder: "host-c".into(),
+        ..outbox.clone()
+    };
+    assert_eq!(forward_once(&mut conn, &other, 10).await.unwrap(), None);
+}

@@ -271,6 +271,24 @@ impl Assembly {
                 self.consumer.clone(),
             ))
         });
+        // On a cluster, effects aimed at other slots wait in the job's outbox: forwarded
+        // while the job runs here (by one host of the fleet at a time), drained at its stop.
+        let forwarder = conn.is_cluster().then(|| {
+            let (stop, stop_rx) = watch::channel(false);
+            let outbox = crate::store::forward::Outbox {
+                job: name.to_string(),
+                source: source.clone(),
+                keys: self.keys.clone(),
+                holder: self.consumer.clone(),
+            };
+            let task = tokio::spawn(crate::store::forward::keep_forwarding(
+                conn.clone(),
+                outbox,
+                stop_rx,
+                FORWARD_DRAIN,
+            ));
+            (stop, task)
+        });
         let gate = Gate {
             conn,
             keys: self.keys.clone(),
@@ -283,7 +301,7 @@ impl Assembly {
             gate,
             stop_rx,
             name.to_string(),
-            retention,
+            (retention, forwarder),
         ));
         tracing::info!(job = %name, plugin = %spec.plugin, version = short(&plugin.sha256), "job started");
         let job = RunningJob {
@@ -357,7 +375,7 @@ async fn run_job(
     gate: Gate,
     mut stop: watch::Receiver<bool>,
     name: String,
-    retention: Option<tokio::task::JoinHandle<()>>,
+    (retention, forwarder): (Option<tokio::task::JoinHandle<()>>, Option<Forwarder>),
 ) -> JobResult {
     let (life_stop, life_stop_rx) = watch::channel(false);
     let (source_stop, source_stop_rx) = watch::channel(false);
@@ -398,8 +416,19 @@ async fn run_job(
     if let Some(retention) = retention {
         retention.abort();
     }
+    // What the last batches put in the outbox is forwarded before the job ends here.
+    if let Some((stop, task)) = forwarder {
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), task).await;
+    }
     (name, result)
 }
+
+/// A job's forwarder task and its stop signal.
+type Forwarder = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// How long a stopping job's forwarder goes on forwarding what its outbox holds.
+const FORWARD_DRAIN: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,10 @@ pub struct JobStatus {
     pub pending: u64,
     /// Entries in the stream not yet delivered to the group (None if Redis cannot tell).
     pub lag: Option<u64>,
+    /// (Redis Cluster) Entries of the job's outbox not yet forwarded to their targets in
+    /// other slots, and the age of the oldest, ms: the forwarding lag (0 on one server).
+    pub outbox: u64,
+    pub outbox_lag_ms: u64,
 }
 
 /// Read the status of job `name`; None if no host ever registered it.
@@ -77,7 +81,10 @@ pub async fn status<C: AsyncCommands>(
         dead_letters: conn.xlen(keys.dlq(name, &source)).await?,
         pending: 0,
         lag: None,
+        outbox: 0,
+        outbox_lag_ms: 0,
     };
+    (status.outbox, status.outbox_lag_ms) = super::forward::lag(conn, keys, name, &source).await?;
     // Pending and (Redis ≥ 7) lag; a stream that is gone shows nothing pending.
     if let Ok(Some(g)) = super::groups::group_info(conn, &source, &group).await {
         status.pending = g.pending.unwrap_or(0);

@@ -18,6 +18,8 @@
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | `commit.lua` | the plugin's windows: id → time (ms); entries older than a day are dropped |
 //! | `<prefix>:{<tag>}:retention:<stream>` | string, with a TTL | `retention.lua` | the consumer that last trimmed the stream (`retention = "acked"`); others skip it until the TTL ends |
 //! | `<prefix>:{<tag>}:held:<stream>` | sorted set | `commit.lua`, `dlq` | `<group>/<id>` → ms of `id`: source entries whose dead letter holds no copy of their fields (oversized, or too many fields to copy); retention keeps them until the dead letter is replayed or purged |
+//! | `<prefix>:{<tag>}:job:<job>:outbox` | stream | `commit.lua` (through `stream::commit`), `forward` | on a Redis Cluster only: the job's effects aimed at keys of other slots, one entry per effect (`sluice:target`, `sluice:op`, its arguments), forwarded in order by one host at a time, read through group `<prefix>:forward`; `…:outbox:lock` (string, a few seconds: the forwarding host), `…:outbox:dead` (stream: entries whose target holds another type, with `sluice:error`) |
+//! | `<prefix>:{<target's tag>}:forwarded:<job>@<source tag>:<target>` | string, kept a week | `forward.lua` | the id of the last outbox entry of the job forwarded to the target; in the target's slot, written in the same step as the target, so a forwarder stopped half-way never writes an entry twice |
 //! | `<prefix>:queue:{<name>}` | stream | `commit.lua`, `claim.lua` | a sluice queue: entries `{payload}`, read by jobs with source `queue:<name>` |
 //! | `<prefix>:queue:{<name>}:delayed` | sorted set | `commit.lua` | delayed tasks (`<job>/<event>/<n>\n<payload>` → due ms), moved to the queue by `claim.lua` when due |
 //! | the source stream | stream | producers | read through consumer group `<prefix>:<job>` |
@@ -142,6 +144,39 @@ impl Keys {
         format!("{}:{{{}}}:held:{stream}", self.prefix, hash_tag(stream))
     }
 
+    /// Stream: on a Redis Cluster, a job's effects aimed at keys of other slots, one entry
+    /// each, forwarded to them by [`crate::store::forward`]; in the job's slot.
+    pub fn outbox(&self, job: &str, source: &str) -> String {
+        format!("{}:outbox", self.job(job, source))
+    }
+
+    /// String: the host forwarding a job's outbox, for a few seconds at a time.
+    pub fn outbox_lock(&self, job: &str, source: &str) -> String {
+        format!("{}:outbox:lock", self.job(job, source))
+    }
+
+    /// Stream: outbox entries that could not be forwarded (their target holds another type),
+    /// with the error; in the job's slot.
+    pub fn outbox_dead(&self, job: &str, source: &str) -> String {
+        format!("{}:outbox:dead", self.job(job, source))
+    }
+
+    /// The consumer group the forwarders read outboxes with.
+    pub fn outbox_group(&self) -> String {
+        format!("{}:forward", self.prefix)
+    }
+
+    /// String: the id of the last outbox entry of `job` (on `source`) forwarded to `target`;
+    /// in `target`'s slot.
+    pub fn forwarded(&self, target: &str, job: &str, source: &str) -> String {
+        format!(
+            "{}:{{{}}}:forwarded:{job}@{}:{target}",
+            self.prefix,
+            hash_tag(target),
+            hash_tag(source)
+        )
+    }
+
     /// The sorted set of a job's scheduled retries.
     pub fn retry(&self, job: &str, source: &str) -> String {
         format!("{}:retry", self.job(job, source))
@@ -256,5 +291,13 @@ mod tests {
             "sluice:{events}:job:echo:counter:w"
         );
         assert_eq!(Keys::window(&job, "w"), "sluice:{events}:job:echo:window:w");
+        assert_eq!(
+            k.outbox("echo", "events"),
+            "sluice:{events}:job:echo:outbox"
+        );
+        // The mark of what was forwarded lives with its target.
+        let mark = k.forwarded("out:{eu}", "echo", "events");
+        assert_eq!(mark, "sluice:{eu}:forwarded:echo@events:out:{eu}");
+        assert_eq!(hash_tag(&mark), hash_tag("out:{eu}"));
     }
 }

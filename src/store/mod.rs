@@ -11,6 +11,7 @@ pub mod control;
 pub mod dlq;
 pub mod embedded;
 pub mod events;
+pub mod forward;
 pub mod groups;
 pub mod hosts;
 pub mod jobs;

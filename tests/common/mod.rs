@@ -620,7 +620,11 @@ impl Drop for HostProcess {
 }
 
 /// A value of field `name` for every entry of `stream`, in order.
-pub fn field_values(conn: &mut redis::Connection, stream: &str, name: &str) -> Vec<String> {
+pub fn field_values(
+    conn: &mut impl redis::ConnectionLike,
+    stream: &str,
+    name: &str,
+) -> Vec<String> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")

@@ -346,5 +346,12 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
     );
     println!("dlq       {}", s.dead_letters);
     println!("lag       {lag}");
+    if s.outbox > 0 {
+        println!(
+            "outbox    {}  (effects for other cluster slots not yet forwarded; oldest {:.1} s)",
+            s.outbox,
+            s.outbox_lag_ms as f64 / 1000.0
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -114,6 +114,9 @@ impl Readiness {
             let status = crate::store::jobs::status(&mut conn, &keys, &job);
             if let Ok(Ok(Some(s))) = tokio::time::timeout(Duration::from_secs(1), status).await {
                 crate::metrics::job_state(&job, s.lag, s.pending, s.scheduled, s.dead_letters);
+                if conn.is_cluster() {
+                    crate::metrics::job_outbox(&job, s.outbox, s.outbox_lag_ms);
+                }
             }
         }
     }

@@ -40,4 +40,6 @@ scripts! {
     RETENTION = "retention.lua";
     /// Appends `job-finished` once a finite job's source is drained, once per run.
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
+    /// Writes a job's outbox entries to one target of another cluster slot, each once.
+    FORWARD = "forward.lua";
 }

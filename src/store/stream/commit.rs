@@ -10,7 +10,7 @@ use crate::store::Conn;
 use super::StreamJob;
 use crate::model::{Decision, Effect, Event, FailureKind, Outcome, ReadSet, now_ms};
 use crate::store::groups::parse_id;
-use crate::store::{Keys, StoreError, scripts};
+use crate::store::{Keys, StoreError, forward, scripts};
 
 /// Where the keys an effect writes begin in the commit script's KEYS (1-based), after the
 /// source, its counters, the retry set, the dead-letter stream and the job hash.
@@ -114,10 +114,45 @@ impl StreamCommitter {
             .arg(&j.channel)
             .arg(j.done_ttl_s);
         // Effects are written only for acked events.
-        let effects_of = |i: usize| -> &[Effect] {
+        let acked_effects = |i: usize| -> &[Effect] {
             match (&decisions[i], &outcomes[i]) {
                 (Decision::Ack, Outcome::Handled { effects, .. }) => effects,
                 _ => &[],
+            }
+        };
+        // On a cluster, an effect aimed at a key of another slot than the job's goes into
+        // the job's outbox (in its slot, in this same step), to be forwarded.
+        let rerouted: Option<Vec<Vec<Effect>>> = self.conn.is_cluster().then(|| {
+            let slot = redis::cluster_routing::Slot::for_key(&j.job_key);
+            (0..events.len())
+                .map(|i| {
+                    acked_effects(i)
+                        .iter()
+                        .enumerate()
+                        .map(|(n, effect)| {
+                            let (key, _) = target(j, effect);
+                            let member = delayed_member(j, &events[i], n, effect);
+                            match redis::cluster_routing::Slot::for_key(&key) == slot {
+                                true => None,
+                                false => forward::outbox_entry(effect, &key, &member, now),
+                            }
+                            .map_or_else(
+                                || effect.clone(),
+                                |fields| Effect::Emit {
+                                    stream: j.outbox_key.clone(),
+                                    fields,
+                                    max_len: None,
+                                },
+                            )
+                        })
+                        .collect()
+                })
+                .collect()
+        });
+        let effects_of = |i: usize| -> &[Effect] {
+            match &rerouted {
+                Some(effects) => &effects[i],
+                None => acked_effects(i),
             }
         };
         // First pass: every key beyond the first four, once, with its type and the events
@@ -233,17 +268,12 @@ impl StreamCommitter {
                     } => {
                         invocation.arg("q").arg(index).arg(payload);
                     }
-                    Effect::Enqueue {
-                        payload, delay_ms, ..
-                    } => {
-                        // Unique per event and effect, so equal payloads do not merge.
-                        let mut member = format!("{}/{}/{n}\n", j.job, event.id).into_bytes();
-                        member.extend_from_slice(payload);
+                    Effect::Enqueue { delay_ms, .. } => {
                         invocation
                             .arg("Q")
                             .arg(index)
                             .arg(now + u64::from(*delay_ms))
-                            .arg(member);
+                            .arg(delayed_member(j, event, n, effect));
                     }
                 }
             }
@@ -424,6 +454,21 @@ fn read_checks(job: &StreamJob, reads: &ReadSet) -> Vec<ReadCheck> {
         });
     }
     checks
+}
+
+/// The sorted-set member of a delayed task (the `n`th effect of `event`): unique per event
+/// and effect, so equal payloads do not merge. Empty for other effects.
+fn delayed_member(job: &StreamJob, event: &Event, n: usize, effect: &Effect) -> Vec<u8> {
+    match effect {
+        Effect::Enqueue {
+            payload, delay_ms, ..
+        } if *delay_ms > 0 => {
+            let mut member = format!("{}/{}/{n}\n", job.job, event.id).into_bytes();
+            member.extend_from_slice(payload);
+            member
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The full key an effect writes, and its type letter for the commit script.

@@ -53,6 +53,9 @@ pub struct StreamJob {
     pub retry_key: String,
     /// Dead letters ([`Keys::dlq`]).
     pub dlq_key: String,
+    /// The job's outbox ([`Keys::outbox`]): on a Redis Cluster, effects aimed at other
+    /// slots are appended there, and forwarded ([`crate::store::forward`]).
+    pub outbox_key: String,
     /// Source entries dead letters refer to ([`Keys::held`]).
     pub held_key: String,
     /// Prefix of event status records ([`Keys::event_prefix`]).
@@ -93,6 +96,7 @@ impl StreamJob {
             registry_key: keys.jobs(),
             retry_key: keys.retry(job, stream),
             dlq_key: keys.dlq(job, stream),
+            outbox_key: keys.outbox(job, stream),
             held_key: keys.held(stream),
             event_prefix: keys.event_prefix(job, stream),
             channel: keys.events_channel(job),
