@@ -301,3 +301,126 @@ fn one_host_forwards_in_emit_order_and_keeps_what_cannot_be_forwarded() {
     assert!(host.is_running());
     host.stop_ok();
 }
+
+/// What a failover did to the entries of a target: (lost, duplicated), against `n` expected.
+fn counted(conn: &mut redis::Connection, target: &str, n: usize) -> (usize, usize) {
+    let seen = ns(conn, target);
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    (n - distinct.len(), seen.len() - distinct.len())
+}
+
+/// Two jobs in the slot of `{fo}` (one emitting to a stream of its own slot, one to another
+/// slot, through the outbox) handle `N` entries; a third of the way through, the master of
+/// that slot is killed, its replica takes over, and the old master comes back as a replica.
+/// Returns what each target lost and got twice.
+fn failover(wait_replicas: u32) -> [(usize, usize); 2] {
+    const N: usize = 20_000;
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url.clone();
+    let mut src = cluster.conn_for("{fo}");
+    publish(&mut src, "{fo}", N, &[("n", "{i}")]);
+    publish(&mut src, "{fo}x", N, &[("n", "{i}")]);
+    // The entries themselves are on the replica before anything starts.
+    let _: u32 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut src).unwrap();
+    let mut probe = cluster.conn_for("t-x");
+    assert_ne!(slot(&mut probe, "{fo}x"), slot(&mut probe, "t-x"));
+    let dir = tempfile::tempdir().unwrap();
+    let job = |name: &str, source: &str, target: &str| {
+        format!(
+            "\n[[job]]\nname = \"{name}\"\nsource = \"stream:{source}\"\nplugin = \"echo\"\n\
+             block_ms = 100\nbatch = 50\nclaim_idle_ms = 2000\nwait_replicas = {wait_replicas}\n\
+             wait_timeout_ms = 500\n[job.config]\ntarget = \"{target}\"\n"
+        )
+    };
+    let toml = format!(
+        "[host]\ndata_dir = \"{}\"\nshutdown_grace_s = 5\n\n[[plugin]]\nname = \"echo\"\npath = \"{}\"\n{}{}",
+        dir.path().display(),
+        plugin("echo").display(),
+        job("d", "{fo}", "{fo}:out"),
+        job("x", "{fo}x", "t-x"),
+    );
+    let cfg = dir.path().join("failover.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut host = HostProcess::start(&cfg, &url, &dir.path().join("host.log"));
+    assert!(
+        wait_until(Duration::from_secs(60), || counter(
+            &mut src, "d", "fo", "acked"
+        ) >= (N / 3) as u64),
+        "the jobs did not get going"
+    );
+    let master = cluster.master_of("{fo}");
+    cluster.nodes[master].kill();
+    // The replica takes over once the others see the master gone (cluster-node-timeout).
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let mut any = cluster.nodes[(master + 1) % cluster.nodes.len()].conn();
+            let slots: Result<redis::Value, _> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut any);
+            slots.is_ok()
+                && cluster.nodes.iter().enumerate().any(|(i, n)| {
+                    i != master
+                        && redis::Client::open(n.url())
+                            .ok()
+                            .and_then(|c| c.get_connection().ok())
+                            .is_some_and(|mut c| {
+                                redis::cmd("INFO")
+                                    .arg("replication")
+                                    .query::<String>(&mut c)
+                                    .is_ok_and(|i| i.contains("role:master"))
+                                    && redis::cmd("CLUSTER")
+                                        .arg("KEYSLOT")
+                                        .arg("{fo}")
+                                        .query::<u16>(&mut c)
+                                        .is_ok()
+                            })
+                })
+        }),
+        "no failover"
+    );
+    // The old master comes back, as the new master's replica (waiting commits need one).
+    cluster.nodes[master].restart();
+    assert!(
+        cluster.wait_ok(Duration::from_secs(60)),
+        "the cluster did not heal"
+    );
+    let mut out = cluster.conn_for("{fo}:out");
+    let mut tx = cluster.conn_for("t-x");
+    let done = wait_until(Duration::from_secs(180), || {
+        let d: std::collections::HashSet<String> = ns(&mut out, "{fo}:out").into_iter().collect();
+        let x: std::collections::HashSet<String> = ns(&mut tx, "t-x").into_iter().collect();
+        d.len() >= N && x.len() >= N
+    });
+    assert!(host.is_running(), "the host died");
+    let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    println!(
+        "the host met the failover: {} warnings, e.g. {:?}",
+        warned.len(),
+        warned.first()
+    );
+    let result = [counted(&mut out, "{fo}:out", N), counted(&mut tx, "t-x", N)];
+    assert!(done, "not every entry arrived: (lost, twice) = {result:?}");
+    host.stop_ok();
+    result
+}
+
+#[test]
+fn a_master_failing_over_mid_run_loses_and_repeats_nothing_with_replica_waiting() {
+    let [direct, forwarded] = failover(1);
+    println!(
+        "failover with wait_replicas = 1: same-slot emits lost {} twice {}; other-slot emits lost {} twice {}",
+        direct.0, direct.1, forwarded.0, forwarded.1
+    );
+    assert_eq!(direct, (0, 0), "same-slot emits (lost, twice)");
+    assert_eq!(forwarded, (0, 0), "other-slot emits (lost, twice)");
+}
+
+#[test]
+fn a_master_failing_over_without_replica_waiting_is_measured() {
+    let [direct, forwarded] = failover(0);
+    // Redis replicates asynchronously: what the old master acknowledged last may not have
+    // reached the replica. Measured and printed, not asserted.
+    println!(
+        "failover with wait_replicas = 0: same-slot emits lost {} twice {}; other-slot emits lost {} twice {}",
+        direct.0, direct.1, forwarded.0, forwarded.1
+    );
+}

@@ -728,6 +728,8 @@ async fn a_forwarder_taking_over_writes_nothing_twice_and_keeps_the_order() {
         source: "in".into(),
         keys: keys.clone(),
         holder: "host-b".into(),
+        wait_replicas: 0,
+        wait_timeout_ms: 1000,
     };
     let read = forward_once(&mut conn, &outbox, 10).await.unwrap();
     assert_eq!(read, Some(5), "the entries read before are read again");

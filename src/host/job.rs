@@ -280,6 +280,8 @@ impl Assembly {
                 source: source.clone(),
                 keys: self.keys.clone(),
                 holder: self.consumer.clone(),
+                wait_replicas: spec.wait_replicas,
+                wait_timeout_ms: spec.wait_timeout_ms,
             };
             let task = tokio::spawn(crate::store::forward::keep_forwarding(
                 conn.clone(),

@@ -152,11 +152,33 @@ pub struct Outbox {
     pub keys: Keys,
     /// This host's consumer name (the lock's value).
     pub holder: String,
+    /// The job's `wait_replicas`: entries are forwarded only once this many replicas of the
+    /// job's slot have them, and acknowledged only once this many replicas of the target's
+    /// slot have what was written (0: no waiting).
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may block, ms.
+    pub wait_timeout_ms: u64,
 }
 
 impl Outbox {
     fn outbox(&self) -> String {
         self.keys.outbox(&self.job, &self.source)
+    }
+
+    /// Whether `wait_replicas` replicas of the server holding `key` have every write made on
+    /// it so far (this connection's last one included, and, the replication stream being one,
+    /// every write before it): true at once without waiting replicas.
+    async fn replicated(&self, conn: &mut Conn, key: &str) -> Result<bool, StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(true);
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.wait_replicas).arg(self.wait_timeout_ms);
+        let have: u32 = conn.on_node_of(key, &wait).await?;
+        if have < self.wait_replicas {
+            tracing::warn!(job = %self.job, key, have, wanted = self.wait_replicas, "forwarding waits for replicas");
+        }
+        Ok(have >= self.wait_replicas)
     }
 
     /// Take or renew the forwarding lock; true while this host holds it.
@@ -264,6 +286,13 @@ impl Outbox {
             }
             let result: redis::RedisResult<u64> = invocation.invoke_async(conn).await;
             match result {
+                // Acknowledged in the outbox only once the target's replicas have the write
+                // (else a failover there could lose it): until then the entries stay read,
+                // and the mark makes a second pass write nothing again.
+                Ok(n) if !self.replicated(conn, target).await? => {
+                    crate::metrics::forwarded(&self.job, n);
+                    return Ok(written + n);
+                }
                 Ok(n) => written += n,
                 Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
                     let why = format!(
@@ -336,9 +365,14 @@ pub async fn forward_once(
         return Ok(None);
     }
     let entries = outbox.read(conn, block_ms).await?;
-    if !entries.is_empty() {
-        outbox.forward(conn, &entries).await?;
+    // The read was a write of its own on the job's server, after the commits that appended
+    // these entries: once replicas have it, they have those commits, and a failover cannot
+    // take back an event whose effect was forwarded. Until then, nothing is forwarded (the
+    // entries stay read, and are read again).
+    if entries.is_empty() || !outbox.replicated(conn, &outbox.outbox()).await? {
+        return Ok(Some(0));
     }
+    outbox.forward(conn, &entries).await?;
     Ok(Some(entries.len()))
 }
 
