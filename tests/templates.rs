@@ -59,6 +59,13 @@ fn new_build_and_test(lang: &str) {
         report["events"][2]["effects"],
         serde_json::json!(["counter click += 1", "emit test:counts: kind=click count=2"])
     );
+    // Its log line, through whichever call the template's world uses (Python and
+    // JavaScript: handle-batch).
+    assert_eq!(
+        report["events"][2]["logs"],
+        serde_json::json!(["info: click #2"]),
+        "{report}"
+    );
 }
 
 #[test]

@@ -29,26 +29,29 @@ class Handler(exports.Handler):
                 settings["target"] = value
 
     def handle(self, event):
-        text = next((v for k, v in event.fields if k == "text"), None)
-        if text is None:
-            return types.Disposition_Skip()
-        target = settings["target"] or event.source + ":words"
-        try:
-            for word in WORD.findall(text.decode("utf-8", "replace").lower()):
-                count = counters.counter_add(word, 1, None)
-                if count == settings["threshold"]:
-                    effects.emit(target, [("word", word.encode()), ("count", str(count).encode())])
-        except Err as e:
-            raise Err(types.HandlerError(message=str(e.value)))
-        return types.Disposition_Ack()
+        return handle(event)
+
+
+def handle(event):
+    text = next((v for k, v in event.fields if k == "text"), None)
+    if text is None:
+        return types.Disposition_Skip()
+    target = settings["target"] or event.source + ":words"
+    try:
+        for word in WORD.findall(text.decode("utf-8", "replace").lower()):
+            count = counters.counter_add(word, 1, None)
+            if count == settings["threshold"]:
+                effects.emit(target, [("word", word.encode()), ("count", str(count).encode())])
+    except Err as e:
+        raise Err(types.HandlerError(message=str(e.value)))
+    return types.Disposition_Ack()
 
 
 class BatchHandler(exports.BatchHandler):
     def handle_batch(self, events):
-        handler = Handler()
         for event in events:
             try:
-                outcome = Ok(handler.handle(event))
+                outcome = Ok(handle(event))
             except Err as e:
                 outcome = e
             if not batch.finish(outcome):

@@ -278,6 +278,7 @@ impl PluginInstance {
             outcomes: Vec::with_capacity(events.len()),
             budget: budget.clone(),
             stopped: false,
+            last_logs: Vec::new(),
         });
         let fields: Vec<Vec<(&str, &[u8])>> = events.iter().map(wit_fields).collect();
         let wit_events: Vec<wit::Event<'_>> = events
@@ -301,8 +302,13 @@ impl PluginInstance {
         let state = self.store.data_mut();
         let batch = state.batch.take();
         let mut call = std::mem::take(&mut state.call);
-        let (mut outcomes, stopped) =
-            batch.map_or((Vec::new(), false), |b| (b.outcomes, b.stopped));
+        let (mut outcomes, stopped) = match batch {
+            Some(b) => {
+                self.last_logs = b.last_logs;
+                (b.outcomes, b.stopped)
+            }
+            None => (Vec::new(), false),
+        };
         self.calls += outcomes.len() as u64;
         // The event under way when the call ended: the first without a result, unless the
         // plugin was told to stop (then no event was under way: what it did after the stop
@@ -332,6 +338,7 @@ impl PluginInstance {
             return outcomes;
         }
         let printed = self.printed(event, &mut call);
+        self.last_logs = std::mem::take(&mut call.logs);
         let outcome = match result {
             Err(e) => self.failed(e, &call, printed.as_deref()),
             Ok(()) => {

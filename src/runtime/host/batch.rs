@@ -58,6 +58,8 @@ pub struct BatchCall {
     pub budget: Budget,
     /// `finish` said stop: the plugin was to return, and nothing more is taken.
     pub stopped: bool,
+    /// The log lines of the last event finished (for `plugin test`, one event at a time).
+    pub last_logs: Vec<String>,
 }
 
 impl Host for HostState {
@@ -73,20 +75,25 @@ impl Host for HostState {
             batch.stopped = true;
             return false;
         }
-        let mut call = std::mem::take(&mut self.call);
+        // What it printed belongs to the event under way: logged in its span.
         if let Some(text) = self.output.take() {
             let _span = self.event_span().entered();
             tracing::info!(
                 job = &*self.guest.job,
                 plugin = &*self.guest.plugin,
-                event = call.event_id.as_deref().unwrap_or_default(),
+                event = self.call.event_id.as_deref().unwrap_or_default(),
                 "the plugin printed: {text}"
             );
+            if self.call.logs.len() < super::MAX_LOGS_KEPT {
+                self.call.logs.push(format!("printed: {text}"));
+            }
         }
+        let mut call = std::mem::take(&mut self.call);
         let outcome = self.close(&mut call, outcome);
         let Some(batch) = self.batch.as_mut() else {
             return false;
         };
+        batch.last_logs = std::mem::take(&mut call.logs);
         let event = &batch.events[index];
         let within = batch
             .budget
@@ -130,6 +137,7 @@ mod tests {
             outcomes: Vec::new(),
             budget: Budget::new(max),
             stopped: false,
+            last_logs: Vec::new(),
         }
     }
 

@@ -3,8 +3,8 @@
 //
 // It is of the world `batch-plugin`: the host hands it a whole batch of events in one call to
 // `handleBatch` (a call into JavaScript costs more than most handlers' own work), which reports
-// each event's result with `finish`; `handle` serves single events (`sluice plugin test`).
-// Write your logic in `handle`; `handleBatch` needs no change.
+// each event's result with `finish`. Write your logic in `handle` (state it keeps lives on the
+// module, as `handler` does); `handleBatch` needs no change.
 import { finish } from 'sluice:plugin/batch@0.1.0';
 import { configGet } from 'sluice:plugin/config@0.1.0';
 import { counterAdd } from 'sluice:plugin/counters@0.1.0';
