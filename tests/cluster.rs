@@ -424,3 +424,80 @@ fn a_master_failing_over_without_replica_waiting_is_measured() {
         direct.0, direct.1, forwarded.0, forwarded.1
     );
 }
+
+#[test]
+fn a_job_over_eight_partitions_on_two_hosts_handles_every_event_once() {
+    const N: usize = 16_000;
+    let cluster = RedisCluster::start();
+    let url = &cluster.url;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet_config(dir.path());
+    ok(sluice(
+        url,
+        &[
+            "plugin",
+            "load",
+            plugin("echo").to_str().unwrap(),
+            "--name",
+            "echo",
+        ],
+    ));
+    // One definition, eight jobs: orders.0 … orders.7, each on its partition's slot; they all
+    // emit to one stream (in one slot: most of them through their outboxes).
+    let started = cli(
+        url,
+        "job start orders --source stream:orders:{0..7} --plugin echo --set target=all-orders",
+    );
+    assert!(started.contains("orders.7"), "{started}");
+    let mut a = HostProcess::start(&cfg, url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, url, &dir.path().join("b.log"));
+    // The producers' side: entries spread over the partitions by the CLI.
+    let published = cli(url, &format!("publish orders:{{0..7}} n={{i}} --count {N}"));
+    assert_eq!(published.lines().count(), 8, "{published}");
+    // A key always goes to the same partition: its slot modulo the partitions.
+    let mut probe = cluster.conn_for("all-orders");
+    let slot = slot(&mut probe, "customer-42");
+    let keyed = cli(url, "publish orders:{0..7} --key customer-42 n=k");
+    assert!(
+        keyed.contains(&format!("orders:{{{}}}", slot % 8)),
+        "{keyed} (slot {slot})"
+    );
+    let mut out = cluster.conn_for("all-orders");
+    assert!(
+        wait_until(Duration::from_secs(120), || stream_ids(
+            &mut out,
+            "all-orders"
+        )
+        .len()
+            > N),
+        "{} of {} arrived",
+        stream_ids(&mut out, "all-orders").len(),
+        N + 1
+    );
+    let mut seen = ns(&mut out, "all-orders");
+    assert_eq!(seen.len(), N + 1, "nothing twice");
+    seen.retain(|n| n != "k");
+    seen.sort_by_key(|n| n.parse::<usize>().unwrap());
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(seen, want, "every event once");
+    // The family answers to its name.
+    let status: serde_json::Value =
+        serde_json::from_str(&cli(url, "job status orders --json")).unwrap();
+    assert_eq!(
+        status["partitions"].as_array().unwrap().len(),
+        8,
+        "{status}"
+    );
+    assert_eq!(status["totals"]["acked"], (N + 1) as u64, "{status}");
+    cli(url, "job stop orders");
+    let jobs: serde_json::Value = serde_json::from_str(&cli(url, "job list --json")).unwrap();
+    let states: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["stopped"; 8], "{jobs}");
+    a.stop_ok();
+    b.stop_ok();
+}

@@ -69,7 +69,8 @@ pub enum Command {
     CheckConfig,
     /// Append entries to a stream: `sluice publish events text=hello n={i} --count 100`
     Publish {
-        /// The stream key
+        /// The stream key; or partitioned streams (`orders:{0..15}`): each entry goes to the
+        /// partition of its `--key`, else they are spread over all of them in turn
         stream: String,
         /// Fields as name=value; `{i}` in a value becomes the entry's index (0-based)
         #[arg(required = true, value_name = "FIELD=VALUE")]
@@ -77,6 +78,10 @@ pub enum Command {
         /// How many entries to append
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// For partitioned streams: the partition is this key's Redis Cluster slot (CRC16 of
+        /// the key, or of its `{tag}`, mod 16384) modulo the number of partitions
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Put a task on a sluice queue (read by jobs with source queue:NAME)
     Enqueue {
@@ -208,7 +213,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             fields,
             count,
-        } => publish::publish(&ctx.client().await?, stream, fields, *count).await,
+            key,
+        } => publish::publish(&ctx.client().await?, stream, fields, *count, key.as_deref()).await,
         Command::Job { command } => job::run(&ctx.client().await?, command).await,
         Command::Plugin { command } => plugin::registry(&ctx.client().await?, command).await,
         Command::Dlq { command } => dlq::run(&ctx.client().await?, command).await,

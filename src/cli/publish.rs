@@ -3,25 +3,71 @@
 use std::process::ExitCode;
 
 use super::{Client, parse_fields};
+use crate::model::Partitions;
+
+/// The partition of partitioned streams `partitions` that an entry with routing key `key`
+/// goes to: the key's Redis Cluster slot, modulo the number of partitions (so that producers
+/// in any language can compute it: CRC16-XMODEM of the key or its `{tag}`, mod 16384).
+pub fn partition_of(partitions: &Partitions<'_>, key: &str) -> String {
+    let tag = crate::model::hash_tag(key);
+    let slot = u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384);
+    partitions.key(partitions.numbers().start() + slot % partitions.count())
+}
 
 /// Append `count` entries of `fields` (`name=value`; `{i}` in a value is the entry's index).
+/// To partitioned streams (`orders:{0..15}`): each to the partition of `key`, else entry `i`
+/// to partition `i` mod N.
 pub async fn publish(
     c: &Client,
     stream: &str,
     fields: &[String],
     count: u64,
+    key: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let fields = parse_fields(fields)?;
-    let fields = &fields;
     let mut conn = c.conn().await?;
+    let Some(partitions) = Partitions::parse(stream) else {
+        if key.is_some() {
+            anyhow::bail!(
+                "--key picks a partition: {stream:?} names no partitions (like `orders:{{0..15}}`)"
+            );
+        }
+        append(&mut conn, stream, &fields, (0..count).collect()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let partitions = partitions.map_err(|m| anyhow::anyhow!("{stream:?}: {m}"))?;
+    match key {
+        Some(key) => {
+            let target = partition_of(&partitions, key);
+            append(&mut conn, &target, &fields, (0..count).collect()).await?;
+        }
+        None => {
+            let n = u64::from(partitions.count());
+            for (p, number) in partitions.numbers().enumerate() {
+                let indices: Vec<u64> = (p as u64..count).step_by(n as usize).collect();
+                if !indices.is_empty() {
+                    append(&mut conn, &partitions.key(number), &fields, indices).await?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Append an entry of `fields` to `stream` for each of `indices` (what `{i}` becomes), and
+/// say which ids they got.
+async fn append(
+    conn: &mut crate::store::Conn,
+    stream: &str,
+    fields: &[(String, String)],
+    indices: Vec<u64>,
+) -> anyhow::Result<()> {
     let templated = fields.iter().any(|(_, v)| v.contains("{i}"));
     let mut first: Option<String> = None;
     let mut last = String::new();
-    let mut i = 0;
-    while i < count {
-        let chunk = (count - i).min(1000);
+    for chunk in indices.chunks(1000) {
         let mut pipe = redis::pipe();
-        for n in i..i + chunk {
+        for n in chunk {
             let cmd = pipe.cmd("XADD").arg(stream).arg("*");
             for (k, v) in fields {
                 if templated {
@@ -31,20 +77,20 @@ pub async fn publish(
                 }
             }
         }
-        let ids: Vec<String> = pipe.query_async(&mut conn).await?;
+        let ids: Vec<String> = pipe.query_async(conn).await?;
         if first.is_none() {
             first = ids.first().cloned();
         }
         last = ids.last().cloned().unwrap_or_default();
-        i += chunk;
     }
+    let count = indices.len();
     match first {
         Some(first) if count > 1 => {
             println!("published {count} entries to {stream} (ids {first} … {last})")
         }
         _ => println!("published {count} entry to {stream} (id {last})"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Put a task on sluice queue `queue` (what a job with source `queue:NAME` reads, and what a

@@ -225,6 +225,12 @@ impl Config {
                 field,
                 message,
             })?;
+        // A job over partitioned streams is a family of jobs, one per partition.
+        config.jobs = config
+            .jobs
+            .iter()
+            .flat_map(|j| j.expand().unwrap_or_default())
+            .collect();
         Ok(config)
     }
 
@@ -294,16 +300,20 @@ impl Config {
             }
         }
         let mut job_names = HashSet::new();
-        for (i, j) in self.jobs.iter().enumerate() {
+        for (i, family) in self.jobs.iter().enumerate() {
             let at = |f: &str| format!("job[{i}].{f}");
-            if !job_names.insert(j.name.as_str()) {
-                return Err((at("name"), format!("duplicate job name `{}`", j.name)));
+            // A job over partitioned streams stands for one job per partition: each is
+            // checked, and none may share a name with another job.
+            for j in family.expand().map_err(|(f, m)| (at(&f), m))? {
+                if !job_names.insert(j.name.clone()) {
+                    return Err((at("name"), format!("duplicate job name `{}`", j.name)));
+                }
+                // Its plugin may be a [[plugin]] here, a file of [plugins] dir, or one loaded
+                // into the registry with `plugin load`: a host runs the job once it has it.
+                j.validate().map_err(|(f, m)| (at(&f), m))?;
+                j.check_source_outside(&h.prefix)
+                    .map_err(|(f, m)| (at(&f), m))?;
             }
-            // Its plugin may be a [[plugin]] here, a file of [plugins] dir, or one loaded into
-            // the registry with `plugin load`: a host runs the job once it has that plugin.
-            j.validate().map_err(|(f, m)| (at(&f), m))?;
-            j.check_source_outside(&h.prefix)
-                .map_err(|(f, m)| (at(&f), m))?;
         }
         Ok(())
     }
@@ -362,6 +372,41 @@ mod tests {
         assert_eq!(c.host.data_dir, base.join(".sluice"));
         // Absolute paths stay as they are.
         assert_eq!(c.admin.token_file, Some(token));
+    }
+
+    #[test]
+    fn a_job_over_partitioned_streams_is_a_job_per_partition() {
+        let text = GOOD.replace("stream:events", "stream:orders:{2..5}:in");
+        let c = Config::parse(&text, "t").unwrap();
+        let jobs: Vec<(&str, &str)> = c
+            .jobs
+            .iter()
+            .map(|j| (j.name.as_str(), j.source.as_str()))
+            .collect();
+        assert_eq!(
+            jobs,
+            [
+                ("echo-events.2", "stream:orders:{2}:in"),
+                ("echo-events.3", "stream:orders:{3}:in"),
+                ("echo-events.4", "stream:orders:{4}:in"),
+                ("echo-events.5", "stream:orders:{5}:in"),
+            ]
+        );
+        assert_eq!(c.jobs[3].config, c.jobs[0].config);
+        let reversed = Config::parse(&GOOD.replace("stream:events", "stream:o:{5..2}"), "t");
+        match reversed {
+            Err(ConfigError::Invalid { field, message, .. }) => {
+                assert_eq!(field, "job[0].source");
+                assert!(message.contains("first ≤ last"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A partition's job may not take another job's name.
+        let clash = format!(
+            "{}\n[[job]]\nname = \"echo-events.1\"\nsource = \"stream:x\"\nplugin = \"echo\"\n",
+            GOOD.replace("stream:events", "stream:o:{0..1}")
+        );
+        assert_eq!(invalid(&clash), "job[1].name");
     }
 
     fn invalid(text: &str) -> String {

@@ -212,6 +212,60 @@ impl<'a> Source<'a> {
     }
 }
 
+/// A stream partitioned over several keys: `<prefix>{<first>..<last>}<suffix>`, the key of
+/// partition `i` being `<prefix>{<i>}<suffix>`: each partition in a Redis Cluster slot of its
+/// own (its tag is its number), so one logical stream spreads over every master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions<'a> {
+    prefix: &'a str,
+    first: u32,
+    last: u32,
+    suffix: &'a str,
+}
+
+/// The most partitions one stream may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+impl<'a> Partitions<'a> {
+    /// The partitions `key` names, if it has a `{a..b}` range; an error for a bad range.
+    pub fn parse(key: &'a str) -> Option<Result<Self, String>> {
+        let open = key.find('{')?;
+        let close = open + key[open..].find('}')?;
+        let (a, b) = key[open + 1..close].split_once("..")?;
+        let parsed = (|| {
+            let first: u32 = a.parse().map_err(|_| format!("{a:?} is not a number"))?;
+            let last: u32 = b.parse().map_err(|_| format!("{b:?} is not a number"))?;
+            if first > last || last - first + 1 > MAX_PARTITIONS {
+                return Err(format!(
+                    "a range of partitions is {{first..last}} with first ≤ last, at most                      {MAX_PARTITIONS} of them, got {{{a}..{b}}}"
+                ));
+            }
+            Ok(Partitions {
+                prefix: &key[..open],
+                first,
+                last,
+                suffix: &key[close + 1..],
+            })
+        })();
+        Some(parsed)
+    }
+
+    /// How many partitions.
+    pub fn count(&self) -> u32 {
+        self.last - self.first + 1
+    }
+
+    /// The partitions' numbers.
+    pub fn numbers(&self) -> std::ops::RangeInclusive<u32> {
+        self.first..=self.last
+    }
+
+    /// The key of partition `i`.
+    pub fn key(&self, i: u32) -> String {
+        format!("{}{{{i}}}{}", self.prefix, self.suffix)
+    }
+}
+
 /// Does `name` match `pattern` (an exact name, or a prefix ending in `*`)? How
 /// `allowed_streams` and `allowed_queues` are read.
 pub fn name_matches(pattern: &str, name: &str) -> bool {
@@ -317,6 +371,28 @@ impl JobSpec {
     /// The parsed source ([`JobSpec::validate`] checks it parses).
     pub fn source(&self) -> Result<Source<'_>, String> {
         Source::parse(&self.source)
+    }
+
+    /// The jobs this definition stands for: itself, or, for a source of partitioned streams
+    /// (`stream:orders:{0..15}`, see [`Partitions`]), one job per partition, named
+    /// `<name>.<i>` and reading `orders:{<i>}`: a family sharing everything else. Each is a
+    /// job like any other, with its keys in its partition's slot.
+    pub fn expand(&self) -> Result<Vec<JobSpec>, (String, String)> {
+        let Ok(Source::Stream(key)) = self.source() else {
+            return Ok(vec![self.clone()]);
+        };
+        let partitions = match Partitions::parse(key) {
+            None => return Ok(vec![self.clone()]),
+            Some(p) => p.map_err(|m| ("source".to_string(), m))?,
+        };
+        Ok(partitions
+            .numbers()
+            .map(|i| JobSpec {
+                name: format!("{}.{i}", self.name),
+                source: format!("stream:{}", partitions.key(i)),
+                ..self.clone()
+            })
+            .collect())
     }
 
     /// Check every field; on failure, the field (relative to the job) and what is wrong.

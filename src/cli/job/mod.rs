@@ -14,6 +14,7 @@ use clap::Subcommand;
 
 use self::options::JobOptions;
 use super::{Client, time};
+use crate::model::JobSpec;
 use crate::model::short;
 use crate::store::control::JobState;
 use crate::store::listing::ShownState;
@@ -88,26 +89,195 @@ pub enum JobCommand {
 }
 
 pub async fn run(c: &Client, command: &JobCommand) -> anyhow::Result<ExitCode> {
+    // A name that is no job but a family's (`job start` of partitioned streams made jobs
+    // `<name>.<i>`) stands for each of them.
     match command {
-        JobCommand::Status { name, json } => job_status(c, name, *json).await,
+        JobCommand::Status { name, json } => match family(c, name).await?.as_slice() {
+            [] | [_] => job_status(c, name, *json).await,
+            many => family_status(c, name, many, *json).await,
+        },
         JobCommand::Start {
             name,
             source,
             plugin,
             options,
-        } => change::job_start(c, name, source.as_deref(), plugin.as_deref(), options).await,
+        } => {
+            // A source of partitioned streams: one job per partition.
+            if let Some(source) = source.as_deref() {
+                let specs = JobSpec::new(name, source, "-")
+                    .expand()
+                    .map_err(|(f, m)| anyhow::anyhow!("invalid job: {f}: {m}"))?;
+                if specs.len() > 1 {
+                    for j in &specs {
+                        change::job_start(c, &j.name, Some(&j.source), plugin.as_deref(), options)
+                            .await?;
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            // Without a source, a stopped family starts again, member by member.
+            let mut code = ExitCode::SUCCESS;
+            match family(c, name).await?.as_slice() {
+                [] => {
+                    return change::job_start(
+                        c,
+                        name,
+                        source.as_deref(),
+                        plugin.as_deref(),
+                        options,
+                    )
+                    .await;
+                }
+                names => {
+                    for member in names {
+                        code = change::job_start(
+                            c,
+                            member,
+                            source.as_deref(),
+                            plugin.as_deref(),
+                            options,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Ok(code)
+        }
         JobCommand::Update {
             name,
             plugin,
             options,
-        } => change::job_update(c, name, plugin.as_deref(), options).await,
-        JobCommand::Show { name, json } => change::job_show(c, name, *json).await,
-        JobCommand::Delete { name, purge, yes } => change::job_delete(c, name, *purge, *yes).await,
-        JobCommand::Stop { name } => job_set_state(c, name, JobState::Stopped).await,
-        JobCommand::Resume { name } => job_set_state(c, name, JobState::Running).await,
+        } => {
+            let mut code = ExitCode::SUCCESS;
+            for member in with_name(family(c, name).await?, name) {
+                code = change::job_update(c, &member, plugin.as_deref(), options).await?;
+            }
+            Ok(code)
+        }
+        JobCommand::Show { name, json } => {
+            let mut code = ExitCode::SUCCESS;
+            for member in with_name(family(c, name).await?, name) {
+                code = change::job_show(c, &member, *json).await?;
+            }
+            Ok(code)
+        }
+        JobCommand::Delete { name, purge, yes } => {
+            let mut code = ExitCode::SUCCESS;
+            for member in with_name(family(c, name).await?, name) {
+                code = change::job_delete(c, &member, *purge, *yes).await?;
+            }
+            Ok(code)
+        }
+        JobCommand::Stop { name } => {
+            for member in with_name(family(c, name).await?, name) {
+                job_set_state(c, &member, JobState::Stopped).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Resume { name } => {
+            for member in with_name(family(c, name).await?, name) {
+                job_set_state(c, &member, JobState::Running).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         JobCommand::List { json } => job_list(c, *json).await,
         JobCommand::Watch { name } => job_watch(c, name).await,
     }
+}
+
+/// The registry's jobs `name` stands for: the job of that name; else the family a job
+/// over partitioned streams made (`<name>.<i>`, by partition); else none.
+async fn family(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+    let mut reg = c.registry().await?;
+    let snapshot = reg.snapshot().await?;
+    if snapshot.jobs.contains_key(name) {
+        return Ok(vec![name.to_string()]);
+    }
+    let mut members: Vec<(u32, String)> = snapshot
+        .jobs
+        .keys()
+        .filter_map(|job| {
+            let n: u32 = job.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, job.clone()))
+        })
+        .collect();
+    members.sort();
+    Ok(members.into_iter().map(|(_, job)| job).collect())
+}
+
+/// `members`, or `name` itself when it stands for none (its command then says it is unknown).
+fn with_name(members: Vec<String>, name: &str) -> Vec<String> {
+    if members.is_empty() {
+        vec![name.to_string()]
+    } else {
+        members
+    }
+}
+
+/// `job status` of a family: a line per member and the totals (JSON: both).
+async fn family_status(
+    c: &Client,
+    name: &str,
+    members: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut conn = c.conn().await?;
+    let mut rows = Vec::new();
+    for member in members {
+        if let Some(s) = jobs::status(&mut conn, &c.keys, member).await? {
+            rows.push(s);
+        }
+    }
+    let sum = |f: fn(&jobs::JobStatus) -> u64| rows.iter().map(f).sum::<u64>();
+    let totals = jobs::JobStatus {
+        name: name.to_string(),
+        received: sum(|s| s.received),
+        acked: sum(|s| s.acked),
+        skipped: sum(|s| s.skipped),
+        retried: sum(|s| s.retried),
+        failed: sum(|s| s.failed),
+        dead: sum(|s| s.dead),
+        conflicts: sum(|s| s.conflicts),
+        scheduled: sum(|s| s.scheduled),
+        dead_letters: sum(|s| s.dead_letters),
+        pending: sum(|s| s.pending),
+        lag: rows.iter().map(|s| s.lag).sum(),
+        outbox: sum(|s| s.outbox),
+        outbox_lag_ms: rows.iter().map(|s| s.outbox_lag_ms).max().unwrap_or(0),
+        ..Default::default()
+    };
+    if json {
+        let report = serde_json::json!({"family": name, "partitions": rows, "totals": totals});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{name}: {} jobs, one per partition (`sluice job status {}` for one)",
+        members.len(),
+        members.first().map_or("", String::as_str)
+    );
+    for s in rows.iter().chain(std::iter::once(&totals)) {
+        println!(
+            "{:<24} {:<28} acked {:>9} failed {:>6} dead {:>6} pending {:>6} lag {:>6}{}",
+            if s.name == name {
+                "total"
+            } else {
+                s.name.as_str()
+            },
+            s.source,
+            s.acked,
+            s.failed,
+            s.dead,
+            s.pending,
+            s.lag.map_or("?".into(), |l| l.to_string()),
+            if s.outbox > 0 {
+                format!(" outbox {}", s.outbox)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn job_set_state(c: &Client, name: &str, state: JobState) -> anyhow::Result<ExitCode> {
