@@ -25,7 +25,7 @@ WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps testdeps benchdeps pydeps plugins rust-plugins build demo test lint bench clean
+.PHONY: all deps testdeps benchdeps pydeps plugins rust-plugins build demo test lint bench bench-cluster clean
 
 all: build plugins
 
@@ -122,6 +122,11 @@ test: deps testdeps benchdeps plugins
 ## go to bench/plots
 bench: deps plugins benchdeps
 	$(CARGO) run --release -- bench --plots bench/plots
+
+## bench-cluster: sluice on a local 3-master Redis Cluster: one stream against partitions,
+## direct emits against forwarded ones (see README, Scaling)
+bench-cluster: deps plugins
+	$(CARGO) run --release -- bench --cluster
 
 clean:
 	$(CARGO) clean

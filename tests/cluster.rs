@@ -501,3 +501,38 @@ fn a_job_over_eight_partitions_on_two_hosts_handles_every_event_once() {
     a.stop_ok();
     b.stop_ok();
 }
+
+#[test]
+fn the_cluster_bench_compares_one_stream_with_partitions_and_direct_with_forwarded_emits() {
+    plugin("echo");
+    // Against a cluster of its own making (3 masters), as `sluice bench --cluster` does.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "--cluster",
+            "--events",
+            "3000",
+            "--repeat",
+            "1",
+            "--json",
+        ])
+        .arg("--plugin-dir")
+        .arg(repo().join("plugins/dist"))
+        .env_remove("SLUICE_REDIS_URL")
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["cluster"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{report}");
+    for r in rows {
+        assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(rows[0]["ratio"], 1.0);
+    assert_eq!(rows[2]["ratio"], 1.0);
+}

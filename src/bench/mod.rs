@@ -40,6 +40,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
+mod cluster;
 mod load;
 mod observe;
 mod peers;
@@ -91,6 +92,11 @@ pub struct BenchArgs {
     /// files into this directory (`make bench`: bench/plots)
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
+    /// Measure sluice on a Redis Cluster instead: one stream against partitioned streams over
+    /// every master, direct emits against forwarded ones (a local 3-master cluster, unless
+    /// `--redis` is a `redis+cluster://` URL)
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +266,18 @@ pub async fn run(
             })
             .collect::<anyhow::Result<_>>()?,
     };
+    if args.cluster {
+        let (rows, redis) = cluster::run(args, redis.map(|(r, _)| r), &plugins).await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "cluster": rows }))?
+            );
+        } else {
+            cluster::print(args, &rows, &redis);
+        }
+        return Ok(());
+    }
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let (redis, url, embedded) = match redis {
         Some((redis, url)) => (redis, url, None),

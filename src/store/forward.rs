@@ -34,8 +34,8 @@ use crate::model::{Effect, now_ms};
 /// How long a forwarder holds a job's outbox without renewing (a dead host's lapses after it).
 const LOCK_MS: u64 = 5_000;
 
-/// Outbox entries read at once.
-const READ: usize = 256;
+/// Outbox entries read (and forwarded) at once.
+const READ: usize = 1024;
 
 /// How long the mark of what was forwarded to a target is kept after its last write: longer
 /// than an entry can stay read and unacknowledged (a forwarder down for a week would write
@@ -183,28 +183,13 @@ impl Outbox {
 
     /// Take or renew the forwarding lock; true while this host holds it.
     async fn hold(&self, conn: &mut Conn) -> Result<bool, StoreError> {
-        let lock = self.keys.outbox_lock(&self.job, &self.source);
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&lock)
+        let held: u32 = scripts::OUTBOX_LOCK
+            .key(self.keys.outbox_lock(&self.job, &self.source))
             .arg(&self.holder)
-            .arg("NX")
-            .arg("PX")
             .arg(LOCK_MS)
-            .query_async(conn)
+            .invoke_async(conn)
             .await?;
-        if taken.is_some() {
-            return Ok(true);
-        }
-        let holder: Option<String> = redis::cmd("GET").arg(&lock).query_async(conn).await?;
-        if holder.as_deref() == Some(self.holder.as_str()) {
-            let _: i64 = redis::cmd("PEXPIRE")
-                .arg(&lock)
-                .arg(LOCK_MS)
-                .query_async(conn)
-                .await?;
-            return Ok(true);
-        }
-        Ok(false)
+        Ok(held == 1)
     }
 
     /// Let the lock go (at a clean stop), if this host holds it.

@@ -42,4 +42,6 @@ scripts! {
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
     /// Writes a job's outbox entries to one target of another cluster slot, each once.
     FORWARD = "forward.lua";
+    /// Takes or renews a job's outbox forwarding lock.
+    OUTBOX_LOCK = "outbox_lock.lua";
 }
