@@ -536,3 +536,69 @@ fn the_cluster_bench_compares_one_stream_with_partitions_and_direct_with_forward
     assert_eq!(rows[0]["ratio"], 1.0);
     assert_eq!(rows[2]["ratio"], 1.0);
 }
+
+#[test]
+fn a_cluster_over_tls_as_an_acl_user_carries_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "DNS:localhost,IP:127.0.0.1");
+    let secure = Secure {
+        ca: certs.ca.clone(),
+        server_cert: certs.server_cert.clone(),
+        server_key: certs.server_key.clone(),
+        client_cert: certs.client_cert.clone(),
+        client_key: certs.client_key.clone(),
+        user: "sluice".into(),
+        password: "a-long-password-0123".into(),
+    };
+    let cluster = RedisCluster::start_secure(3, 0, Some(secure));
+    let mut conn = cluster.conn_for("{tls}");
+    // TLS files and the ACL user in [redis], the password in the URL (what a config with a
+    // password_file makes of it).
+    let p = |p: &std::path::Path| p.display().to_string();
+    let job = config_toml(
+        dir.path(),
+        "echo",
+        "j",
+        "{tls}",
+        "",
+        r#"target = "tls-out""#,
+    );
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{job}\n[redis]\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            p(&certs.ca),
+            p(&certs.client_cert),
+            p(&certs.client_key)
+        ),
+    )
+    .unwrap();
+    let mut host = HostProcess::start(&cfg, &cluster.url, &dir.path().join("host.log"));
+    publish(&mut conn, "{tls}", 500, &[("n", "{i}")]);
+    let mut out = cluster.conn_for("tls-out");
+    assert!(
+        wait_until(Duration::from_secs(60), || stream_ids(&mut out, "tls-out")
+            .len()
+            == 500),
+        "{} of 500 arrived; host running {}",
+        stream_ids(&mut out, "tls-out").len(),
+        host.is_running()
+    );
+    // The CLI too, as the ACL user, over TLS, with the same files.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--redis", &cluster.url, "job", "status", "j", "--json"])
+        .env_remove("SLUICE_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["acked"], 500, "{status}");
+    host.stop_ok();
+}

@@ -134,12 +134,103 @@ pub struct ClusterNode {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// TLS and an ACL user (None: plain, the default user).
+    secure: Option<Secure>,
+}
+
+/// A cluster reached over TLS only, as an ACL user (the default user off).
+#[derive(Clone)]
+pub struct Secure {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub user: String,
+    pub password: String,
+}
+
+impl Secure {
+    /// The node's arguments: TLS for clients and the cluster bus, only; the ACL user.
+    fn args(&self, port: u16) -> Vec<String> {
+        let p = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--tls-cert-file".into(),
+            p(&self.server_cert),
+            "--tls-key-file".into(),
+            p(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&self.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--user".into(),
+            "default".into(),
+            "off".into(),
+            "--user".into(),
+            self.user.clone(),
+            "on".into(),
+            format!(">{}", self.password),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+            "--masteruser".into(),
+            self.user.clone(),
+            "--masterauth".into(),
+            self.password.clone(),
+        ]
+    }
+
+    /// redis-cli's arguments to reach such a node.
+    fn cli_args(&self) -> Vec<String> {
+        let p = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            p(&self.ca),
+            "--cert".into(),
+            p(&self.client_cert),
+            "--key".into(),
+            p(&self.client_key),
+            "--user".into(),
+            self.user.clone(),
+            "--pass".into(),
+            self.password.clone(),
+        ]
+    }
+
+    fn client(&self, port: u16) -> redis::Client {
+        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        redis::Client::build_with_tls(
+            format!("rediss://{}:{}@127.0.0.1:{port}/", self.user, self.password),
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(&self.client_cert),
+                    client_key: read(&self.client_key),
+                }),
+                root_cert: Some(read(&self.ca)),
+            },
+        )
+        .expect("a TLS client")
+    }
 }
 
 impl ClusterNode {
-    fn spawn(port: u16, dir: &Path) -> Child {
+    fn spawn(port: u16, dir: &Path, secure: Option<&Secure>) -> Child {
+        let listen = match secure {
+            Some(s) => s.args(port),
+            None => vec!["--port".into(), port.to_string()],
+        };
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
             .args([
@@ -170,11 +261,15 @@ impl ClusterNode {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    pub fn client(&self) -> redis::Client {
+        match &self.secure {
+            Some(s) => s.client(self.port),
+            None => redis::Client::open(self.url()).expect("redis url"),
+        }
+    }
+
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .expect("redis url")
-            .get_connection()
-            .expect("redis connection")
+        self.client().get_connection().expect("redis connection")
     }
 
     /// SIGKILL the node (its replica takes over once the cluster sees it gone).
@@ -188,12 +283,15 @@ impl ClusterNode {
     /// Start a killed node again (it rejoins with its data and cluster config).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(Self::spawn(self.port, self.dir.path()));
+        self.child = Some(Self::spawn(
+            self.port,
+            self.dir.path(),
+            self.secure.as_ref(),
+        ));
     }
 
     fn info(&self, section: &str) -> String {
-        redis::Client::open(self.url())
-            .ok()
+        Some(self.client())
             .and_then(|c| {
                 c.get_connection_with_timeout(Duration::from_millis(500))
                     .ok()
@@ -220,24 +318,31 @@ impl RedisCluster {
     }
 
     pub fn start_with(masters: usize, replicas: usize) -> Self {
+        Self::start_secure(masters, replicas, None)
+    }
+
+    /// `masters` with `replicas` each, over TLS only and as an ACL user when `secure`.
+    pub fn start_secure(masters: usize, replicas: usize, secure: Option<Secure>) -> Self {
         let mut nodes = Vec::new();
         while nodes.len() < masters * (1 + replicas) {
             let port = free_cluster_port();
             let dir = tempfile::tempdir().expect("temp dir");
-            let child = ClusterNode::spawn(port, dir.path());
+            let child = ClusterNode::spawn(port, dir.path(), secure.as_ref());
             let mut node = ClusterNode {
                 child: Some(child),
                 port,
                 dir,
+                secure: secure.clone(),
             };
             let started = Instant::now();
             let up = loop {
                 if let Some(Ok(Some(_))) = node.child.as_mut().map(|c| c.try_wait()) {
                     break false; // the port was taken meanwhile: another one
                 }
-                if redis::Client::open(node.url())
+                if node
+                    .client()
+                    .get_connection()
                     .ok()
-                    .and_then(|c| c.get_connection().ok())
                     .is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
                 {
                     break true;
@@ -258,13 +363,22 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let created = Command::new("redis-cli")
+            .args(secure.as_ref().map(Secure::cli_args).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli");
         let cluster = RedisCluster {
-            url: format!("redis+cluster://{}", addrs.join(",")),
+            url: match &secure {
+                Some(s) => format!(
+                    "rediss+cluster://{}:{}@{}",
+                    s.user,
+                    s.password,
+                    addrs.join(",")
+                ),
+                None => format!("redis+cluster://{}", addrs.join(",")),
+            },
             nodes,
         };
         assert!(
@@ -293,7 +407,7 @@ impl RedisCluster {
         })
     }
 
-    /// A cluster connection for the test's own checks.
+    /// A cluster connection for the test's own checks (plain clusters).
     pub fn conn(&self) -> redis::cluster::ClusterConnection {
         let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
         redis::cluster::ClusterClient::new(urls)
@@ -310,7 +424,13 @@ impl RedisCluster {
 
     /// The node serving `key`'s slot as master, by index into `nodes`.
     pub fn master_of(&self, key: &str) -> usize {
-        let mut conn = self.conn();
+        // Any live node answers for the whole cluster.
+        let mut conn = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node")
+            .conn();
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -763,4 +883,98 @@ pub fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> bool {
     wait_until(timeout, || {
         std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle))
     })
+}
+
+/// Certificates made with `openssl` in `dir`: a CA, a server certificate it signed for
+/// `server_names` (subjectAltName entries like `DNS:localhost`), a client certificate it
+/// signed, and a second CA that signed nothing here.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn make_certs(dir: &Path, server_names: &str) -> Certs {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN={ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &args);
+    }
+    for (leaf, names) in [("server", server_names), ("client", "DNS:sluice-client")] {
+        let (key, csr, crt, ext) = (
+            format!("{leaf}.key"),
+            format!("{leaf}.csr"),
+            format!("{leaf}.crt"),
+            format!("{leaf}.ext"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName={names}\nbasicConstraints=CA:FALSE\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let mut args = vec!["req", "-subj", "/CN=sluice test"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &args);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    Certs {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
 }
