@@ -10,6 +10,18 @@ use sluice::model::{Disposition, Effect, Event, FailureKind, Handler, KIND_STREA
 use sluice::runtime::{GuestContext, Limits, PluginHandler, Runtime};
 
 fn handler(name: &str, config: &[(&str, &str)]) -> PluginHandler {
+    handler_with(
+        name,
+        config,
+        Limits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 16 << 20,
+            ..Limits::default()
+        },
+    )
+}
+
+fn handler_with(name: &str, config: &[(&str, &str)], limits: Limits) -> PluginHandler {
     let runtime = Runtime::new(None).unwrap();
     let plugin = runtime.load_file(name, &common::plugin(name)).unwrap();
     PluginHandler::new(
@@ -21,11 +33,7 @@ fn handler(name: &str, config: &[(&str, &str)]) -> PluginHandler {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
-            limits: Limits {
-                deadline: Duration::from_millis(100),
-                memory_bytes: 16 << 20,
-                ..Limits::default()
-            },
+            limits,
             state: None,
         },
     )
@@ -375,24 +383,12 @@ fn a_plugin_misusing_finish_harms_only_its_own_events() {
 
 #[test]
 fn a_batch_call_stops_when_the_batch_budget_is_spent() {
-    let runtime = Runtime::new(None).unwrap();
-    let plugin = runtime
-        .load_file("chaos-batch", &common::plugin("chaos-batch"))
-        .unwrap();
-    assert!(plugin.handles_batches());
-    let mut h = PluginHandler::new(
-        plugin,
-        GuestContext {
-            job: "job".into(),
-            plugin: "chaos-batch".into(),
-            config: [("target".to_string(), "t".to_string())].into(),
-            limits: Limits {
-                max_batch_bytes: 20_000,
-                ..Limits::default()
-            },
-            state: None,
-        },
-    );
+    let limits = Limits {
+        max_batch_bytes: 20_000,
+        ..Limits::default()
+    };
+    let mut h = handler_with("chaos-batch", &[("target", "t")], limits);
+    assert!(h.batch_calls());
     let big = "x".repeat(4000);
     let events: Vec<Event> = (0..20)
         .map(|i| event(&format!("{i}-0"), &[("action", "emit"), ("x", &big)]))
@@ -443,27 +439,12 @@ fn a_call_failing_before_its_first_result_is_split_until_the_fault_is_found() {
 
 #[test]
 fn a_trap_after_the_host_said_stop_fails_no_event() {
-    let runtime = Runtime::new(None).unwrap();
-    let plugin = runtime
-        .load_file("chaos-batch", &common::plugin("chaos-batch"))
-        .unwrap();
-    let mut h = PluginHandler::new(
-        plugin,
-        GuestContext {
-            job: "job".into(),
-            plugin: "chaos-batch".into(),
-            config: [
-                ("target".to_string(), "t".to_string()),
-                ("batch".to_string(), "trap-after-stop".to_string()),
-            ]
-            .into(),
-            limits: Limits {
-                max_batch_bytes: 20_000,
-                ..Limits::default()
-            },
-            state: None,
-        },
-    );
+    let limits = Limits {
+        max_batch_bytes: 20_000,
+        ..Limits::default()
+    };
+    let config = [("target", "t"), ("batch", "trap-after-stop")];
+    let mut h = handler_with("chaos-batch", &config, limits);
     let big = "x".repeat(4000);
     let events: Vec<Event> = (0..20)
         .map(|i| event(&format!("{i}-0"), &[("action", "emit"), ("x", &big)]))

@@ -181,13 +181,10 @@ async fn drain(
     let share = args.events / members.len() as u64;
     let total = share * members.len() as u64;
     let a = assembly(redis);
-    for m in &members {
-        let stream = a.keys.source_stream(m);
-        let _: () = redis::cmd("DEL")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await?;
-        prefill(&mut conn, &stream, share).await?;
+    let streams: Vec<String> = members.iter().map(|m| a.keys.source_stream(m)).collect();
+    for stream in &streams {
+        let _: () = redis::cmd("DEL").arg(stream).query_async(&mut conn).await?;
+        prefill(&mut conn, stream, share).await?;
     }
     if let Some(target) = target {
         let _: () = redis::cmd("DEL").arg(target).query_async(&mut conn).await?;
@@ -258,12 +255,8 @@ async fn drain(
             took
         }
     };
-    for m in &members {
-        let stream = a.keys.source_stream(m);
-        let _: () = redis::cmd("DEL")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await?;
+    for stream in &streams {
+        let _: () = redis::cmd("DEL").arg(stream).query_async(&mut conn).await?;
     }
     Ok(total as f64 / elapsed.as_secs_f64())
 }

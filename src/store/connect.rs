@@ -412,12 +412,8 @@ fn node(url: &str, settings: &Connection) -> anyhow::Result<(ConnectionInfo, red
         redis = redis.set_protocol(ProtocolVersion::RESP3);
     }
     info = info.set_redis_settings(redis);
-    if let Some(k) = settings.keepalive {
-        let keepalive = TcpKeepalive::new()
-            .with_time(k.idle)
-            .with_interval(k.interval)
-            .with_retries(k.count);
-        info = info.set_tcp_settings(TcpSettings::default().set_keepalive(keepalive));
+    if let Some(tcp) = tcp_settings(settings) {
+        info = info.set_tcp_settings(tcp);
     }
     let client = if tls_url {
         redis::Client::build_with_tls(info.clone(), certificates(settings)?)
@@ -429,6 +425,17 @@ fn node(url: &str, settings: &Connection) -> anyhow::Result<(ConnectionInfo, red
         redis::Client::open(info.clone()).with_context(invalid)?
     };
     Ok((info, client))
+}
+
+/// The TCP settings of `settings`: its keepalive, if any.
+fn tcp_settings(settings: &Connection) -> Option<TcpSettings> {
+    settings.keepalive.map(|k| {
+        let keepalive = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        TcpSettings::default().set_keepalive(keepalive)
+    })
 }
 
 /// The TLS files of `settings`, read and checked.
@@ -495,12 +502,8 @@ fn cluster_client(
     if settings.resp3 {
         builder = builder.use_protocol(ProtocolVersion::RESP3);
     }
-    if let Some(k) = settings.keepalive {
-        let keepalive = TcpKeepalive::new()
-            .with_time(k.idle)
-            .with_interval(k.interval)
-            .with_retries(k.count);
-        builder = builder.tcp_settings(TcpSettings::default().set_keepalive(keepalive));
+    if let Some(tcp) = tcp_settings(settings) {
+        builder = builder.tcp_settings(tcp);
     }
     if tls {
         builder = builder
