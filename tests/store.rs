@@ -754,4 +754,16 @@ async fn a_forwarder_taking_over_writes_nothing_twice_and_keeps_the_order() {
         ..outbox.clone()
     };
     assert_eq!(forward_once(&mut conn, &other, 10).await.unwrap(), None);
+    // A forwarder that lost the lock while paused cannot read past its successor: the read
+    // checks the lock in the same step.
+    let read: redis::RedisResult<redis::Value> = store::scripts::OUTBOX_READ
+        .key(&outbox_key)
+        .key(keys.outbox_lock("j", "in"))
+        .arg("host-c")
+        .arg(keys.outbox_group())
+        .arg(10)
+        .invoke_async(&mut conn)
+        .await;
+    let err = read.unwrap_err();
+    assert_eq!(err.code(), Some("SLUICE_NOTHELD"), "{err}");
 }

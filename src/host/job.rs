@@ -272,25 +272,33 @@ impl Assembly {
             ))
         });
         // On a cluster, effects aimed at other slots wait in the job's outbox: forwarded
-        // while the job runs here (by one host of the fleet at a time), drained at its stop.
-        let forwarder = conn.is_cluster().then(|| {
+        // while the job runs here (by one forwarder of the fleet at a time), drained at its
+        // stop. Its own connection: it waits for new entries with a blocking read.
+        let forwarder = if conn.is_cluster() {
             let (stop, stop_rx) = watch::channel(false);
             let outbox = crate::store::forward::Outbox {
                 job: name.to_string(),
                 source: source.clone(),
                 keys: self.keys.clone(),
-                holder: self.consumer.clone(),
+                holder: crate::store::forward::Outbox::token(&self.consumer),
                 wait_replicas: spec.wait_replicas,
                 wait_timeout_ms: spec.wait_timeout_ms,
             };
+            let own = self
+                .redis
+                .connect(Duration::from_secs(1))
+                .await
+                .map_err(|e| transient(e.into()))?;
             let task = tokio::spawn(crate::store::forward::keep_forwarding(
-                conn.clone(),
+                own,
                 outbox,
                 stop_rx,
                 FORWARD_DRAIN,
             ));
-            (stop, task)
-        });
+            Some((stop, task))
+        } else {
+            None
+        };
         let gate = Gate {
             conn,
             keys: self.keys.clone(),
@@ -418,10 +426,16 @@ async fn run_job(
     if let Some(retention) = retention {
         retention.abort();
     }
-    // What the last batches put in the outbox is forwarded before the job ends here.
-    if let Some((stop, task)) = forwarder {
+    // What the last batches put in the outbox is forwarded before the job ends here; a
+    // forwarder still at it after that is stopped (its lock lapses; another host goes on).
+    if let Some((stop, mut task)) = forwarder {
         let _ = stop.send(true);
-        let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), task).await;
+        if tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
     (name, result)
 }

@@ -233,8 +233,18 @@ impl<'a> Partitions<'a> {
         let close = open + key[open..].find('}')?;
         let (a, b) = key[open + 1..close].split_once("..")?;
         let parsed = (|| {
-            let first: u32 = a.parse().map_err(|_| format!("{a:?} is not a number"))?;
-            let last: u32 = b.parse().map_err(|_| format!("{b:?} is not a number"))?;
+            // Plain numbers only: a partition's key is `{<i>}`, as the number prints.
+            let number = |t: &str| {
+                let plain = !t.is_empty()
+                    && t.bytes().all(|c| c.is_ascii_digit())
+                    && (t == "0" || !t.starts_with('0'));
+                plain
+                    .then(|| t.parse::<u32>().ok())
+                    .flatten()
+                    .ok_or_else(|| format!("{t:?} is not a number without leading zeros"))
+            };
+            let first = number(a)?;
+            let last = number(b)?;
             if first > last || last - first + 1 > MAX_PARTITIONS {
                 return Err(format!(
                     "a range of partitions is {{first..last}} with first ≤ last, at most                      {MAX_PARTITIONS} of them, got {{{a}..{b}}}"
@@ -403,7 +413,7 @@ impl JobSpec {
         if let Source::Stream(key) = j.source().map_err(|m| (at("source"), m))? {
             // The job's keys carry the stream's hash tag in braces; a tag holding a `}` (a
             // key like `a{}b`) would put them in another Redis Cluster slot than the stream.
-            if hash_tag(key).contains('}') {
+            if !tag_embeddable(key) {
                 return Err((
                     at("source"),
                     format!(
@@ -546,6 +556,13 @@ pub fn hash_tag(key: &str) -> &str {
     key
 }
 
+/// Whether sluice can name keys in `key`'s Redis Cluster slot by putting its hash tag in
+/// braces: not when the tag holds a brace itself (`a}b`, `x{}y`), which Redis would read as
+/// another tag.
+pub fn tag_embeddable(key: &str) -> bool {
+    !hash_tag(key).contains(['{', '}'])
+}
+
 /// `min ≤ v ≤ max`, or what is wrong.
 pub fn in_range(v: u64, min: u64, max: u64) -> Result<(), String> {
     if (min..=max).contains(&v) {
@@ -576,6 +593,28 @@ fn config_value(v: &serde_json::Value) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partitions_are_plain_ranges_in_braces() {
+        let p = Partitions::parse("orders:{2..4}:in").unwrap().unwrap();
+        assert_eq!(p.count(), 3);
+        assert_eq!(p.key(3), "orders:{3}:in");
+        assert!(Partitions::parse("orders:{eu}").is_none());
+        assert!(Partitions::parse("orders").is_none());
+        for bad in [
+            "o:{007..009}",
+            "o:{+1..3}",
+            "o:{3..1}",
+            "o:{0..5000}",
+            "o:{a..b}",
+        ] {
+            assert!(Partitions::parse(bad).unwrap().is_err(), "{bad}");
+        }
+        let family = JobSpec::new("j", "stream:o:{0..1}", "p").expand().unwrap();
+        let names: Vec<&str> = family.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["j.0", "j.1"]);
+        assert_eq!(JobSpec::new("j", "queue:q", "p").expand().unwrap().len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -337,6 +337,38 @@ impl Conn {
         }
     }
 
+    /// `pipe` (not atomic) on the server that holds `key` (on a cluster, the master of its
+    /// slot), as one request: a connection made again resends all of it.
+    pub async fn pipeline_on_node_of(
+        &mut self,
+        key: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        let replies: Vec<redis::Value> = match self {
+            Conn::Single(c) => pipe.query_async(c).await?,
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                c.route_pipeline(
+                    pipe.clone(),
+                    0,
+                    pipe.len(),
+                    SingleNodeRoutingInfo::SpecificNode(route),
+                )
+                .await?
+            }
+        };
+        // A command's error comes back as a reply of its own: the first one fails the call.
+        let error = replies.iter().find_map(|v| match v {
+            redis::Value::ServerError(e) => Some(e.clone()),
+            _ => None,
+        });
+        match error {
+            Some(e) => Err(StoreError::from(redis::RedisError::from(e))),
+            None => Ok(replies),
+        }
+    }
+
     /// Every key matching `pattern` on the server that holds `key` (on a cluster, the
     /// master of its slot): a `SCAN` to the end. For keys that share `key`'s hash tag.
     pub async fn scan_node_of(

@@ -48,7 +48,8 @@ pub enum Progress {
 }
 
 /// For a finite job: when its source is drained (nothing undelivered, pending, scheduled or,
-/// for a queue, delayed) and `job-started` is handled, append `job-finished` (once per run).
+/// for a queue, delayed), its outbox forwarded, and `job-started` handled, append
+/// `job-finished` (once per run).
 pub async fn check_finished(
     conn: &mut Conn,
     keys: &Keys,
@@ -65,6 +66,8 @@ pub async fn check_finished(
         .key(keys.retry(job, source))
         // A queue's delayed tasks (same slot); else the retry set again.
         .key(delayed.map_or_else(|| keys.retry(job, source), str::to_string))
+        // Effects still waiting to be forwarded (a cluster's outbox) keep the job working.
+        .key(keys.outbox(job, source))
         .arg(run)
         .arg(keys.group(job))
         .invoke_async(conn)

@@ -108,6 +108,27 @@ pub async fn run(c: &Client, command: &JobCommand) -> anyhow::Result<ExitCode> {
                     .expand()
                     .map_err(|(f, m)| anyhow::anyhow!("invalid job: {f}: {m}"))?;
                 if specs.len() > 1 {
+                    // All or none: refused before any starts if a member is running.
+                    let mut reg = c.registry().await?;
+                    let snapshot = reg.snapshot().await?;
+                    let running: Vec<&str> = specs
+                        .iter()
+                        .filter(|j| {
+                            snapshot
+                                .jobs
+                                .get(&j.name)
+                                .is_some_and(|e| e.state == JobState::Running)
+                        })
+                        .map(|j| j.name.as_str())
+                        .collect();
+                    if !running.is_empty() {
+                        anyhow::bail!(
+                            "{} of the partitions' jobs are running ({}): stop them first \
+                             (`sluice job stop {name}`)",
+                            running.len(),
+                            running.join(", ")
+                        );
+                    }
                     for j in &specs {
                         change::job_start(c, &j.name, Some(&j.source), plugin.as_deref(), options)
                             .await?;
@@ -193,12 +214,14 @@ async fn family(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
     if snapshot.jobs.contains_key(name) {
         return Ok(vec![name.to_string()]);
     }
+    // A member is `<name>.<i>` reading a partition `…{<i>}…`: not any job of such a name.
     let mut members: Vec<(u32, String)> = snapshot
         .jobs
-        .keys()
-        .filter_map(|job| {
+        .iter()
+        .filter_map(|(job, entry)| {
             let n: u32 = job.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
-            Some((n, job.clone()))
+            let stream = c.keys.source_stream(&entry.spec);
+            (crate::model::hash_tag(&stream) == n.to_string()).then(|| (n, job.clone()))
         })
         .collect();
     members.sort();

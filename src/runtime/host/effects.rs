@@ -94,6 +94,12 @@ impl HostState {
                     }
                 )
             })
+        } else if !crate::model::spec::tag_embeddable(&stream) {
+            Some(format!(
+                "emit to `{stream}`: a stream name with a brace outside a `{{tag}}` is not \
+                 supported (on a Redis Cluster, the keys sluice keeps for it would land in \
+                 another slot)"
+            ))
         } else if fields.is_empty() {
             Some(format!(
                 "emit to `{stream}`: an entry needs at least one field"
@@ -198,6 +204,17 @@ mod tests {
         assert!(err.contains("not among the job's allowed streams"), "{err}");
         assert_eq!(s.call.effects.len(), 2);
         assert!(s.call.violation.is_some());
+    }
+
+    #[test]
+    fn a_stream_whose_tag_holds_a_brace_is_refused() {
+        let mut s = state(&[], Limits::default());
+        s.emit("out:{eu}".into(), field()).unwrap();
+        for name in ["a}b", "x{}y", "{a{b}"] {
+            let err = s.emit(name.into(), field()).unwrap_err();
+            assert!(err.contains("brace"), "{name}: {err}");
+        }
+        assert_eq!(s.call.effects.len(), 1);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 --   'q' payload                                                         XADD (queue task)
 --   'Q' due (ms), member                                                ZADD (delayed task)
 -- Returns how many entries were written; SLUICE_BADTARGET <type> (nothing written) when the
--- target holds another type, or a stream whose ids are exhausted.
+-- target holds another type, a stream whose ids are exhausted, or the entries disagree on
+-- its type. The mark is written (its TTL renewed) whenever entries are given, even if all
+-- were written before: a `WAIT` after this script then always has a write to wait for.
 local ARGV, KEYS, tonumber, unpack = ARGV, KEYS, tonumber, unpack
 local target, mark = KEYS[1], KEYS[2]
 
@@ -29,6 +31,17 @@ end
 
 local want = 'stream'
 if ARGV[3] == 'Q' then want = 'zset' end
+-- Every entry must agree on the target's type (a zset for delayed tasks, else a stream):
+-- checked before anything is written.
+do
+  local pos = 2
+  while pos <= #ARGV do
+    local kind = 'stream'
+    if ARGV[pos + 1] == 'Q' then kind = 'zset' end
+    if kind ~= want then return redis.error_reply('SLUICE_BADTARGET entries-of-two-types') end
+    pos = pos + 3 + tonumber(ARGV[pos + 2])
+  end
+end
 local t = redis.call('TYPE', target)['ok']
 if t ~= 'none' and t ~= want then
   return redis.error_reply('SLUICE_BADTARGET ' .. t)
@@ -71,7 +84,7 @@ while pos <= #ARGV do
   end
   pos = a + n
 end
-if top ~= last then
+if #ARGV > 1 then
   redis.call('SET', mark, top, 'PX', ARGV[1])
 end
 return written

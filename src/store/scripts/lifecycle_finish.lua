@@ -3,6 +3,7 @@
 -- src/store/lifecycle.rs `check_finished`).
 -- KEYS[1] the job hash   KEYS[2] the lifecycle stream   KEYS[3] the source stream
 -- KEYS[4] the job's retry set   KEYS[5] a queue's delayed tasks (else the retry set again)
+-- KEYS[6] the job's outbox (on a Redis Cluster: effects not yet forwarded)
 -- ARGV[1] the run   ARGV[2] the job's consumer group
 -- Returns 1 (appended now), 2 (appended before), 0 (still working).
 if redis.call('HGET', KEYS[1], 'finished_run') == ARGV[1] then return 2 end
@@ -32,6 +33,7 @@ local function drained(stream)
 end
 if not drained(KEYS[2]) or not drained(KEYS[3]) then return 0 end
 if redis.call('ZCARD', KEYS[4]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
+if redis.call('XLEN', KEYS[6]) > 0 then return 0 end
 redis.call('HSET', KEYS[1], 'finished_run', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'kind', 'job-finished', 'run', ARGV[1])
 return 1

@@ -42,6 +42,10 @@ scripts! {
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
     /// Writes a job's outbox entries to one target of another cluster slot, each once.
     FORWARD = "forward.lua";
-    /// Takes or renews a job's outbox forwarding lock.
+    /// Takes, renews or lets go of a job's outbox forwarding lock.
     OUTBOX_LOCK = "outbox_lock.lua";
+    /// Reads a job's outbox for forwarding, only while holding its lock.
+    OUTBOX_READ = "outbox_read.lua";
+    /// Acknowledges and deletes forwarded outbox entries, dead-letters unforwardable ones.
+    OUTBOX_DONE = "outbox_done.lua";
 }
