@@ -306,6 +306,30 @@ fn one_host_forwards_in_emit_order_and_keeps_what_cannot_be_forwarded() {
 fn counted(conn: &mut redis::Connection, target: &str, n: usize) -> (usize, usize) {
     let seen = ns(conn, target);
     let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    let mut counts: std::collections::BTreeMap<usize, usize> = Default::default();
+    for s in &seen {
+        *counts.entry(s.parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<usize> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    if !twice.is_empty() {
+        println!("{target}: twice: {twice:?}");
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(target)
+            .arg("-")
+            .arg("+")
+            .query(conn)
+            .unwrap();
+        let first = twice[0].to_string();
+        for (id, f) in &entries {
+            if f[0].1 == first {
+                println!("  {target} entry {id} has n={first}");
+            }
+        }
+    }
     (n - distinct.len(), seen.len() - distinct.len())
 }
 
@@ -398,6 +422,17 @@ fn failover(wait_replicas: u32) -> [(usize, usize); 2] {
         warned.first()
     );
     let result = [counted(&mut out, "{fo}:out", N), counted(&mut tx, "t-x", N)];
+    if result.iter().any(|r| *r != (0, 0)) {
+        let _ = std::fs::copy(&host.log, format!("/tmp/failover-{wait_replicas}.log"));
+        println!(
+            "kept the host log in /tmp/failover-{wait_replicas}.log; killed node {master} port {}",
+            cluster.nodes[master].port
+        );
+        println!(
+            "t-x master: port {}",
+            cluster.nodes[cluster.master_of("t-x")].port
+        );
+    }
     assert!(done, "not every entry arrived: (lost, twice) = {result:?}");
     host.stop_ok();
     result

@@ -762,6 +762,7 @@ async fn a_forwarder_taking_over_writes_nothing_twice_and_keeps_the_order() {
         .arg("host-c")
         .arg(keys.outbox_group())
         .arg(10)
+        .arg(5000)
         .invoke_async(&mut conn)
         .await;
     let err = read.unwrap_err();

@@ -346,7 +346,8 @@ impl Conn {
     ) -> Result<Vec<redis::Value>, StoreError> {
         use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
         let replies: Vec<redis::Value> = match self {
-            Conn::Single(c) => pipe.query_async(c).await?,
+            // Each command's error as a reply of its own, as a cluster's route gives them.
+            Conn::Single(c) => pipe.clone().ignore_errors().query_async(c).await?,
             Conn::Cluster(c) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 c.route_pipeline(

@@ -269,7 +269,8 @@ impl Outbox {
                     .key(self.lock())
                     .arg(&self.holder)
                     .arg(self.keys.outbox_group())
-                    .arg(count),
+                    .arg(count)
+                    .arg(LOCK_MS),
             );
         let (mut replies, replicated) = match self.replicated(conn, &self.outbox(), pipe).await {
             Err(StoreError::Redis(e)) if e.code() == Some("SLUICE_NOTHELD") => return Ok(None),

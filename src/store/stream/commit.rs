@@ -278,11 +278,43 @@ impl StreamCommitter {
                 }
             }
         }
-        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> =
-            invocation.invoke_async(&mut self.conn).await;
-        if reply.is_ok() {
-            self.replicated().await;
-        }
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> = if j.wait_replicas == 0 {
+            invocation.invoke_async(&mut self.conn).await
+        } else {
+            // The script and its WAIT in one request to the job's server: a connection made
+            // again in between would make the WAIT cover nothing.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&scripts::COMMIT)
+                .ignore()
+                .invoke_script(&invocation)
+                .cmd("WAIT")
+                .arg(j.wait_replicas)
+                .arg(j.wait_timeout_ms);
+            let key = j.job_key.clone();
+            match self.conn.pipeline_on_node_of(&key, &pipe).await {
+                Ok(mut replies) => {
+                    let have: u32 = replies
+                        .pop()
+                        .and_then(|v| redis::from_redis_value(v).ok())
+                        .unwrap_or(0);
+                    let reply = replies
+                        .pop()
+                        .map(redis::from_redis_value)
+                        .unwrap_or_else(|| Err(redis::ParsingError::from("no reply to the commit")))
+                        .map_err(redis::RedisError::from);
+                    if reply.is_ok() && have < self.job.wait_replicas {
+                        self.replicated().await;
+                    }
+                    reply
+                }
+                Err(StoreError::Redis(e)) => Err(e),
+                Err(other) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "committing failed",
+                    other.to_string(),
+                ))),
+            }
+        };
         match reply {
             Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
                 acked,
@@ -351,20 +383,29 @@ impl StreamCommitter {
                 );
                 return;
             }
-            if errors > 0 {
-                let _: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(&probe)
-                    .arg(now_ms())
-                    .arg("PX")
-                    .arg(60_000)
-                    .query_async(&mut self.conn)
-                    .await;
-            }
-            // To the server of the job's keys (on a cluster, the master of their slot).
-            let mut wait = redis::cmd("WAIT");
-            wait.arg(wanted).arg(self.job.wait_timeout_ms);
-            let reply: Result<u32, crate::store::StoreError> =
-                self.conn.on_node_of(&self.job.job_key, &wait).await;
+            // A write of its own and the WAIT, in one request to the server of the job's keys
+            // (on a cluster, the master of their slot): once replicas have the probe, they
+            // have everything written there before it.
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&probe)
+                .arg(now_ms())
+                .arg("PX")
+                .arg(60_000)
+                .ignore()
+                .cmd("WAIT")
+                .arg(wanted)
+                .arg(self.job.wait_timeout_ms);
+            let key = self.job.job_key.clone();
+            let reply: Result<u32, crate::store::StoreError> = self
+                .conn
+                .pipeline_on_node_of(&key, &pipe)
+                .await
+                .and_then(|mut replies| {
+                    Ok(redis::from_redis_value(
+                        replies.pop().unwrap_or(redis::Value::Nil),
+                    )?)
+                });
             match reply {
                 Ok(have) if have >= wanted => {
                     if waited > 0 || errors > 0 {
