@@ -18,6 +18,8 @@
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
 //! | `sluice_forwarded_total` | counter | `job` | outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots) |
 //! | `sluice_outbox_dead_total` | counter | `job` | outbox entries that could not be forwarded (their target holds another type), moved to the outbox's dead letters |
+//! | `sluice_ingested_total` | counter | `streams`, `status` | HTTP ingest requests (`POST /ingest/{stream}`) by the `[[ingest]] streams` pattern they matched (`-` when none) and answer: `ok`, `unauthorized`, `forbidden`, `too_large`, `bad_request`, `unavailable` |
+//! | `sluice_ingested_entries_total` | counter | `streams` | stream entries appended by HTTP ingest |
 //! | `sluice_redis_connection_errors_total` | counter | | Redis commands that failed on their connection (Redis away, a timeout); each makes that connection reconnect |
 //! | `sluice_jobs_running` | gauge | | jobs this host runs |
 //! | `sluice_job_lag` | gauge | `job` | entries of the source not yet delivered to the job's group (read from Redis at scrape time, fleet-wide) |
@@ -114,6 +116,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Age of the oldest entry of the job's outbox: the forwarding lag (Redis Cluster)"
     );
+    describe_counter!(
+        "sluice_ingested_total",
+        "HTTP ingest requests, by the [[ingest]] streams pattern they matched and answer"
+    );
+    describe_counter!(
+        "sluice_ingested_entries_total",
+        "Stream entries appended by HTTP ingest, by the [[ingest]] streams pattern"
+    );
     describe_gauge!("sluice_build_info", "1, labelled with sluice's version");
     gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -189,6 +199,17 @@ pub fn job_outbox(job: &str, entries: u64, oldest_ms: u64) {
     gauge!("sluice_job_outbox", "job" => job.to_string()).set(entries as f64);
     gauge!("sluice_job_outbox_lag_seconds", "job" => job.to_string())
         .set(oldest_ms as f64 / 1000.0);
+}
+
+/// An HTTP ingest request answered `status`, having matched `[[ingest]]` pattern `streams`
+/// (`-`: none), appending `entries`.
+pub fn ingested(streams: &str, status: &'static str, entries: u64) {
+    counter!("sluice_ingested_total", "streams" => streams.to_string(), "status" => status)
+        .increment(1);
+    if entries > 0 {
+        counter!("sluice_ingested_entries_total", "streams" => streams.to_string())
+            .increment(entries);
+    }
 }
 
 /// A Redis command failed on its connection.

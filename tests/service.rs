@@ -26,9 +26,21 @@ fn get(port: u16, path: &str) -> (u16, String) {
 /// `curl -X POST` a path of the admin server with `token` as bearer token and `body` as
 /// JSON: (HTTP status, body).
 fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    post_as(port, path, token, "application/json", body)
+}
+
+/// [`post`] with another content type.
+fn post_as(
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &str,
+) -> (u16, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["-H", "Content-Type: application/json", "--data", body]);
+    cmd.args(["-s", "-m", "15", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Content-Type: {content_type}")])
+        .args(["--data-binary", body]);
     if let Some(token) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
     }
@@ -1032,4 +1044,225 @@ fn sigterm_while_redis_does_not_answer_ends_the_host_within_its_grace() {
         "not ended within the grace: {status:?}"
     );
     drop(redis);
+}
+
+#[test]
+fn http_ingest_appends_what_each_token_may_and_refuses_the_rest_by_name() {
+    let port = free_port();
+    let (mut redis, mut conn, dir, cfg) =
+        setup("echo", "j", "in", "start = \"new\"", "target = \"out\"");
+    let hooks = dir.path().join("hooks.token");
+    std::fs::write(&hooks, "h00ks\n").unwrap();
+    let other = dir.path().join("other.token");
+    std::fs::write(&other, "other").unwrap();
+    let config = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[host]",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [[ingest]]\nstreams = [\"in\", \"hooks:*\", \"orders:{{0..3}}\"]\n\
+             token_file = \"{}\"\nmax_bytes = 4096\n\n\
+             [[ingest]]\nstreams = [\"elsewhere\"]\ntoken_file = \"{}\"\n\n[host]",
+            hooks.display(),
+            other.display()
+        ),
+    );
+    std::fs::write(&cfg, config).unwrap();
+    let log = dir.path().join("host.log");
+    let _host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_until(Duration::from_secs(20), || get(port, "/ready")
+        .0
+        == 200));
+    let token = Some("h00ks");
+
+    // An object is an entry, an array many, a form one; the job gets each, fields intact.
+    let (code, body) = post(port, "/ingest/in", token, r#"{"n": "0", "deep": {"x": 1}}"#);
+    assert_eq!(code, 200, "{body}");
+    let one = json(&body);
+    assert_eq!(one["stream"], "in");
+    assert_eq!(one["ids"].as_array().unwrap().len(), 1);
+    let (code, body) = post(
+        port,
+        "/ingest/in",
+        token,
+        r#"[{"n": "1"}, {"n": 2}, {"n": "3", "z": "a", "a": "z"}]"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let many: Vec<String> = json(&body)["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(many.len(), 3);
+    let (code, body) = post_as(
+        port,
+        "/ingest/in",
+        token,
+        "application/x-www-form-urlencoded",
+        "n=4&words=two+words",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(wait_until(Duration::from_secs(20), || {
+        field_values(&mut conn, "out", "n").len() == 5
+    }));
+    assert_eq!(
+        field_values(&mut conn, "out", "n"),
+        ["0", "1", "2", "3", "4"]
+    );
+    assert_eq!(field_values(&mut conn, "out", "deep"), [r#"{"x":1}"#]);
+    assert_eq!(field_values(&mut conn, "out", "words"), ["two words"]);
+    // Field order is kept as sent.
+    let entry: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("in")
+        .arg(&many[2])
+        .arg(&many[2])
+        .query(&mut conn)
+        .unwrap();
+    let names: Vec<&str> = entry[0].1.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["n", "z", "a"]);
+
+    // A prefix, and partitioned streams by routing key, as `sluice publish --key` picks.
+    assert_eq!(
+        post(port, "/ingest/hooks:gh", token, r#"{"a": "b"}"#).0,
+        200
+    );
+    let (code, body) = post(
+        port,
+        "/ingest/orders:%7B0..3%7D?key=k1",
+        token,
+        r#"{"a": "b"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let published = cli(&redis.url, "publish orders:{0..3} a=b --key k1");
+    let partition = json(&body)["stream"].as_str().unwrap().to_string();
+    assert!(
+        published.contains(&format!("to {partition} ")),
+        "HTTP put it in {partition}; `publish --key` said: {published}"
+    );
+    let (code, body) = post(port, "/ingest/orders:%7B2%7D", token, r#"{"a": "b"}"#);
+    assert_eq!(code, 200, "one partition of an allowed family: {body}");
+
+    // Refusals, each by name, writing nothing.
+    let before: u64 = redis::cmd("XLEN").arg("in").query(&mut conn).unwrap();
+    let refusals: &[(&str, Option<&str>, &str, &str, u16)] = &[
+        ("/ingest/in", None, "application/json", r#"{"a": "b"}"#, 401),
+        (
+            "/ingest/in",
+            Some("wrong"),
+            "application/json",
+            r#"{"a": "b"}"#,
+            401,
+        ),
+        (
+            "/ingest/in",
+            Some("other"),
+            "application/json",
+            r#"{"a": "b"}"#,
+            403,
+        ),
+        (
+            "/ingest/elsewhere",
+            token,
+            "application/json",
+            r#"{"a": "b"}"#,
+            403,
+        ),
+        (
+            "/ingest/sluice:%7Bin%7D:job:j",
+            token,
+            "application/json",
+            r#"{"a": "b"}"#,
+            403,
+        ),
+        ("/ingest/in", token, "application/json", "[]", 400),
+        (
+            "/ingest/in",
+            token,
+            "application/json",
+            r#"[{"a": "b"}, 7]"#,
+            400,
+        ),
+        ("/ingest/in", token, "application/json", "{not json", 400),
+        ("/ingest/in", token, "text/plain", "a=b", 415),
+        (
+            "/ingest/orders:%7B0..3%7D",
+            token,
+            "application/json",
+            r#"{"a": "b"}"#,
+            400,
+        ),
+        (
+            "/ingest/in?key=k",
+            token,
+            "application/json",
+            r#"{"a": "b"}"#,
+            400,
+        ),
+        (
+            "/ingest/orders:%7B9%7D",
+            token,
+            "application/json",
+            r#"{"a": "b"}"#,
+            403,
+        ),
+    ];
+    for (path, who, content_type, body, want) in refusals {
+        let (code, answer) = post_as(port, path, *who, content_type, body);
+        assert_eq!(code, *want, "POST {path} {body}: {answer}");
+        assert!(
+            json(&answer)["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(5000));
+    let (code, answer) = post(port, "/ingest/in", token, &big);
+    assert_eq!(code, 413, "{answer}");
+    // A key of another type: 409, and none of the entries written.
+    let _: () = redis::cmd("SET")
+        .arg("hooks:str")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let (code, answer) = post(
+        port,
+        "/ingest/hooks:str",
+        token,
+        r#"[{"a": "b"}, {"c": "d"}]"#,
+    );
+    assert_eq!(code, 409, "{answer}");
+    let after: u64 = redis::cmd("XLEN").arg("in").query(&mut conn).unwrap();
+    assert_eq!(before, after, "a refused request wrote nothing");
+
+    // Counted by the pattern they matched.
+    let (_, metrics) = get(port, "/metrics");
+    let entries = |p: &str| sample(&metrics, "sluice_ingested_entries_total", &[("streams", p)]);
+    assert_eq!(entries("in"), Some(5.0), "{metrics}");
+    assert_eq!(entries("orders:{0..3}"), Some(2.0));
+    let requests = |s: &str| sample(&metrics, "sluice_ingested_total", &[("status", s)]);
+    assert_eq!(requests("unauthorized"), Some(2.0));
+    assert_eq!(requests("too_large"), Some(1.0));
+
+    // Redis away for longer than a request waits (5 s): 503, and ingest works again once it
+    // is back.
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        post(port, "/ingest/in", Some("h00ks"), r#"{"n": "lost?"}"#)
+    });
+    redis.kill_and_restart(Duration::from_secs(8));
+    let (code, answer) = during.join().unwrap();
+    assert_eq!(code, 503, "{answer}");
+    let mut conn = redis.conn();
+    assert!(wait_until(Duration::from_secs(20), || post(
+        port,
+        "/ingest/in",
+        token,
+        r#"{"n": "5"}"#
+    )
+    .0 == 200));
+    assert!(wait_until(Duration::from_secs(20), || field_values(
+        &mut conn, "out", "n"
+    )
+    .contains(&"5".to_string())));
 }

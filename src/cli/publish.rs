@@ -5,15 +5,6 @@ use std::process::ExitCode;
 use super::{Client, parse_fields};
 use crate::model::Partitions;
 
-/// The partition of partitioned streams `partitions` that an entry with routing key `key`
-/// goes to: the key's Redis Cluster slot, modulo the number of partitions (so that producers
-/// in any language can compute it: CRC16-XMODEM of the key or its `{tag}`, mod 16384).
-pub fn partition_of(partitions: &Partitions<'_>, key: &str) -> String {
-    let tag = crate::model::hash_tag(key);
-    let slot = u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384);
-    partitions.key(partitions.numbers().start() + slot % partitions.count())
-}
-
 /// Append `count` entries of `fields` (`name=value`; `{i}` in a value is the entry's index).
 /// To partitioned streams (`orders:{0..15}`): each to the partition of `key`, else entry `i`
 /// to partition `i` mod N.
@@ -38,7 +29,7 @@ pub async fn publish(
     let partitions = partitions.map_err(|m| anyhow::anyhow!("{stream:?}: {m}"))?;
     match key {
         Some(key) => {
-            let target = partition_of(&partitions, key);
+            let target = partitions.of_key(key);
             append(&mut conn, &target, &fields, (0..count).collect()).await?;
         }
         None => {

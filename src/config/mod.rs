@@ -43,6 +43,49 @@ pub struct Config {
     /// The admin HTTP server (`[admin]`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Streams that `POST /ingest/{stream}` of the admin server may append to, each list
+    /// with its token (`[[ingest]]`).
+    #[serde(default)]
+    pub ingest: Vec<IngestConfig>,
+}
+
+/// One allow-list of HTTP ingest: which streams a request bearing its token may append to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct IngestConfig {
+    /// Stream keys: a key (`orders`), a prefix ending in `*` (`webhooks:*`), or partitioned
+    /// streams (`orders:{0..15}`, a request then names a `?key=`).
+    pub streams: Vec<String>,
+    /// A file holding the bearer token of these streams.
+    pub token_file: PathBuf,
+    /// The largest request body, in bytes (default 1 MiB, at most 64 MiB).
+    #[serde(default = "default_ingest_max_bytes")]
+    pub max_bytes: usize,
+}
+
+/// The default of `[[ingest]] max_bytes`: 1 MiB.
+fn default_ingest_max_bytes() -> usize {
+    1 << 20
+}
+
+/// The most `[[ingest]] max_bytes` may be: 64 MiB, what a stream entry can sensibly hold.
+pub const MAX_INGEST_BYTES: usize = 64 << 20;
+
+impl IngestConfig {
+    /// The token from `token_file`.
+    pub fn token(&self) -> anyhow::Result<String> {
+        read_token(&self.token_file, "ingest")
+    }
+}
+
+/// A bearer token from `path` (surrounding whitespace dropped); an empty file is an error.
+fn read_token(path: &Path, what: &str) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the {what} token file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!("the {what} token file {} is empty", path.display());
+    }
+    Ok(token.to_string())
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -60,16 +103,10 @@ pub struct AdminConfig {
 impl AdminConfig {
     /// The API token from `token_file` (surrounding whitespace dropped); None when unset.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading the admin token file {}: {e}", path.display()))?;
-        let token = token.trim();
-        if token.is_empty() {
-            anyhow::bail!("the admin token file {} is empty", path.display());
-        }
-        Ok(Some(token.to_string()))
+        self.token_file
+            .as_deref()
+            .map(|path| read_token(path, "admin"))
+            .transpose()
     }
 }
 
@@ -176,6 +213,9 @@ impl Config {
         for plugin in &mut self.plugins {
             at(&mut plugin.path);
         }
+        for ingest in &mut self.ingest {
+            at(&mut ingest.token_file);
+        }
         let r = &mut self.redis;
         for p in [
             &mut self.plugins_dir.dir,
@@ -271,6 +311,25 @@ impl Config {
                 .token()
                 .map_err(|e| ("admin.token_file".to_string(), e.to_string()))?;
         }
+        for (i, ingest) in self.ingest.iter().enumerate() {
+            let at = |f: &str| format!("ingest[{i}].{f}");
+            if ingest.streams.is_empty() {
+                return Err((at("streams"), "must name at least one stream".into()));
+            }
+            for (j, pattern) in ingest.streams.iter().enumerate() {
+                check_ingest_pattern(pattern, &self.host.prefix)
+                    .map_err(|m| (format!("ingest[{i}].streams[{j}]"), m))?;
+            }
+            if !(1..=MAX_INGEST_BYTES).contains(&ingest.max_bytes) {
+                return Err((
+                    at("max_bytes"),
+                    format!("must be 1 to {MAX_INGEST_BYTES}, got {}", ingest.max_bytes),
+                ));
+            }
+            ingest
+                .token()
+                .map_err(|e| (at("token_file"), e.to_string()))?;
+        }
         if self
             .redis
             .password_file
@@ -333,6 +392,30 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => field_path(parent),
     }
+}
+
+/// An `[[ingest]] streams` entry: a stream key, a prefix ending in `*`, or partitioned
+/// streams; never only sluice's own keys (under `prefix:`: a request for one of those is
+/// refused whatever pattern it matches).
+fn check_ingest_pattern(pattern: &str, prefix: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.chars().any(char::is_control) {
+        return Err(format!(
+            "must be a stream key or a prefix ending in `*`, got {pattern:?}"
+        ));
+    }
+    if pattern.strip_suffix('*').unwrap_or(pattern).contains('*') {
+        return Err(format!("`*` may only end a prefix, got {pattern:?}"));
+    }
+    if let Some(Err(m)) = crate::model::Partitions::parse(pattern) {
+        return Err(format!("{pattern:?}: {m}"));
+    }
+    let own = format!("{prefix}:");
+    if pattern.starts_with(&own) {
+        return Err(format!(
+            "sluice's own keys (under `{own}`) are not for HTTP ingest, got {pattern:?}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -533,5 +616,41 @@ mod tests {
         std::fs::write(&file, " \n").unwrap();
         let text = format!("[admin]\ntoken_file = \"{}\"\n{GOOD}", file.display());
         assert_eq!(invalid(&text), "admin.token_file");
+    }
+
+    #[test]
+    fn ingest_lists_are_checked_field_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken\n").unwrap();
+        let ingest = |streams: &str, extra: &str| {
+            format!(
+                "[[ingest]]\nstreams = {streams}\ntoken_file = \"{}\"\n{extra}\n{GOOD}",
+                file.display()
+            )
+        };
+        let c = Config::parse(&ingest(r#"["in", "hooks:*", "o:{0..3}", "*"]"#, ""), "t").unwrap();
+        assert_eq!(c.ingest[0].max_bytes, 1 << 20);
+        assert_eq!(c.ingest[0].token().unwrap(), "t0ken");
+        assert_eq!(invalid(&ingest("[]", "")), "ingest[0].streams");
+        assert_eq!(
+            invalid(&ingest(r#"["in", ""]"#, "")),
+            "ingest[0].streams[1]"
+        );
+        assert_eq!(invalid(&ingest(r#"["a*b"]"#, "")), "ingest[0].streams[0]");
+        assert_eq!(
+            invalid(&ingest(r#"["o:{3..1}"]"#, "")),
+            "ingest[0].streams[0]"
+        );
+        assert_eq!(
+            invalid(&ingest(r#"["sluice:x"]"#, "")),
+            "ingest[0].streams[0]"
+        );
+        assert_eq!(
+            invalid(&ingest(r#"["in"]"#, "max_bytes = 0")),
+            "ingest[0].max_bytes"
+        );
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(invalid(&ingest(r#"["in"]"#, "")), "ingest[0].token_file");
     }
 }

@@ -84,9 +84,16 @@ pub async fn run(
     let readiness = Arc::new(admin::Readiness::default());
     let admin = match &config.admin.listen {
         Some(addr) => {
-            let token = config.admin.token()?;
-            Some(admin::start(addr.parse()?, readiness.clone(), token).await?)
+            let options = admin::Options {
+                token: config.admin.token()?,
+                ingest: admin::allow_lists(&config.ingest)?,
+                prefix: config.host.prefix.clone(),
+            };
+            Some(admin::start(addr.parse()?, readiness.clone(), options).await?)
         }
+        None if !config.ingest.is_empty() => anyhow::bail!(
+            "[[ingest]] is served by the admin server: set [admin] listen (or --admin ADDR)"
+        ),
         None => None,
     };
     let (redis, embedded) = match config.redis.resolve(redis_url)? {

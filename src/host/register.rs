@@ -16,7 +16,7 @@ use crate::store::control::{Registry, spec_digest};
 
 /// SIGHUP: read the config file at `path` again; register its plugins (new files, changed
 /// bytes) and its jobs (new or edited ones), and apply its `[host] log` filter. What else
-/// changed (the `[redis]`, `[admin]` and other `[host]` settings) needs a restart, and is
+/// changed (the `[redis]`, `[admin]`, `[[ingest]]` and other `[host]` settings) needs a restart, and is
 /// logged as such.
 /// A file that does not load is logged; the host goes on as it was.
 pub async fn reload(
@@ -52,6 +52,9 @@ pub async fn reload(
     }
     if admin != running.admin {
         restart.push("[admin]");
+    }
+    if config.ingest != running.ingest {
+        restart.push("[[ingest]]");
     }
     if !restart.is_empty() {
         tracing::warn!(

@@ -247,7 +247,8 @@ impl<'a> Partitions<'a> {
             let last = number(b)?;
             if first > last || last - first + 1 > MAX_PARTITIONS {
                 return Err(format!(
-                    "a range of partitions is {{first..last}} with first ≤ last, at most                      {MAX_PARTITIONS} of them, got {{{a}..{b}}}"
+                    "a range of partitions is {{first..last}} with first ≤ last, at most \
+                     {MAX_PARTITIONS} of them, got {{{a}..{b}}}"
                 ));
             }
             Ok(Partitions {
@@ -273,6 +274,15 @@ impl<'a> Partitions<'a> {
     /// The key of partition `i`.
     pub fn key(&self, i: u32) -> String {
         format!("{}{{{i}}}{}", self.prefix, self.suffix)
+    }
+
+    /// The key of the partition an entry with routing key `key` goes to: the key's Redis
+    /// Cluster slot, modulo the number of partitions (so that producers in any language can
+    /// compute it: CRC16-XMODEM of the key or its `{tag}`, mod 16384).
+    pub fn of_key(&self, key: &str) -> String {
+        let tag = hash_tag(key);
+        let slot = u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384);
+        self.key(self.first + slot % self.count())
     }
 }
 

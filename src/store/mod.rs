@@ -14,6 +14,7 @@ pub mod events;
 pub mod forward;
 pub mod groups;
 pub mod hosts;
+pub mod ingest;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;

@@ -43,7 +43,8 @@ pub fn routes() -> axum::Router<Admin> {
 }
 
 /// An API error: its status and what went wrong.
-struct ApiError(StatusCode, String);
+#[derive(Debug)]
+pub(super) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -72,7 +73,7 @@ fn not_found(what: String) -> ApiError {
 
 impl Admin {
     /// A connection to Redis and the key table, once the host reached Redis.
-    fn redis(&self) -> Result<(Conn, Keys), ApiError> {
+    pub(super) fn redis(&self) -> Result<(Conn, Keys), ApiError> {
         self.readiness.redis().ok_or_else(|| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -89,16 +90,7 @@ impl Admin {
                 "the API is read-only: no [admin] token_file is configured".into(),
             ));
         };
-        // The scheme is case-insensitive (RFC 9110); the token is not.
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or_default();
-        // Digests compared, not the tokens: the time taken says nothing about the token.
-        if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
+        if bearer_matches(headers, token) {
             Ok(())
         } else {
             Err(ApiError(
@@ -107,6 +99,20 @@ impl Admin {
             ))
         }
     }
+}
+
+/// Does the request's `Authorization: Bearer <token>` carry `token`?
+pub(super) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .unwrap_or_default();
+    // Digests compared, not the tokens: the time taken says nothing about the token.
+    Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes())
 }
 
 /// A stream entry id (`ms-seq`, or `ms`) from a request, else 400.

@@ -10,8 +10,13 @@
 //!   time, a few commands per job.
 //! - `/api/…`: the CLI's listings as JSON, and operator actions behind a bearer token
 //!   ([`api`]).
+//! - `POST /ingest/{stream}`: HTTP ingest, entries appended to the streams that
+//!   `[[ingest]]` allows, each allow-list with a token of its own ([`ingest`]).
 
 mod api;
+mod ingest;
+
+pub use ingest::{Allow, allow_lists};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,7 +27,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
@@ -161,15 +166,28 @@ struct Admin {
     metrics: PrometheusHandle,
     /// The bearer token actions need (None: the API is read-only).
     token: Option<Arc<str>>,
+    /// HTTP ingest's allow-lists (empty: off).
+    ingest: Arc<[Allow]>,
+    /// The prefix of sluice's own keys, which HTTP ingest never writes.
+    prefix: Arc<str>,
+}
+
+/// What the admin server serves beyond probes and metrics.
+pub struct Options {
+    /// The bearer token API actions need (None: the API is read-only).
+    pub token: Option<String>,
+    /// HTTP ingest's allow-lists (empty: off).
+    pub ingest: Arc<[Allow]>,
+    /// `[host] prefix`.
+    pub prefix: String,
 }
 
 /// Install the Prometheus recorder (once per process) and serve the admin endpoints on
-/// `addr` until the returned task is aborted; API actions need `token` (None: read-only).
-/// Fails if the address cannot be bound.
+/// `addr` until the returned task is aborted. Fails if the address cannot be bound.
 pub async fn start(
     addr: SocketAddr,
     readiness: Arc<Readiness>,
-    token: Option<String>,
+    options: Options,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let metrics = recorder()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -181,12 +199,15 @@ pub async fn start(
         .route("/ready", get(ready))
         .route("/metrics", get(render))
         .merge(api::routes())
+        .route("/ingest/{stream}", post(ingest::ingest))
         .with_state(Admin {
             readiness,
             metrics,
-            token: token.map(Arc::from),
+            token: options.token.map(Arc::from),
+            ingest: options.ingest,
+            prefix: options.prefix.into(),
         });
-    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics, /api)");
+    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics, /api, /ingest)");
     Ok(tokio::spawn(async move {
         // Histograms are kept in windows the recorder compacts now and then.
         let upkeep = tokio::spawn(async move {

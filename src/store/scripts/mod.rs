@@ -48,4 +48,6 @@ scripts! {
     OUTBOX_READ = "outbox_read.lua";
     /// Acknowledges and deletes forwarded outbox entries, dead-letters unforwardable ones.
     OUTBOX_DONE = "outbox_done.lua";
+    /// Appends the entries of one HTTP ingest request to a stream, all or none.
+    INGEST = "ingest.lua";
 }
