@@ -16,6 +16,7 @@
 //! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
 //! | `sluice_instance_recycles_total` | counter | `job`, `reason` | plugin instances replaced by a fresh one: `failed` (a trap, timeout or memory overrun left it unusable), `calls` (after 100000 calls, bounding what a leaky guest hoards) |
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
+//! | `sluice_list_moved_total` | counter | `job` | items this host moved from a `list:KEY` job's list into its list stream |
 //! | `sluice_forwarded_total` | counter | `job` | outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots) |
 //! | `sluice_outbox_dead_total` | counter | `job` | outbox entries that could not be forwarded (their target holds another type), moved to the outbox's dead letters |
 //! | `sluice_ingested_total` | counter | `streams`, `status` | HTTP ingest requests (`POST /ingest/{stream}`) by the `[[ingest]] streams` pattern they matched (`-` when none) and answer: `ok`, `unauthorized`, `forbidden`, `too_large`, `bad_request`, `unavailable` |
@@ -78,6 +79,10 @@ pub fn describe() {
     describe_counter!(
         "sluice_trimmed_total",
         "Source entries trimmed by this host (retention = acked)"
+    );
+    describe_counter!(
+        "sluice_list_moved_total",
+        "Items this host moved from a list job's list into its list stream"
     );
     describe_counter!(
         "sluice_redis_connection_errors_total",
@@ -179,6 +184,11 @@ pub fn recycle(job: &str, reason: &'static str) {
 /// `n` source entries of `job` trimmed.
 pub fn trimmed(job: &str, n: u64) {
     counter!("sluice_trimmed_total", "job" => job.to_string()).increment(n);
+}
+
+/// `n` items of `job`'s list moved into its list stream.
+pub fn list_moved(job: &str, n: u64) {
+    counter!("sluice_list_moved_total", "job" => job.to_string()).increment(n);
 }
 
 /// `n` outbox entries of `job` written to their targets.

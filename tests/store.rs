@@ -768,3 +768,79 @@ async fn a_forwarder_taking_over_writes_nothing_twice_and_keeps_the_order() {
     let err = read.unwrap_err();
     assert_eq!(err.code(), Some("SLUICE_NOTHELD"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_feed_moves_items_in_order_and_stops_at_the_groups_max_lag() {
+    use redis::Commands;
+    use sluice::store::list::{Feed, Pulled, pull};
+    let redis = RedisServer::start();
+    let mut sync = redis.conn();
+    let mut conn = store::Endpoint::local(&redis.url)
+        .unwrap()
+        .connect(Duration::ZERO)
+        .await
+        .unwrap();
+    let keys = Keys::new("sluice");
+    let stream = keys.list_stream("work");
+    let feed = Feed {
+        job: "j".into(),
+        list: "work".into(),
+        stream: stream.clone(),
+        group: keys.group("j"),
+        pop: sluice::model::ListEnd::Right,
+        batch: 10,
+        max_lag: 25,
+    };
+    // Nothing there: nothing moves.
+    assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Moved(0));
+    let _: () = sync.lpush("work", (0..100).collect::<Vec<_>>()).unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(keys.group("j"))
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut sync)
+        .unwrap();
+    // Three batches go (lag 30), then the group is full.
+    for _ in 0..3 {
+        assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Moved(10));
+    }
+    assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Full);
+    assert_eq!(sync.llen::<_, usize>("work").unwrap(), 70);
+    // The group reads them: room again.
+    let read = |sync: &mut redis::Connection, n: usize| {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("sluice:j")
+            .arg("c")
+            .arg("COUNT")
+            .arg(n)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query(sync)
+            .unwrap();
+    };
+    read(&mut sync, 30);
+    assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Moved(10));
+    // An undelivered entry deleted: Redis cannot tell the lag; the feed waits until the
+    // group has read up to the last entry.
+    let ids = stream_ids(&mut sync, &stream);
+    let _: () = sync.xdel(&stream, &[&ids[ids.len() - 1]]).unwrap();
+    assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Full);
+    read(&mut sync, 100);
+    assert_eq!(pull(&mut conn, &feed).await.unwrap(), Pulled::Moved(10));
+    // The oldest item first, each once.
+    let moved: Vec<String> = field_values(&mut sync, &stream, "payload");
+    let mut want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    want.remove(39);
+    assert_eq!(moved, want);
+    // A key of another type: nothing moves, and it says what the key holds.
+    let _: () = sync.del("work").unwrap();
+    let _: () = sync.set("work", "x").unwrap();
+    assert_eq!(
+        pull(&mut conn, &feed).await.unwrap(),
+        Pulled::NotAList("string".into())
+    );
+}

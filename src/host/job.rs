@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::plugins::Failure;
-use crate::model::{Handler, JobSpec, Retention, StateReader, short};
+use crate::model::{Handler, JobSpec, StateReader, short};
 use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
@@ -263,14 +263,36 @@ impl Assembly {
             .map_err(transient)?;
         let swap = [runner.swapper(), life_runner.swapper()];
         let (stop, stop_rx) = watch::channel(false);
-        let retention = (spec.retention == Retention::Acked).then(|| {
-            tokio::spawn(super::retention::keep_trimmed(
+        // Tasks that run beside the runners and are aborted at the job's stop.
+        let mut beside = Vec::new();
+        if spec.trims_source() {
+            beside.push(tokio::spawn(super::retention::keep_trimmed(
                 conn.clone(),
                 self.keys.clone(),
                 spec.clone(),
                 self.consumer.clone(),
-            ))
-        });
+            )));
+        }
+        // A list source's feed: moves the list's items into the job's list stream, after
+        // the source runner made the group its lag is measured on. Its own connection: it
+        // blocks waiting for items.
+        if let Ok(crate::model::Source::List(key)) = spec.source() {
+            let feed = crate::store::list::Feed {
+                job: name.to_string(),
+                list: key.to_string(),
+                stream: source.clone(),
+                group: self.keys.group(name),
+                pop: spec.list_pop,
+                batch: spec.batch,
+                max_lag: (spec.batch * 10).max(LIST_MAX_LAG),
+            };
+            let own = self
+                .redis
+                .connect(Duration::from_secs(1))
+                .await
+                .map_err(|e| transient(e.into()))?;
+            beside.push(tokio::spawn(crate::store::list::keep_pulling(own, feed)));
+        }
         // On a cluster, effects aimed at other slots wait in the job's outbox: forwarded
         // while the job runs here (by one forwarder of the fleet at a time), drained at its
         // stop. Its own connection: it waits for new entries with a blocking read.
@@ -311,7 +333,7 @@ impl Assembly {
             gate,
             stop_rx,
             name.to_string(),
-            (retention, forwarder),
+            (beside, forwarder),
         ));
         tracing::info!(job = %name, plugin = %spec.plugin, version = short(&plugin.sha256), "job started");
         let job = RunningJob {
@@ -385,7 +407,7 @@ async fn run_job(
     gate: Gate,
     mut stop: watch::Receiver<bool>,
     name: String,
-    (retention, forwarder): (Option<tokio::task::JoinHandle<()>>, Option<Forwarder>),
+    (beside, forwarder): (Vec<tokio::task::JoinHandle<()>>, Option<Forwarder>),
 ) -> JobResult {
     let (life_stop, life_stop_rx) = watch::channel(false);
     let (source_stop, source_stop_rx) = watch::channel(false);
@@ -423,8 +445,8 @@ async fn run_job(
             flat(r).and_then(|_| Err(anyhow::anyhow!("the lifecycle runner ended")))
         }
     };
-    if let Some(retention) = retention {
-        retention.abort();
+    for task in beside {
+        task.abort();
     }
     // What the last batches put in the outbox is forwarded before the job ends here; a
     // forwarder still at it after that is stopped (its lock lapses; another host goes on).
@@ -442,6 +464,11 @@ async fn run_job(
 
 /// A job's forwarder task and its stop signal.
 type Forwarder = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// A list job's feed moves items while its group has fewer than this many entries
+/// undelivered (or 10 batches, if more): the rest of a backlog waits in the list, where
+/// producers and their tools see it.
+const LIST_MAX_LAG: usize = 1000;
 
 /// How long a stopping job's forwarder goes on forwarding what its outbox holds.
 const FORWARD_DRAIN: Duration = Duration::from_secs(5);

@@ -67,9 +67,10 @@ pub struct Host {
 
 /// Connections a host holds besides its jobs': the control connection and the pub/sub one.
 pub const HOST_CONNECTIONS: usize = 2;
-/// Connections one running job holds: reader and committer of its source and of its
-/// lifecycle stream, job state, and the lifecycle gate (also used for retention).
-pub const JOB_CONNECTIONS: usize = 6;
+/// The most connections one running job holds: reader and committer of its source and of
+/// its lifecycle stream, job state, the lifecycle gate (also used for retention), and a list
+/// job's feed and a Redis Cluster job's outbox forwarder.
+pub const JOB_CONNECTIONS: usize = 8;
 
 /// A version of a job's plugin for one run of the job: what a preparation is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -391,16 +392,16 @@ impl Host {
             .filter(|(_, j)| j.spec.finite)
             .map(|(n, j)| {
                 let source = keys.source_stream(&j.spec);
-                (n.clone(), j.run, source, keys.delayed_of(&j.spec))
+                (n.clone(), j.run, source, keys.upstream_of(&j.spec))
             })
             .collect();
-        for (name, run, source, delayed) in finite {
+        for (name, run, source, upstream) in finite {
             let progress = lifecycle::check_finished(
                 &mut self.conn,
                 keys,
                 &name,
                 &source,
-                delayed.as_deref(),
+                upstream.as_deref(),
                 run,
             )
             .await;

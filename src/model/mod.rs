@@ -16,7 +16,8 @@ pub use connection::Connection;
 pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{
-    AppendFsync, JobSpec, Partitions, Retention, RetryBackoff, Source, Start, check_name, hash_tag,
+    AppendFsync, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, Source, Start, check_name,
+    hash_tag,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -103,7 +103,8 @@ pub struct JobSpec {
     /// What becomes of source entries once handled: `keep` (default: the stream is left as
     /// producers and others trim it) or `acked`: trim the entries every consumer group on the
     /// stream has acknowledged (`XTRIM MINID` below the oldest entry some group still has
-    /// pending or has not been delivered), one host at a time.
+    /// pending or has not been delivered), one host at a time. A list job's stream is
+    /// sluice's own and is always trimmed so.
     #[serde(default)]
     pub retention: Retention,
     /// With `retention = "acked"`: keep acknowledged entries at least this many seconds
@@ -113,6 +114,11 @@ pub struct JobSpec {
     /// With `retention = "acked"`: how often a host trims (ms, 100–3600000, default 10000).
     #[serde(default = "default_retention_every_ms")]
     pub retention_every_ms: u64,
+    /// For a `list:KEY` source: the end of the list items are taken from, `right` (default:
+    /// for producers that `LPUSH`, as Celery and Sidekiq do) or `left` (for `RPUSH`, as RQ
+    /// does), so the oldest item goes first.
+    #[serde(default)]
+    pub list_pop: ListEnd,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -159,6 +165,24 @@ fn default_retention_every_ms() -> u64 {
     10_000
 }
 
+/// An end of a Redis list.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListEnd {
+    Left,
+    #[default]
+    Right,
+}
+
+impl ListEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListEnd::Left => "left",
+            ListEnd::Right => "right",
+        }
+    }
+}
+
 /// Where a new consumer group starts reading.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -197,6 +221,10 @@ pub enum Source<'a> {
     Stream(&'a str),
     /// A sluice queue (filled by plugins' `enqueue`), by name.
     Queue(&'a str),
+    /// A Redis list that producers `LPUSH`/`RPUSH` to, by key: its items are moved into the
+    /// job's list stream (each in one script call, so none is lost or doubled on the way),
+    /// and read from there like any stream.
+    List(&'a str),
 }
 
 impl<'a> Source<'a> {
@@ -204,9 +232,10 @@ impl<'a> Source<'a> {
         match source.split_once(':') {
             Some(("stream", key)) if !key.is_empty() => Ok(Source::Stream(key)),
             Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
+            Some(("list", key)) if !key.is_empty() => Ok(Source::List(key)),
             _ => Err(format!(
-                "must be `stream:<key>` or `queue:<name>` (name: 1–64 letters, digits, `_`, \
-                 `-`, `.`), got {source:?}"
+                "must be `stream:<key>`, `queue:<name>` (name: 1–64 letters, digits, `_`, \
+                 `-`, `.`) or `list:<key>`, got {source:?}"
             )),
         }
     }
@@ -383,6 +412,7 @@ impl JobSpec {
             retention: Retention::default(),
             retention_keep_s: 0,
             retention_every_ms: default_retention_every_ms(),
+            list_pop: ListEnd::default(),
             finite: false,
             config: BTreeMap::new(),
         }
@@ -398,8 +428,10 @@ impl JobSpec {
     /// `<name>.<i>` and reading `orders:{<i>}`: a family sharing everything else. Each is a
     /// job like any other, with its keys in its partition's slot.
     pub fn expand(&self) -> Result<Vec<JobSpec>, (String, String)> {
-        let Ok(Source::Stream(key)) = self.source() else {
-            return Ok(vec![self.clone()]);
+        let (kind, key) = match self.source() {
+            Ok(Source::Stream(key)) => ("stream", key),
+            Ok(Source::List(key)) => ("list", key),
+            _ => return Ok(vec![self.clone()]),
         };
         let partitions = match Partitions::parse(key) {
             None => return Ok(vec![self.clone()]),
@@ -409,7 +441,7 @@ impl JobSpec {
             .numbers()
             .map(|i| JobSpec {
                 name: format!("{}.{i}", self.name),
-                source: format!("stream:{}", partitions.key(i)),
+                source: format!("{kind}:{}", partitions.key(i)),
                 ..self.clone()
             })
             .collect())
@@ -420,19 +452,28 @@ impl JobSpec {
         let j = self;
         let at = |f: &str| f.to_string();
         check_name(&j.name).map_err(|m| (at("name"), m))?;
-        if let Source::Stream(key) = j.source().map_err(|m| (at("source"), m))? {
+        let source = j.source().map_err(|m| (at("source"), m))?;
+        if let Source::Stream(key) | Source::List(key) = source {
             // The job's keys carry the stream's hash tag in braces; a tag holding a `}` (a
             // key like `a{}b`) would put them in another Redis Cluster slot than the stream.
             if !tag_embeddable(key) {
                 return Err((
                     at("source"),
                     format!(
-                        "a stream key like this (`{{}}` that Redis Cluster ignores) is not \
+                        "a key like this (`{{}}` that Redis Cluster ignores) is not \
                          supported, got {:?}",
                         j.source
                     ),
                 ));
             }
+        }
+        if let Source::List(_) = source
+            && j.start == Start::New
+        {
+            return Err((
+                at("start"),
+                "a list job takes the list as it is: `start = \"new\"` is for streams".into(),
+            ));
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;
@@ -507,13 +548,17 @@ impl JobSpec {
     /// is not a source: refused where the prefix is known (the CLI, the config file).
     pub fn check_source_outside(&self, prefix: &str) -> Result<(), (String, String)> {
         match self.source() {
-            Ok(Source::Stream(key)) if key.starts_with(&format!("{prefix}:")) => Err((
-                "source".into(),
-                format!(
-                    "`{key}` is one of sluice's own keys (prefix `{prefix}:`); read a stream of \
+            Ok(Source::Stream(key) | Source::List(key))
+                if key.starts_with(&format!("{prefix}:")) =>
+            {
+                Err((
+                    "source".into(),
+                    format!(
+                        "`{key}` is one of sluice's own keys (prefix `{prefix}:`); read a stream of \
                      your own (`sluice tail --dlq JOB` follows a job's dead letters)"
-                ),
-            )),
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -524,6 +569,13 @@ impl JobSpec {
             .iter()
             .filter_map(|(k, v)| config_value(v).ok().map(|v| (k.clone(), v)))
             .collect()
+    }
+
+    /// Whether hosts trim the job's source of acknowledged entries: with `retention =
+    /// "acked"`, and always for a list job (its list stream is sluice's own, and its items
+    /// are done with once handled, as a list's consumers expect).
+    pub fn trims_source(&self) -> bool {
+        self.retention == Retention::Acked || matches!(self.source(), Ok(Source::List(_)))
     }
 
     /// The job's retry and dead-letter policy.
@@ -623,6 +675,29 @@ mod tests {
         let names: Vec<&str> = family.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["j.0", "j.1"]);
         assert_eq!(JobSpec::new("j", "queue:q", "p").expand().unwrap().len(), 1);
+        let lists = JobSpec::new("j", "list:o:{0..1}", "p").expand().unwrap();
+        let sources: Vec<&str> = lists.iter().map(|j| j.source.as_str()).collect();
+        assert_eq!(sources, ["list:o:{0}", "list:o:{1}"]);
+    }
+
+    #[test]
+    fn a_list_source_names_its_key_and_the_end_items_come_from() {
+        let mut j = JobSpec::new("j", "list:celery", "p");
+        assert_eq!(j.source(), Ok(Source::List("celery")));
+        assert_eq!(j.list_pop, ListEnd::Right);
+        assert!(j.trims_source());
+        assert!(j.validate().is_ok());
+        j.start = Start::New;
+        assert_eq!(j.validate().unwrap_err().0, "start");
+        assert!(JobSpec::new("j", "list:", "p").source().is_err());
+        let own = JobSpec::new("j", "list:sluice:x", "p");
+        assert_eq!(own.check_source_outside("sluice").unwrap_err().0, "source");
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "j", "source": "list:rq", "plugin": "p", "list_pop": "left"
+        }))
+        .unwrap();
+        assert_eq!(spec.list_pop, ListEnd::Left);
+        assert!(!JobSpec::new("j", "stream:s", "p").trims_source());
     }
 
     use super::*;

@@ -40,8 +40,11 @@ pub struct JobStatus {
     pub dead_letters: u64,
     /// Entries delivered to the group and not acknowledged yet.
     pub pending: u64,
-    /// Entries in the stream not yet delivered to the group (None if Redis cannot tell).
+    /// Entries in the stream not yet delivered to the group, and for a list job the items
+    /// still in its list (None if Redis cannot tell).
     pub lag: Option<u64>,
+    /// For a list job: items still in its list, not yet moved into its list stream.
+    pub in_list: Option<u64>,
     /// (Redis Cluster) Entries of the job's outbox not yet forwarded to their targets in
     /// other slots, and the age of the oldest, ms: the forwarding lag (0 on one server).
     pub outbox: u64,
@@ -81,6 +84,7 @@ pub async fn status<C: AsyncCommands>(
         dead_letters: conn.xlen(keys.dlq(name, &source)).await?,
         pending: 0,
         lag: None,
+        in_list: None,
         outbox: 0,
         outbox_lag_ms: 0,
     };
@@ -89,6 +93,16 @@ pub async fn status<C: AsyncCommands>(
     if let Ok(Some(g)) = super::groups::group_info(conn, &source, &group).await {
         status.pending = g.pending.unwrap_or(0);
         status.lag = g.lag;
+    }
+    if let Some(list) = keys.list_of_stream(&source) {
+        let len: u64 = match conn.llen(&list).await {
+            Ok(n) => n,
+            // Another type: the job reads nothing from it (its host says so).
+            Err(e) if e.code() == Some("WRONGTYPE") => 0,
+            Err(e) => return Err(e.into()),
+        };
+        status.in_list = Some(len);
+        status.lag = status.lag.map(|l| l + len);
     }
     Ok(Some(status))
 }

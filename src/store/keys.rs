@@ -217,6 +217,29 @@ impl Keys {
         format!("{}:queue:{{{name}}}", self.prefix)
     }
 
+    /// The stream the items of Redis list `key` are moved into for a `list:KEY` job: in the
+    /// list's slot (its hash tag in braces, then the key itself if it has a tag of its own).
+    pub fn list_stream(&self, key: &str) -> String {
+        let tag = hash_tag(key);
+        if tag == key {
+            format!("{}:list:{{{key}}}", self.prefix)
+        } else {
+            format!("{}:list:{{{tag}}}:{key}", self.prefix)
+        }
+    }
+
+    /// The list a list stream is fed from (None for any other key): the inverse of
+    /// [`Keys::list_stream`].
+    pub fn list_of_stream(&self, stream: &str) -> Option<String> {
+        let rest = stream.strip_prefix(&format!("{}:list:{{", self.prefix))?;
+        let (tag, after) = rest.split_once('}')?;
+        match after.strip_prefix(':') {
+            Some(key) => Some(key.to_string()),
+            None if after.is_empty() => Some(tag.to_string()),
+            None => None,
+        }
+    }
+
     /// Delayed tasks of a queue stream: payload member → due time.
     pub fn delayed(queue_stream: &str) -> String {
         format!("{queue_stream}:delayed")
@@ -227,6 +250,7 @@ impl Keys {
         match spec.source() {
             Ok(Source::Stream(key)) => key.to_string(),
             Ok(Source::Queue(name)) => self.queue(name),
+            Ok(Source::List(key)) => self.list_stream(key),
             // Specs are validated before they are run; an invalid one reads nothing real.
             Err(_) => String::new(),
         }
@@ -237,6 +261,16 @@ impl Keys {
         match spec.source() {
             Ok(Source::Queue(name)) => Some(Keys::delayed(&self.queue(name))),
             _ => None,
+        }
+    }
+
+    /// What feeds a job's source stream besides producers' appends, whose items keep a
+    /// finite job from finishing: a queue's delayed tasks (a sorted set), a list source's
+    /// list.
+    pub fn upstream_of(&self, spec: &JobSpec) -> Option<String> {
+        match spec.source() {
+            Ok(Source::List(key)) => Some(key.to_string()),
+            _ => self.delayed_of(spec),
         }
     }
 
@@ -262,6 +296,29 @@ mod tests {
             k.delayed_of(&q).as_deref(),
             Some("sluice:queue:{mail}:delayed")
         );
+    }
+
+    #[test]
+    fn a_list_job_reads_a_stream_in_its_lists_slot() {
+        let k = Keys::new("sluice");
+        let j = JobSpec::new("j", "list:celery", "echo");
+        assert_eq!(k.source_stream(&j), "sluice:list:{celery}");
+        assert_eq!(k.upstream_of(&j).as_deref(), Some("celery"));
+        let tagged = JobSpec::new("j", "list:jobs:{eu}", "echo");
+        let stream = k.source_stream(&tagged);
+        assert_eq!(stream, "sluice:list:{eu}:jobs:{eu}");
+        assert_eq!(hash_tag(&stream), hash_tag("jobs:{eu}"));
+        for list in ["celery", "jobs:{eu}", "a:b"] {
+            assert_eq!(
+                k.list_of_stream(&k.list_stream(list)).as_deref(),
+                Some(list)
+            );
+        }
+        assert_eq!(k.list_of_stream("events"), None);
+        assert_eq!(k.list_of_stream("sluice:list:{a}b"), None);
+        // A queue's delayed set feeds it as a list feeds a list job.
+        let q = JobSpec::new("j", "queue:mail", "echo");
+        assert_eq!(k.upstream_of(&q), k.delayed_of(&q));
     }
 
     #[test]

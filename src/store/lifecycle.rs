@@ -47,15 +47,15 @@ pub enum Progress {
     FinishedBefore,
 }
 
-/// For a finite job: when its source is drained (nothing undelivered, pending, scheduled or,
-/// for a queue, delayed), its outbox forwarded, and `job-started` handled, append
-/// `job-finished` (once per run).
+/// For a finite job: when its source is drained (nothing undelivered, pending, scheduled,
+/// nor waiting `upstream`: a queue's delayed tasks, a list source's list), its outbox
+/// forwarded, and `job-started` handled, append `job-finished` (once per run).
 pub async fn check_finished(
     conn: &mut Conn,
     keys: &Keys,
     job: &str,
     source: &str,
-    delayed: Option<&str>,
+    upstream: Option<&str>,
     run: u64,
 ) -> Result<Progress, StoreError> {
     let script = &*scripts::LIFECYCLE_FINISH;
@@ -64,8 +64,8 @@ pub async fn check_finished(
         .key(keys.lifecycle(job, source))
         .key(source)
         .key(keys.retry(job, source))
-        // A queue's delayed tasks (same slot); else the retry set again.
-        .key(delayed.map_or_else(|| keys.retry(job, source), str::to_string))
+        // A queue's delayed tasks or a list source's list (same slot); else the retry set.
+        .key(upstream.map_or_else(|| keys.retry(job, source), str::to_string))
         // Effects still waiting to be forwarded (a cluster's outbox) keep the job working.
         .key(keys.outbox(job, source))
         .arg(run)

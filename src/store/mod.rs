@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;
+pub mod list;
 pub mod listing;
 pub mod retention;
 pub mod scripts;

@@ -1,4 +1,5 @@
-//! chaos: a test fixture steered by the event's `action` field.
+//! chaos: a test fixture steered by the event's `action` field (else by its `payload`, so
+//! that a list item or a channel message, whose one field is `payload`, can steer it too).
 //!
 //! - `ok` (or no `action`): ack, no effects;
 //! - `emit`: emit the fields to config `target` (default source + `:out`), ack; with a
@@ -76,7 +77,8 @@ impl Guest for Chaos {
                 std::hint::spin_loop();
             }
         }
-        match field(&event, "action").unwrap_or(b"ok") {
+        let action = field(&event, "action").or_else(|| field(&event, "payload"));
+        match action.unwrap_or(b"ok") {
             b"ok" => Ok(Disposition::Ack),
             b"emit" => {
                 let target =

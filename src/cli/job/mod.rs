@@ -538,7 +538,10 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
         s.pending, s.scheduled
     );
     println!("dlq       {}", s.dead_letters);
-    println!("lag       {lag}");
+    match s.in_list {
+        Some(n) => println!("lag       {lag}  (of which still in the list: {n})"),
+        None => println!("lag       {lag}"),
+    }
     if s.outbox > 0 {
         println!(
             "outbox    {}  (effects for other cluster slots not yet forwarded; oldest {:.1} s)",

@@ -80,6 +80,10 @@ pub struct JobOptions {
     /// With `--retention acked`: how often a host trims, in ms
     #[arg(long)]
     pub retention_every_ms: Option<u64>,
+    /// For a `list:KEY` source: the end items are taken from, `right` (default, for
+    /// producers that LPUSH) or `left` (for RPUSH)
+    #[arg(long, value_name = "END")]
+    pub list_pop: Option<String>,
     /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
     /// turns it off
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -137,6 +141,11 @@ impl JobOptions {
                 serde_json::from_value(retention.as_str().into()).with_context(|| {
                     format!("invalid job: --retention must be `keep` or `acked`, got {retention:?}")
                 })?;
+        }
+        if let Some(end) = &self.list_pop {
+            spec.list_pop = serde_json::from_value(end.as_str().into()).with_context(|| {
+                format!("invalid job: --list-pop must be `left` or `right`, got {end:?}")
+            })?;
         }
         for key in &self.unset {
             spec.config.remove(key);

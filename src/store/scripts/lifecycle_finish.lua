@@ -1,8 +1,10 @@
--- For a finite job: when its source is drained (nothing undelivered, pending, scheduled or
--- delayed) and `job-started` is handled, append `job-finished`, once per run (see
--- src/store/lifecycle.rs `check_finished`).
+-- For a finite job: when its source is drained (nothing undelivered, pending, scheduled,
+-- delayed or still in its list) and `job-started` is handled, append `job-finished`, once
+-- per run (see src/store/lifecycle.rs `check_finished`).
 -- KEYS[1] the job hash   KEYS[2] the lifecycle stream   KEYS[3] the source stream
--- KEYS[4] the job's retry set   KEYS[5] a queue's delayed tasks (else the retry set again)
+-- KEYS[4] the job's retry set
+-- KEYS[5] what feeds the source: a queue's delayed tasks (a sorted set), a list source's
+--         list (else the retry set again)
 -- KEYS[6] the job's outbox (on a Redis Cluster: effects not yet forwarded)
 -- ARGV[1] the run   ARGV[2] the job's consumer group
 -- Returns 1 (appended now), 2 (appended before), 0 (still working).
@@ -32,7 +34,13 @@ local function drained(stream)
   return false
 end
 if not drained(KEYS[2]) or not drained(KEYS[3]) then return 0 end
-if redis.call('ZCARD', KEYS[4]) > 0 or redis.call('ZCARD', KEYS[5]) > 0 then return 0 end
+local function waiting(key)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'zset' then return redis.call('ZCARD', key) end
+  if kind == 'list' then return redis.call('LLEN', key) end
+  return 0
+end
+if redis.call('ZCARD', KEYS[4]) > 0 or waiting(KEYS[5]) > 0 then return 0 end
 if redis.call('XLEN', KEYS[6]) > 0 then return 0 end
 redis.call('HSET', KEYS[1], 'finished_run', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'kind', 'job-finished', 'run', ARGV[1])

@@ -50,4 +50,6 @@ scripts! {
     OUTBOX_DONE = "outbox_done.lua";
     /// Appends the entries of one HTTP ingest request to a stream, all or none.
     INGEST = "ingest.lua";
+    /// Moves items of a list source's list into the job's list stream.
+    LIST_PULL = "list_pull.lua";
 }

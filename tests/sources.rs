@@ -1,0 +1,322 @@
+//! Sources besides a stream or a queue, against real processes: a Redis list that producers
+//! `LPUSH`/`RPUSH` to (`list:KEY`). Each check counts exactly-once in the output itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+
+/// A config for one job reading list `list` (echo or chaos, with `job_extra` and plugin
+/// `config`), written in `dir`.
+fn list_config(
+    dir: &Path,
+    plugin: &str,
+    job: &str,
+    list: &str,
+    job_extra: &str,
+    config: &str,
+) -> PathBuf {
+    let path = write_config(dir, plugin, job, list, job_extra, config);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from = format!("source = \"stream:{list}\"");
+    assert!(text.contains(&from));
+    std::fs::write(
+        &path,
+        text.replace(&from, &format!("source = \"list:{list}\"")),
+    )
+    .unwrap();
+    path
+}
+
+/// Values seen more than once, and values of 0..n never seen.
+fn exactly_once(values: &[String], n: usize) -> (Vec<(String, usize)>, Vec<usize>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for v in values {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    let dups = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(v, c)| (v.to_string(), *c))
+        .collect();
+    let missing = (0..n)
+        .filter(|i| !seen.contains_key(i.to_string().as_str()))
+        .collect();
+    (dups, missing)
+}
+
+fn push(
+    conn: &mut redis::Connection,
+    command: &str,
+    list: &str,
+    items: impl Iterator<Item = String>,
+) {
+    let mut pipe = redis::pipe();
+    for item in items {
+        pipe.cmd(command).arg(list).arg(item).ignore();
+    }
+    let _: () = pipe.query(conn).unwrap();
+}
+
+fn job_status(url: &str, job: &str) -> serde_json::Value {
+    serde_json::from_str(&cli(url, &format!("job status {job} --json"))).unwrap()
+}
+
+#[test]
+fn a_list_job_takes_each_item_once_oldest_first_and_leaves_nothing_behind() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    // Celery-style producers LPUSH (the job takes from the right); RQ-style ones RPUSH.
+    let cfg = list_config(
+        dir.path(),
+        "echo",
+        "celery",
+        "celery",
+        "batch = 16\nretention_every_ms = 100",
+        "target = \"out\"",
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[[job]]\nname = \"rq\"\nsource = \"list:rq:{q}\"\nplugin = \"echo\"\nblock_ms = 100\n\
+         list_pop = \"left\"\nretention_every_ms = 100\n[job.config]\ntarget = \"rq-out\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // A backlog before any host runs, and more while one does.
+    push(
+        &mut conn,
+        "LPUSH",
+        "celery",
+        (0..300).map(|i| i.to_string()),
+    );
+    push(
+        &mut conn,
+        "RPUSH",
+        "rq:{q}",
+        (0..300).map(|i| i.to_string()),
+    );
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    std::thread::sleep(Duration::from_millis(300));
+    push(
+        &mut conn,
+        "LPUSH",
+        "celery",
+        (300..600).map(|i| i.to_string()),
+    );
+    push(
+        &mut conn,
+        "RPUSH",
+        "rq:{q}",
+        (300..600).map(|i| i.to_string()),
+    );
+    assert!(wait_until(Duration::from_secs(30), || {
+        conn.xlen::<_, usize>("out").unwrap() >= 600
+            && conn.xlen::<_, usize>("rq-out").unwrap() >= 600
+    }));
+    let want: Vec<String> = (0..600).map(|i| i.to_string()).collect();
+    assert_eq!(field_values(&mut conn, "out", "payload"), want);
+    assert_eq!(field_values(&mut conn, "rq-out", "payload"), want);
+    // The lists are empty; the list streams are trimmed once everything is acknowledged.
+    assert_eq!(conn.llen::<_, usize>("celery").unwrap(), 0);
+    assert_eq!(conn.llen::<_, usize>("rq:{q}").unwrap(), 0);
+    let lens = |conn: &mut redis::Connection| -> (usize, usize) {
+        (
+            conn.xlen("sluice:list:{celery}").unwrap(),
+            conn.xlen("sluice:list:{q}:rq:{q}").unwrap(),
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || lens(&mut conn) == (0, 0)),
+        "{:?}",
+        lens(&mut conn)
+    );
+    let status = job_status(&redis.url, "celery");
+    assert_eq!(status["acked"], 600, "{status}");
+    assert_eq!(status["in_list"], 0, "{status}");
+    assert_eq!(status["source"], "list:celery", "{status}");
+    host.stop_ok();
+    // A backlog while no host runs is counted as the job's lag, and waits in the list.
+    push(
+        &mut conn,
+        "LPUSH",
+        "celery",
+        (600..650).map(|i| i.to_string()),
+    );
+    let status = job_status(&redis.url, "celery");
+    assert_eq!(
+        (status["in_list"].clone(), status["lag"].clone()),
+        (50.into(), 50.into())
+    );
+}
+
+#[test]
+fn hosts_killed_mid_list_lose_no_item_and_handle_none_twice() {
+    const N: usize = 6000;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = list_config(
+        dir.path(),
+        "echo",
+        "j",
+        "tasks",
+        "batch = 32\nclaim_idle_ms = 1000",
+        "target = \"out\"",
+    );
+    // Producer: N items, paced over about 3 s so that the kills land mid-list.
+    let url = redis.url.clone();
+    let producer = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        for chunk in 0..(N / 200) {
+            push(
+                &mut conn,
+                "LPUSH",
+                "tasks",
+                (chunk * 200..(chunk + 1) * 200).map(|i| i.to_string()),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let log_a = dir.path().join("a.log");
+    let mut a = HostProcess::start(&cfg, &redis.url, &log_a);
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    for k in 0..3 {
+        std::thread::sleep(Duration::from_millis(600 + 150 * k));
+        a.kill9();
+        a = HostProcess::start(&cfg, &redis.url, &log_a);
+    }
+    producer.join().unwrap();
+    let source = "sluice:list:{tasks}";
+    let done = wait_until(Duration::from_secs(60), || {
+        conn.xlen::<_, usize>("out").unwrap() >= N && pending(&mut conn, "j", source) == 0
+    });
+    let out = field_values(&mut conn, "out", "payload");
+    let (dups, missing) = exactly_once(&out, N);
+    assert!(done, "not finished: {} emitted", out.len());
+    assert!(
+        dups.is_empty(),
+        "duplicated: {:?}",
+        &dups[..dups.len().min(10)]
+    );
+    assert!(
+        missing.is_empty(),
+        "missing: {:?}",
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(out.len(), N);
+    assert_eq!(conn.llen::<_, usize>("tasks").unwrap(), 0);
+    assert_eq!(counter(&mut conn, "j", "tasks", "acked"), N as u64);
+    a.stop_ok();
+    b.stop_ok();
+}
+
+#[test]
+fn a_failing_list_item_is_retried_then_dead_lettered_and_replayed_while_the_rest_go_on() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    // chaos takes a list item's payload as its action.
+    let cfg = list_config(
+        dir.path(),
+        "chaos",
+        "j",
+        "work",
+        "max_deliveries = 2\nretry_backoff = { base_ms = 50, max_ms = 100 }",
+        "",
+    );
+    push(
+        &mut conn,
+        "LPUSH",
+        "work",
+        ["ok", "error", "ok"].map(String::from).into_iter(),
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    // The job's keys are in the list's slot (`sluice:{work}:job:j`).
+    assert!(wait_until(Duration::from_secs(20), || {
+        counter(&mut conn, "j", "work", "dead") == 1
+            && counter(&mut conn, "j", "work", "acked") == 2
+    }));
+    assert_eq!(counter(&mut conn, "j", "work", "failed"), 2);
+    let letters: serde_json::Value =
+        serde_json::from_str(&cli(&redis.url, "dlq list j --json")).unwrap();
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["fields"][0],
+        serde_json::json!(["payload", "error"]),
+        "{letters:?}"
+    );
+    // Replayed into the list stream, it fails again (chaos is steady): two more deliveries.
+    cli(&redis.url, "dlq replay j --all");
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "work", "dead"
+    ) == 2));
+    host.stop_ok();
+}
+
+#[test]
+fn a_finite_list_job_finishes_once_its_list_is_empty() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    const N: usize = 500;
+    push(&mut conn, "LPUSH", "load", (0..N).map(|i| i.to_string()));
+    let cfg = fleet_config(dir.path());
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    cli(
+        &redis.url,
+        &format!("plugin load {} --name echo", plugin("echo").display()),
+    );
+    // Items still in the list keep the job from finishing.
+    cli(
+        &redis.url,
+        "job start load --source list:load --plugin echo --finite --batch 4 --set target=out --set lifecycle_target=life",
+    );
+    let watch = sluice(&redis.url, &["job", "watch", "load"]);
+    assert!(
+        watch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watch.stdout)
+    );
+    let (dups, missing) = exactly_once(&field_values(&mut conn, "out", "payload"), N);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    let kinds = field_values(&mut conn, "life", "kind");
+    assert_eq!(kinds, ["job-started", "job-finished"]);
+    host.stop_ok();
+}
+
+#[test]
+fn a_list_key_of_another_type_is_reported_and_read_once_it_is_a_list() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = list_config(dir.path(), "echo", "j", "jobs", "", "target = \"out\"");
+    let _: () = conn.set("jobs", "not a list").unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::start(&cfg, &redis.url, &log);
+    assert!(wait_for_log(
+        &log,
+        "the source key holds a string, not a list",
+        Duration::from_secs(20)
+    ));
+    let _: () = conn.del("jobs").unwrap();
+    push(
+        &mut conn,
+        "LPUSH",
+        "jobs",
+        ["a", "b"].map(String::from).into_iter(),
+    );
+    assert!(wait_until(Duration::from_secs(20), || field_values(
+        &mut conn, "out", "payload"
+    ) == ["a", "b"]));
+    assert_eq!(conn.get::<_, Option<String>>("jobs").ok().flatten(), None);
+    host.stop_ok();
+}
