@@ -17,6 +17,7 @@
 //! | `sluice_instance_recycles_total` | counter | `job`, `reason` | plugin instances replaced by a fresh one: `failed` (a trap, timeout or memory overrun left it unusable), `calls` (after 100000 calls, bounding what a leaky guest hoards) |
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
 //! | `sluice_list_moved_total` | counter | `job` | items this host moved from a `list:KEY` job's list into its list stream |
+//! | `sluice_channel_messages_total` | counter | `job`, `outcome` | messages this host's subscription to a `channel:NAME` job's channel heard: `appended` to the job's stream, or `dropped` (the lease was lost, or Redis failed, before they were written) |
 //! | `sluice_forwarded_total` | counter | `job` | outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots) |
 //! | `sluice_outbox_dead_total` | counter | `job` | outbox entries that could not be forwarded (their target holds another type), moved to the outbox's dead letters |
 //! | `sluice_ingested_total` | counter | `streams`, `status` | HTTP ingest requests (`POST /ingest/{stream}`) by the `[[ingest]] streams` pattern they matched (`-` when none) and answer: `ok`, `unauthorized`, `forbidden`, `too_large`, `bad_request`, `unavailable` |
@@ -79,6 +80,10 @@ pub fn describe() {
     describe_counter!(
         "sluice_trimmed_total",
         "Source entries trimmed by this host (retention = acked)"
+    );
+    describe_counter!(
+        "sluice_channel_messages_total",
+        "Messages a channel job's subscription on this host heard, by outcome (appended, dropped)"
     );
     describe_counter!(
         "sluice_list_moved_total",
@@ -184,6 +189,12 @@ pub fn recycle(job: &str, reason: &'static str) {
 /// `n` source entries of `job` trimmed.
 pub fn trimmed(job: &str, n: u64) {
     counter!("sluice_trimmed_total", "job" => job.to_string()).increment(n);
+}
+
+/// `n` messages of `job`'s channel `appended` to its stream or `dropped`.
+pub fn channel_messages(job: &str, outcome: &'static str, n: u64) {
+    counter!("sluice_channel_messages_total", "job" => job.to_string(), "outcome" => outcome)
+        .increment(n);
 }
 
 /// `n` items of `job`'s list moved into its list stream.

@@ -637,3 +637,46 @@ fn a_cluster_over_tls_as_an_acl_user_carries_a_job() {
     assert_eq!(status["acked"], 500, "{status}");
     host.stop_ok();
 }
+
+#[test]
+fn a_list_job_and_a_channel_job_run_on_a_cluster() {
+    use redis::Commands;
+    let cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cluster_config(dir.path(), "echo", "l", "jobs", r#"target = "{jobs}:out""#);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("source = \"stream:jobs\"", "source = \"list:jobs\"");
+    let channel = "\n[[job]]\nname = \"news\"\nsource = \"channel:news\"\nplugin = \"echo\"\nblock_ms = 100\n[job.config]\ntarget = \"{news}:out\"\n";
+    std::fs::write(&cfg, format!("{text}{channel}")).unwrap();
+    let mut host = HostProcess::start(&cfg, &cluster.url, &dir.path().join("host.log"));
+    let mut list = cluster.conn_for("jobs");
+    let items: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    let _: () = list.lpush("jobs", &items).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || field_values(
+        &mut cluster.conn_for("{jobs}"),
+        "{jobs}:out",
+        "payload"
+    ) == items));
+    // A message published on any node reaches the subscriber (classic pub/sub is broadcast).
+    let mut other = cluster.conn_for("{elsewhere}");
+    let mut news = cluster.conn_for("{news}");
+    assert!(wait_until(Duration::from_secs(30), || {
+        let _: u64 = other.publish("news", "probe").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        field_values(&mut news, "{news}:out", "payload").contains(&"probe".to_string())
+    }));
+    for i in 0..100 {
+        let _: u64 = other.publish("news", i.to_string()).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || field_values(
+        &mut news,
+        "{news}:out",
+        "payload"
+    )
+    .iter()
+    .filter(|p| *p != "probe")
+    .count()
+        == 100));
+    host.stop_ok();
+}

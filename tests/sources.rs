@@ -1,5 +1,6 @@
 //! Sources besides a stream or a queue, against real processes: a Redis list that producers
-//! `LPUSH`/`RPUSH` to (`list:KEY`). Each check counts exactly-once in the output itself.
+//! `LPUSH`/`RPUSH` to (`list:KEY`), a pub/sub channel (`channel:NAME`). Each check counts
+//! exactly-once in the output itself.
 
 mod common;
 
@@ -246,9 +247,14 @@ fn a_failing_list_item_is_retried_then_dead_lettered_and_replayed_while_the_rest
         serde_json::from_str(&cli(&redis.url, "dlq list j --json")).unwrap();
     let letters = letters.as_array().unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
+    // The letter keeps the entry as the feed wrote it: the kind, the list, the item.
     assert_eq!(
-        letters[0]["fields"][0],
-        serde_json::json!(["payload", "error"]),
+        letters[0]["fields"],
+        serde_json::json!([
+            ["sluice:kind", "list-item"],
+            ["sluice:source", "work"],
+            ["payload", "error"]
+        ]),
         "{letters:?}"
     );
     // Replayed into the list stream, it fails again (chaos is steady): two more deliveries.
@@ -319,4 +325,132 @@ fn a_list_key_of_another_type_is_reported_and_read_once_it_is_a_list() {
     ) == ["a", "b"]));
     assert_eq!(conn.get::<_, Option<String>>("jobs").ok().flatten(), None);
     host.stop_ok();
+}
+
+fn publish_numbered(
+    conn: &mut redis::Connection,
+    channel: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<u64> {
+    range
+        .map(|i| conn.publish::<_, _, u64>(channel, i.to_string()).unwrap())
+        .collect()
+}
+
+/// The host subscribed for channel job `job`, per `job status`.
+fn subscriber(url: &str, job: &str) -> Option<String> {
+    // Before the host registered its config file's jobs there is no such job.
+    let out = sluice(url, &["job", "status", job, "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Null until a host ran the job.
+    if !status["subscribed"].is_null() {
+        assert_eq!(
+            status["subscribed"],
+            status["subscriber"].is_string(),
+            "{status}"
+        );
+    }
+    status["subscriber"].as_str().map(String::from)
+}
+
+#[test]
+fn one_host_of_a_fleet_subscribes_and_each_message_is_handled_once_even_when_it_dies() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "news",
+        "unused",
+        "claim_idle_ms = 1000",
+        "target = \"out\"",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("source = \"stream:unused\"", "source = \"channel:news\"");
+    let pattern = "\n[[job]]\nname = \"all\"\nsource = \"channel:news.*\"\nplugin = \"echo\"\nblock_ms = 100\n[job.config]\ntarget = \"all-out\"\n";
+    std::fs::write(&cfg, format!("{text}{pattern}")).unwrap();
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_until(Duration::from_secs(30), || subscriber(
+        &redis.url, "news"
+    )
+    .is_some()
+        && subscriber(&redis.url, "all").is_some()));
+    // One subscriber in the whole fleet: PUBLISH reaches exactly one.
+    let heard = publish_numbered(&mut conn, "news", 0..500);
+    assert!(heard.iter().all(|n| *n == 1), "{heard:?}");
+    assert!(wait_until(Duration::from_secs(20), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= 500));
+    // Kill the subscribing host: the other takes the lease over within a few seconds.
+    let first = subscriber(&redis.url, "news").unwrap();
+    let (dead, live) = if a_is(&first, &a) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    dead.kill9();
+    assert!(wait_until(Duration::from_secs(20), || subscriber(
+        &redis.url, "news"
+    )
+    .is_some_and(|s| s != first)));
+    assert!(wait_until(Duration::from_secs(20), || conn
+        .publish::<_, _, u64>("news", "probe")
+        .unwrap()
+        == 1));
+    let heard = publish_numbered(&mut conn, "news", 500..1000);
+    assert!(heard.iter().all(|n| *n == 1), "{heard:?}");
+    // Every message published while a host was subscribed was handled once: what the dead
+    // host had appended and not handled was taken over.
+    assert!(wait_until(Duration::from_secs(30), || {
+        field_values(&mut conn, "out", "payload")
+            .iter()
+            .filter(|p| *p != "probe")
+            .count()
+            >= 1000
+    }));
+    let out: Vec<String> = field_values(&mut conn, "out", "payload")
+        .into_iter()
+        .filter(|p| p != "probe")
+        .collect();
+    let (dups, missing) = exactly_once(&out, 1000);
+    assert!(
+        dups.is_empty() && missing.is_empty(),
+        "dups {dups:?} missing {missing:?}"
+    );
+    // The pattern job heard a channel it matches, and says which.
+    let heard = conn.publish::<_, _, u64>("news.eu", "hello").unwrap();
+    assert_eq!(heard, 1);
+    assert!(wait_until(Duration::from_secs(20), || field_values(
+        &mut conn, "all-out", "payload"
+    ) == ["hello"]));
+    assert_eq!(
+        field_values(&mut conn, "sluice:channel:{all}", "sluice:source")
+            .last()
+            .map(String::as_str),
+        Some("news.eu")
+    );
+    let text = cli(&redis.url, "job status news");
+    assert!(text.contains("at most once from the publisher"), "{text}");
+    // Stopped, the job lets its lease go at once: nobody subscribes, and status says so.
+    cli(&redis.url, "job stop news");
+    assert!(wait_until(Duration::from_secs(10), || subscriber(
+        &redis.url, "news"
+    )
+    .is_none()));
+    assert_eq!(conn.publish::<_, _, u64>("news", "lost").unwrap(), 0);
+    let text = cli(&redis.url, "job status news");
+    assert!(text.contains("no host subscribed"), "{text}");
+    live.stop_ok();
+}
+
+/// Whether consumer name `consumer` is host process `host`'s (names end in its pid).
+fn a_is(consumer: &str, host: &HostProcess) -> bool {
+    consumer.ends_with(&format!("-{}", host.pid()))
 }

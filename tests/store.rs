@@ -836,6 +836,39 @@ async fn a_list_feed_moves_items_in_order_and_stops_at_the_groups_max_lag() {
     let mut want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
     want.remove(39);
     assert_eq!(moved, want);
+    // Read by the job, each is a `list-item` from the list, its one field the item.
+    let job = StreamJob {
+        entries: stream::Entries::Fed,
+        ..StreamJob::new(&keys, "k", "p", &stream, "c1")
+    };
+    let endpoint = store::Endpoint::local(&redis.url).unwrap();
+    let (read, commit) = (
+        endpoint.connect(Duration::ZERO).await.unwrap(),
+        endpoint.connect(Duration::ZERO).await.unwrap(),
+    );
+    let (mut reader, _) = stream::open(read, commit, job, Start::Beginning)
+        .await
+        .unwrap();
+    let events = reader.read(2, 100).await.unwrap();
+    assert_eq!(events[0].kind, "list-item");
+    assert_eq!(events[0].source, "work");
+    assert_eq!(events[0].fields, [("payload".to_string(), b"0".to_vec())]);
+    // An entry no feed wrote is shown whole, as an entry of the stream.
+    let _: () = sync.xadd(&stream, "*", &[("a", "b")]).unwrap();
+    let _: () = sync
+        .xadd(
+            &stream,
+            "*",
+            &[("sluice:kind", "job-finished"), ("sluice:source", "x")],
+        )
+        .unwrap();
+    let events = reader.read(100, 100).await.unwrap();
+    let last = &events[events.len() - 2..];
+    assert_eq!(
+        (last[0].kind, last[0].source.as_str()),
+        ("stream-entry", stream.as_str())
+    );
+    assert_eq!((last[1].kind, last[1].fields.len()), ("stream-entry", 2));
     // A key of another type: nothing moves, and it says what the key holds.
     let _: () = sync.del("work").unwrap();
     let _: () = sync.set("work", "x").unwrap();

@@ -21,7 +21,7 @@ use crate::runner::{HandlerSlot, JobRunner, ReadPolicy, RunnerStats};
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
 use crate::store::state::RedisState;
-use crate::store::stream::{self, StreamJob};
+use crate::store::stream::{self, Entries, StreamJob};
 use crate::store::{Endpoint, Keys, StoreError};
 
 /// The runtime limits of a job's plugin instances; `prefix` is the host's key prefix, whose
@@ -90,6 +90,11 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
         status_ttl_s: spec.status_ttl_s,
         done_ttl_s: spec.done_ttl_s,
         delayed_key: keys.delayed_of(spec),
+        // A list's items reach the job's stream through its feed.
+        entries: match spec.source() {
+            Ok(crate::model::Source::List(_)) => Entries::Fed,
+            _ => Entries::Source,
+        },
         run,
         wait_replicas: spec.wait_replicas,
         wait_timeout_ms: spec.wait_timeout_ms,
@@ -263,14 +268,16 @@ impl Assembly {
             .map_err(transient)?;
         let swap = [runner.swapper(), life_runner.swapper()];
         let (stop, stop_rx) = watch::channel(false);
-        // Tasks that run beside the runners and are aborted at the job's stop.
+        // Tasks that run beside the runners, ended at the job's stop.
         let mut beside = Vec::new();
         if spec.trims_source() {
-            beside.push(tokio::spawn(super::retention::keep_trimmed(
-                conn.clone(),
-                self.keys.clone(),
-                spec.clone(),
-                self.consumer.clone(),
+            beside.push(Beside::aborted(tokio::spawn(
+                super::retention::keep_trimmed(
+                    conn.clone(),
+                    self.keys.clone(),
+                    spec.clone(),
+                    self.consumer.clone(),
+                ),
             )));
         }
         // A list source's feed: moves the list's items into the job's list stream, after
@@ -291,12 +298,34 @@ impl Assembly {
                 .connect(Duration::from_secs(1))
                 .await
                 .map_err(|e| transient(e.into()))?;
-            beside.push(tokio::spawn(crate::store::list::keep_pulling(own, feed)));
+            beside.push(Beside::aborted(tokio::spawn(
+                crate::store::list::keep_pulling(own, feed),
+            )));
+        }
+        // A channel's subscriber (on one host of the fleet at a time): lets its lease go at
+        // the job's stop, so that another host subscribes at once.
+        if let Ok(crate::model::Source::Channel(channel)) = spec.source() {
+            let bridge = crate::store::channel::Bridge {
+                job: name.to_string(),
+                channel: channel.to_string(),
+                pattern: crate::store::channel::is_pattern(channel),
+                stream: source.clone(),
+                lease: self.keys.channel_lease(name),
+                consumer: self.consumer.clone(),
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(crate::store::channel::keep_bridging(
+                self.redis.clone(),
+                conn.clone(),
+                bridge,
+                stop_rx,
+            ));
+            beside.push(Beside::stopped(stop, task, Duration::from_secs(2)));
         }
         // On a cluster, effects aimed at other slots wait in the job's outbox: forwarded
         // while the job runs here (by one forwarder of the fleet at a time), drained at its
         // stop. Its own connection: it waits for new entries with a blocking read.
-        let forwarder = if conn.is_cluster() {
+        if conn.is_cluster() {
             let (stop, stop_rx) = watch::channel(false);
             let outbox = crate::store::forward::Outbox {
                 job: name.to_string(),
@@ -317,10 +346,12 @@ impl Assembly {
                 stop_rx,
                 FORWARD_DRAIN,
             ));
-            Some((stop, task))
-        } else {
-            None
-        };
+            beside.push(Beside::stopped(
+                stop,
+                task,
+                FORWARD_DRAIN + Duration::from_secs(1),
+            ));
+        }
         let gate = Gate {
             conn,
             keys: self.keys.clone(),
@@ -333,7 +364,7 @@ impl Assembly {
             gate,
             stop_rx,
             name.to_string(),
-            (beside, forwarder),
+            beside,
         ));
         tracing::info!(job = %name, plugin = %spec.plugin, version = short(&plugin.sha256), "job started");
         let job = RunningJob {
@@ -407,7 +438,7 @@ async fn run_job(
     gate: Gate,
     mut stop: watch::Receiver<bool>,
     name: String,
-    (beside, forwarder): (Vec<tokio::task::JoinHandle<()>>, Option<Forwarder>),
+    beside: Vec<Beside>,
 ) -> JobResult {
     let (life_stop, life_stop_rx) = watch::channel(false);
     let (source_stop, source_stop_rx) = watch::channel(false);
@@ -445,25 +476,57 @@ async fn run_job(
             flat(r).and_then(|_| Err(anyhow::anyhow!("the lifecycle runner ended")))
         }
     };
-    for task in beside {
-        task.abort();
+    // Those with a stop signal finish what they do (the outbox's forwarder forwards what
+    // the last batches put there, a subscriber lets its lease go), within their grace; the
+    // rest, and those past it, are aborted (their leases lapse; another host goes on).
+    for side in &beside {
+        if let Some(stop) = &side.stop {
+            let _ = stop.send(true);
+        }
     }
-    // What the last batches put in the outbox is forwarded before the job ends here; a
-    // forwarder still at it after that is stopped (its lock lapses; another host goes on).
-    if let Some((stop, mut task)) = forwarder {
-        let _ = stop.send(true);
-        if tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), &mut task)
-            .await
-            .is_err()
+    for mut side in beside {
+        if side.stop.is_none()
+            || tokio::time::timeout(side.grace, &mut side.task)
+                .await
+                .is_err()
         {
-            task.abort();
+            side.task.abort();
         }
     }
     (name, result)
 }
 
-/// A job's forwarder task and its stop signal.
-type Forwarder = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+/// A task of a job's beside its runners: trimming, a list's feed, a channel's subscriber,
+/// the outbox's forwarder.
+struct Beside {
+    task: tokio::task::JoinHandle<()>,
+    /// Its stop signal, if it has something to finish; else it is aborted.
+    stop: Option<watch::Sender<bool>>,
+    /// How long it may take to finish once stopped.
+    grace: Duration,
+}
+
+impl Beside {
+    fn aborted(task: tokio::task::JoinHandle<()>) -> Self {
+        Beside {
+            task,
+            stop: None,
+            grace: Duration::ZERO,
+        }
+    }
+
+    fn stopped(
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        grace: Duration,
+    ) -> Self {
+        Beside {
+            task,
+            stop: Some(stop),
+            grace,
+        }
+    }
+}
 
 /// A list job's feed moves items while its group has fewer than this many entries
 /// undelivered (or 10 batches, if more): the rest of a backlog waits in the list, where

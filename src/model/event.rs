@@ -10,6 +10,19 @@ use std::sync::Arc;
 
 /// Event kind of an entry read from a Redis stream.
 pub const KIND_STREAM_ENTRY: &str = "stream-entry";
+/// Event kind of an item of a Redis list (a `list:KEY` job).
+pub const KIND_LIST_ITEM: &str = "list-item";
+/// Event kind of a message published on a Redis pub/sub channel (a `channel:NAME` job).
+pub const KIND_CHANNEL_MESSAGE: &str = "channel-message";
+
+/// The kinds sluice's own feeds write into a job's stream (`sluice:kind`, see
+/// `store::stream::Entries::Fed`): the kind named `name`, if it is one.
+pub fn fed_kind(name: &[u8]) -> Option<&'static str> {
+    [KIND_LIST_ITEM, KIND_CHANNEL_MESSAGE]
+        .into_iter()
+        .find(|k| k.as_bytes() == name)
+}
+
 /// Event kind delivered once per job run, before its first event.
 pub const KIND_JOB_STARTED: &str = "job-started";
 /// Event kind delivered once when a finite job has handled its whole source.

@@ -225,6 +225,10 @@ pub enum Source<'a> {
     /// job's list stream (each in one script call, so none is lost or doubled on the way),
     /// and read from there like any stream.
     List(&'a str),
+    /// A Redis pub/sub channel, by name, or a pattern of names (with `*`, `?` or `[`): its
+    /// messages are appended to the job's channel stream by one subscribing host of the
+    /// fleet, and read from there like any stream.
+    Channel(&'a str),
 }
 
 impl<'a> Source<'a> {
@@ -233,9 +237,10 @@ impl<'a> Source<'a> {
             Some(("stream", key)) if !key.is_empty() => Ok(Source::Stream(key)),
             Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
             Some(("list", key)) if !key.is_empty() => Ok(Source::List(key)),
+            Some(("channel", name)) if !name.is_empty() => Ok(Source::Channel(name)),
             _ => Err(format!(
                 "must be `stream:<key>`, `queue:<name>` (name: 1–64 letters, digits, `_`, \
-                 `-`, `.`) or `list:<key>`, got {source:?}"
+                 `-`, `.`), `list:<key>` or `channel:<name or pattern>`, got {source:?}"
             )),
         }
     }
@@ -467,12 +472,18 @@ impl JobSpec {
                 ));
             }
         }
-        if let Source::List(_) = source
-            && j.start == Start::New
-        {
+        if matches!(source, Source::List(_) | Source::Channel(_)) && j.start == Start::New {
             return Err((
                 at("start"),
-                "a list job takes the list as it is: `start = \"new\"` is for streams".into(),
+                "a list or channel job reads its own stream from its beginning: `start = \
+                 \"new\"` is for streams"
+                    .into(),
+            ));
+        }
+        if matches!(source, Source::Channel(_)) && j.finite {
+            return Err((
+                at("finite"),
+                "a channel never runs dry: a channel job cannot be finite".into(),
             ));
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
@@ -572,10 +583,11 @@ impl JobSpec {
     }
 
     /// Whether hosts trim the job's source of acknowledged entries: with `retention =
-    /// "acked"`, and always for a list job (its list stream is sluice's own, and its items
-    /// are done with once handled, as a list's consumers expect).
+    /// "acked"`, and always for a list or channel job (its stream is sluice's own, and its
+    /// items are done with once handled, as a list's consumers expect).
     pub fn trims_source(&self) -> bool {
-        self.retention == Retention::Acked || matches!(self.source(), Ok(Source::List(_)))
+        self.retention == Retention::Acked
+            || matches!(self.source(), Ok(Source::List(_) | Source::Channel(_)))
     }
 
     /// The job's retry and dead-letter policy.
@@ -698,6 +710,14 @@ mod tests {
         .unwrap();
         assert_eq!(spec.list_pop, ListEnd::Left);
         assert!(!JobSpec::new("j", "stream:s", "p").trims_source());
+        let mut c = JobSpec::new("j", "channel:news.*", "p");
+        assert_eq!(c.source(), Ok(Source::Channel("news.*")));
+        assert!(c.trims_source() && c.validate().is_ok());
+        c.finite = true;
+        assert_eq!(c.validate().unwrap_err().0, "finite");
+        // A channel is no key: sluice's own channels may be listened to.
+        let own = JobSpec::new("j", "channel:sluice:events:x", "p");
+        assert!(own.check_source_outside("sluice").is_ok());
     }
 
     use super::*;

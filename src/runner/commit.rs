@@ -30,9 +30,9 @@ pub(super) async fn commit_stage(
     let job = committer.job().job.clone();
     // The job's source events are what `sluice_events_total` counts (as `job status` does);
     // the lifecycle runner's job-started and job-finished are not.
-    let source = matches!(
+    let source = !matches!(
         committer.job().entries,
-        crate::store::stream::Entries::Source
+        crate::store::stream::Entries::Lifecycle { .. }
     );
     let mut stats = RunnerStats::default();
     // Conflicts of the batch being committed (its redos come back through `input`).

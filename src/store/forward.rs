@@ -200,7 +200,7 @@ impl Outbox {
 
     /// Take or renew the forwarding lock; true while this forwarder holds it.
     async fn hold(&self, conn: &mut Conn) -> Result<bool, StoreError> {
-        let held: u32 = scripts::OUTBOX_LOCK
+        let held: u32 = scripts::LEASE
             .key(self.lock())
             .arg(&self.holder)
             .arg(LOCK_MS)
@@ -211,7 +211,7 @@ impl Outbox {
 
     /// Let the lock go (at a clean stop), if this forwarder still holds it.
     async fn release(&self, conn: &mut Conn) {
-        let released: redis::RedisResult<u32> = scripts::OUTBOX_LOCK
+        let released: redis::RedisResult<u32> = scripts::LEASE
             .key(self.lock())
             .arg(&self.holder)
             .arg("release")

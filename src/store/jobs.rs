@@ -45,6 +45,10 @@ pub struct JobStatus {
     pub lag: Option<u64>,
     /// For a list job: items still in its list, not yet moved into its list stream.
     pub in_list: Option<u64>,
+    /// For a channel job: whether a host is subscribed now, and which (its consumer name).
+    /// Messages published while none is are lost.
+    pub subscribed: Option<bool>,
+    pub subscriber: Option<String>,
     /// (Redis Cluster) Entries of the job's outbox not yet forwarded to their targets in
     /// other slots, and the age of the oldest, ms: the forwarding lag (0 on one server).
     pub outbox: u64,
@@ -85,6 +89,8 @@ pub async fn status<C: AsyncCommands>(
         pending: 0,
         lag: None,
         in_list: None,
+        subscribed: None,
+        subscriber: None,
         outbox: 0,
         outbox_lag_ms: 0,
     };
@@ -103,6 +109,11 @@ pub async fn status<C: AsyncCommands>(
         };
         status.in_list = Some(len);
         status.lag = status.lag.map(|l| l + len);
+    }
+    if source == keys.channel_stream(name) {
+        let subscriber = super::channel::subscriber(conn, &keys.channel_lease(name)).await?;
+        status.subscribed = Some(subscriber.is_some());
+        status.subscriber = subscriber;
     }
     Ok(Some(status))
 }

@@ -217,6 +217,18 @@ impl Keys {
         format!("{}:queue:{{{name}}}", self.prefix)
     }
 
+    /// The stream a `channel:NAME` job's subscriber appends the messages to: the job's own
+    /// (two jobs on one channel each get every message), tagged with the job's name.
+    pub fn channel_stream(&self, job: &str) -> String {
+        format!("{}:channel:{{{job}}}", self.prefix)
+    }
+
+    /// The lease of a channel job's subscription: the token of the one subscriber of the
+    /// fleet whose messages are appended (in the channel stream's slot).
+    pub fn channel_lease(&self, job: &str) -> String {
+        format!("{}:lease", self.channel_stream(job))
+    }
+
     /// The stream the items of Redis list `key` are moved into for a `list:KEY` job: in the
     /// list's slot (its hash tag in braces, then the key itself if it has a tag of its own).
     pub fn list_stream(&self, key: &str) -> String {
@@ -251,6 +263,7 @@ impl Keys {
             Ok(Source::Stream(key)) => key.to_string(),
             Ok(Source::Queue(name)) => self.queue(name),
             Ok(Source::List(key)) => self.list_stream(key),
+            Ok(Source::Channel(_)) => self.channel_stream(&spec.name),
             // Specs are validated before they are run; an invalid one reads nothing real.
             Err(_) => String::new(),
         }
@@ -316,6 +329,10 @@ mod tests {
         }
         assert_eq!(k.list_of_stream("events"), None);
         assert_eq!(k.list_of_stream("sluice:list:{a}b"), None);
+        let c = JobSpec::new("news", "channel:news.*", "echo");
+        assert_eq!(k.source_stream(&c), "sluice:channel:{news}");
+        assert_eq!(k.channel_lease("news"), "sluice:channel:{news}:lease");
+        assert_eq!(k.upstream_of(&c), None);
         // A queue's delayed set feeds it as a list feeds a list job.
         let q = JobSpec::new("j", "queue:mail", "echo");
         assert_eq!(k.upstream_of(&q), k.delayed_of(&q));

@@ -37,7 +37,9 @@ impl Guest for Echo {
     fn handle(event: Event) -> Result<Disposition, HandlerError> {
         let (target, lifecycle) = TARGETS.with(|t| t.borrow().clone());
         let error = |message| HandlerError { message };
-        if event.kind != "stream-entry" {
+        // Lifecycle events are notices; every other kind (a stream entry, a list item, a
+        // channel message) is input whose fields are echoed.
+        if event.kind == "job-started" || event.kind == "job-finished" {
             let Some(lifecycle) = lifecycle else {
                 return Ok(Disposition::Skip);
             };

@@ -542,6 +542,16 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
         Some(n) => println!("lag       {lag}  (of which still in the list: {n})"),
         None => println!("lag       {lag}"),
     }
+    if let Some(subscribed) = s.subscribed {
+        println!(
+            "delivery  at most once from the publisher to the job's stream (pub/sub has no \
+             acknowledgements), every message once from there"
+        );
+        match (subscribed, &s.subscriber) {
+            (true, Some(host)) => println!("channel   subscribed by host {host}"),
+            _ => println!("channel   no host subscribed: messages published now are lost"),
+        }
+    }
     if s.outbox > 0 {
         println!(
             "outbox    {}  (effects for other cluster slots not yet forwarded; oldest {:.1} s)",

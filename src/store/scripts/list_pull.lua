@@ -1,6 +1,7 @@
 -- Move items of a `list:KEY` job's list into its list stream (src/store/list.rs): popped
 -- and appended in one call, so an item is in the list or in the stream, never in neither
--- or both. Nothing moves while the job's group has `max_lag` entries or more not yet
+-- or both. Each entry is `sluice:kind list-item`, `sluice:source <list>`, `payload <item>`
+-- (src/store/stream/mod.rs, `Entries::Fed`). Nothing moves while the job's group has `max_lag` entries or more not yet
 -- delivered: the rest waits in the list, where producers and their tools see the backlog.
 --
 -- KEYS[1] the list   KEYS[2] the job's list stream
@@ -46,6 +47,6 @@ local pop = ARGV[2] == 'left' and 'LPOP' or 'RPOP'
 local items = redis.call(pop, list, tonumber(ARGV[1]))
 if not items then return 0 end
 for _, item in ipairs(items) do
-  redis.call('XADD', stream, '*', 'payload', item)
+  redis.call('XADD', stream, '*', 'sluice:kind', 'list-item', 'sluice:source', list, 'payload', item)
 end
 return #items

@@ -42,8 +42,9 @@ scripts! {
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
     /// Writes a job's outbox entries to one target of another cluster slot, each once.
     FORWARD = "forward.lua";
-    /// Takes, renews or lets go of a job's outbox forwarding lock.
-    OUTBOX_LOCK = "outbox_lock.lua";
+    /// Takes, renews or lets go of a lease one host holds at a time (an outbox's forwarding
+    /// lock, a channel job's subscription).
+    LEASE = "lease.lua";
     /// Reads a job's outbox for forwarding, only while holding its lock.
     OUTBOX_READ = "outbox_read.lua";
     /// Acknowledges and deletes forwarded outbox entries, dead-letters unforwardable ones.
@@ -52,4 +53,7 @@ scripts! {
     INGEST = "ingest.lua";
     /// Moves items of a list source's list into the job's list stream.
     LIST_PULL = "list_pull.lua";
+    /// Appends messages a channel job's subscriber received to its channel stream, only
+    /// while it holds the job's subscription lease.
+    CHANNEL_BRIDGE = "channel_bridge.lua";
 }

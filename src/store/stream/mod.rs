@@ -26,8 +26,12 @@ use super::StoreError;
 use super::keys::Keys;
 use crate::model::spec::defaults;
 use crate::model::{
-    Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Start, now_ms,
+    Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Start, fed_kind, now_ms,
 };
+
+/// The first two fields of an entry a feed writes (see [`Entries::Fed`]).
+pub const FED_KIND: &str = "sluice:kind";
+pub const FED_SOURCE: &str = "sluice:source";
 
 /// The identity and names of one job on its source stream.
 #[derive(Debug, Clone)]
@@ -132,6 +136,32 @@ impl StreamJob {
     fn event(&self, id: String, fields: Vec<Field>, delivery_count: u32) -> Event {
         let (kind, source) = match &self.entries {
             Entries::Source => (KIND_STREAM_ENTRY, self.stream.clone()),
+            Entries::Fed => {
+                let mut fields = fields;
+                let origin = match fields.as_slice() {
+                    [(k, kind), (s, source), ..] if k == FED_KIND && s == FED_SOURCE => {
+                        fed_kind(kind).map(|kind| (kind, String::from_utf8_lossy(source).into()))
+                    }
+                    _ => None,
+                };
+                let (kind, source) = match origin {
+                    Some(origin) => {
+                        fields.drain(..2);
+                        origin
+                    }
+                    // Not written by a feed (a replay of an older letter, a hand-made
+                    // entry): an entry of the stream, shown whole.
+                    None => (KIND_STREAM_ENTRY, self.stream.clone()),
+                };
+                return Event {
+                    kind,
+                    id,
+                    source,
+                    fields,
+                    delivery_count,
+                    job: self.job.clone(),
+                };
+            }
             Entries::Lifecycle { source } => {
                 let finished = fields
                     .iter()
@@ -161,6 +191,11 @@ pub enum Entries {
     /// The job's input (a stream, or a sluice queue's stream): each entry is a
     /// `stream-entry` event from that stream. Opening such a stream registers the job.
     Source,
+    /// The job's input, written by one of sluice's feeds (a list's, a channel's): each entry
+    /// starts with the fields `sluice:kind` and `sluice:source`, which become the event's
+    /// kind (one of [`fed_kind`]'s) and source, and are not among the fields the plugin
+    /// sees. Registers the job as [`Entries::Source`] does.
+    Fed,
     /// The job's lifecycle stream: each entry `{kind, run}` is a `job-started` or
     /// `job-finished` event from the job's source stream `source`.
     Lifecycle { source: String },
@@ -177,7 +212,7 @@ pub async fn open(
 ) -> Result<(StreamReader, StreamCommitter), StoreError> {
     let job = Arc::new(job);
     ensure_group(&mut commit_conn, &job, start).await?;
-    if job.entries == Entries::Source {
+    if !matches!(job.entries, Entries::Lifecycle { .. }) {
         // Two commands: the index and the job hash are in different slots of a cluster.
         let _: () = commit_conn
             .hset(&job.registry_key, &*job.job, &job.stream)
