@@ -9,6 +9,7 @@
 //! - [`tools`]: plugin authors' tools with no Redis (`plugin new|inspect|test`);
 //! - [`runner`]: one job's pipeline — source → handler → committer;
 //! - [`runtime`]: wasmtime only (no Redis); [`store`]: Redis only (no wasmtime);
+//!   [`scan`]: the filesystem only (a scan job's directories looked at);
 //! - [`config`]: the config file's format, producing [`model`] values;
 //! - [`metrics`]: every metric sluice exports, declared in one place; [`logging`]: log
 //!   format, filter and its reload;
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod model;
 pub mod runner;
 pub mod runtime;
+pub mod scan;
 pub mod store;
 pub mod tools;

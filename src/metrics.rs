@@ -18,6 +18,8 @@
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
 //! | `sluice_list_moved_total` | counter | `job` | items this host moved from a `list:KEY` job's list into its list stream |
 //! | `sluice_channel_messages_total` | counter | `job`, `outcome` | messages this host's subscription to a `channel:NAME` job's channel heard: `appended` to the job's stream, or `dropped` (the lease was lost, or Redis failed, before they were written) |
+//! | `sluice_scan_passes_total` | counter | `job`, `event` | a scan job's passes this host saw `started`, `ended` or `overdue` (each is seen by one host of the fleet) |
+//! | `sluice_scan_files_total` | counter | `job`, `outcome` | files this host's walker looked at: `changed` (an event), `unchanged` (skipped by the cache), `deleted` (an event) |
 //! | `sluice_forwarded_total` | counter | `job` | outbox entries this host wrote to their targets (Redis Cluster: effects aimed at other slots) |
 //! | `sluice_outbox_dead_total` | counter | `job` | outbox entries that could not be forwarded (their target holds another type), moved to the outbox's dead letters |
 //! | `sluice_ingested_total` | counter | `streams`, `status` | HTTP ingest requests (`POST /ingest/{stream}`) by the `[[ingest]] streams` pattern they matched (`-` when none) and answer: `ok`, `unauthorized`, `forbidden`, `too_large`, `bad_request`, `unavailable` |
@@ -84,6 +86,14 @@ pub fn describe() {
     describe_counter!(
         "sluice_channel_messages_total",
         "Messages a channel job's subscription on this host heard, by outcome (appended, dropped)"
+    );
+    describe_counter!(
+        "sluice_scan_passes_total",
+        "Scan passes this host saw started, ended or overdue"
+    );
+    describe_counter!(
+        "sluice_scan_files_total",
+        "Files this host's scan walker looked at, by outcome (changed, unchanged, deleted)"
     );
     describe_counter!(
         "sluice_list_moved_total",
@@ -195,6 +205,25 @@ pub fn trimmed(job: &str, n: u64) {
 pub fn channel_messages(job: &str, outcome: &'static str, n: u64) {
     counter!("sluice_channel_messages_total", "job" => job.to_string(), "outcome" => outcome)
         .increment(n);
+}
+
+/// A scan pass of `job` `started`, `ended` or `overdue`.
+pub fn scan_pass(job: &str, event: &'static str) {
+    counter!("sluice_scan_passes_total", "job" => job.to_string(), "event" => event).increment(1);
+}
+
+/// Files of `job`'s scan looked at by this host, by outcome.
+pub fn scan_files(job: &str, changed: u64, unchanged: u64, deleted: u64) {
+    for (outcome, n) in [
+        ("changed", changed),
+        ("unchanged", unchanged),
+        ("deleted", deleted),
+    ] {
+        if n > 0 {
+            counter!("sluice_scan_files_total", "job" => job.to_string(), "outcome" => outcome)
+                .increment(n);
+        }
+    }
 }
 
 /// `n` items of `job`'s list moved into its list stream.

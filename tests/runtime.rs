@@ -35,6 +35,7 @@ fn handler_with(name: &str, config: &[(&str, &str)], limits: Limits) -> PluginHa
                 .collect::<BTreeMap<_, _>>(),
             limits,
             state: None,
+            read_dir: None,
         },
     )
 }
@@ -50,6 +51,7 @@ fn event(id: &str, fields: &[(&str, &str)]) -> Event {
             .collect(),
         delivery_count: 1,
         job: Arc::from("job"),
+        settle: None,
     }
 }
 
@@ -237,6 +239,7 @@ fn emitting_outside_the_allowed_streams_fails_the_event() {
             config: [("target".to_string(), "sluice:jobs".to_string())].into(),
             limits: Limits::default(),
             state: None,
+            read_dir: None,
         },
     );
     let out = h.handle_batch(&[event("1-0", &[("action", "emit")])]);

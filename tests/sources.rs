@@ -1,5 +1,6 @@
 //! Sources besides a stream or a queue, against real processes: a Redis list that producers
-//! `LPUSH`/`RPUSH` to (`list:KEY`), a pub/sub channel (`channel:NAME`). Each check counts
+//! `LPUSH`/`RPUSH` to (`list:KEY`), a pub/sub channel (`channel:NAME`), a directory tree
+//! (`scan:PATH`) with files created, changed and deleted between passes. Each check counts
 //! exactly-once in the output itself.
 
 mod common;
@@ -453,4 +454,192 @@ fn one_host_of_a_fleet_subscribes_and_each_message_is_handled_once_even_when_it_
 /// Whether consumer name `consumer` is host process `host`'s (names end in its pid).
 fn a_is(consumer: &str, host: &HostProcess) -> bool {
     consumer.ends_with(&format!("-{}", host.pid()))
+}
+
+/// A config for scan job `job` over `root` with echo (kinds and sources on), plus `extra`
+/// lines in the job (before its `[job.config]`).
+fn scan_config(dir: &Path, job: &str, root: &Path, extra: &str) -> PathBuf {
+    let path = write_config(
+        dir,
+        "echo",
+        job,
+        "unused",
+        extra,
+        "target = \"out\"\nwith_kind = true\nlifecycle_target = \"life\"",
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "source = \"stream:unused\"",
+        &format!("source = \"scan:{}\"", root.display()),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// (kind, path) of each entry of `out`, in order.
+fn changes(conn: &mut redis::Connection) -> Vec<(String, String)> {
+    let kinds = field_values(conn, "out", "kind");
+    let paths = field_values(conn, "out", "path");
+    kinds.into_iter().zip(paths).collect()
+}
+
+fn tree(root: &Path, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+}
+
+fn scan_status(url: &str, job: &str) -> serde_json::Value {
+    job_status(url, job)["scan"].clone()
+}
+
+#[test]
+fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    tree(&root, 3, 4);
+    std::fs::create_dir_all(root.join("d1/inner")).unwrap();
+    std::fs::write(root.join("d1/inner/deep"), "x").unwrap();
+    std::fs::write(root.join("skip.tmp"), "x").unwrap();
+    let cfg = scan_config(
+        dir.path(),
+        "sync",
+        &root,
+        "[job.scan]\ninterval_s = 2\nexclude_files = '\\.tmp$'\n",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    // Pass 1: every file is new.
+    assert!(wait_until(Duration::from_secs(30), || changes(&mut conn)
+        .len()
+        >= 13));
+    let first = changes(&mut conn);
+    let mut paths: Vec<&str> = first.iter().map(|(_, p)| p.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths.len(), 13, "{first:?}");
+    assert!(paths.contains(&"d1/inner/deep") && !paths.contains(&"skip.tmp"));
+    assert!(first.iter().all(|(k, _)| k == "file-created"), "{first:?}");
+    assert_eq!(
+        field_values(&mut conn, "out", "source")[0],
+        root.display().to_string()
+    );
+    assert!(wait_until(Duration::from_secs(20), || scan_status(
+        &redis.url, "sync"
+    )["running"]
+        == false));
+    let status = scan_status(&redis.url, "sync");
+    assert_eq!(
+        (
+            status["pass"].clone(),
+            status["files"].clone(),
+            status["changed"].clone(),
+            status["excluded"].clone()
+        ),
+        (1.into(), 13.into(), 13.into(), 1.into()),
+        "{status}"
+    );
+    // Between passes: one changed, one deleted, one created, a directory deleted.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(root.join("d0/f0"), "changed, and longer").unwrap();
+    std::fs::remove_file(root.join("d0/f1")).unwrap();
+    std::fs::write(root.join("d2/new"), "new").unwrap();
+    std::fs::remove_dir_all(root.join("d1")).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || changes(&mut conn)
+        .len()
+        >= 13 + 8));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second: Vec<(String, String)> = changes(&mut conn)[13..].to_vec();
+    second.sort();
+    let want: Vec<(String, String)> = [
+        ("file-created", "d2/new"),
+        ("file-deleted", "d0/f1"),
+        ("file-deleted", "d1/f0"),
+        ("file-deleted", "d1/f1"),
+        ("file-deleted", "d1/f2"),
+        ("file-deleted", "d1/f3"),
+        ("file-deleted", "d1/inner/deep"),
+        ("file-modified", "d0/f0"),
+    ]
+    .iter()
+    .map(|(k, p)| (k.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(second, want);
+    // A pass with nothing changed: no event, every file skipped by the cache.
+    assert!(wait_until(Duration::from_secs(30), || {
+        let s = scan_status(&redis.url, "sync");
+        s["pass"].as_u64().unwrap() >= 3 && s["running"] == false
+    }));
+    let status = scan_status(&redis.url, "sync");
+    assert_eq!(
+        (
+            status["files"].clone(),
+            status["unchanged"].clone(),
+            status["changed"].clone()
+        ),
+        (8.into(), 8.into(), 0.into()),
+        "{status}"
+    );
+    assert_eq!(changes(&mut conn).len(), 13 + 8);
+    // Each pass began and ended with its lifecycle events, once.
+    let life = field_values(&mut conn, "life", "kind");
+    assert!(life.len() >= 6, "{life:?}");
+    assert!(
+        life.chunks(2)
+            .all(|c| c[0] == "job-started" && c.get(1).is_none_or(|k| k == "job-finished")),
+        "{life:?}"
+    );
+    host.stop_ok();
+}
+
+#[test]
+fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    const DIRS: usize = 150;
+    const FILES: usize = 40;
+    tree(&root, DIRS, FILES);
+    // Large directories are split into batches any host may take.
+    let cfg = scan_config(
+        dir.path(),
+        "load",
+        &root,
+        "finite = true\nclaim_idle_ms = 1000\nbatch = 50\n[job.scan]\nfiles_per_task = 16\n",
+    );
+    let log_a = dir.path().join("a.log");
+    let mut a = HostProcess::start(&cfg, &redis.url, &log_a);
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        > 500));
+    a.kill9();
+    let done = wait_until(Duration::from_secs(90), || {
+        job_status(&redis.url, "load")["state"] == "finished"
+    });
+    let paths = field_values(&mut conn, "out", "path");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for p in &paths {
+        *seen.entry(p.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(done, "not finished: {} events", paths.len());
+    assert!(
+        twice.is_empty(),
+        "handled twice: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(seen.len(), DIRS * FILES);
+    let status = scan_status(&redis.url, "load");
+    assert_eq!(status["files"], DIRS * FILES, "{status}");
+    assert_eq!(
+        field_values(&mut conn, "life", "kind"),
+        ["job-started", "job-finished"]
+    );
+    b.stop_ok();
 }

@@ -59,6 +59,10 @@ pub fn prepare_handler(
             config: spec.plugin_config(),
             limits: limits(spec, prefix),
             state,
+            read_dir: match spec.source() {
+                Ok(crate::model::Source::Scan(root)) if spec.scan.read => Some(root.to_string()),
+                _ => None,
+            },
         },
     )
     .with_concurrency(spec.concurrency);
@@ -92,7 +96,11 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
         delayed_key: keys.delayed_of(spec),
         // A list's items reach the job's stream through its feed.
         entries: match spec.source() {
-            Ok(crate::model::Source::List(_)) => Entries::Fed,
+            Ok(
+                crate::model::Source::List(_)
+                | crate::model::Source::Channel(_)
+                | crate::model::Source::Scan(_),
+            ) => Entries::Fed,
             _ => Entries::Source,
         },
         run,
@@ -238,6 +246,12 @@ impl Assembly {
         {
             tracing::info!(job = %name, run, "job-started issued");
         }
+        // A scan's first pass of the run begins with the run (before any host could see its
+        // empty walk as a finished one).
+        let scan = super::scan::scan_job(&self.keys, spec, &self.consumer);
+        if let Some(scan) = &scan {
+            super::scan::tick(&mut conn, scan, spec, run).await;
+        }
         // Fenced on the run like the source: a host that has not yet seen a restart of the
         // job cannot handle the new run's `job-started` with the old run's spec.
         let life = StreamJob {
@@ -301,6 +315,22 @@ impl Assembly {
             beside.push(Beside::aborted(tokio::spawn(
                 crate::store::list::keep_pulling(own, feed),
             )));
+        }
+        // A scan's walker: every host running the job walks; its own connection for the
+        // blocking reads of walk tasks.
+        if let Some(scan) = scan {
+            let read = self
+                .redis
+                .connect(Duration::from_secs(1))
+                .await
+                .map_err(|e| transient(e.into()))?;
+            beside.push(Beside::aborted(tokio::spawn(super::scan::keep_walking(
+                conn.clone(),
+                read,
+                scan,
+                spec.clone(),
+                run,
+            ))));
         }
         // A channel's subscriber (on one host of the fleet at a time): lets its lease go at
         // the job's stop, so that another host subscribes at once.

@@ -19,6 +19,7 @@ pub mod plugins;
 pub mod reconcile;
 pub mod register;
 pub mod retention;
+pub mod scan;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};

@@ -15,12 +15,39 @@ pub const KIND_LIST_ITEM: &str = "list-item";
 /// Event kind of a message published on a Redis pub/sub channel (a `channel:NAME` job).
 pub const KIND_CHANNEL_MESSAGE: &str = "channel-message";
 
+/// Event kinds of a scan job (`scan:PATH`): a file (or link, socket, …) that appeared,
+/// changed or went since the last pass, and, when asked, a directory that appeared or went.
+pub const KIND_FILE_CREATED: &str = "file-created";
+pub const KIND_FILE_MODIFIED: &str = "file-modified";
+pub const KIND_FILE_DELETED: &str = "file-deleted";
+pub const KIND_DIR_CREATED: &str = "dir-created";
+pub const KIND_DIR_DELETED: &str = "dir-deleted";
+
 /// The kinds sluice's own feeds write into a job's stream (`sluice:kind`, see
 /// `store::stream::Entries::Fed`): the kind named `name`, if it is one.
 pub fn fed_kind(name: &[u8]) -> Option<&'static str> {
-    [KIND_LIST_ITEM, KIND_CHANNEL_MESSAGE]
-        .into_iter()
-        .find(|k| k.as_bytes() == name)
+    [
+        KIND_LIST_ITEM,
+        KIND_CHANNEL_MESSAGE,
+        KIND_FILE_CREATED,
+        KIND_FILE_MODIFIED,
+        KIND_FILE_DELETED,
+        KIND_DIR_CREATED,
+        KIND_DIR_DELETED,
+    ]
+    .into_iter()
+    .find(|k| k.as_bytes() == name)
+}
+
+/// A write that settles a fed event: made in the commit that acknowledges the event (acked
+/// or skipped), never otherwise. A scan's change cache entry is one: a file is marked seen
+/// only once its plugin handled it. `value` None deletes the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    /// A hash of the job's own (in its slot).
+    pub key: String,
+    pub field: Vec<u8>,
+    pub value: Option<Vec<u8>>,
 }
 
 /// Event kind delivered once per job run, before its first event.
@@ -46,6 +73,8 @@ pub struct Event {
     pub delivery_count: u32,
     /// The job delivering it; shared by every event of the job.
     pub job: Arc<str>,
+    /// What its acknowledgement writes besides the plugin's effects (fed events only).
+    pub settle: Option<Box<Settle>>,
 }
 
 impl Event {

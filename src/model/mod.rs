@@ -16,8 +16,8 @@ pub use connection::Connection;
 pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{
-    AppendFsync, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, Source, Start, check_name,
-    hash_tag,
+    AppendFsync, FileType, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, ScanOptions,
+    Source, Start, check_name, hash_tag, scan_regex,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

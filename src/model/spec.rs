@@ -119,6 +119,9 @@ pub struct JobSpec {
     /// does), so the oldest item goes first.
     #[serde(default)]
     pub list_pop: ListEnd,
+    /// For a `scan:PATH` source: how the tree is walked (`[job.scan]`).
+    #[serde(default)]
+    pub scan: ScanOptions,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -163,6 +166,91 @@ pub enum Retention {
 
 fn default_retention_every_ms() -> u64 {
     10_000
+}
+
+/// How a `scan:PATH` job walks its tree.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ScanOptions {
+    /// Seconds from the start of one pass to the start of the next (0: no periodic passes;
+    /// then the job must be `finite`, one pass). A pass still running when the next is due
+    /// is reported, and the next starts when it ends.
+    pub interval_s: u64,
+    /// Most files looked at (stat, compared with the cache) in one walk task: a directory
+    /// with more is split into tasks of this many, which any host may take (1–5000).
+    pub files_per_task: usize,
+    /// Every file is an event, changed or not (the cache is still written).
+    pub ignore_cache: bool,
+    /// Look for additions only: no deleted-file bookkeeping (a first load into an empty
+    /// cache, faster).
+    pub initial_ingest: bool,
+    /// Also `dir-created` and `dir-deleted` events.
+    pub dir_events: bool,
+    /// Entries of these types are skipped (counted as excluded): `file`, `dir` (not
+    /// descended into), `link`, `socket`, `fifo`, `block`, `char`.
+    pub exclude_types: Vec<FileType>,
+    /// Files whose name matches this regular expression are skipped.
+    pub exclude_files: Option<String>,
+    /// Directories whose name matches this regular expression are not descended into.
+    pub exclude_dirs: Option<String>,
+    /// Follow symbolic links to directories and files (default: a link is an entry of its
+    /// own, with its target).
+    pub follow_links: bool,
+    /// Let the plugin read the tree: the root is preopened read-only in its WASI filesystem,
+    /// at the same path; nothing else is.
+    pub read: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            interval_s: 0,
+            files_per_task: 200,
+            ignore_cache: false,
+            initial_ingest: false,
+            dir_events: false,
+            exclude_types: Vec::new(),
+            exclude_files: None,
+            exclude_dirs: None,
+            follow_links: false,
+            read: false,
+        }
+    }
+}
+
+/// A directory entry's type, as a scan tells them apart.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    File,
+    Dir,
+    Link,
+    Socket,
+    Fifo,
+    Block,
+    Char,
+}
+
+impl FileType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::File => "file",
+            FileType::Dir => "dir",
+            FileType::Link => "link",
+            FileType::Socket => "socket",
+            FileType::Fifo => "fifo",
+            FileType::Block => "block",
+            FileType::Char => "char",
+        }
+    }
+}
+
+/// A scan's name pattern, compiled (bounded, so a spec cannot make a huge automaton).
+pub fn scan_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("not a regular expression: {e}"))
 }
 
 /// An end of a Redis list.
@@ -229,6 +317,9 @@ pub enum Source<'a> {
     /// messages are appended to the job's channel stream by one subscribing host of the
     /// fleet, and read from there like any stream.
     Channel(&'a str),
+    /// A directory tree, by absolute path: walked once (`finite`) or every
+    /// `scan.interval_s`, each change of a file an event (see [`ScanOptions`]).
+    Scan(&'a str),
 }
 
 impl<'a> Source<'a> {
@@ -238,9 +329,11 @@ impl<'a> Source<'a> {
             Some(("queue", name)) if check_name(name).is_ok() => Ok(Source::Queue(name)),
             Some(("list", key)) if !key.is_empty() => Ok(Source::List(key)),
             Some(("channel", name)) if !name.is_empty() => Ok(Source::Channel(name)),
+            Some(("scan", path)) if path.starts_with('/') => Ok(Source::Scan(path)),
             _ => Err(format!(
                 "must be `stream:<key>`, `queue:<name>` (name: 1–64 letters, digits, `_`, \
-                 `-`, `.`), `list:<key>` or `channel:<name or pattern>`, got {source:?}"
+                 `-`, `.`), `list:<key>`, `channel:<name or pattern>` or `scan:<absolute \
+                 path>`, got {source:?}"
             )),
         }
     }
@@ -418,6 +511,7 @@ impl JobSpec {
             retention_keep_s: 0,
             retention_every_ms: default_retention_every_ms(),
             list_pop: ListEnd::default(),
+            scan: ScanOptions::default(),
             finite: false,
             config: BTreeMap::new(),
         }
@@ -472,13 +566,47 @@ impl JobSpec {
                 ));
             }
         }
-        if matches!(source, Source::List(_) | Source::Channel(_)) && j.start == Start::New {
+        if matches!(
+            source,
+            Source::List(_) | Source::Channel(_) | Source::Scan(_)
+        ) && j.start == Start::New
+        {
             return Err((
                 at("start"),
-                "a list or channel job reads its own stream from its beginning: `start = \
-                 \"new\"` is for streams"
+                "a list, channel or scan job reads its own stream from its beginning: `start \
+                 = \"new\"` is for streams"
                     .into(),
             ));
+        }
+        if let Source::Scan(_) = source {
+            let s = &j.scan;
+            if s.interval_s == 0 && !j.finite {
+                return Err((
+                    at("scan.interval_s"),
+                    "a scan job walks its tree every `scan.interval_s` seconds, or once if it \
+                     is `finite`: set one"
+                        .into(),
+                ));
+            }
+            if j.finite && s.interval_s > 0 {
+                return Err((
+                    at("scan.interval_s"),
+                    "a finite scan job walks its tree once: no interval".into(),
+                ));
+            }
+            if s.interval_s > 0 {
+                in_range(s.interval_s, 1, 31_536_000).map_err(|m| (at("scan.interval_s"), m))?;
+            }
+            in_range(s.files_per_task as u64, 1, 5_000)
+                .map_err(|m| (at("scan.files_per_task"), m))?;
+            for (field, pattern) in [
+                ("scan.exclude_files", &s.exclude_files),
+                ("scan.exclude_dirs", &s.exclude_dirs),
+            ] {
+                if let Some(p) = pattern {
+                    scan_regex(p).map_err(|m| (at(field), m))?;
+                }
+            }
         }
         if matches!(source, Source::Channel(_)) && j.finite {
             return Err((
@@ -587,7 +715,10 @@ impl JobSpec {
     /// items are done with once handled, as a list's consumers expect).
     pub fn trims_source(&self) -> bool {
         self.retention == Retention::Acked
-            || matches!(self.source(), Ok(Source::List(_) | Source::Channel(_)))
+            || matches!(
+                self.source(),
+                Ok(Source::List(_) | Source::Channel(_) | Source::Scan(_))
+            )
     }
 
     /// The job's retry and dead-letter policy.
@@ -715,6 +846,32 @@ mod tests {
         assert!(c.trims_source() && c.validate().is_ok());
         c.finite = true;
         assert_eq!(c.validate().unwrap_err().0, "finite");
+        // A scan: an absolute path, once (finite) or every interval, never both or neither.
+        let mut s = JobSpec::new("j", "scan:/data/in", "p");
+        assert_eq!(s.source(), Ok(Source::Scan("/data/in")));
+        assert!(JobSpec::new("j", "scan:data", "p").source().is_err());
+        assert_eq!(s.validate().unwrap_err().0, "scan.interval_s");
+        s.finite = true;
+        assert!(s.validate().is_ok() && s.trims_source());
+        s.scan.interval_s = 60;
+        assert_eq!(s.validate().unwrap_err().0, "scan.interval_s");
+        s.finite = false;
+        assert!(s.validate().is_ok());
+        s.scan.exclude_dirs = Some("(".into());
+        assert_eq!(s.validate().unwrap_err().0, "scan.exclude_dirs");
+        s.scan.exclude_dirs = None;
+        s.scan.files_per_task = 0;
+        assert_eq!(s.validate().unwrap_err().0, "scan.files_per_task");
+        let parsed: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "j", "source": "scan:/x", "plugin": "p",
+            "scan": {"interval_s": 5, "exclude_types": ["link", "socket"]}
+        }))
+        .unwrap();
+        assert_eq!(
+            parsed.scan.exclude_types,
+            [FileType::Link, FileType::Socket]
+        );
+        assert_eq!(parsed.scan.files_per_task, 200);
         // A channel is no key: sluice's own channels may be listened to.
         let own = JobSpec::new("j", "channel:sluice:events:x", "p");
         assert!(own.check_source_outside("sluice").is_ok());

@@ -414,6 +414,7 @@ mod tests {
             fields: vec![("f".into(), b"v".to_vec())],
             delivery_count: 1,
             job: "j".into(),
+            settle: None,
         }
     }
 

@@ -274,6 +274,7 @@ mod tests {
             fields: Vec::new(),
             delivery_count: 1,
             job: "j".into(),
+            settle: None,
         }
     }
 

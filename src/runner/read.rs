@@ -217,6 +217,7 @@ mod tests {
                 fields: vec![("f".into(), vec![0; bytes])],
                 delivery_count: 1,
                 job: "j".into(),
+                settle: None,
             })
             .collect()
     }

@@ -49,6 +49,8 @@ pub struct JobStatus {
     /// Messages published while none is are lost.
     pub subscribed: Option<bool>,
     pub subscriber: Option<String>,
+    /// For a scan job: its passes.
+    pub scan: Option<super::scan::ScanStatus>,
     /// (Redis Cluster) Entries of the job's outbox not yet forwarded to their targets in
     /// other slots, and the age of the oldest, ms: the forwarding lag (0 on one server).
     pub outbox: u64,
@@ -91,6 +93,7 @@ pub async fn status<C: AsyncCommands>(
         in_list: None,
         subscribed: None,
         subscriber: None,
+        scan: None,
         outbox: 0,
         outbox_lag_ms: 0,
     };
@@ -109,6 +112,10 @@ pub async fn status<C: AsyncCommands>(
         };
         status.in_list = Some(len);
         status.lag = status.lag.map(|l| l + len);
+    }
+    if source == keys.scan_stream(name) {
+        let tasks: u64 = conn.xlen(keys.scan_tasks(name)).await?;
+        status.scan = Some(super::scan::ScanStatus::of(&hash, tasks));
     }
     if source == keys.channel_stream(name) {
         let subscriber = super::channel::subscriber(conn, &keys.channel_lease(name)).await?;

@@ -229,6 +229,25 @@ impl Keys {
         format!("{}:lease", self.channel_stream(job))
     }
 
+    /// A `scan:PATH` job's stream: the file changes its walkers found, as events.
+    pub fn scan_stream(&self, job: &str) -> String {
+        format!("{}:scan:{{{job}}}", self.prefix)
+    }
+
+    /// A scan job's walk: one entry per directory (or batch of a large directory's files)
+    /// still to be looked at in the current pass, read by the job's walkers through its
+    /// group; a task leaves it once done.
+    pub fn scan_tasks(&self, job: &str) -> String {
+        format!("{}:tasks", self.scan_stream(job))
+    }
+
+    /// A scan job's change cache for directory `dir` (relative to the root; "" for the
+    /// root): a hash of entry name → what it was when last handled (`f|l|o:<size>:<mtime
+    /// ns>:<ctime ns>` for files, links and others; `d` for a subdirectory).
+    pub fn scan_seen(&self, job: &str, dir: &str) -> String {
+        format!("{}:seen:{dir}", self.scan_stream(job))
+    }
+
     /// The stream the items of Redis list `key` are moved into for a `list:KEY` job: in the
     /// list's slot (its hash tag in braces, then the key itself if it has a tag of its own).
     pub fn list_stream(&self, key: &str) -> String {
@@ -264,6 +283,7 @@ impl Keys {
             Ok(Source::Queue(name)) => self.queue(name),
             Ok(Source::List(key)) => self.list_stream(key),
             Ok(Source::Channel(_)) => self.channel_stream(&spec.name),
+            Ok(Source::Scan(_)) => self.scan_stream(&spec.name),
             // Specs are validated before they are run; an invalid one reads nothing real.
             Err(_) => String::new(),
         }
@@ -283,6 +303,8 @@ impl Keys {
     pub fn upstream_of(&self, spec: &JobSpec) -> Option<String> {
         match spec.source() {
             Ok(Source::List(key)) => Some(key.to_string()),
+            // A pass's walk tasks still to do (a stream emptied as they are done).
+            Ok(Source::Scan(_)) => Some(self.scan_tasks(&spec.name)),
             _ => self.delayed_of(spec),
         }
     }

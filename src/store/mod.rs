@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod list;
 pub mod listing;
 pub mod retention;
+pub mod scan;
 pub mod scripts;
 pub mod state;
 pub mod stream;

@@ -50,6 +50,7 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
                 .collect(),
             delivery_count: e.delivery_count.unwrap_or(1),
             job: job.clone(),
+            settle: None,
         });
     }
     Ok(events)
@@ -96,6 +97,7 @@ pub fn run_test(
         config,
         limits,
         state: Some(state.clone() as Arc<dyn StateReader>),
+        read_dir: None,
     });
     // Each event is "committed" to `state` before the next: the batch holds just one.
     let batch = Overlay::default();

@@ -1,7 +1,9 @@
 //! echo: emits each stream entry's fields unchanged to the stream named by config key
 //! `target` (default: the source stream + `:out`), then acks. Lifecycle events
 //! (`job-started`, `job-finished`) are emitted as `{kind, id}` to config `lifecycle_target`
-//! when it is set, and skipped otherwise.
+//! when it is set, and skipped otherwise. With config `with_kind = true`, each emitted entry
+//! starts with the event's `kind` and `source` (for sources whose events are of several
+//! kinds, a scan's file changes say).
 //!
 //! Built with the feature `batch` (the `echo-batch` crate), it is of the `batch-plugin` world
 //! too: `handle-batch` runs each event through `handle` and reports it with `batch.finish`.
@@ -19,6 +21,8 @@ use sluice::plugin::effects::emit;
 thread_local! {
     /// From `init`: the configured target stream, if any, and the lifecycle target.
     static TARGETS: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
+    /// From `init`: whether emitted entries start with the event's kind and source.
+    static WITH_KIND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 struct Echo;
@@ -31,6 +35,7 @@ impl Guest for Echo {
             return Err("config `target` must not be empty".into());
         }
         TARGETS.with(|t| *t.borrow_mut() = (target, get("lifecycle_target")));
+        WITH_KIND.with(|w| w.set(get("with_kind").as_deref() == Some("true")));
         Ok(())
     }
 
@@ -51,7 +56,16 @@ impl Guest for Echo {
             return Ok(Disposition::Ack);
         }
         let target = target.unwrap_or_else(|| format!("{}:out", event.source));
-        emit(&target, &event.fields).map_err(error)?;
+        if WITH_KIND.with(|w| w.get()) {
+            let mut fields = vec![
+                ("kind".to_string(), event.kind.into_bytes()),
+                ("source".to_string(), event.source.into_bytes()),
+            ];
+            fields.extend(event.fields);
+            emit(&target, &fields).map_err(error)?;
+        } else {
+            emit(&target, &event.fields).map_err(error)?;
+        }
         Ok(Disposition::Ack)
     }
 }

@@ -84,6 +84,37 @@ pub struct JobOptions {
     /// producers that LPUSH) or `left` (for RPUSH)
     #[arg(long, value_name = "END")]
     pub list_pop: Option<String>,
+    /// For a `scan:PATH` source: seconds between passes (0: one pass, with --finite)
+    #[arg(long, value_name = "SECONDS")]
+    pub interval_s: Option<u64>,
+    /// For a scan: most files looked at per walk task (a larger directory is split)
+    #[arg(long)]
+    pub files_per_task: Option<usize>,
+    /// For a scan: every file is an event, changed or not
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ignore_cache: Option<bool>,
+    /// For a scan: look for additions only, no deleted-file bookkeeping
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub initial_ingest: Option<bool>,
+    /// For a scan: also dir-created and dir-deleted events
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub dir_events: Option<bool>,
+    /// For a scan: entry types to skip, comma-separated (file, dir, link, socket, fifo,
+    /// block, char)
+    #[arg(long, value_name = "LIST")]
+    pub exclude_types: Option<String>,
+    /// For a scan: skip files whose name matches this regular expression
+    #[arg(long, value_name = "REGEX")]
+    pub exclude_files: Option<String>,
+    /// For a scan: do not descend into directories whose name matches this regular expression
+    #[arg(long, value_name = "REGEX")]
+    pub exclude_dirs: Option<String>,
+    /// For a scan: follow symbolic links
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub follow_links: Option<bool>,
+    /// For a scan: let the plugin read the tree (read-only, the root at its own path)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub read: Option<bool>,
     /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
     /// turns it off
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -125,6 +156,33 @@ impl JobOptions {
         set(&mut spec.retention_keep_s, self.retention_keep_s);
         set(&mut spec.retention_every_ms, self.retention_every_ms);
         set(&mut spec.finite, self.finite);
+        set(&mut spec.scan.interval_s, self.interval_s);
+        set(&mut spec.scan.files_per_task, self.files_per_task);
+        set(&mut spec.scan.ignore_cache, self.ignore_cache);
+        set(&mut spec.scan.initial_ingest, self.initial_ingest);
+        set(&mut spec.scan.dir_events, self.dir_events);
+        set(&mut spec.scan.follow_links, self.follow_links);
+        set(&mut spec.scan.read, self.read);
+        if let Some(types) = &self.exclude_types {
+            spec.scan.exclude_types = list(types)
+                .iter()
+                .map(|t| {
+                    serde_json::from_value(t.as_str().into()).with_context(|| {
+                        format!(
+                            "invalid job: --exclude-types takes file, dir, link, socket, fifo, \
+                             block or char, got {t:?}"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        // An empty pattern takes the exclude away.
+        if let Some(p) = &self.exclude_files {
+            spec.scan.exclude_files = (!p.is_empty()).then(|| p.clone());
+        }
+        if let Some(p) = &self.exclude_dirs {
+            spec.scan.exclude_dirs = (!p.is_empty()).then(|| p.clone());
+        }
         if let Some(streams) = &self.allowed_streams {
             spec.allowed_streams = list(streams);
         }
@@ -192,6 +250,12 @@ mod tests {
                 "name" | "source" | "plugin" => continue,
                 "config" => vec!["set".into(), "unset".into()],
                 "retry_backoff" => vec!["retry-base-ms".into(), "retry-max-ms".into()],
+                "scan" => spec["scan"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.replace('_', "-"))
+                    .collect(),
                 other => vec![other.replace('_', "-")],
             };
             for flag in &wanted {

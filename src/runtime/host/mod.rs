@@ -48,6 +48,9 @@ pub struct GuestContext {
     pub limits: Limits,
     /// Where reads of job state go (None: no job state here, reads fail).
     pub state: Option<Arc<dyn StateReader>>,
+    /// A directory the plugin may read, preopened read-only in its WASI filesystem at the
+    /// same path (a scan job's root with `scan.read`); None: no filesystem at all.
+    pub read_dir: Option<String>,
 }
 
 impl std::fmt::Debug for dyn StateReader {
@@ -111,7 +114,8 @@ pub const MAX_LOGS_KEPT: usize = 100;
 
 /// The data of one plugin instance's `Store`.
 pub struct HostState {
-    /// WASI p2 with an empty context: no files, no network, no environment.
+    /// WASI p2: no network, no environment, no files but a read-only directory if the job
+    /// grants one (`GuestContext::read_dir`).
     wasi: WasiCtx,
     /// WASI's resources (streams, pollables) of this instance.
     table: ResourceTable,
@@ -160,11 +164,17 @@ impl HostState {
     pub fn new(guest: Arc<GuestContext>, overlay: Overlay, version: Arc<str>) -> Self {
         let limiter = MemoryLimiter::new(guest.limits.memory_bytes);
         let output = GuestOutput::default();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.clone()).stderr(output.clone());
+        if let Some(dir) = &guest.read_dir {
+            // A root that is gone leaves the plugin without it: its reads fail (and say so),
+            // the instance still serves events that need no file.
+            if let Err(e) = wasi.preopened_dir(dir, dir, wasmtime_wasi::FsPerms::ReadOnly) {
+                tracing::warn!(job = %guest.job, dir, "the scan root cannot be opened for the plugin: {e}");
+            }
+        }
         HostState {
-            wasi: WasiCtx::builder()
-                .stdout(output.clone())
-                .stderr(output.clone())
-                .build(),
+            wasi: wasi.build(),
             output,
             table: ResourceTable::new(),
             limiter,
@@ -347,6 +357,7 @@ pub(crate) mod test_support {
                     .collect(),
                 limits,
                 state: reader,
+                read_dir: None,
             }),
             Overlay::default(),
             "test".into(),

@@ -14,7 +14,7 @@
 -- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
 -- ARGV[11] one letter per key from KEYS[7]: its expected type ('s' stream, 't' string,
---          'z' sorted set)
+--          'z' sorted set, 'h' hash)
 -- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
 -- ARGV[13] the job run this runner serves ('' for none): if the job hash's `lifecycle_run`
@@ -42,6 +42,8 @@
 --     'w' key, id, time (ms)                                              ZADD (window)
 --     'q' key, payload                                                    XADD (queue task)
 --     'Q' key, due (ms), member                                           ZADD (delayed task)
+--     'h' key, field, value     HSET, 'H' key, field     HDEL: a fed event's settling write
+--                                (a scan's change cache), made if it is acked or skipped
 --   where key is an index into KEYS.
 --
 -- An event is committed only if it is still pending for this consumer with the delivery
@@ -64,7 +66,7 @@ local FIRST = 16 + 4 * n_reads
 if ARGV[13] ~= '' and redis.call('HGET', KEYS[5], 'lifecycle_run') ~= ARGV[13] then
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
 end
-local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset'}
+local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset', h = 'hash'}
 local MAX_ID = '18446744073709551615-18446744073709551615'
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
@@ -98,7 +100,7 @@ local function may_trim(index)
 end
 
 -- Arguments of one effect after its op, by op ('x' counts its pairs).
-local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3}
+local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3, h = 3, H = 2}
 local function past_effects(pos, n)
   for _ = 1, n do
     local op = ARGV[pos]
@@ -230,6 +232,7 @@ while pos <= #ARGV do
   -- A retry already scheduled for this delivery: this commit ran before (its reply was lost).
   if ours and decision == 'r' and redis.call('ZSCORE', retry, id) then ours = false end
   local write = ours and decision == 'a'
+  local settle = ours and (decision == 'a' or decision == 's')
   for _ = 1, n_effects do
     local op, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
     if op == 'x' then
@@ -242,6 +245,15 @@ while pos <= #ARGV do
         end
       end
       pos = pos + 4 + 2 * n
+    elseif op == 'h' or op == 'H' then
+      if settle then
+        if op == 'h' then
+          redis.call('HSET', key, ARGV[pos + 2], ARGV[pos + 3])
+        else
+          redis.call('HDEL', key, ARGV[pos + 2])
+        end
+      end
+      pos = pos + 1 + ARITY[op]
     else
       if write then
         if op == 'k' then

@@ -4,7 +4,7 @@
 -- KEYS[1] the job hash   KEYS[2] the lifecycle stream   KEYS[3] the source stream
 -- KEYS[4] the job's retry set
 -- KEYS[5] what feeds the source: a queue's delayed tasks (a sorted set), a list source's
---         list (else the retry set again)
+--         list, a scan's walk tasks (a stream) (else the retry set again)
 -- KEYS[6] the job's outbox (on a Redis Cluster: effects not yet forwarded)
 -- ARGV[1] the run   ARGV[2] the job's consumer group
 -- Returns 1 (appended now), 2 (appended before), 0 (still working).
@@ -38,6 +38,7 @@ local function waiting(key)
   local kind = redis.call('TYPE', key).ok
   if kind == 'zset' then return redis.call('ZCARD', key) end
   if kind == 'list' then return redis.call('LLEN', key) end
+  if kind == 'stream' then return redis.call('XLEN', key) end
   return 0
 end
 if redis.call('ZCARD', KEYS[4]) > 0 or waiting(KEYS[5]) > 0 then return 0 end

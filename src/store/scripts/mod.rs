@@ -56,4 +56,8 @@ scripts! {
     /// Appends messages a channel job's subscriber received to its channel stream, only
     /// while it holds the job's subscription lease.
     CHANNEL_BRIDGE = "channel_bridge.lua";
+    /// Starts, ends and reports overdue a scan job's passes, each once across the fleet.
+    SCAN_PASS = "scan_pass.lua";
+    /// Finishes one walk task of a scan job: events, new tasks, counters, in one step.
+    SCAN_STEP = "scan_step.lua";
 }

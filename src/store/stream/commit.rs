@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::store::Conn;
 
 use super::StreamJob;
-use crate::model::{Decision, Effect, Event, FailureKind, Outcome, ReadSet, now_ms};
+use crate::model::{Decision, Effect, Event, FailureKind, Outcome, ReadSet, Settle, now_ms};
 use crate::store::groups::parse_id;
 use crate::store::{Keys, StoreError, forward, scripts};
 
@@ -181,6 +181,19 @@ impl StreamCommitter {
                     })));
                 }
             }
+            // A settling write: a hash of the job's own, never a plugin's target (those are
+            // under the job's kv, counter, window namespaces or outside sluice's prefix).
+            if let Some(settle) = settled(&events[i], &decisions[i]) {
+                let next = targets.len() + FIRST_TARGET;
+                let entry = targets.entry(settle.key.clone()).or_insert_with_key(|key| {
+                    invocation.key(key.as_str());
+                    key_types.push('h');
+                    (next, Vec::new())
+                });
+                if entry.1.last() != Some(&i) {
+                    entry.1.push(i);
+                }
+            }
         }
         invocation
             .arg(&key_types)
@@ -217,6 +230,7 @@ impl StreamCommitter {
             };
             let effects = effects_of(i);
             let failed = matches!(outcome, Outcome::Failed(_));
+            let settle = settled(event, decision);
             invocation
                 .arg(&event.id)
                 .arg(flag)
@@ -224,7 +238,14 @@ impl StreamCommitter {
                 .arg(event.delivery_count)
                 .arg(due)
                 .arg(text)
-                .arg(effects.len());
+                .arg(effects.len() + usize::from(settle.is_some()));
+            if let Some(settle) = settle {
+                let index = targets[&settle.key].0;
+                match &settle.value {
+                    Some(value) => invocation.arg("h").arg(index).arg(&settle.field).arg(value),
+                    None => invocation.arg("H").arg(index).arg(&settle.field),
+                };
+            }
             for (n, effect) in effects.iter().enumerate() {
                 let index = targets[&target(j, effect).0].0;
                 match effect {
@@ -499,6 +520,14 @@ fn read_checks(job: &StreamJob, reads: &ReadSet) -> Vec<ReadCheck> {
 
 /// The sorted-set member of a delayed task (the `n`th effect of `event`): unique per event
 /// and effect, so equal payloads do not merge. Empty for other effects.
+/// The settling write of `event`, if its decision acknowledges it (acked or skipped).
+fn settled<'a>(event: &'a Event, decision: &Decision) -> Option<&'a Settle> {
+    match decision {
+        Decision::Ack | Decision::Skip => event.settle.as_deref(),
+        _ => None,
+    }
+}
+
 fn delayed_member(job: &StreamJob, event: &Event, n: usize, effect: &Effect) -> Vec<u8> {
     match effect {
         Effect::Enqueue {

@@ -26,12 +26,18 @@ use super::StoreError;
 use super::keys::Keys;
 use crate::model::spec::defaults;
 use crate::model::{
-    Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Start, fed_kind, now_ms,
+    Event, Field, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Settle, Start, fed_kind,
+    now_ms,
 };
 
 /// The first two fields of an entry a feed writes (see [`Entries::Fed`]).
 pub const FED_KIND: &str = "sluice:kind";
 pub const FED_SOURCE: &str = "sluice:source";
+/// The next three, when the entry's acknowledgement settles something ([`Settle`]): a hash
+/// of the job's, a field, a value (empty: delete the field).
+pub const SETTLE_KEY: &str = "sluice:settle-key";
+pub const SETTLE_FIELD: &str = "sluice:settle-field";
+pub const SETTLE_VALUE: &str = "sluice:settle-value";
 
 /// The identity and names of one job on its source stream.
 #[derive(Debug, Clone)]
@@ -132,6 +138,11 @@ impl StreamJob {
         }
     }
 
+    /// Where the settling writes of this job's fed events may go: its scan's seen-cache.
+    fn settle_prefix(&self) -> String {
+        self.keys.scan_seen(&self.job, "")
+    }
+
     /// The event an entry of this stream is.
     fn event(&self, id: String, fields: Vec<Field>, delivery_count: u32) -> Event {
         let (kind, source) = match &self.entries {
@@ -153,6 +164,26 @@ impl StreamJob {
                     // entry): an entry of the stream, shown whole.
                     None => (KIND_STREAM_ENTRY, self.stream.clone()),
                 };
+                let settle = match fields.as_slice() {
+                    [(k, key), (f, field), (v, value), ..]
+                        if k == SETTLE_KEY && f == SETTLE_FIELD && v == SETTLE_VALUE =>
+                    {
+                        let key = String::from_utf8_lossy(key).into_owned();
+                        let settle = Settle {
+                            field: field.clone(),
+                            value: (!value.is_empty()).then(|| value.clone()),
+                            key,
+                        };
+                        fields.drain(..3);
+                        // Only the job's own keys: an entry cannot make a commit write
+                        // anywhere else.
+                        settle
+                            .key
+                            .starts_with(&self.settle_prefix())
+                            .then(|| Box::new(settle))
+                    }
+                    _ => None,
+                };
                 return Event {
                     kind,
                     id,
@@ -160,6 +191,7 @@ impl StreamJob {
                     fields,
                     delivery_count,
                     job: self.job.clone(),
+                    settle,
                 };
             }
             Entries::Lifecycle { source } => {
@@ -181,6 +213,7 @@ impl StreamJob {
             fields,
             delivery_count,
             job: self.job.clone(),
+            settle: None,
         }
     }
 }
@@ -191,10 +224,11 @@ pub enum Entries {
     /// The job's input (a stream, or a sluice queue's stream): each entry is a
     /// `stream-entry` event from that stream. Opening such a stream registers the job.
     Source,
-    /// The job's input, written by one of sluice's feeds (a list's, a channel's): each entry
-    /// starts with the fields `sluice:kind` and `sluice:source`, which become the event's
-    /// kind (one of [`fed_kind`]'s) and source, and are not among the fields the plugin
-    /// sees. Registers the job as [`Entries::Source`] does.
+    /// The job's input, written by one of sluice's feeds (a list's, a channel's, a scan's):
+    /// each entry starts with the fields `sluice:kind` and `sluice:source`, which become the
+    /// event's kind (one of [`fed_kind`]'s) and source, then optionally the three fields of
+    /// a [`Settle`] (`sluice:settle-key`, `-field`, `-value`); none of these is among the
+    /// fields the plugin sees. Registers the job as [`Entries::Source`] does.
     Fed,
     /// The job's lifecycle stream: each entry `{kind, run}` is a `job-started` or
     /// `job-finished` event from the job's source stream `source`.
