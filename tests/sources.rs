@@ -643,3 +643,40 @@ fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once(
     );
     b.stop_ok();
 }
+
+#[test]
+fn a_scan_plugin_reads_the_tree_only_when_the_job_grants_it() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello, plugin").unwrap();
+    let cfg = scan_config(
+        dir.path(),
+        "granted",
+        &root,
+        "finite = true\n[job.scan]\nread = true\n",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("with_kind = true", "with_kind = true\nwith_content = true");
+    // The same job without the grant, writing elsewhere.
+    let denied = text
+        .split("[[job]]")
+        .nth(1)
+        .unwrap()
+        .replace("name = \"granted\"", "name = \"denied\"")
+        .replace("read = true", "read = false")
+        .replace("target = \"out\"", "target = \"denied-out\"");
+    std::fs::write(&cfg, format!("{text}\n[[job]]{denied}")).unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(30), || {
+        conn.xlen::<_, usize>("out").unwrap() == 1
+            && conn.xlen::<_, usize>("denied-out").unwrap() == 1
+    }));
+    assert_eq!(field_values(&mut conn, "out", "content"), ["hello, plugin"]);
+    assert!(field_values(&mut conn, "denied-out", "content").is_empty());
+    assert_eq!(field_values(&mut conn, "denied-out", "read_error").len(), 1);
+    host.stop_ok();
+}

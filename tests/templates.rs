@@ -51,10 +51,27 @@ fn new_build_and_test(lang: &str) {
     let (code, report) = plugin_test(&project.join(format!("hello-{lang}.wasm")), &events, &[]);
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["failed"], 0);
-    assert_eq!(
-        report["counters"],
-        serde_json::json!({"click": 2, "view": 1})
-    );
+    // The Python and Rust templates show a scan's file change; the others skip it.
+    if lang == "rust" || lang == "python" {
+        assert_eq!(
+            report["counters"],
+            serde_json::json!({"click": 2, "view": 1, "file-created": 1})
+        );
+        assert_eq!(
+            report["events"][3]["effects"],
+            serde_json::json!([
+                "counter file-created += 1",
+                "emit /data/in:counts: change=file-created path=reports/q3.csv size=1234"
+            ]),
+            "{report}"
+        );
+    } else {
+        assert_eq!(
+            report["counters"],
+            serde_json::json!({"click": 2, "view": 1})
+        );
+        assert_eq!(report["events"][3]["result"], "skip", "{report}");
+    }
     assert_eq!(
         report["events"][2]["effects"],
         serde_json::json!(["counter click += 1", "emit test:counts: kind=click count=2"])

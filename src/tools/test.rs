@@ -9,7 +9,10 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::model::{Disposition, Effect, Event, KIND_STREAM_ENTRY, Outcome, StateReader};
+use crate::model::{
+    Disposition, Effect, Event, KIND_JOB_FINISHED, KIND_JOB_STARTED, KIND_STREAM_ENTRY, Outcome,
+    StateReader, fed_kind,
+};
 use crate::runtime::memory::MemoryState;
 use crate::runtime::{GuestContext, Limits, LoadedPlugin, Overlay, PluginInstance};
 
@@ -17,6 +20,7 @@ use crate::runtime::{GuestContext, Limits, LoadedPlugin, Overlay, PluginInstance
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventLine {
+    kind: Option<String>,
     id: Option<String>,
     source: Option<String>,
     #[serde(default)]
@@ -25,7 +29,8 @@ struct EventLine {
 }
 
 /// Read a JSON-lines events file: one `{"fields": {"name": "value", …}}` per line, with
-/// optional `id`, `source` (default `test`) and `delivery_count` (default 1). Blank lines and
+/// optional `kind` (default `stream-entry`; any kind a source makes, `file-created` say),
+/// `id`, `source` (default `test`) and `delivery_count` (default 1). Blank lines and
 /// lines starting with `#` are skipped. Field order is the order of the names.
 pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
     let text =
@@ -39,8 +44,22 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
         }
         let e: EventLine = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not an event line", path.display(), n + 1))?;
+        let kind = match e.kind.as_deref() {
+            None | Some(KIND_STREAM_ENTRY) => KIND_STREAM_ENTRY,
+            Some(KIND_JOB_STARTED) => KIND_JOB_STARTED,
+            Some(KIND_JOB_FINISHED) => KIND_JOB_FINISHED,
+            Some(other) => fed_kind(other.as_bytes()).with_context(|| {
+                format!(
+                    "{}:{}: no event is of kind {other:?} (stream-entry, list-item, \
+                     channel-message, file-created, file-modified, file-deleted, dir-created, \
+                     dir-deleted, job-started, job-finished)",
+                    path.display(),
+                    n + 1
+                )
+            })?,
+        };
         events.push(Event {
-            kind: KIND_STREAM_ENTRY,
+            kind,
             id: e.id.unwrap_or_else(|| format!("{}-0", n + 1)),
             source: e.source.unwrap_or_else(|| "test".into()),
             fields: e

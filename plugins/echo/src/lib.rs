@@ -3,7 +3,9 @@
 //! (`job-started`, `job-finished`) are emitted as `{kind, id}` to config `lifecycle_target`
 //! when it is set, and skipped otherwise. With config `with_kind = true`, each emitted entry
 //! starts with the event's `kind` and `source` (for sources whose events are of several
-//! kinds, a scan's file changes say).
+//! kinds, a scan's file changes say). With config `with_content = true`, a file change's
+//! entry ends with the file's `content` (read at source + "/" + path, as a scan job with
+//! `scan.read` lets a plugin), or `read_error` when it cannot be read.
 //!
 //! Built with the feature `batch` (the `echo-batch` crate), it is of the `batch-plugin` world
 //! too: `handle-batch` runs each event through `handle` and reports it with `batch.finish`.
@@ -23,6 +25,8 @@ thread_local! {
     static TARGETS: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
     /// From `init`: whether emitted entries start with the event's kind and source.
     static WITH_KIND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// From `init`: whether a file change's entry carries the file's content.
+    static WITH_CONTENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 struct Echo;
@@ -36,6 +40,7 @@ impl Guest for Echo {
         }
         TARGETS.with(|t| *t.borrow_mut() = (target, get("lifecycle_target")));
         WITH_KIND.with(|w| w.set(get("with_kind").as_deref() == Some("true")));
+        WITH_CONTENT.with(|w| w.set(get("with_content").as_deref() == Some("true")));
         Ok(())
     }
 
@@ -56,6 +61,15 @@ impl Guest for Echo {
             return Ok(Disposition::Ack);
         }
         let target = target.unwrap_or_else(|| format!("{}:out", event.source));
+        let mut event = event;
+        if WITH_CONTENT.with(|w| w.get()) && event.kind.starts_with("file-") {
+            let path = event.fields.iter().find(|(k, _)| k == "path").map(|(_, v)| v.clone());
+            let path = format!("{}/{}", event.source, String::from_utf8_lossy(&path.unwrap_or_default()));
+            event.fields.push(match std::fs::read(&path) {
+                Ok(content) => ("content".to_string(), content),
+                Err(e) => ("read_error".to_string(), e.to_string().into_bytes()),
+            });
+        }
         if WITH_KIND.with(|w| w.get()) {
             let mut fields = vec![
                 ("kind".to_string(), event.kind.into_bytes()),

@@ -16,11 +16,18 @@ bool exports_sluice_plugin_handler_init(plugin_list_tuple2_string_string_t *conf
   return true;
 }
 
+static bool is_kind(const plugin_string_t *kind, const char *name) {
+  size_t n = strlen(name);
+  return kind->len == n && memcmp(kind->ptr, name, n) == 0;
+}
+
 bool exports_sluice_plugin_handler_handle(exports_sluice_plugin_handler_event_t *event,
                                           exports_sluice_plugin_handler_disposition_t *ret,
                                           exports_sluice_plugin_handler_handler_error_t *err) {
-  // Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
-  if (event->kind.len != 12 || memcmp(event->kind.ptr, "stream-entry", 12) != 0) {
+  // Entries, list items and channel messages carry fields; lifecycle events, file changes
+  // (see the Python and Rust templates) and kinds added later: not ours.
+  if (!is_kind(&event->kind, "stream-entry") && !is_kind(&event->kind, "list-item") &&
+      !is_kind(&event->kind, "channel-message")) {
     exports_sluice_plugin_handler_event_free(event);
     ret->tag = SLUICE_PLUGIN_TYPES_DISPOSITION_SKIP;
     return true;

@@ -45,8 +45,9 @@ func Handle(event types.Event) Result {
 	if calls++; calls%64 == 0 {
 		runtime.GC()
 	}
-	// Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
-	if event.Kind != "stream-entry" {
+	// Entries, list items and channel messages carry fields; lifecycle events, file changes
+	// (see the Python and Rust templates) and kinds added later: not ours.
+	if event.Kind != "stream-entry" && event.Kind != "list-item" && event.Kind != "channel-message" {
 		return witTypes.Ok[types.Disposition, types.HandlerError](types.MakeDispositionSkip())
 	}
 	kind := "none"

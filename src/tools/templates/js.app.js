@@ -18,8 +18,9 @@ export const handler = {
   init(config) {},
 
   handle(event) {
-    // Lifecycle events (`job-started`, `job-finished`) and kinds added later: not ours.
-    if (event.kind !== 'stream-entry') {
+    // Entries, list items and channel messages carry fields; lifecycle events, file changes
+    // (see the Python and Rust templates) and kinds added later: not ours.
+    if (!['stream-entry', 'list-item', 'channel-message'].includes(event.kind)) {
       return { tag: 'skip' };
     }
     const field = event.fields.find(([name]) => name === 'kind');
