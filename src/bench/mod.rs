@@ -45,6 +45,7 @@ mod load;
 mod observe;
 mod peers;
 mod plots;
+mod scan;
 mod start;
 mod state;
 mod swap;
@@ -97,6 +98,11 @@ pub struct BenchArgs {
     /// `--redis` is a `redis+cluster://` URL)
     #[arg(long)]
     pub cluster: bool,
+    /// Measure only the scan section: a scan job's first and unchanged passes over a tree of
+    /// 10000 files, against irods-capability-automated-ingest on the same tree (when `make
+    /// benchdeps` installed it)
+    #[arg(long)]
+    pub scan: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +292,23 @@ pub async fn run(
             (Endpoint::local(&e.url())?, e.url(), Some(e))
         }
     };
+    if args.scan {
+        let rows = scan::run(args, &redis, &url, cache, &scratch).await;
+        if let Some(e) = embedded {
+            e.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        let rows = rows?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "scan": rows }))?
+            );
+        } else {
+            scan::print(&rows);
+        }
+        return Ok(());
+    }
     let observer = observe::Observer::install()?;
     let result = async {
         let mut control = redis.connect(Duration::from_secs(20)).await?;
@@ -307,7 +330,7 @@ pub async fn run(
             eprintln!("  drew {}", path.display());
         }
     }
-    let Some(((observed, recording), swap, state, start, (peers, sluice))) = extras else {
+    let Some(((observed, recording), swap, state, start, (peers, sluice), scanned)) = extras else {
         if args.json {
             println!(
                 "{}",
@@ -323,7 +346,7 @@ pub async fn run(
             "modes": rows, "observing": observed, "metric_calls": recording, "swap": swap,
             "stateful": state,
             "host_start": start.as_ref().map_err(|e| format!("{e:#}")),
-            "peers": peers,
+            "peers": peers, "scan": scanned,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -342,6 +365,7 @@ pub async fn run(
         print_state_table(args, &state);
         start::print(&start);
         peers::print(&peers, sluice, &args.peers_dir);
+        scan::print(&scanned);
     }
     Ok(())
 }
@@ -370,7 +394,11 @@ async fn sections(
         .find(|r| r.mode == Mode::WasmNoop.label())
         .map_or(f64::NAN, |r| r.events_per_s);
     let peers = peers::run(args, redis, url, sluice).await?;
-    Ok((rows, Some((observed, swap, state, start, (peers, sluice)))))
+    let scanned = scan::run(args, redis, url, cache, scratch).await?;
+    Ok((
+        rows,
+        Some((observed, swap, state, start, (peers, sluice), scanned)),
+    ))
 }
 
 /// What the sections after the modes measured.
@@ -380,6 +408,7 @@ type Extras = (
     Vec<state::StateRow>,
     anyhow::Result<start::StartReport>,
     (Vec<peers::PeerRow>, f64),
+    Vec<scan::ScanRow>,
 );
 
 /// The median of some numbers (the mean of the middle two for an even count).
