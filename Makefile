@@ -25,7 +25,7 @@ WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps testdeps benchdeps pydeps plugins rust-plugins build demo test lint bench bench-cluster clean
+.PHONY: all deps testdeps benchdeps scandeps pydeps plugins rust-plugins build demo test lint bench bench-cluster clean
 
 all: build plugins
 
@@ -56,6 +56,19 @@ benchdeps: $(BENCH_PEERS)
 	@python3 -c 'import redis, sys; sys.exit(redis.__version__ != "$(REDIS_PY_VERSION)")' 2>/dev/null || { \
 	  echo "installing redis-py $(REDIS_PY_VERSION) (pip)"; \
 	  python3 -m pip install -q -r bench/peers/requirements.txt; }
+
+## scandeps: the scan section's peer, irods-capability-automated-ingest 0.7.0 (PyPI), in a venv
+## of its own (it needs redis-py < 5; the redis-py peer keeps its own version). Only `bench`
+## needs it.
+IRODS_VENV := bench/peers/.irods-venv
+scandeps: $(IRODS_VENV)/installed
+$(IRODS_VENV)/installed: bench/peers/irods_ingest/requirements.txt
+	@python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing python3-venv (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	rm -rf $(IRODS_VENV) && python3 -m venv $(IRODS_VENV)
+	$(IRODS_VENV)/bin/pip install -q -r bench/peers/irods_ingest/requirements.txt
+	@touch $@
 
 $(BENCH_PEERS): bench/peers/package.json bench/peers/package-lock.json
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
@@ -120,7 +133,7 @@ test: deps testdeps benchdeps plugins
 
 ## bench: the benchmark, optimised build (see BENCHMARKS.md for the figures); its pictures
 ## go to bench/plots
-bench: deps plugins benchdeps
+bench: deps plugins benchdeps scandeps
 	$(CARGO) run --release -- bench --plots bench/plots
 
 ## bench-cluster: sluice on a local 3-master Redis Cluster: one stream against partitions,

@@ -2,7 +2,9 @@
 //! [`FILES`] files in [`DIRS`] directories, walked by a real `sluice run` host (this binary)
 //! with the `noop` plugin, and by `irods-capability-automated-ingest` 0.7.0 (its `irods_sync`
 //! with a no-op event handler and two Celery workers, `bench/peers/irods_ingest/run.sh`,
-//! installed by `make benchdeps` into `bench/peers/.irods-venv`).
+//! installed by `make scandeps`, which `make bench` runs, into `bench/peers/.irods-venv`).
+//! The seed's Celery broker and cache is a `redis-server` of its own on a free TCP port
+//! (the tool parses a `redis://HOST:PORT/DB` URL by hand; the bench's Redis may be a socket).
 //!
 //! Each tool does a first pass (every file new: for sluice, an event handled per file and
 //! its cache entry written with the ack) and a pass over the unchanged tree (every file
@@ -63,7 +65,7 @@ pub async fn run(
             skipped: Some(format!("{e:#}")),
         },
     };
-    let seed = seed(args, url, &tree).await;
+    let seed = seed(args, scratch, &tree).await;
     let _ = std::fs::remove_dir_all(&tree);
     Ok(vec![sluice, seed])
 }
@@ -235,8 +237,8 @@ async fn pass(
     }
 }
 
-/// The seed tool's two passes, if `make benchdeps` installed it.
-async fn seed(args: &BenchArgs, url: &str, tree: &Path) -> ScanRow {
+/// The seed tool's two passes, if `make scandeps` installed it.
+async fn seed(args: &BenchArgs, scratch: &Path, tree: &Path) -> ScanRow {
     let tool = "irods-capability-automated-ingest 0.7.0 (2 Celery workers)";
     let script = args.peers_dir.join("irods_ingest/run.sh");
     let row = |first, unchanged, skipped| ScanRow {
@@ -250,18 +252,43 @@ async fn seed(args: &BenchArgs, url: &str, tree: &Path) -> ScanRow {
         return row(
             None,
             None,
-            Some("not installed (make benchdeps installs it)".into()),
+            Some("not installed (make scandeps installs it)".into()),
         );
     }
-    // Its Celery broker: a database of its own on the same Redis.
-    let broker = format!("{}/15", url.trim_end_matches('/'));
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => return row(None, None, Some(format!("no free port: {e}"))),
+    };
+    let server = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut server = match server {
+        Ok(s) => s,
+        Err(e) => return row(None, None, Some(format!("starting redis-server: {e}"))),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            let _ = server.start_kill();
+            return row(None, None, Some("its redis-server did not start".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let out = tokio::process::Command::new(&script)
-        .arg(&broker)
+        .arg(format!("redis://127.0.0.1:{port}/0"))
         .arg(tree)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
         .await;
+    let _ = server.start_kill();
+    let _ = server.wait().await;
     let out = match out {
         Ok(out) if out.status.success() => out,
         Ok(out) => {
