@@ -273,7 +273,10 @@ async fn seed(args: &BenchArgs, scratch: &Path, tree: &Path) -> ScanRow {
         Err(e) => return row(None, None, Some(format!("starting redis-server: {e}"))),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
             let _ = server.start_kill();
             return row(None, None, Some("its redis-server did not start".into()));
