@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,23 +26,6 @@ fn json(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("json output")
-}
-
-/// Every value exactly once: returns the values seen more than once, and the missing ones.
-fn exactly_once(values: &[String], n: usize) -> (Vec<(String, usize)>, Vec<usize>) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for v in values {
-        *seen.entry(v.as_str()).or_default() += 1;
-    }
-    let dups = seen
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(v, c)| (v.to_string(), *c))
-        .collect();
-    let missing = (0..n)
-        .filter(|i| !seen.contains_key(i.to_string().as_str()))
-        .collect();
-    (dups, missing)
 }
 
 /// A pseudo-random number in [lo, hi) from the clock; printed by callers for reproduction.

@@ -34,23 +34,6 @@ fn list_config(
     path
 }
 
-/// Values seen more than once, and values of 0..n never seen.
-fn exactly_once(values: &[String], n: usize) -> (Vec<(String, usize)>, Vec<usize>) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for v in values {
-        *seen.entry(v.as_str()).or_default() += 1;
-    }
-    let dups = seen
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(v, c)| (v.to_string(), *c))
-        .collect();
-    let missing = (0..n)
-        .filter(|i| !seen.contains_key(i.to_string().as_str()))
-        .collect();
-    (dups, missing)
-}
-
 fn push(
     conn: &mut redis::Connection,
     command: &str,

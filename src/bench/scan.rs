@@ -100,38 +100,18 @@ async fn sluice_passes(
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, PREFIX).await?;
     let config = scratch.join("scan.toml");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // Only for its owner: the URL may carry a password.
-        let data = std::path::absolute(cache.parent().unwrap_or(cache))?;
-        let text = format!(
-            "[host]\ndata_dir = {:?}\nprefix = {PREFIX:?}\nlog = \"warn\"\n\n[redis]\nurl = {url:?}\n\n\
-             [[plugin]]\nname = \"noop\"\npath = {:?}\n\n[[job]]\nname = {JOB:?}\n\
-             source = \"scan:{}\"\nplugin = \"noop\"\nbatch = {}\n\n[job.scan]\ninterval_s = 2\n",
-            data.display().to_string(),
-            plugin.display().to_string(),
-            std::path::absolute(tree)?.display(),
-            args.batch,
-        );
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&config)?
-            .write_all(text.as_bytes())?;
-    }
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting sluice run")?;
+    let data = std::path::absolute(cache.parent().unwrap_or(cache))?;
+    let text = format!(
+        "[host]\ndata_dir = {:?}\nprefix = {PREFIX:?}\nlog = \"warn\"\n\n[redis]\nurl = {url:?}\n\n\
+         [[plugin]]\nname = \"noop\"\npath = {:?}\n\n[[job]]\nname = {JOB:?}\n\
+         source = \"scan:{}\"\nplugin = \"noop\"\nbatch = {}\n\n[job.scan]\ninterval_s = 2\n",
+        data.display().to_string(),
+        plugin.display().to_string(),
+        std::path::absolute(tree)?.display(),
+        args.batch,
+    );
+    super::start::write_private(&config, &text)?;
+    let mut child = super::start::spawn_host(&exe, &config)?;
     let keys = Keys::new(PREFIX);
     let result = async {
         let (mut first, mut unchanged) = (Vec::new(), Vec::new());

@@ -71,29 +71,9 @@ pub async fn host_start(
                 .await?;
         }
         let config = scratch.join(format!("start-{run}.toml"));
-        // Only for its owner: the URL may carry a password.
-        {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&config)?
-                .write_all(config_text(url, cache, &plugin, &streams).as_bytes())?;
-        }
+        write_private(&config, &config_text(url, cache, &plugin, &streams))?;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting sluice run")?;
+        let mut child = spawn_host(&exe, &config)?;
         let keys = Keys::new(PREFIX);
         let result = async {
             for (j, s) in streams.iter().enumerate() {
@@ -137,6 +117,34 @@ pub async fn host_start(
         many_jobs: MANY,
         rss_per_job_mib: (rss.1 - rss.0) / (MANY - 1) as f64,
     })
+}
+
+/// Write a host's config file, readable only by its owner (the URL may carry a password).
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// A `sluice run --config CONFIG` process of this binary `exe`, quiet, killed when dropped.
+pub fn spawn_host(exe: &Path, config: &Path) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting sluice run")
 }
 
 /// Wait until the job hash `key` counts an acked entry (at most 30 s).

@@ -978,3 +978,20 @@ pub fn make_certs(dir: &Path, server_names: &str) -> Certs {
         client_key: dir.join("client.key"),
     }
 }
+
+/// Every value exactly once: returns the values seen more than once, and the missing ones.
+pub fn exactly_once(values: &[String], n: usize) -> (Vec<(String, usize)>, Vec<usize>) {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for v in values {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    let dups = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(v, c)| (v.to_string(), *c))
+        .collect();
+    let missing = (0..n)
+        .filter(|i| !seen.contains_key(i.to_string().as_str()))
+        .collect();
+    (dups, missing)
+}

@@ -145,55 +145,9 @@ impl StreamJob {
 
     /// The event an entry of this stream is.
     fn event(&self, id: String, fields: Vec<Field>, delivery_count: u32) -> Event {
-        let (kind, source) = match &self.entries {
-            Entries::Source => (KIND_STREAM_ENTRY, self.stream.clone()),
-            Entries::Fed => {
-                let mut fields = fields;
-                let origin = match fields.as_slice() {
-                    [(k, kind), (s, source), ..] if k == FED_KIND && s == FED_SOURCE => {
-                        fed_kind(kind).map(|kind| (kind, String::from_utf8_lossy(source).into()))
-                    }
-                    _ => None,
-                };
-                let (kind, source) = match origin {
-                    Some(origin) => {
-                        fields.drain(..2);
-                        origin
-                    }
-                    // Not written by a feed (a replay of an older letter, a hand-made
-                    // entry): an entry of the stream, shown whole.
-                    None => (KIND_STREAM_ENTRY, self.stream.clone()),
-                };
-                let settle = match fields.as_slice() {
-                    [(k, key), (f, field), (v, value), ..]
-                        if k == SETTLE_KEY && f == SETTLE_FIELD && v == SETTLE_VALUE =>
-                    {
-                        let key = String::from_utf8_lossy(key).into_owned();
-                        let settle = Settle {
-                            field: field.clone(),
-                            value: (!value.is_empty()).then(|| value.clone()),
-                            key,
-                        };
-                        fields.drain(..3);
-                        // Only the job's own keys: an entry cannot make a commit write
-                        // anywhere else.
-                        settle
-                            .key
-                            .starts_with(&self.settle_prefix())
-                            .then(|| Box::new(settle))
-                    }
-                    _ => None,
-                };
-                return Event {
-                    kind,
-                    id,
-                    source,
-                    fields,
-                    delivery_count,
-                    job: self.job.clone(),
-                    settle,
-                };
-            }
+        let (kind, source, fields, settle) = match &self.entries {
+            Entries::Source => (KIND_STREAM_ENTRY, self.stream.clone(), fields, None),
+            Entries::Fed => self.fed(fields),
             Entries::Lifecycle { source } => {
                 let finished = fields
                     .iter()
@@ -203,7 +157,7 @@ impl StreamJob {
                 } else {
                     KIND_JOB_STARTED
                 };
-                (kind, source.clone())
+                (kind, source.clone(), fields, None)
             }
         };
         Event {
@@ -213,8 +167,46 @@ impl StreamJob {
             fields,
             delivery_count,
             job: self.job.clone(),
-            settle: None,
+            settle,
         }
+    }
+
+    /// A fed entry's kind, source, the fields the plugin sees, and its settling write.
+    fn fed(
+        &self,
+        mut fields: Vec<Field>,
+    ) -> (&'static str, String, Vec<Field>, Option<Box<Settle>>) {
+        let origin = match fields.as_slice() {
+            [(k, kind), (s, source), ..] if k == FED_KIND && s == FED_SOURCE => {
+                fed_kind(kind).map(|kind| (kind, String::from_utf8_lossy(source).into_owned()))
+            }
+            _ => None,
+        };
+        let Some((kind, source)) = origin else {
+            // Not written by a feed (a replay of an older letter, a hand-made entry): an
+            // entry of the stream, shown whole.
+            return (KIND_STREAM_ENTRY, self.stream.clone(), fields, None);
+        };
+        fields.drain(..2);
+        let settle = match fields.as_slice() {
+            [(k, key), (f, field), (v, value), ..]
+                if k == SETTLE_KEY && f == SETTLE_FIELD && v == SETTLE_VALUE =>
+            {
+                let settle = Settle {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    field: field.clone(),
+                    value: (!value.is_empty()).then(|| value.clone()),
+                };
+                fields.drain(..3);
+                // Only the job's own keys: an entry cannot make a commit write anywhere else.
+                settle
+                    .key
+                    .starts_with(&self.settle_prefix())
+                    .then(|| Box::new(settle))
+            }
+            _ => None,
+        };
+        (kind, source, fields, settle)
     }
 }
 
