@@ -576,6 +576,11 @@ fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
         "{life:?}"
     );
     host.stop_ok();
+    // Purged, the job takes its own stream, walk, change cache with it.
+    cli(&redis.url, "job stop sync");
+    cli(&redis.url, "job delete sync --purge --yes");
+    let left: Vec<String> = conn.keys("sluice:scan:{sync}*").unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
@@ -624,6 +629,17 @@ fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once(
         field_values(&mut conn, "life", "kind"),
         ["job-started", "job-finished"]
     );
+    // Started again, the job walks again (a pass of its own, every file unchanged) and
+    // finishes again.
+    cli(&redis.url, "job start load");
+    assert!(wait_until(Duration::from_secs(60), || {
+        let status = job_status(&redis.url, "load");
+        status["state"] == "finished" && status["scan"]["pass"] == 2
+    }));
+    let status = scan_status(&redis.url, "load");
+    assert_eq!(status["unchanged"], DIRS * FILES, "{status}");
+    assert_eq!(field_values(&mut conn, "out", "path").len(), DIRS * FILES);
+    assert_eq!(field_values(&mut conn, "life", "kind").len(), 4);
     b.stop_ok();
 }
 

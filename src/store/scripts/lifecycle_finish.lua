@@ -43,6 +43,12 @@ local function waiting(key)
 end
 if redis.call('ZCARD', KEYS[4]) > 0 or waiting(KEYS[5]) > 0 then return 0 end
 if redis.call('XLEN', KEYS[6]) > 0 then return 0 end
+-- A scan job is done once this run's pass has ended (src/store/scripts/scan_pass.lua), not
+-- merely when an older run's walk ran dry.
+local scan_run = redis.call('HGET', KEYS[1], 'scan_run')
+if scan_run and (scan_run ~= ARGV[1] or redis.call('HGET', KEYS[1], 'scan_running') == '1') then
+  return 0
+end
 redis.call('HSET', KEYS[1], 'finished_run', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'kind', 'job-finished', 'run', ARGV[1])
 return 1
