@@ -311,13 +311,18 @@ fn a_list_key_of_another_type_is_reported_and_read_once_it_is_a_list() {
     host.stop_ok();
 }
 
+/// Publish the numbers of `range` on `channel`, one every 4 ms (spread over the seconds in
+/// which a subscription renews its lease and checks its connection); how many heard each.
 fn publish_numbered(
     conn: &mut redis::Connection,
     channel: &str,
     range: std::ops::Range<usize>,
 ) -> Vec<u64> {
     range
-        .map(|i| conn.publish::<_, _, u64>(channel, i.to_string()).unwrap())
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(4));
+            conn.publish::<_, _, u64>(channel, i.to_string()).unwrap()
+        })
         .collect()
 }
 
@@ -475,8 +480,13 @@ fn tree(root: &Path, dirs: usize, files: usize) {
     }
 }
 
+/// A scan job's `job status` passes (null before its host registered it).
 fn scan_status(url: &str, job: &str) -> serde_json::Value {
-    job_status(url, job)["scan"].clone()
+    let out = sluice(url, &["job", "status", job, "--json"]);
+    if !out.status.success() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["scan"].clone()
 }
 
 #[test]
@@ -531,13 +541,18 @@ fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
     std::fs::remove_file(root.join("d0/f1")).unwrap();
     std::fs::write(root.join("d2/new"), "new").unwrap();
     std::fs::remove_dir_all(root.join("d1")).unwrap();
+    // A file replaced by a directory of the same name.
+    std::fs::remove_file(root.join("d2/f0")).unwrap();
+    std::fs::create_dir(root.join("d2/f0")).unwrap();
+    std::fs::write(root.join("d2/f0/inner"), "x").unwrap();
     assert!(wait_until(Duration::from_secs(30), || changes(&mut conn)
         .len()
-        >= 13 + 8));
+        >= 13 + 10));
     std::thread::sleep(Duration::from_millis(500));
     let mut second: Vec<(String, String)> = changes(&mut conn)[13..].to_vec();
     second.sort();
     let want: Vec<(String, String)> = [
+        ("file-created", "d2/f0/inner"),
         ("file-created", "d2/new"),
         ("file-deleted", "d0/f1"),
         ("file-deleted", "d1/f0"),
@@ -545,6 +560,7 @@ fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
         ("file-deleted", "d1/f2"),
         ("file-deleted", "d1/f3"),
         ("file-deleted", "d1/inner/deep"),
+        ("file-deleted", "d2/f0"),
         ("file-modified", "d0/f0"),
     ]
     .iter()
@@ -566,7 +582,12 @@ fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
         (8.into(), 8.into(), 0.into()),
         "{status}"
     );
-    assert_eq!(changes(&mut conn).len(), 13 + 8);
+    assert_eq!(changes(&mut conn).len(), 13 + 10);
+    let text = cli(&redis.url, "job status sync");
+    assert!(
+        text.contains("files 8 changed 0 unchanged 8 deleted 0 excluded 1"),
+        "{text}"
+    );
     // Each pass began and ended with its lifecycle events, once.
     let life = field_values(&mut conn, "life", "kind");
     assert!(life.len() >= 6, "{life:?}");
@@ -625,6 +646,12 @@ fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once(
     assert_eq!(seen.len(), DIRS * FILES);
     let status = scan_status(&redis.url, "load");
     assert_eq!(status["files"], DIRS * FILES, "{status}");
+    // Finished before its first trimming pass was due, the job still leaves its stream
+    // empty: it trims once more as it stops.
+    assert!(wait_until(Duration::from_secs(10), || conn
+        .xlen::<_, usize>("sluice:scan:{load}")
+        .unwrap()
+        == 0));
     assert_eq!(
         field_values(&mut conn, "life", "kind"),
         ["job-started", "job-finished"]
@@ -677,5 +704,38 @@ fn a_scan_plugin_reads_the_tree_only_when_the_job_grants_it() {
     assert_eq!(field_values(&mut conn, "out", "content"), ["hello, plugin"]);
     assert!(field_values(&mut conn, "denied-out", "content").is_empty());
     assert_eq!(field_values(&mut conn, "denied-out", "read_error").len(), 1);
+    host.stop_ok();
+}
+
+#[test]
+fn directories_whose_names_are_not_utf8_keep_caches_of_their_own() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    for (name, file) in [(&b"x\xff"[..], "f"), (&b"x\xfe"[..], "g")] {
+        let sub = root.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(file), "x").unwrap();
+    }
+    let cfg = scan_config(dir.path(), "bytes", &root, "[job.scan]\ninterval_s = 1\n");
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    // Two passes after the first: each finds both files unchanged, and no event comes.
+    assert!(wait_until(Duration::from_secs(30), || {
+        let s = scan_status(&redis.url, "bytes");
+        s["pass"].as_u64().unwrap_or(0) >= 3 && s["running"] == false
+    }));
+    let status = scan_status(&redis.url, "bytes");
+    assert_eq!(
+        (
+            status["files"].clone(),
+            status["unchanged"].clone(),
+            status["deleted"].clone()
+        ),
+        (2.into(), 2.into(), 0.into()),
+        "{status}"
+    );
+    assert_eq!(conn.xlen::<_, usize>("out").unwrap(), 2);
     host.stop_ok();
 }

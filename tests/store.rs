@@ -485,7 +485,7 @@ async fn trim_once(
         &Keys::new("sluice"),
         stream,
         "test",
-        Duration::from_millis(1),
+        Some(Duration::from_millis(1)),
         Duration::ZERO,
         groups,
     )
@@ -876,4 +876,34 @@ async fn a_list_feed_moves_items_in_order_and_stops_at_the_groups_max_lag() {
         pull(&mut conn, &feed).await.unwrap(),
         Pulled::NotAList("string".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_jobs_last_retention_pass_trims_whoever_holds_the_lock() {
+    use sluice::store::retention::{Trim, trim};
+    let redis = RedisServer::start();
+    let mut sync = redis.conn();
+    let mut conn = async_conn(&redis).await;
+    publish(&mut sync, "s", 3, &[("n", "{i}")]);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("s")
+        .arg("g")
+        .arg("$")
+        .query(&mut sync)
+        .unwrap();
+    let keys = Keys::new("sluice");
+    // Another host trimmed a moment ago and holds the lock for a minute.
+    let _: () = redis::cmd("SET")
+        .arg(keys.retention_lock("s"))
+        .arg("other")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut sync)
+        .unwrap();
+    let every = Some(Duration::from_secs(60));
+    let held = trim(&mut conn, &keys, "s", "me", every, Duration::ZERO, &[]).await;
+    assert!(matches!(held.unwrap(), Trim::Locked { holder } if holder == "other"));
+    let last = trim(&mut conn, &keys, "s", "me", None, Duration::ZERO, &[]).await;
+    assert!(matches!(last.unwrap(), Trim::Trimmed { trimmed: 3, .. }));
 }

@@ -134,7 +134,7 @@ async fn sluice_passes(
 
 /// Delete the scan's change cache.
 async fn forget(conn: &mut Conn, keys: &Keys) -> anyhow::Result<()> {
-    let pattern = format!("{}*", keys.scan_seen(JOB, ""));
+    let pattern = format!("{}*", keys.scan_seen(JOB, b""));
     let mut cursor = 0u64;
     loop {
         let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")

@@ -285,14 +285,15 @@ impl Assembly {
         // Tasks that run beside the runners, ended at the job's stop.
         let mut beside = Vec::new();
         if spec.trims_source() {
-            beside.push(Beside::aborted(tokio::spawn(
-                super::retention::keep_trimmed(
-                    conn.clone(),
-                    self.keys.clone(),
-                    spec.clone(),
-                    self.consumer.clone(),
-                ),
-            )));
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(super::retention::keep_trimmed(
+                conn.clone(),
+                self.keys.clone(),
+                spec.clone(),
+                self.consumer.clone(),
+                stop_rx,
+            ));
+            beside.push(Beside::stopped(stop, task, Duration::from_secs(2)));
         }
         // A list source's feed: moves the list's items into the job's list stream, after
         // the source runner made the group its lag is measured on. Its own connection: it

@@ -27,8 +27,15 @@ async fn registered_groups(
 }
 
 /// `retention = "acked"`: trim the job's source stream every `retention_every_ms` (when no
-/// other host did), until aborted with the job.
-pub async fn keep_trimmed(mut conn: Conn, keys: Keys, spec: JobSpec, holder: String) {
+/// other host did), and once more at `stop` (a finite job that finished in less than
+/// `retention_every_ms` leaves nothing acknowledged behind).
+pub async fn keep_trimmed(
+    mut conn: Conn,
+    keys: Keys,
+    spec: JobSpec,
+    holder: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let stream = keys.source_stream(&spec);
     let every = Duration::from_millis(spec.retention_every_ms);
     let keep = Duration::from_secs(spec.retention_keep_s);
@@ -36,10 +43,15 @@ pub async fn keep_trimmed(mut conn: Conn, keys: Keys, spec: JobSpec, holder: Str
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     let mut reg = Registry::new(conn.clone(), keys.clone());
-    loop {
-        tick.tick().await;
+    let mut last = false;
+    while !last {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => last = true,
+        }
         let pass = async {
             let groups = registered_groups(&mut reg, &keys, &stream).await?;
+            let every = (!last).then_some(every);
             let trim = retention::trim(&mut conn, &keys, &stream, &holder, every, keep, &groups);
             anyhow::Ok(trim.await?)
         };

@@ -13,8 +13,9 @@ use crate::store::{Conn, Keys, StoreError};
 /// How often a walker ticks the passes (starts one when due, sees one end).
 const TICK: Duration = Duration::from_secs(1);
 
-/// Tasks taken per read.
-const READ: usize = 8;
+/// Tasks taken per read: one, so no task waits on this host while another is looked at
+/// (the one under way is kept fresh; see [`fresh`]).
+const READ: usize = 1;
 
 /// The job's scan names and choices, if `spec` is a scan job.
 pub fn scan_job(keys: &Keys, spec: &JobSpec, consumer: &str) -> Option<ScanJob> {
@@ -82,7 +83,7 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
         };
         let result: Result<(), StoreError> = async {
             for task in tasks? {
-                let found = look(&walker, &task).await;
+                let found = fresh(&mut conn.clone(), &scan, &task, idle, look(&walker, &task)).await;
                 match scan::finish(&mut conn, &scan, &task, &found, flags).await? {
                     Some(s) => crate::metrics::scan_files(&scan.job, s.changed, s.unchanged, s.deleted),
                     None => tracing::debug!(job = %scan.job, task = %task.id, "walk task taken over by another host"),
@@ -106,6 +107,31 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
                 }
                 failing = true;
                 tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Run `work` on `task`, keeping the task from looking abandoned meanwhile (its idle time
+/// reset every third of `idle`), so a directory that takes long to look at is not taken
+/// over from a live walker.
+async fn fresh<T>(
+    conn: &mut Conn,
+    scan: &ScanJob,
+    task: &Task,
+    idle: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut tick = tokio::time::interval(idle / 3);
+    tick.tick().await;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                if let Err(e) = scan::refresh(conn, scan, &task.id, idle / 4).await {
+                    tracing::debug!(job = %scan.job, "refreshing a walk task failed: {e}");
+                }
             }
         }
     }

@@ -158,6 +158,9 @@ impl Walker {
         };
         let mut listing = Listing::default();
         let mut names = Vec::new();
+        // Following links, the real directories this one is under (itself included): a link
+        // back to one of them is a loop, not a directory to walk again.
+        let above = self.follow_links.then(|| self.real_chain(dir));
         for entry in read {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -177,7 +180,12 @@ impl Walker {
                     && self.follow_links
                     && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()));
             if is_dir {
-                let excluded = self.excluded_types.contains(&FileType::Dir)
+                let looped = kind == FileType::Link
+                    && above.as_ref().is_some_and(|above| {
+                        std::fs::canonicalize(entry.path()).is_ok_and(|real| above.contains(&real))
+                    });
+                let excluded = looped
+                    || self.excluded_types.contains(&FileType::Dir)
                     || self
                         .exclude_dirs
                         .as_ref()
@@ -217,6 +225,19 @@ impl Walker {
                 .collect();
         }
         Looked::Listed(listing)
+    }
+
+    /// The real paths of the root and of each directory from it down to `dir` (links
+    /// resolved).
+    fn real_chain(&self, dir: &[u8]) -> HashSet<PathBuf> {
+        let mut chain = HashSet::new();
+        let mut at = self.root.clone();
+        chain.extend(std::fs::canonicalize(&at));
+        for part in dir.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            at.push(OsStr::from_bytes(part));
+            chain.extend(std::fs::canonicalize(&at));
+        }
+        chain
     }
 
     /// Stat files `names` of directory `dir`: the entries, and the names that could not be
@@ -339,6 +360,32 @@ mod tests {
             panic!()
         };
         assert!(l.files.iter().all(|f| f.kind == FileType::File));
+        // Links back up are loops, not directories: counted as excluded, not walked.
+        std::os::unix::fs::symlink("..", root.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("sub/deeper/self")).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink("../../elsewhere", root.join("sub/deeper/side")).unwrap();
+        let follow = ScanOptions {
+            follow_links: true,
+            ..ScanOptions::default()
+        };
+        let w = walker(follow, root);
+        let Looked::Listed(l) = w.look(b"sub", 1) else {
+            panic!()
+        };
+        assert_eq!(
+            (l.dirs.clone(), l.excluded.clone()),
+            (vec![b"deeper".to_vec()], vec![b"up".to_vec()])
+        );
+        let Looked::Listed(mut l) = w.look(b"sub/deeper", 2) else {
+            panic!()
+        };
+        l.dirs.sort();
+        // A link to a directory elsewhere is walked; one to itself is not.
+        assert_eq!(
+            (l.dirs, l.excluded),
+            (vec![b"side".to_vec()], vec![b"self".to_vec()])
+        );
         // A subdirectory gone is gone; the root gone is a mount gone, not a deletion.
         assert_eq!(
             walker(ScanOptions::default(), root).look(b"nope", 1),

@@ -54,7 +54,7 @@ pub async fn append(
     conn: &mut Conn,
     bridge: &Bridge,
     token: &str,
-    messages: &[(String, Vec<u8>)],
+    messages: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<u64, AppendError> {
     let mut call = scripts::CHANNEL_BRIDGE.key(&bridge.lease);
     call.key(&bridge.stream).arg(token);
@@ -190,60 +190,106 @@ async fn subscribed(
     let mut renew = tokio::time::interval(RENEW);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
-    let mut held = Vec::new();
     loop {
         tokio::select! {
-            _ = stop.changed() => return Ended::Stop,
+            _ = stop.changed() => {
+                // What has arrived is appended before the lease is let go.
+                let rest = ready(&mut messages, Vec::new(), usize::MAX);
+                flush(conn, bridge, token, rest).await;
+                return Ended::Stop;
+            }
             message = messages.next() => {
                 let Some(first) = message else {
                     tracing::warn!(job, channel = %bridge.channel, "the subscription was lost (messages published until it is remade are lost)");
                     return Ended::Again;
                 };
-                held.push(first);
                 // What else has arrived goes in the same append.
-                while held.len() < MAX_APPEND {
-                    match messages.next().now_or_never() {
-                        Some(Some(m)) => held.push(m),
-                        _ => break,
-                    }
-                }
-                let batch: Vec<(String, Vec<u8>)> = held
-                    .drain(..)
-                    .map(|m| (m.get_channel_name().to_string(), m.get_payload_bytes().to_vec()))
-                    .collect();
-                match append(conn, bridge, token, &batch).await {
-                    Ok(n) => crate::metrics::channel_messages(job, "appended", n),
-                    Err(AppendError::NotHeld) => {
-                        crate::metrics::channel_messages(job, "dropped", batch.len() as u64);
-                        tracing::warn!(job, channel = %bridge.channel, dropped = batch.len(), "lost the subscription lease (this host was paused or cut off); another host subscribes");
-                        return Ended::Again;
-                    }
-                    Err(AppendError::Store(e)) => {
-                        crate::metrics::channel_messages(job, "dropped", batch.len() as u64);
-                        tracing::warn!(job, channel = %bridge.channel, dropped = batch.len(), "appending messages failed: {e}");
-                        return Ended::Again;
-                    }
+                let batch = ready(&mut messages, vec![first], MAX_APPEND);
+                if !flush(conn, bridge, token, batch).await {
+                    // Messages still buffered on this subscription are not appended either.
+                    let rest = ready(&mut messages, Vec::new(), usize::MAX);
+                    crate::metrics::channel_messages(job, "dropped", rest.len() as u64);
+                    return Ended::Again;
                 }
             }
             _ = renew.tick() => {
                 match hold(conn, &bridge.lease, token).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(job, channel = %bridge.channel, "lost the subscription lease; another host subscribes");
+                        let rest = ready(&mut messages, Vec::new(), usize::MAX);
+                        crate::metrics::channel_messages(job, "dropped", rest.len() as u64);
+                        tracing::warn!(job, channel = %bridge.channel, dropped = rest.len(), "lost the subscription lease; another host subscribes");
                         return Ended::Again;
                     }
                     // The lease lapses unless renewed in time; appends say so then.
                     Err(e) => tracing::warn!(job, "renewing the subscription lease failed: {e}"),
                 }
                 // A subscription whose connection died silently would hear nothing forever.
-                match tokio::time::timeout(CALL, sink.ping::<String>()).await {
+                // (On a subscribed RESP2 connection PING answers `pong` and a message in an
+                // array: any answer will do.)
+                match tokio::time::timeout(CALL, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     _ => {
+                        let rest = ready(&mut messages, Vec::new(), usize::MAX);
+                        flush(conn, bridge, token, rest).await;
                         tracing::warn!(job, channel = %bridge.channel, "the subscription's connection does not answer; remaking it");
                         return Ended::Again;
                     }
                 }
             }
+        }
+    }
+}
+
+/// `held`, and the messages already arrived on the subscription, up to `most`.
+fn ready(
+    messages: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
+    mut held: Vec<redis::Msg>,
+    most: usize,
+) -> Vec<redis::Msg> {
+    while held.len() < most {
+        match messages.next().now_or_never() {
+            Some(Some(m)) => held.push(m),
+            _ => break,
+        }
+    }
+    held
+}
+
+/// Append `batch` under `token`; false when nothing more should be appended under it (the
+/// lease is another's, or Redis failed): the batch is counted as dropped.
+async fn flush(conn: &mut Conn, bridge: &Bridge, token: &str, batch: Vec<redis::Msg>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let job = bridge.job.as_str();
+    let batch: Vec<(Vec<u8>, Vec<u8>)> = batch
+        .iter()
+        .map(|m| {
+            // The channel's name as published (binary-safe; a pattern job's events say
+            // which channel matched).
+            let channel = m
+                .get_channel::<Vec<u8>>()
+                .unwrap_or_else(|_| m.get_channel_name().as_bytes().to_vec());
+            (channel, m.get_payload_bytes().to_vec())
+        })
+        .collect();
+    match append(conn, bridge, token, &batch).await {
+        Ok(n) => {
+            crate::metrics::channel_messages(job, "appended", n);
+            true
+        }
+        Err(e) => {
+            crate::metrics::channel_messages(job, "dropped", batch.len() as u64);
+            match e {
+                AppendError::NotHeld => {
+                    tracing::warn!(job, channel = %bridge.channel, dropped = batch.len(), "lost the subscription lease (this host was paused or cut off); another host subscribes")
+                }
+                AppendError::Store(e) => {
+                    tracing::warn!(job, channel = %bridge.channel, dropped = batch.len(), "appending messages failed: {e}")
+                }
+            }
+            false
         }
     }
 }

@@ -241,10 +241,19 @@ impl Keys {
         format!("{}:tasks", self.scan_stream(job))
     }
 
-    /// A scan job's change cache for directory `dir` (relative to the root; "" for the
-    /// root): a hash of entry name → what it was when last handled (`f|l|o:<size>:<mtime
-    /// ns>:<ctime ns>` for files, links and others; `d` for a subdirectory).
-    pub fn scan_seen(&self, job: &str, dir: &str) -> String {
+    /// A scan job's change cache for directory `dir` (relative to the root; empty for the
+    /// root): a hash of entry name → what it was when last handled (`<type letter>:<size>:
+    /// <mtime ns>:<ctime ns>` for files, links and others; `d` for a subdirectory). A name
+    /// that is not UTF-8 has its other bytes and `%` percent-encoded (`x%FF`); a UTF-8 one
+    /// has only its `%` encoded (`100%25`): two directories never share a cache.
+    pub fn scan_seen(&self, job: &str, dir: &[u8]) -> String {
+        let dir = match std::str::from_utf8(dir) {
+            Ok(text) => text.replace('%', "%25"),
+            Err(_) => {
+                const OTHER: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+                percent_encoding::percent_encode(dir, OTHER).to_string()
+            }
+        };
         format!("{}:seen:{dir}", self.scan_stream(job))
     }
 
@@ -355,6 +364,15 @@ mod tests {
         assert_eq!(k.source_stream(&c), "sluice:channel:{news}");
         assert_eq!(k.channel_lease("news"), "sluice:channel:{news}:lease");
         assert_eq!(k.upstream_of(&c), None);
+        // Every directory its own cache, whatever bytes its name is made of.
+        assert_eq!(k.scan_seen("s", b""), "sluice:scan:{s}:seen:");
+        assert_eq!(
+            k.scan_seen("s", "a/été".as_bytes()),
+            "sluice:scan:{s}:seen:a/été"
+        );
+        assert_eq!(k.scan_seen("s", b"x\xff"), "sluice:scan:{s}:seen:x%FF");
+        assert_eq!(k.scan_seen("s", b"x%FF"), "sluice:scan:{s}:seen:x%25FF");
+        assert_ne!(k.scan_seen("s", b"x\xfe"), k.scan_seen("s", b"x\xff"));
         // A queue's delayed set feeds it as a list feeds a list job.
         let q = JobSpec::new("j", "queue:mail", "echo");
         assert_eq!(k.upstream_of(&q), k.delayed_of(&q));

@@ -19,7 +19,8 @@ pub enum Trim {
     Skipped(String),
 }
 
-/// Trim `stream` of what every group on it acknowledged, unless a host did within `every`;
+/// Trim `stream` of what every group on it acknowledged, unless a host did within `every`
+/// (None: a stopping job's last pass, made whoever trimmed last);
 /// acknowledged entries younger than `keep` stay, and nothing goes while one of `groups`
 /// (those of the jobs registered on the stream) does not exist yet.
 pub async fn trim(
@@ -27,7 +28,7 @@ pub async fn trim(
     keys: &Keys,
     stream: &str,
     holder: &str,
-    every: Duration,
+    every: Option<Duration>,
     keep: Duration,
     groups: &[String],
 ) -> Result<Trim, StoreError> {
@@ -36,7 +37,8 @@ pub async fn trim(
         .key(keys.retention_lock(stream))
         .key(keys.held(stream))
         .arg(holder)
-        .arg(every.as_millis().max(1) as u64)
+        // None: a last pass, whoever holds the lock.
+        .arg(every.map_or(0, |e| e.as_millis().max(1) as u64))
         .arg(keep.as_millis() as u64)
         .arg(groups)
         .invoke_async(conn)

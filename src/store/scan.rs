@@ -160,6 +160,26 @@ pub async fn read_tasks(
     Ok(Vec::new())
 }
 
+/// Keep task `id` from looking abandoned while this walker works on it (the stream's own
+/// refresh: only if it is still this walker's and idle `min_idle` or more).
+pub async fn refresh(
+    conn: &mut Conn,
+    scan: &ScanJob,
+    id: &str,
+    min_idle: Duration,
+) -> Result<(), StoreError> {
+    let _: u64 = scripts::REFRESH
+        .key(&scan.tasks)
+        .key(&scan.job_key)
+        .arg(min_idle.as_millis() as u64)
+        .arg(&scan.consumer)
+        .arg(&scan.group)
+        .arg(id)
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
 /// Take over up to `count` tasks idle on other walkers for `idle` (dead or stuck hosts').
 pub async fn claim_idle(
     conn: &mut Conn,
@@ -247,8 +267,7 @@ pub async fn finish(
     if flags.dir_events {
         f.push('e');
     }
-    let dir = String::from_utf8_lossy(&task.dir);
-    let seen = scan.keys.scan_seen(&scan.job, &dir);
+    let seen = scan.keys.scan_seen(&scan.job, &task.dir);
     let mut call = scripts::SCAN_STEP.key(&scan.tasks);
     call.key(&scan.events)
         .key(&scan.job_key)

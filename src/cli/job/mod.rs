@@ -542,6 +542,46 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
         Some(n) => println!("lag       {lag}  (of which still in the list: {n})"),
         None => println!("lag       {lag}"),
     }
+    if let Some(scan) = &s.scan {
+        let when = |ms: Option<u64>| {
+            ms.map_or("-".to_string(), |ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            })
+        };
+        match (scan.pass, scan.running) {
+            (0, _) => println!("scan      no pass yet"),
+            (n, true) => println!(
+                "scan      pass {n} running since {} ({} walk tasks left)",
+                when(scan.started_at),
+                scan.tasks
+            ),
+            (n, false) => println!(
+                "scan      pass {n} ended {} (started {})",
+                when(scan.ended_at),
+                when(scan.started_at)
+            ),
+        }
+        println!(
+            "          dirs {} files {} changed {} unchanged {} deleted {} excluded {} \
+             unreadable {}",
+            scan.dirs,
+            scan.files,
+            scan.changed,
+            scan.unchanged,
+            scan.deleted,
+            scan.excluded,
+            scan.unreadable
+        );
+        if scan.overdue > 0 {
+            println!(
+                "          {} passes ran past their interval (the next waited)",
+                scan.overdue
+            );
+        }
+    }
     if let Some(subscribed) = s.subscribed {
         println!(
             "delivery  at most once from the publisher to the job's stream (pub/sub has no \

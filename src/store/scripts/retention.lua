@@ -5,7 +5,7 @@
 -- Nothing is trimmed from a stream without groups (nobody said what it still needs), or
 -- while a group named in ARGV[4..] (a job registered on the stream that has not run yet)
 -- does not exist. One host at a time: the lock is set for `every_ms`, and while it is set
--- nobody else trims. Ids are compared as strings (a sequence may exceed Lua's integers).
+-- nobody else trims (but a stopping job's last pass). Ids are compared as strings (a sequence may exceed Lua's integers).
 --
 -- KEYS[1] the stream, KEYS[2] the lock, KEYS[3] the held set (member `<group>/<id>`,
 --         score the id's ms)
@@ -14,7 +14,9 @@
 -- Returns {trimmed, first id kept ('' when all went)} when it trimmed; {-1, holder} when
 -- the lock is another's; {-2, why} when nothing may be decided.
 
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- every_ms 0: a stopping job's last pass, whoever holds the lock (a pass is one atomic
+-- step: two at once trim no more than one would).
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {-1, redis.call('GET', KEYS[2]) or ''}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then

@@ -51,6 +51,12 @@ local n = tonumber(ARGV[pos])
 for i = pos + 1, pos + n do present[ARGV[i]] = true end
 pos = pos + n + 1
 
+local files, changed, unchanged, deleted = 0, 0, 0, 0
+local TYPES = {f = 'file', l = 'link', s = 'socket', p = 'fifo', b = 'block', c = 'char'}
+local function type_of(signature)
+  return TYPES[string.sub(signature, 1, 1)] or 'file'
+end
+
 local function task_for(sub)
   redis.call('XADD', tasks, '*', 'dir', path(sub), 'pass', pass, 'depth', depth + 1)
 end
@@ -63,7 +69,16 @@ for i = pos + 1, pos + n do
   local was = cached[sub]
   if not deletions then was = redis.call('HGET', seen, sub) end
   if was ~= 'd' then
-    redis.call('HSET', seen, sub, 'd')
+    if was then
+      -- A file replaced by a directory: the file went. Its event's ack marks the name a
+      -- directory (until then the next pass would find the file gone again).
+      redis.call('XADD', events, '*', 'sluice:kind', 'file-deleted', 'sluice:source', root,
+        'sluice:settle-key', seen, 'sluice:settle-field', sub, 'sluice:settle-value', 'd',
+        'path', path(sub), 'type', type_of(was))
+      deleted = deleted + 1
+    else
+      redis.call('HSET', seen, sub, 'd')
+    end
     if dir_events then
       redis.call('XADD', events, '*', 'sluice:kind', 'dir-created', 'sluice:source', root,
         'path', path(sub), 'type', 'dir')
@@ -79,7 +94,6 @@ end
 pos = pos + n + 1
 
 -- The files: compare, and an event for each one changed.
-local files, changed, unchanged, deleted = 0, 0, 0, 0
 local names, sigs, at = {}, {}, {}
 while pos <= #ARGV do
   local name, sig, f = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
@@ -122,11 +136,9 @@ if deletions then
             'path', path(name), 'type', 'dir')
         end
       else
-        local t = ({f = 'file', l = 'link', s = 'socket', p = 'fifo', b = 'block',
-                    c = 'char'})[string.sub(was, 1, 1)] or 'file'
         redis.call('XADD', events, '*', 'sluice:kind', 'file-deleted', 'sluice:source', root,
           'sluice:settle-key', seen, 'sluice:settle-field', name, 'sluice:settle-value', '',
-          'path', path(name), 'type', t)
+          'path', path(name), 'type', type_of(was))
       end
     end
   end

@@ -140,7 +140,7 @@ impl StreamJob {
 
     /// Where the settling writes of this job's fed events may go: its scan's seen-cache.
     fn settle_prefix(&self) -> String {
-        self.keys.scan_seen(&self.job, "")
+        self.keys.scan_seen(&self.job, b"")
     }
 
     /// The event an entry of this stream is.
