@@ -13,9 +13,9 @@ use crate::store::{Conn, Keys, StoreError};
 /// How often a walker ticks the passes (starts one when due, sees one end).
 const TICK: Duration = Duration::from_secs(1);
 
-/// Tasks taken per read: one, so no task waits on this host while another is looked at
-/// (the one under way is kept fresh; see [`fresh`]).
-const READ: usize = 1;
+/// Tasks taken per read (those waiting while one is looked at are kept fresh with it; see
+/// [`fresh`]).
+const READ: usize = 8;
 
 /// The job's scan names and choices, if `spec` is a scan job.
 pub fn scan_job(keys: &Keys, spec: &JobSpec, consumer: &str) -> Option<ScanJob> {
@@ -70,6 +70,9 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
     let mut delays = backoff();
     let (mut ticked, mut claimed) = (Instant::now() - TICK, Instant::now());
     let mut failing = false;
+    // Tasks this walker holds from a previous life, or could not finish: looked for at
+    // the start and after a failure.
+    let mut own = true;
     loop {
         if ticked.elapsed() >= TICK {
             tick(&mut conn, &scan, &spec, run).await;
@@ -79,12 +82,14 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
             claimed = Instant::now();
             scan::claim_idle(&mut read, &scan, idle, READ).await
         } else {
-            scan::read_tasks(&mut read, &scan, READ, TICK).await
+            scan::read_tasks(&mut read, &scan, READ, TICK, own).await
         };
         let result: Result<(), StoreError> = async {
-            for task in tasks? {
-                let found = fresh(&mut conn.clone(), &scan, &task, idle, look(&walker, &task)).await;
-                match scan::finish(&mut conn, &scan, &task, &found, flags).await? {
+            let tasks = tasks?;
+            for (i, task) in tasks.iter().enumerate() {
+                let held: Vec<String> = tasks[i..].iter().map(|t| t.id.clone()).collect();
+                let found = fresh(&mut conn.clone(), &scan, &held, idle, look(&walker, task)).await;
+                match scan::finish(&mut conn, &scan, task, &found, flags).await? {
                     Some(s) => crate::metrics::scan_files(&scan.job, s.changed, s.unchanged, s.deleted),
                     None => tracing::debug!(job = %scan.job, task = %task.id, "walk task taken over by another host"),
                 }
@@ -94,6 +99,7 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
         .await;
         match result {
             Ok(()) => {
+                own = false;
                 if failing {
                     tracing::info!(job = %scan.job, "walking again");
                 }
@@ -101,6 +107,7 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
                 delays = backoff();
             }
             Err(e) => {
+                own = true;
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 if !failing {
                     tracing::warn!(job = %scan.job, "walking failed, retrying in {delay:?}: {e}");
@@ -112,24 +119,26 @@ pub async fn keep_walking(mut conn: Conn, mut read: Conn, scan: ScanJob, spec: J
     }
 }
 
-/// Run `work` on `task`, keeping the task from looking abandoned meanwhile (its idle time
-/// reset every third of `idle`), so a directory that takes long to look at is not taken
-/// over from a live walker.
+/// Run `work`, keeping the tasks this walker holds (`held`) from looking abandoned
+/// meanwhile (their idle time reset every third of `idle`), so a directory that takes long
+/// to look at, and the tasks waiting behind it, are not taken over from a live walker.
 async fn fresh<T>(
     conn: &mut Conn,
     scan: &ScanJob,
-    task: &Task,
+    held: &[String],
     idle: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
-    let mut tick = tokio::time::interval(idle / 3);
-    tick.tick().await;
+    // The first tick a third of `idle` from now (an interval's immediate first tick would
+    // wait for the timer wheel's next turn, up to a millisecond per task).
+    let every = idle / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tokio::pin!(work);
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = tick.tick() => {
-                if let Err(e) = scan::refresh(conn, scan, &task.id, idle / 4).await {
+                if let Err(e) = scan::refresh(conn, scan, held, idle / 4).await {
                     tracing::debug!(job = %scan.job, "refreshing a walk task failed: {e}");
                 }
             }

@@ -125,15 +125,17 @@ fn task_of(entry: StreamId) -> Task {
     }
 }
 
-/// Up to `count` tasks for this walker: first those it holds already (a previous life's,
-/// or ones it could not finish), then new ones, waiting up to `block` for them.
+/// Up to `count` tasks for this walker: with `own`, first those it holds already (a
+/// previous life's, or ones it could not finish), then new ones, waiting up to `block`.
 pub async fn read_tasks(
     conn: &mut Conn,
     scan: &ScanJob,
     count: usize,
     block: Duration,
+    own: bool,
 ) -> Result<Vec<Task>, StoreError> {
-    for (start, block) in [("0", None), (">", Some(block))] {
+    let own = own.then_some(("0", None));
+    for (start, block) in own.into_iter().chain([(">", Some(block))]) {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&scan.group)
@@ -160,12 +162,12 @@ pub async fn read_tasks(
     Ok(Vec::new())
 }
 
-/// Keep task `id` from looking abandoned while this walker works on it (the stream's own
-/// refresh: only if it is still this walker's and idle `min_idle` or more).
+/// Keep tasks `ids` from looking abandoned while this walker holds them (the stream's own
+/// refresh: only those still this walker's and idle `min_idle` or more).
 pub async fn refresh(
     conn: &mut Conn,
     scan: &ScanJob,
-    id: &str,
+    ids: &[String],
     min_idle: Duration,
 ) -> Result<(), StoreError> {
     let _: u64 = scripts::REFRESH
@@ -174,7 +176,7 @@ pub async fn refresh(
         .arg(min_idle.as_millis() as u64)
         .arg(&scan.consumer)
         .arg(&scan.group)
-        .arg(id)
+        .arg(ids)
         .invoke_async(conn)
         .await?;
     Ok(())
