@@ -739,3 +739,44 @@ fn directories_whose_names_are_not_utf8_keep_caches_of_their_own() {
     assert_eq!(conn.xlen::<_, usize>("out").unwrap(), 2);
     host.stop_ok();
 }
+
+#[test]
+fn directory_events_come_when_asked_and_excluded_types_are_counted() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    tree(&root, 1, 1);
+    std::os::unix::fs::symlink("d0/f0", root.join("link")).unwrap();
+    let cfg = scan_config(
+        dir.path(),
+        "dirs",
+        &root,
+        "finite = true\n[job.scan]\ndir_events = true\nexclude_types = [\"link\"]\n",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(30), || {
+        let out = sluice(&redis.url, &["job", "status", "dirs", "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["state"]
+                == "finished"
+    }));
+    let mut seen = changes(&mut conn);
+    seen.sort();
+    let want: Vec<(String, String)> = [("dir-created", "d0"), ("file-created", "d0/f0")]
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(seen, want);
+    let status = scan_status(&redis.url, "dirs");
+    assert_eq!(
+        (
+            status["files"].clone(),
+            status["excluded"].clone(),
+            status["dirs"].clone()
+        ),
+        (1.into(), 1.into(), 2.into()),
+        "{status}"
+    );
+    host.stop_ok();
+}

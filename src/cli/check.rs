@@ -54,6 +54,17 @@ pub fn check_config(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
     }
     for job in &config.jobs {
+        // A scan root missing here is not an error (hosts count it unreadable until it is
+        // mounted), but it is worth saying.
+        if let Ok(crate::model::Source::Scan(root)) = job.source()
+            && !std::path::Path::new(root).is_dir()
+        {
+            println!(
+                "job {}: warning: scan root {root} is not a directory on this machine (hosts \
+                 where it is missing count it unreadable, and walk nothing)",
+                job.name
+            );
+        }
         let configured = config.plugins.iter().any(|p| p.name == job.plugin);
         let Some(plugin) = plugins.get(&job.plugin).or(dir_plugins.get(&job.plugin)) else {
             if configured {
@@ -74,8 +85,9 @@ pub fn check_config(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         };
         match prepare_handler(plugin.clone(), job, &config.host.prefix, None) {
             Ok(_) => println!(
-                "job {}: ok (stream {} → plugin {}, init accepted the config)",
+                "job {}: ok ({}, read from stream {} → plugin {}, init accepted the config)",
                 job.name,
+                job.source,
                 Keys::new(&config.host.prefix).source_stream(job),
                 job.plugin
             ),
