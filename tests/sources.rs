@@ -34,6 +34,13 @@ fn list_config(
     path
 }
 
+/// A fresh redis-server, a connection to it, and a temp dir.
+fn fixture() -> (RedisServer, redis::Connection, tempfile::TempDir) {
+    let redis = RedisServer::start();
+    let conn = redis.conn();
+    (redis, conn, tempfile::tempdir().unwrap())
+}
+
 fn push(
     conn: &mut redis::Connection,
     command: &str,
@@ -53,9 +60,7 @@ fn job_status(url: &str, job: &str) -> serde_json::Value {
 
 #[test]
 fn a_list_job_takes_each_item_once_oldest_first_and_leaves_nothing_behind() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     // Celery-style producers LPUSH (the job takes from the right); RQ-style ones RPUSH.
     let cfg = list_config(
         dir.path(),
@@ -142,9 +147,7 @@ fn a_list_job_takes_each_item_once_oldest_first_and_leaves_nothing_behind() {
 #[test]
 fn hosts_killed_mid_list_lose_no_item_and_handle_none_twice() {
     const N: usize = 6000;
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let cfg = list_config(
         dir.path(),
         "echo",
@@ -202,9 +205,7 @@ fn hosts_killed_mid_list_lose_no_item_and_handle_none_twice() {
 
 #[test]
 fn a_failing_list_item_is_retried_then_dead_lettered_and_replayed_while_the_rest_go_on() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     // chaos takes a list item's payload as its action.
     let cfg = list_config(
         dir.path(),
@@ -251,9 +252,7 @@ fn a_failing_list_item_is_retried_then_dead_lettered_and_replayed_while_the_rest
 
 #[test]
 fn a_finite_list_job_finishes_once_its_list_is_empty() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     const N: usize = 500;
     push(&mut conn, "LPUSH", "load", (0..N).map(|i| i.to_string()));
     let cfg = fleet_config(dir.path());
@@ -285,9 +284,7 @@ fn a_finite_list_job_finishes_once_its_list_is_empty() {
 
 #[test]
 fn a_list_key_of_another_type_is_reported_and_read_once_it_is_a_list() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let cfg = list_config(dir.path(), "echo", "j", "jobs", "", "target = \"out\"");
     let _: () = conn.set("jobs", "not a list").unwrap();
     let log = dir.path().join("host.log");
@@ -347,9 +344,7 @@ fn subscriber(url: &str, job: &str) -> Option<String> {
 
 #[test]
 fn one_host_of_a_fleet_subscribes_and_each_message_is_handled_once_even_when_it_dies() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let cfg = write_config(
         dir.path(),
         "echo",
@@ -491,9 +486,7 @@ fn scan_status(url: &str, job: &str) -> serde_json::Value {
 
 #[test]
 fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let root = dir.path().join("tree");
     tree(&root, 3, 4);
     std::fs::create_dir_all(root.join("d1/inner")).unwrap();
@@ -606,9 +599,7 @@ fn periodic_passes_turn_created_changed_and_deleted_files_into_events_once() {
 
 #[test]
 fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let root = dir.path().join("tree");
     const DIRS: usize = 150;
     const FILES: usize = 40;
@@ -672,9 +663,7 @@ fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once(
 
 #[test]
 fn a_scan_plugin_reads_the_tree_only_when_the_job_grants_it() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let root = dir.path().join("tree");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("hello.txt"), "hello, plugin").unwrap();
@@ -710,9 +699,7 @@ fn a_scan_plugin_reads_the_tree_only_when_the_job_grants_it() {
 #[test]
 fn directories_whose_names_are_not_utf8_keep_caches_of_their_own() {
     use std::os::unix::ffi::OsStrExt as _;
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let root = dir.path().join("tree");
     for (name, file) in [(&b"x\xff"[..], "f"), (&b"x\xfe"[..], "g")] {
         let sub = root.join(std::ffi::OsStr::from_bytes(name));
@@ -742,9 +729,7 @@ fn directories_whose_names_are_not_utf8_keep_caches_of_their_own() {
 
 #[test]
 fn directory_events_come_when_asked_and_excluded_types_are_counted() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, mut conn, dir) = fixture();
     let root = dir.path().join("tree");
     tree(&root, 1, 1);
     std::os::unix::fs::symlink("d0/f0", root.join("link")).unwrap();
