@@ -765,3 +765,48 @@ fn directory_events_come_when_asked_and_excluded_types_are_counted() {
     );
     host.stop_ok();
 }
+
+#[test]
+fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
+    // fsync on every write: what Redis acknowledged survives its SIGKILL.
+    let mut redis = RedisServer::start_with(&["--appendfsync", "always"]);
+    let mut conn = redis.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    const DIRS: usize = 100;
+    const FILES: usize = 30;
+    tree(&root, DIRS, FILES);
+    let cfg = scan_config(
+        dir.path(),
+        "load",
+        &root,
+        "finite = true\nbatch = 16\n[job.scan]\nfiles_per_task = 10\n",
+    );
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap_or(0)
+        > 300));
+    redis.kill_and_restart(Duration::from_secs(2));
+    let mut conn = redis.conn();
+    let done = wait_until(Duration::from_secs(90), || {
+        let out = sluice(&redis.url, &["job", "status", "load", "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["state"]
+                == "finished"
+    });
+    let paths = field_values(&mut conn, "out", "path");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for p in &paths {
+        *seen.entry(p.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(done, "not finished: {} events", paths.len());
+    assert!(
+        twice.is_empty(),
+        "handled twice: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(seen.len(), DIRS * FILES);
+    host.stop_ok();
+}
