@@ -810,3 +810,65 @@ fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
     assert_eq!(seen.len(), DIRS * FILES);
     host.stop_ok();
 }
+
+#[test]
+fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
+    let (redis, mut conn, dir) = fixture();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "clock",
+        "unused",
+        "",
+        "target = \"out\"\nwith_kind = true",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("source = \"stream:unused\"", "source = \"every:1s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= 3));
+    a.kill9();
+    let before = conn.xlen::<_, usize>("out").unwrap();
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= before + 3));
+    b.stop_ok();
+    // No host for a few seconds: the next tick says how many due times went by.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut c = HostProcess::start(&cfg, &redis.url, &dir.path().join("c.log"));
+    let stopped_at = conn.xlen::<_, usize>("out").unwrap();
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        > stopped_at));
+    c.stop_ok();
+    let dues: Vec<u64> = field_values(&mut conn, "out", "due")
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let kinds = field_values(&mut conn, "out", "kind");
+    assert!(kinds.iter().all(|k| k == "tick"), "{kinds:?}");
+    assert_eq!(field_values(&mut conn, "out", "source")[0], "every:1s");
+    // Once per due time, in order, each a whole second; consecutive while a host ran.
+    assert!(dues.windows(2).all(|w| w[1] > w[0]), "{dues:?}");
+    assert!(dues.iter().all(|d| d % 1000 == 0), "{dues:?}");
+    let missed: Vec<u64> = field_values(&mut conn, "out", "missed")
+        .iter()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    for (i, w) in dues.windows(2).enumerate() {
+        assert_eq!(
+            (w[1] - w[0]) / 1000 - 1,
+            missed[i + 1],
+            "{dues:?} {missed:?}"
+        );
+    }
+    assert!(missed[stopped_at] >= 2, "{missed:?}");
+    assert!(missed[..stopped_at].iter().all(|m| *m == 0), "{missed:?}");
+}

@@ -99,7 +99,8 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
             Ok(
                 crate::model::Source::List(_)
                 | crate::model::Source::Channel(_)
-                | crate::model::Source::Scan(_),
+                | crate::model::Source::Scan(_)
+                | crate::model::Source::Every(_),
             ) => Entries::Fed,
             _ => Entries::Source,
         },
@@ -333,6 +334,17 @@ impl Assembly {
                 run,
             ))));
         }
+        // A timer's ticker: every host running the job calls at each due time; the tick is
+        // appended once.
+        if let Ok(crate::model::Source::Every(period)) = spec.source() {
+            beside.push(Beside::aborted(tokio::spawn(keep_ticking(
+                conn.clone(),
+                self.keys.clone(),
+                spec.name.clone(),
+                spec.source.clone(),
+                period,
+            ))));
+        }
         // A channel's subscriber (on one host of the fleet at a time): lets its lease go at
         // the job's stop, so that another host subscribes at once.
         if let Ok(crate::model::Source::Channel(channel)) = spec.source() {
@@ -525,6 +537,34 @@ async fn run_job(
         }
     }
     (name, result)
+}
+
+/// Call a timer job's due times until aborted with the job: at each multiple of `period`
+/// (and once at the start, which records where the job starts).
+async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, period: Duration) {
+    use crate::store::timer;
+    let mut failing = false;
+    loop {
+        let due = timer::due_at(crate::model::now_ms(), period);
+        match timer::fire(&mut conn, &keys, &job, &source, due, period).await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(job = %job, "appending the timer's tick failed (tried again at the next one): {e}");
+            }
+            Err(_) => {}
+        }
+        // Until the next due time (a little after, so the clock has passed it), but look
+        // again within a second while Redis fails.
+        let next = due + period.as_millis() as u64 + 5;
+        let wait = Duration::from_millis(next.saturating_sub(crate::model::now_ms()));
+        tokio::time::sleep(if failing {
+            wait.min(Duration::from_secs(1))
+        } else {
+            wait
+        })
+        .await;
+    }
 }
 
 /// A task of a job's beside its runners: trimming, a list's feed, a channel's subscriber,

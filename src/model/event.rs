@@ -23,6 +23,9 @@ pub const KIND_FILE_DELETED: &str = "file-deleted";
 pub const KIND_DIR_CREATED: &str = "dir-created";
 pub const KIND_DIR_DELETED: &str = "dir-deleted";
 
+/// Event kind of a timer job's due time (`every:<period>`).
+pub const KIND_TICK: &str = "tick";
+
 /// The kinds sluice's own feeds write into a job's stream (`sluice:kind`, see
 /// `store::stream::Entries::Fed`): the kind named `name`, if it is one.
 pub fn fed_kind(name: &[u8]) -> Option<&'static str> {
@@ -34,6 +37,7 @@ pub fn fed_kind(name: &[u8]) -> Option<&'static str> {
         KIND_FILE_DELETED,
         KIND_DIR_CREATED,
         KIND_DIR_DELETED,
+        KIND_TICK,
     ]
     .into_iter()
     .find(|k| k.as_bytes() == name)

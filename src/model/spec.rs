@@ -320,6 +320,9 @@ pub enum Source<'a> {
     /// A directory tree, by absolute path: walked once (`finite`) or every
     /// `scan.interval_s`, each change of a file an event (see [`ScanOptions`]).
     Scan(&'a str),
+    /// A timer: a `tick` event once per period (`every:30s`), at the multiples of the
+    /// period since the epoch, exactly once per due time across the fleet.
+    Every(std::time::Duration),
 }
 
 impl<'a> Source<'a> {
@@ -330,10 +333,23 @@ impl<'a> Source<'a> {
             Some(("list", key)) if !key.is_empty() => Ok(Source::List(key)),
             Some(("channel", name)) if !name.is_empty() => Ok(Source::Channel(name)),
             Some(("scan", path)) if path.starts_with('/') => Ok(Source::Scan(path)),
+            Some(("every", period)) => match humantime::parse_duration(period) {
+                Ok(p)
+                    if p >= std::time::Duration::from_secs(1)
+                        && p <= std::time::Duration::from_secs(366 * 86_400)
+                        && p.subsec_nanos() == 0 =>
+                {
+                    Ok(Source::Every(p))
+                }
+                _ => Err(format!(
+                    "`every:<period>` takes whole seconds from 1s to 366d (`every:30s`, \
+                     `every:5m`, `every:1h`), got {source:?}"
+                )),
+            },
             _ => Err(format!(
                 "must be `stream:<key>`, `queue:<name>` (name: 1–64 letters, digits, `_`, \
-                 `-`, `.`), `list:<key>`, `channel:<name or pattern>` or `scan:<absolute \
-                 path>`, got {source:?}"
+                 `-`, `.`), `list:<key>`, `channel:<name or pattern>`, `scan:<absolute \
+                 path>` or `every:<period>`, got {source:?}"
             )),
         }
     }
@@ -568,7 +584,7 @@ impl JobSpec {
         }
         if matches!(
             source,
-            Source::List(_) | Source::Channel(_) | Source::Scan(_)
+            Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Every(_)
         ) && j.start == Start::New
         {
             return Err((
@@ -608,10 +624,10 @@ impl JobSpec {
                 }
             }
         }
-        if matches!(source, Source::Channel(_)) && j.finite {
+        if matches!(source, Source::Channel(_) | Source::Every(_)) && j.finite {
             return Err((
                 at("finite"),
-                "a channel never runs dry: a channel job cannot be finite".into(),
+                "a channel or a timer never runs dry: such a job cannot be finite".into(),
             ));
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
@@ -717,7 +733,7 @@ impl JobSpec {
         self.retention == Retention::Acked
             || matches!(
                 self.source(),
-                Ok(Source::List(_) | Source::Channel(_) | Source::Scan(_))
+                Ok(Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Every(_))
             )
     }
 
@@ -872,6 +888,28 @@ mod tests {
             [FileType::Link, FileType::Socket]
         );
         assert_eq!(parsed.scan.files_per_task, 200);
+        // A timer: whole seconds, never finite.
+        let mut t = JobSpec::new("j", "every:30s", "p");
+        assert_eq!(
+            t.source(),
+            Ok(Source::Every(std::time::Duration::from_secs(30)))
+        );
+        assert!(t.validate().is_ok() && t.trims_source());
+        t.finite = true;
+        assert_eq!(t.validate().unwrap_err().0, "finite");
+        for bad in [
+            "every:",
+            "every:500ms",
+            "every:1.5s",
+            "every:400d",
+            "every:soon",
+        ] {
+            assert!(JobSpec::new("j", bad, "p").source().is_err(), "{bad}");
+        }
+        assert_eq!(
+            JobSpec::new("j", "every:1h 30m", "p").source(),
+            Ok(Source::Every(std::time::Duration::from_secs(5400)))
+        );
         // A channel is no key: sluice's own channels may be listened to.
         let own = JobSpec::new("j", "channel:sluice:events:x", "p");
         assert!(own.check_source_outside("sluice").is_ok());

@@ -171,9 +171,12 @@ pub async fn purge(
     let pattern = format!("{}:*", glob_escape(&job_key));
     // The job's keys share its hash tag: on a cluster, they are all on its slot's master.
     doomed.extend(conn.scan_node_of(&job_key, &pattern).await?);
-    // A scan's or a channel's stream is the job's own (a list's is shared by the jobs on
-    // the list): it goes with the job, and so do its walk tasks, change cache and lease.
-    if source == keys.scan_stream(name) || source == keys.channel_stream(name) {
+    // A scan's, a channel's or a timer's stream is the job's own (a list's is shared by the
+    // jobs on the list): it goes with the job, and so do its walk tasks, cache and lease.
+    if source == keys.scan_stream(name)
+        || source == keys.channel_stream(name)
+        || source == keys.timer_stream(name)
+    {
         doomed.push(source.clone());
         let own = format!("{}:*", glob_escape(&source));
         doomed.extend(conn.scan_node_of(&source, &own).await?);

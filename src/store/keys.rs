@@ -234,6 +234,11 @@ impl Keys {
         format!("{}:scan:{{{job}}}", self.prefix)
     }
 
+    /// A timer job's stream: its `tick` events, one per due time.
+    pub fn timer_stream(&self, job: &str) -> String {
+        format!("{}:timer:{{{job}}}", self.prefix)
+    }
+
     /// A scan job's walk: one entry per directory (or batch of a large directory's files)
     /// still to be looked at in the current pass, read by the job's walkers through its
     /// group; a task leaves it once done.
@@ -293,6 +298,7 @@ impl Keys {
             Ok(Source::List(key)) => self.list_stream(key),
             Ok(Source::Channel(_)) => self.channel_stream(&spec.name),
             Ok(Source::Scan(_)) => self.scan_stream(&spec.name),
+            Ok(Source::Every(_)) => self.timer_stream(&spec.name),
             // Specs are validated before they are run; an invalid one reads nothing real.
             Err(_) => String::new(),
         }

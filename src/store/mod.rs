@@ -26,6 +26,7 @@ pub mod scan;
 pub mod scripts;
 pub mod state;
 pub mod stream;
+pub mod timer;
 
 pub use connect::{Conn, Endpoint, redact_url};
 pub use keys::Keys;

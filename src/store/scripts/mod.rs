@@ -60,4 +60,6 @@ scripts! {
     SCAN_PASS = "scan_pass.lua";
     /// Finishes one walk task of a scan job: events, new tasks, counters, in one step.
     SCAN_STEP = "scan_step.lua";
+    /// Appends a timer job's tick, once per due time across the fleet.
+    TIMER_FIRE = "timer_fire.lua";
 }
