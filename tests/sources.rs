@@ -22,15 +22,23 @@ fn list_config(
     job_extra: &str,
     config: &str,
 ) -> PathBuf {
-    let path = write_config(dir, plugin, job, list, job_extra, config);
+    source_config(dir, plugin, job, &format!("list:{list}"), job_extra, config)
+}
+
+/// A config for one job of `plugin` reading `source` (any kind), written in `dir`.
+fn source_config(
+    dir: &Path,
+    plugin: &str,
+    job: &str,
+    source: &str,
+    job_extra: &str,
+    config: &str,
+) -> PathBuf {
+    let path = write_config(dir, plugin, job, "unused", job_extra, config);
     let text = std::fs::read_to_string(&path).unwrap();
-    let from = format!("source = \"stream:{list}\"");
-    assert!(text.contains(&from));
-    std::fs::write(
-        &path,
-        text.replace(&from, &format!("source = \"list:{list}\"")),
-    )
-    .unwrap();
+    let from = "source = \"stream:unused\"";
+    assert!(text.contains(from));
+    std::fs::write(&path, text.replace(from, &format!("source = {source:?}"))).unwrap();
     path
 }
 
@@ -345,17 +353,15 @@ fn subscriber(url: &str, job: &str) -> Option<String> {
 #[test]
 fn one_host_of_a_fleet_subscribes_and_each_message_is_handled_once_even_when_it_dies() {
     let (redis, mut conn, dir) = fixture();
-    let cfg = write_config(
+    let cfg = source_config(
         dir.path(),
         "echo",
         "news",
-        "unused",
+        "channel:news",
         "claim_idle_ms = 1000",
         "target = \"out\"",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("source = \"stream:unused\"", "source = \"channel:news\"");
+    let text = std::fs::read_to_string(&cfg).unwrap();
     let pattern = "\n[[job]]\nname = \"all\"\nsource = \"channel:news.*\"\nplugin = \"echo\"\nblock_ms = 100\n[job.config]\ntarget = \"all-out\"\n";
     std::fs::write(&cfg, format!("{text}{pattern}")).unwrap();
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
@@ -442,20 +448,14 @@ fn a_is(consumer: &str, host: &HostProcess) -> bool {
 /// A config for scan job `job` over `root` with echo (kinds and sources on), plus `extra`
 /// lines in the job (before its `[job.config]`).
 fn scan_config(dir: &Path, job: &str, root: &Path, extra: &str) -> PathBuf {
-    let path = write_config(
+    source_config(
         dir,
         "echo",
         job,
-        "unused",
+        &format!("scan:{}", root.display()),
         extra,
         "target = \"out\"\nwith_kind = true\nlifecycle_target = \"life\"",
-    );
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "source = \"stream:unused\"",
-        &format!("source = \"scan:{}\"", root.display()),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    )
 }
 
 /// (kind, path) of each entry of `out`, in order.
@@ -814,18 +814,14 @@ fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
 #[test]
 fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
     let (redis, mut conn, dir) = fixture();
-    let cfg = write_config(
+    let cfg = source_config(
         dir.path(),
         "echo",
         "clock",
-        "unused",
+        "every:1s",
         "",
         "target = \"out\"\nwith_kind = true",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("source = \"stream:unused\"", "source = \"every:1s\"");
-    std::fs::write(&cfg, text).unwrap();
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
     let mut b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
     assert!(wait_until(Duration::from_secs(30), || conn

@@ -1,5 +1,5 @@
-//! chaos: a test fixture steered by the event's `action` field (else by its `payload`, so
-//! that a list item or a channel message, whose one field is `payload`, can steer it too).
+//! chaos: a test fixture steered by the event's `action` field (else, for a list item or a
+//! channel message, whose one field is `payload`, by that payload).
 //!
 //! - `ok` (or no `action`): ack, no effects;
 //! - `emit`: emit the fields to config `target` (default source + `:out`), ack; with a
@@ -77,7 +77,13 @@ impl Guest for Chaos {
                 std::hint::spin_loop();
             }
         }
-        let action = field(&event, "action").or_else(|| field(&event, "payload"));
+        // A list item's or a channel message's one field is its payload: that steers it. A
+        // stream entry's `payload` is data (the bench's entries carry one).
+        let action = field(&event, "action").or_else(|| {
+            (event.kind != "stream-entry")
+                .then(|| field(&event, "payload"))
+                .flatten()
+        });
         match action.unwrap_or(b"ok") {
             b"ok" => Ok(Disposition::Ack),
             b"emit" => {
