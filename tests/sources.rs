@@ -813,12 +813,24 @@ fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
 
 #[test]
 fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
+    ticks_once_per_due_time("every:1s", 1000);
+}
+
+#[test]
+fn a_cron_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
+    // Seconds first: every second second, in UTC.
+    ticks_once_per_due_time("cron:\"*/2 * * * * *\"", 2000);
+}
+
+/// Two hosts run a timer, one is killed, then none runs it for a while: a tick per due time,
+/// in order, and the first tick after the gap counts the due times that went by.
+fn ticks_once_per_due_time(source: &str, period_ms: u64) {
     let (redis, mut conn, dir) = fixture();
     let cfg = source_config(
         dir.path(),
         "echo",
         "clock",
-        "every:1s",
+        source,
         "",
         "target = \"out\"\nwith_kind = true",
     );
@@ -835,8 +847,8 @@ fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
         .unwrap()
         >= before + 3));
     b.stop_ok();
-    // No host for a few seconds: the next tick says how many due times went by.
-    std::thread::sleep(Duration::from_millis(3500));
+    // No host for a few due times: the next tick says how many went by.
+    std::thread::sleep(Duration::from_millis(3 * period_ms + period_ms / 2));
     let mut c = HostProcess::start(&cfg, &redis.url, &dir.path().join("c.log"));
     let stopped_at = conn.xlen::<_, usize>("out").unwrap();
     assert!(wait_until(Duration::from_secs(30), || conn
@@ -850,17 +862,17 @@ fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
         .collect();
     let kinds = field_values(&mut conn, "out", "kind");
     assert!(kinds.iter().all(|k| k == "tick"), "{kinds:?}");
-    assert_eq!(field_values(&mut conn, "out", "source")[0], "every:1s");
-    // Once per due time, in order, each a whole second; consecutive while a host ran.
+    assert_eq!(field_values(&mut conn, "out", "source")[0], source);
+    // Once per due time, in order, each on the period; consecutive while a host ran.
     assert!(dues.windows(2).all(|w| w[1] > w[0]), "{dues:?}");
-    assert!(dues.iter().all(|d| d % 1000 == 0), "{dues:?}");
+    assert!(dues.iter().all(|d| d % period_ms == 0), "{dues:?}");
     let missed: Vec<u64> = field_values(&mut conn, "out", "missed")
         .iter()
         .map(|m| m.parse().unwrap())
         .collect();
     for (i, w) in dues.windows(2).enumerate() {
         assert_eq!(
-            (w[1] - w[0]) / 1000 - 1,
+            (w[1] - w[0]) / period_ms - 1,
             missed[i + 1],
             "{dues:?} {missed:?}"
         );

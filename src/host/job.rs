@@ -22,6 +22,7 @@ use crate::runtime::{GuestContext, Limits, LoadedPlugin, PluginHandler};
 use crate::store::lifecycle::{self, Gate};
 use crate::store::state::RedisState;
 use crate::store::stream::{self, Entries, StreamJob};
+use crate::store::timer::Timer;
 use crate::store::{Endpoint, Keys, StoreError};
 
 /// The runtime limits of a job's plugin instances; `prefix` is the host's key prefix, whose
@@ -100,7 +101,7 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
                 crate::model::Source::List(_)
                 | crate::model::Source::Channel(_)
                 | crate::model::Source::Scan(_)
-                | crate::model::Source::Every(_),
+                | crate::model::Source::Timer(_),
             ) => Entries::Fed,
             _ => Entries::Source,
         },
@@ -336,13 +337,14 @@ impl Assembly {
         }
         // A timer's ticker: every host running the job calls at each due time; the tick is
         // appended once.
-        if let Ok(crate::model::Source::Every(period)) = spec.source() {
+        if let Ok(crate::model::Source::Timer(schedule)) = spec.source() {
+            let timer = Timer::new(schedule).map_err(Failure::Refused)?;
             beside.push(Beside::aborted(tokio::spawn(keep_ticking(
                 conn.clone(),
                 self.keys.clone(),
                 spec.name.clone(),
                 spec.source.clone(),
-                period,
+                timer,
             ))));
         }
         // A channel's subscriber (on one host of the fleet at a time): lets its lease go at
@@ -541,27 +543,34 @@ async fn run_job(
 
 /// Call a timer job's due times until aborted with the job: at each multiple of `period`
 /// (and once at the start, which records where the job starts).
-async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, period: Duration) {
+async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, timer: Timer) {
     use crate::store::timer;
     let mut failing = false;
     loop {
-        let due = timer::due_at(crate::model::now_ms(), period);
-        match timer::fire(&mut conn, &keys, &job, &source, due, period).await {
-            Ok(_) => failing = false,
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(job = %job, "appending the timer's tick failed (tried again at the next one): {e}");
+        let now = crate::model::now_ms();
+        let Some(due) = timer.due_at(now).or_else(|| timer.next_after(now)) else {
+            tracing::warn!(job = %job, "the timer has no due time left: it ticks no more");
+            return;
+        };
+        if due <= now {
+            match timer::fire(&mut conn, &keys, &job, &source, due, &timer).await {
+                Ok(_) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(job = %job, "appending the timer's tick failed (tried again at the next one): {e}");
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
         // Until the next due time (a little after, so the clock has passed it), but look
-        // again within a second while Redis fails.
-        let next = due + period.as_millis() as u64 + 5;
-        let wait = Duration::from_millis(next.saturating_sub(crate::model::now_ms()));
+        // again within a second while Redis fails, and at least once a day.
+        let wait = timer
+            .next_after(due)
+            .map_or(Duration::from_secs(86_400), |next| timer::until(next + 5));
         tokio::time::sleep(if failing {
             wait.min(Duration::from_secs(1))
         } else {
-            wait
+            wait.min(Duration::from_secs(86_400))
         })
         .await;
     }

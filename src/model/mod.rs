@@ -17,7 +17,7 @@ pub use event::*;
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{
     AppendFsync, FileType, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, ScanOptions,
-    Source, Start, check_name, hash_tag, scan_regex,
+    Schedule, Source, Start, check_name, hash_tag, scan_regex,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -320,9 +320,31 @@ pub enum Source<'a> {
     /// A directory tree, by absolute path: walked once (`finite`) or every
     /// `scan.interval_s`, each change of a file an event (see [`ScanOptions`]).
     Scan(&'a str),
-    /// A timer: a `tick` event once per period (`every:30s`), at the multiples of the
-    /// period since the epoch, exactly once per due time across the fleet.
+    /// A timer: a `tick` event once per due time, exactly once across the fleet.
+    Timer(Schedule<'a>),
+}
+
+/// When a timer job is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule<'a> {
+    /// Every period (`every:30s`): at the multiples of the period since the epoch.
     Every(std::time::Duration),
+    /// A cron expression (`cron:*/5 * * * *`), in UTC: five fields (minute granularity) or
+    /// six (seconds first), parsed by `croner` (POSIX/Vixie, with `L`, `W`, `#` and `@hourly`
+    /// style nicknames).
+    Cron(&'a str),
+}
+
+impl Schedule<'_> {
+    /// The cron expression parsed (`croner`), or why it is not one. The parse is cheap, and
+    /// done once per run of a timer.
+    pub fn cron(expr: &str) -> Result<croner::Cron, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("not a cron expression ({e})"))
+    }
 }
 
 impl<'a> Source<'a> {
@@ -339,17 +361,35 @@ impl<'a> Source<'a> {
                         && p <= std::time::Duration::from_secs(366 * 86_400)
                         && p.subsec_nanos() == 0 =>
                 {
-                    Ok(Source::Every(p))
+                    Ok(p)
                 }
                 _ => Err(format!(
                     "`every:<period>` takes whole seconds from 1s to 366d (`every:30s`, \
                      `every:5m`, `every:1h`), got {source:?}"
                 )),
-            },
+            }
+            .map(|p| Source::Timer(Schedule::Every(p))),
+            Some(("cron", expr)) => {
+                // `cron:"*/5 * * * *"` as the issue and shells write it, or bare.
+                let expr = expr
+                    .strip_prefix('"')
+                    .and_then(|e| e.strip_suffix('"'))
+                    .unwrap_or(expr)
+                    .trim();
+                Schedule::cron(expr)
+                    .map(|_| Source::Timer(Schedule::Cron(expr)))
+                    .map_err(|e| {
+                        format!(
+                            "`cron:<expression>` takes five fields (minute hour day-of-month \
+                             month day-of-week) or six (seconds first), in UTC, e.g. `cron:*/5 \
+                             * * * *`; {source:?} is {e}"
+                        )
+                    })
+            }
             _ => Err(format!(
                 "must be `stream:<key>`, `queue:<name>` (name: 1–64 letters, digits, `_`, \
                  `-`, `.`), `list:<key>`, `channel:<name or pattern>`, `scan:<absolute \
-                 path>` or `every:<period>`, got {source:?}"
+                 path>`, `every:<period>` or `cron:<expression>`, got {source:?}"
             )),
         }
     }
@@ -584,7 +624,7 @@ impl JobSpec {
         }
         if matches!(
             source,
-            Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Every(_)
+            Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Timer(_)
         ) && j.start == Start::New
         {
             return Err((
@@ -624,7 +664,7 @@ impl JobSpec {
                 }
             }
         }
-        if matches!(source, Source::Channel(_) | Source::Every(_)) && j.finite {
+        if matches!(source, Source::Channel(_) | Source::Timer(_)) && j.finite {
             return Err((
                 at("finite"),
                 "a channel or a timer never runs dry: such a job cannot be finite".into(),
@@ -733,7 +773,7 @@ impl JobSpec {
         self.retention == Retention::Acked
             || matches!(
                 self.source(),
-                Ok(Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Every(_))
+                Ok(Source::List(_) | Source::Channel(_) | Source::Scan(_) | Source::Timer(_))
             )
     }
 
@@ -892,7 +932,9 @@ mod tests {
         let mut t = JobSpec::new("j", "every:30s", "p");
         assert_eq!(
             t.source(),
-            Ok(Source::Every(std::time::Duration::from_secs(30)))
+            Ok(Source::Timer(Schedule::Every(
+                std::time::Duration::from_secs(30)
+            )))
         );
         assert!(t.validate().is_ok() && t.trims_source());
         t.finite = true;
@@ -908,8 +950,28 @@ mod tests {
         }
         assert_eq!(
             JobSpec::new("j", "every:1h 30m", "p").source(),
-            Ok(Source::Every(std::time::Duration::from_secs(5400)))
+            Ok(Source::Timer(Schedule::Every(
+                std::time::Duration::from_secs(5400)
+            )))
         );
+        // A cron expression: five or six fields, quoted or not; never finite.
+        for (src, expr) in [
+            ("cron:*/5 * * * *", "*/5 * * * *"),
+            ("cron:\"*/2 * * * * *\"", "*/2 * * * * *"),
+            ("cron:@hourly", "@hourly"),
+        ] {
+            assert_eq!(
+                JobSpec::new("j", src, "p").source(),
+                Ok(Source::Timer(Schedule::Cron(expr)))
+            );
+        }
+        for bad in ["cron:", "cron:* * *", "cron:61 * * * *", "cron:\"soon\""] {
+            let e = JobSpec::new("j", bad, "p").source().unwrap_err();
+            assert!(e.contains("five fields"), "{bad}: {e}");
+        }
+        let mut c = JobSpec::new("j", "cron:0 * * * *", "p");
+        c.finite = true;
+        assert_eq!(c.validate().unwrap_err().0, "finite");
         // A channel is no key: sluice's own channels may be listened to.
         let own = JobSpec::new("j", "channel:sluice:events:x", "p");
         assert!(own.check_source_outside("sluice").is_ok());

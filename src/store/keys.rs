@@ -298,7 +298,7 @@ impl Keys {
             Ok(Source::List(key)) => self.list_stream(key),
             Ok(Source::Channel(_)) => self.channel_stream(&spec.name),
             Ok(Source::Scan(_)) => self.scan_stream(&spec.name),
-            Ok(Source::Every(_)) => self.timer_stream(&spec.name),
+            Ok(Source::Timer(_)) => self.timer_stream(&spec.name),
             // Specs are validated before they are run; an invalid one reads nothing real.
             Err(_) => String::new(),
         }

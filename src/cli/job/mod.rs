@@ -27,7 +27,8 @@ pub enum JobCommand {
     /// options given. Refused while the job is running
     Start {
         name: String,
-        /// The input: stream:KEY or queue:NAME
+        /// The input: stream:KEY, queue:NAME, list:KEY, channel:NAME, scan:PATH, every:PERIOD
+        /// or cron:EXPR (UTC, e.g. 'cron:*/5 * * * *')
         #[arg(long)]
         source: Option<String>,
         /// The plugin (loaded with `plugin load`)
