@@ -52,6 +52,7 @@ fn event(id: &str, fields: &[(&str, &str)]) -> Event {
         delivery_count: 1,
         job: Arc::from("job"),
         settle: None,
+        duplicate: false,
     }
 }
 

@@ -108,6 +108,7 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
         run,
         wait_replicas: spec.wait_replicas,
         wait_timeout_ms: spec.wait_timeout_ms,
+        flow: spec.flow.clone(),
         ..StreamJob::new(keys, &spec.name, &spec.plugin, &stream, consumer)
     }
 }

@@ -79,6 +79,9 @@ pub struct Event {
     pub job: Arc<str>,
     /// What its acknowledgement writes besides the plugin's effects (fed events only).
     pub settle: Option<Box<Settle>>,
+    /// Its idempotency key (`flow.dedupe_by`) was found committed when it was read: it is
+    /// acknowledged as a duplicate without running the plugin (the commit checks again).
+    pub duplicate: bool,
 }
 
 impl Event {

@@ -9,11 +9,13 @@
 
 pub mod connection;
 pub mod event;
+pub mod flow;
 pub mod policy;
 pub mod spec;
 
 pub use connection::Connection;
 pub use event::*;
+pub use flow::{BreakerOptions, FlowOptions, Rate};
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{
     AppendFsync, FileType, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, ScanOptions,

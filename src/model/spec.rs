@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::{BreakerOptions, FlowOptions};
 use super::policy::DeliveryPolicy;
 
 /// Longest delay of an enqueued task (a plugin's `enqueue`, `sluice enqueue`): 30 days.
@@ -122,6 +123,12 @@ pub struct JobSpec {
     /// For a `scan:PATH` source: how the tree is walked (`[job.scan]`).
     #[serde(default)]
     pub scan: ScanOptions,
+    /// Idempotency keys, per-key ordering, rate limits (`[job.flow]`).
+    #[serde(default, skip_serializing_if = "FlowOptions::is_off")]
+    pub flow: FlowOptions,
+    /// The circuit breaker (`[job.breaker]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerOptions>,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -568,6 +575,8 @@ impl JobSpec {
             retention_every_ms: default_retention_every_ms(),
             list_pop: ListEnd::default(),
             scan: ScanOptions::default(),
+            flow: FlowOptions::default(),
+            breaker: None,
             finite: false,
             config: BTreeMap::new(),
         }
@@ -669,6 +678,10 @@ impl JobSpec {
                 at("finite"),
                 "a channel or a timer never runs dry: such a job cannot be finite".into(),
             ));
+        }
+        j.flow.validate().map_err(|(f, m)| (at(f), m))?;
+        if let Some(b) = &j.breaker {
+            b.validate().map_err(|(f, m)| (at(f), m))?;
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;

@@ -179,6 +179,17 @@ pub(super) async fn commit_stage(
                 }
             };
             add(&mut committed, &c);
+            // A plugin that answered `retry(after)` (a 429 downstream) slows its event's key.
+            let slowed = slowed(
+                committer.job(),
+                &events[range.clone()],
+                &outcomes[range.clone()],
+            );
+            if !slowed.is_empty()
+                && let Err(e) = committer.slow(slowed).await
+            {
+                tracing::debug!(job = &*job, "slowing keys after retry(after) failed: {e}");
+            }
             if source {
                 crate::metrics::committed(
                     &job,
@@ -234,6 +245,34 @@ pub(super) async fn commit_stage(
 }
 
 /// Add what a commit did to a total.
+/// The keys of `flow.key_rate_limit` to slow down: those of events whose plugin answered
+/// `retry(after)`, each until its `after`.
+fn slowed(
+    job: &crate::store::stream::StreamJob,
+    events: &[Event],
+    outcomes: &[Outcome],
+) -> Vec<crate::store::stream::Take> {
+    let Some((field, rate)) = job.flow.key_rate() else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(e, o)| match o {
+            Outcome::Handled {
+                disposition: crate::model::Disposition::Retry(Some(after)),
+                ..
+            } if *after > 0 => Some(crate::store::stream::Take {
+                key: job.flow_key("rate", Some(&field), e)?,
+                rate,
+                units: 0,
+                not_before_ms: u64::from(*after),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn add(total: &mut Committed, c: &Committed) {
     total.acked += c.acked;
     total.skipped += c.skipped;
@@ -241,6 +280,7 @@ fn add(total: &mut Committed, c: &Committed) {
     total.failed += c.failed;
     total.dead += c.dead;
     total.stale += c.stale;
+    total.duplicates += c.duplicates;
 }
 
 /// Committed events: no longer in flight here, and told to the observer.
@@ -415,6 +455,7 @@ mod tests {
             delivery_count: 1,
             job: "j".into(),
             settle: None,
+            duplicate: false,
         }
     }
 

@@ -110,6 +110,12 @@ fn handle_batch(
     delivery: &DeliveryPolicy,
 ) -> Vec<Outcome> {
     let refusal = |e: &Event| -> Option<Outcome> {
+        if e.duplicate {
+            return Some(Outcome::Handled {
+                disposition: crate::model::Disposition::Skip,
+                effects: Vec::new(),
+            });
+        }
         let bytes = e.size();
         if bytes > delivery.max_entry_bytes {
             return Some(Outcome::failed(

@@ -18,6 +18,7 @@
 //! the host's grace period runs out, in which case the batch stays pending in Redis.
 
 mod commit;
+mod flow;
 mod handle;
 mod read;
 
@@ -172,12 +173,14 @@ impl JobRunner {
             in_flight.clone(),
             self.policy.claim_idle_ms,
         ));
+        let flow = flow::Flow::new(self.committer.gatekeeper());
         let reader = tokio::spawn(read_stage(
             self.reader,
             self.policy,
             stop,
             read_tx,
             in_flight.clone(),
+            flow,
         ));
         let handler = tokio::spawn(handle_stage(
             self.handler,
@@ -275,6 +278,7 @@ mod tests {
             delivery_count: 1,
             job: "j".into(),
             settle: None,
+            duplicate: false,
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::flow::Flow;
 use super::{InFlight, RETRY_POLL, Read, ReadPolicy, redis_backoff};
 use crate::model::Event;
 use crate::store::StoreError;
@@ -74,12 +75,17 @@ impl ReadSize {
     }
 }
 
+/// Most entries the gate holds back (behind their key, or their key's rate) per entry of a
+/// batch: past that, no new entries are read until some go.
+const HELD_PER_BATCH: usize = 10;
+
 pub(super) async fn read_stage(
     mut reader: StreamReader,
     policy: ReadPolicy,
     mut stop: watch::Receiver<bool>,
     out: mpsc::Sender<Read>,
     in_flight: InFlight,
+    mut flow: Option<Flow>,
 ) {
     let job = reader.job().job.clone();
     let mut backoff = redis_backoff();
@@ -94,12 +100,30 @@ pub(super) async fn read_stage(
     };
     let mut size = ReadSize::new(policy.batch);
     while !*stop.borrow() {
+        let mut wake = None;
+        let mut fresh = true;
+        let mut count = size.count();
+        if let Some(flow) = flow.as_mut() {
+            let events = flow.release().await;
+            if !events.is_empty() {
+                let at = Instant::now();
+                if out.send(Read { events, at }).await.is_err() {
+                    return;
+                }
+            }
+            wake = flow.next_wake();
+            count = flow.read_count(count);
+            // Full: no new entries until held ones go (due retries and takeovers still
+            // come: what is held may wait for entries a dead host left).
+            fresh = flow.held() < HELD_PER_BATCH * policy.batch.max(100);
+        }
         let step = read_step(
             &mut reader,
             &policy,
-            size.count(),
+            count,
             &mut schedule,
             &in_flight,
+            (wake, fresh),
         )
         .await;
         match step {
@@ -113,6 +137,17 @@ pub(super) async fn read_stage(
                     size.observe(events);
                 }
                 for events in batches {
+                    let events = match flow.as_mut() {
+                        Some(flow) if !events.is_empty() => {
+                            let (events, wait) = flow.admit(events).await;
+                            // The job's rate: the read's last unit is due then.
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            events
+                        }
+                        _ => events,
+                    };
                     if !events.is_empty() && out.send(Read { events, at }).await.is_err() {
                         // The handler stage is gone (it panicked): these stay pending.
                         return;
@@ -125,6 +160,10 @@ pub(super) async fn read_stage(
                 let _ = tokio::time::timeout(delay, stop.changed()).await;
             }
         }
+    }
+    // Entries held back are not this runner's to finish: any host takes them over at once.
+    if let Some(flow) = flow {
+        flow.let_go(&in_flight, policy.claim_idle_ms).await;
     }
 }
 
@@ -146,6 +185,7 @@ async fn read_step(
     count: usize,
     schedule: &mut Schedule,
     in_flight: &InFlight,
+    (wake, fresh): (Option<Instant>, bool),
 ) -> Result<Vec<Vec<Event>>, StoreError> {
     let Schedule {
         next_retry_check,
@@ -197,9 +237,14 @@ async fn read_step(
     if batches.iter().all(Vec::is_empty) {
         let wait = (*next_retry_check)
             .min(*next_reclaim)
+            .min(wake.unwrap_or(*next_reclaim))
             .saturating_duration_since(Instant::now());
         let block = (wait.as_millis() as u64).clamp(1, policy.block_ms);
-        batches.push(reader.read(count, block).await?);
+        if fresh {
+            batches.push(reader.read(count, block).await?);
+        } else {
+            tokio::time::sleep(Duration::from_millis(block)).await;
+        }
     }
     Ok(batches)
 }
@@ -218,6 +263,7 @@ mod tests {
                 delivery_count: 1,
                 job: "j".into(),
                 settle: None,
+                duplicate: false,
             })
             .collect()
     }

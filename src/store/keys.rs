@@ -15,6 +15,9 @@
 //! | `<prefix>:{<tag>}:job:<job>:lifecycle` | stream | `lifecycle` | lifecycle events `{kind, run}` (`job-started`, `job-finished`), read through the job's group before (after) its source; `…:lifecycle:retry`, `…:lifecycle:counters` and `…:lifecycle:event:<id>` are its retries, counters and status records |
 //! | `<prefix>:{<tag>}:job:<job>:kv:<key>` | string | `commit.lua` | the plugin's key-value store |
 //! | `<prefix>:{<tag>}:job:<job>:counter:<name>` | string (integer) | `commit.lua` | the plugin's counters |
+//! | `<prefix>:{<tag>}:job:<job>:dedupe:<value>` | string, with a TTL | `commit.lua` | `flow.dedupe_by`: a committed idempotency key (value: the first event's id), kept `flow.dedupe_ttl_s` |
+//! | `<prefix>:{<tag>}:job:<job>:order:<value>` | list | `order_read.lua`, `order_heads.lua`, `commit.lua` | `flow.order_by`: the ids of the key's entries delivered and not done, in stream order; only the first is handled |
+//! | `<prefix>:{<tag>}:job:<job>:rate`, `…:rate:<value>` | string, with a TTL | `rate_take.lua` | `flow.rate_limit`, `flow.key_rate_limit`: the theoretical arrival time (µs, Redis's clock) of the job's (the key's) next event, GCRA |
 //! | `<prefix>:{<tag>}:job:<job>:window:<name>` | sorted set | `commit.lua` | the plugin's windows: id → time (ms); entries older than a day are dropped |
 //! | `<prefix>:{<tag>}:retention:<stream>` | string, with a TTL | `retention.lua` | the consumer that last trimmed the stream (`retention = "acked"`); others skip it until the TTL ends |
 //! | `<prefix>:{<tag>}:held:<stream>` | sorted set | `commit.lua`, `dlq` | `<group>/<id>` → ms of `id`: source entries whose dead letter holds no copy of their fields (oversized, or too many fields to copy); retention keeps them until the dead letter is replayed or purged |
@@ -42,6 +45,18 @@
 //! - consumer name of a host: `[host] consumer`, else `<hostname>-<pid>`.
 
 use crate::model::{JobSpec, Source, hash_tag};
+
+/// Bytes as a part of a key, one-to-one: a value that is not UTF-8 has its other bytes and
+/// `%` percent-encoded (`x%FF`); a UTF-8 one has only its `%` encoded (`100%25`).
+pub fn key_part(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.replace('%', "%25"),
+        Err(_) => {
+            const OTHER: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+            percent_encoding::percent_encode(bytes, OTHER).to_string()
+        }
+    }
+}
 
 /// Builds keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,14 +267,7 @@ impl Keys {
     /// that is not UTF-8 has its other bytes and `%` percent-encoded (`x%FF`); a UTF-8 one
     /// has only its `%` encoded (`100%25`): two directories never share a cache.
     pub fn scan_seen(&self, job: &str, dir: &[u8]) -> String {
-        let dir = match std::str::from_utf8(dir) {
-            Ok(text) => text.replace('%', "%25"),
-            Err(_) => {
-                const OTHER: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
-                percent_encoding::percent_encode(dir, OTHER).to_string()
-            }
-        };
-        format!("{}:seen:{dir}", self.scan_stream(job))
+        format!("{}:seen:{}", self.scan_stream(job), key_part(dir))
     }
 
     /// The stream the items of Redis list `key` are moved into for a `list:KEY` job: in the

@@ -70,6 +70,7 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
             delivery_count: e.delivery_count.unwrap_or(1),
             job: job.clone(),
             settle: None,
+            duplicate: false,
         });
     }
     Ok(events)

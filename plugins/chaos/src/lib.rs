@@ -4,13 +4,13 @@
 //! - `ok` (or no `action`): ack, no effects;
 //! - `emit`: emit the fields to config `target` (default source + `:out`), ack; with a
 //!   field `max_len`, trim the target to about that many entries;
-//! - `now`: emit `{now: <host clock ms>}` to the target, ack;
+//! - `now`: emit `{now: <host clock ms>}` and the event's other fields to the target, ack;
 //! - `error`: return a handler error (message from field `message`, default "chaos error");
 //! - `trap`: panic (a trap in the host);
 //! - `loop`: spin forever (stopped by the host's deadline);
 //! - `alloc`: grow memory until stopped (by the host's memory cap);
 //! - `log`: log field `message` at info level, ack;
-//! - `retry`, `dead-letter`, `skip`: answer that disposition;
+//! - `retry` (optional `after_ms`), `dead-letter`, `skip`: answer that disposition;
 //! - `fail-until`: fail until the delivery count reaches field `n`, then ack;
 //! - `kv-set` (fields `key`, `value`, optional `ttl`), `kv-delete` (`key`): write job state;
 //! - `kv-get` (`key`): emit `{value}` (empty if unset) to the target;
@@ -99,7 +99,8 @@ impl Guest for Chaos {
             b"now" => {
                 let target =
                     config_get("target").unwrap_or_else(|| format!("{}:out", event.source));
-                let fields = vec![("now".to_string(), now().to_string().into_bytes())];
+                let mut fields = vec![("now".to_string(), now().to_string().into_bytes())];
+                fields.extend(event.fields.iter().filter(|(k, _)| k != "action").cloned());
                 emit(&target, &fields).map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }
@@ -169,7 +170,9 @@ impl Guest for Chaos {
                     .map_err(|message| HandlerError { message })?;
                 Ok(Disposition::Ack)
             }
-            b"retry" => Ok(Disposition::Retry(None)),
+            b"retry" => Ok(Disposition::Retry(
+                field(&event, "after_ms").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()),
+            )),
             b"dead-letter" => Ok(Disposition::DeadLetter(text(&event, "message", "chaos"))),
             b"skip" => Ok(Disposition::Skip),
             #[cfg(feature = "batch")]

@@ -115,6 +115,36 @@ pub struct JobOptions {
     /// For a scan: let the plugin read the tree (read-only, the root at its own path)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub read: Option<bool>,
+    /// Acknowledge an event whose value of this field was already committed as a duplicate,
+    /// without running the plugin ("": off)
+    #[arg(long, value_name = "FIELD")]
+    pub dedupe_by: Option<String>,
+    /// How long a committed idempotency key is remembered, in seconds
+    #[arg(long)]
+    pub dedupe_ttl_s: Option<u64>,
+    /// Handle events with the same value of this field one at a time, in stream order,
+    /// across the fleet ("": off)
+    #[arg(long, value_name = "FIELD")]
+    pub order_by: Option<String>,
+    /// Most events the job handles across the fleet: 200/s, 1000/m, 36000/h ("": none)
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Most events of one value of --rate-key: 5/s ("": none)
+    #[arg(long, value_name = "RATE")]
+    pub key_rate_limit: Option<String>,
+    /// The field whose values --key-rate-limit counts apart ("": none)
+    #[arg(long, value_name = "FIELD")]
+    pub rate_key: Option<String>,
+    /// Pause the job when more than this percentage of the deliveries over the breaker's
+    /// window failed (0: no breaker)
+    #[arg(long, value_name = "PCT")]
+    pub breaker_failure_pct: Option<u32>,
+    /// The breaker's window, in seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub breaker_window_s: Option<u64>,
+    /// Fewest deliveries in the window before the breaker may trip
+    #[arg(long, value_name = "N")]
+    pub breaker_min_events: Option<u64>,
     /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
     /// turns it off
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -205,6 +235,45 @@ impl JobOptions {
                 format!("invalid job: --list-pop must be `left` or `right`, got {end:?}")
             })?;
         }
+        // An empty value takes the setting away.
+        let text = |v: &String| (!v.is_empty()).then(|| v.clone());
+        let flow = &mut spec.flow;
+        for (field, option) in [
+            (&mut flow.dedupe_by, &self.dedupe_by),
+            (&mut flow.order_by, &self.order_by),
+            (&mut flow.rate_limit, &self.rate_limit),
+            (&mut flow.key_rate_limit, &self.key_rate_limit),
+            (&mut flow.rate_key, &self.rate_key),
+        ] {
+            if let Some(v) = option {
+                *field = text(v);
+            }
+        }
+        if self.dedupe_ttl_s.is_some() {
+            flow.dedupe_ttl_s = self.dedupe_ttl_s;
+        }
+        if let Some(pct) = self.breaker_failure_pct {
+            match pct {
+                0 => spec.breaker = None,
+                pct => {
+                    spec.breaker
+                        .get_or_insert_with(Default::default)
+                        .failure_pct = Some(pct)
+                }
+            }
+        }
+        if self.breaker_window_s.is_some() || self.breaker_min_events.is_some() {
+            let b = spec.breaker.as_mut().context(
+                "invalid job: --breaker-window-s and --breaker-min-events need a breaker \
+                 (--breaker-failure-pct)",
+            )?;
+            if self.breaker_window_s.is_some() {
+                b.window_s = self.breaker_window_s;
+            }
+            if self.breaker_min_events.is_some() {
+                b.min_events = self.breaker_min_events;
+            }
+        }
         for key in &self.unset {
             spec.config.remove(key);
         }
@@ -244,7 +313,22 @@ mod tests {
             .get_arguments()
             .filter_map(|a| a.get_long().map(String::from))
             .collect();
-        let spec = serde_json::to_value(JobSpec::new("j", "stream:s", "p")).unwrap();
+        // Every optional table filled in, so that its fields show.
+        let mut full = JobSpec::new("j", "stream:s", "p");
+        full.flow = crate::model::FlowOptions {
+            dedupe_by: Some("f".into()),
+            dedupe_ttl_s: Some(1),
+            order_by: Some("f".into()),
+            rate_limit: Some("1/s".into()),
+            key_rate_limit: Some("1/s".into()),
+            rate_key: Some("f".into()),
+        };
+        full.breaker = Some(crate::model::BreakerOptions {
+            failure_pct: Some(50),
+            window_s: Some(1),
+            min_events: Some(1),
+        });
+        let spec = serde_json::to_value(full).unwrap();
         for field in spec.as_object().unwrap().keys() {
             let wanted: Vec<String> = match field.as_str() {
                 "name" | "source" | "plugin" => continue,
@@ -255,6 +339,18 @@ mod tests {
                     .unwrap()
                     .keys()
                     .map(|k| k.replace('_', "-"))
+                    .collect(),
+                "flow" => spec["flow"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.replace('_', "-"))
+                    .collect(),
+                "breaker" => spec["breaker"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| format!("breaker-{}", k.replace('_', "-")))
                     .collect(),
                 other => vec![other.replace('_', "-")],
             };

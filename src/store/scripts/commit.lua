@@ -14,7 +14,7 @@
 -- ARGV[8] status record key prefix   ARGV[9] pub/sub channel for finished events
 -- ARGV[10] status record TTL in s of events done on their first delivery (0: none)
 -- ARGV[11] one letter per key from KEYS[7]: its expected type ('s' stream, 't' string,
---          'z' sorted set, 'h' hash)
+--          'z' sorted set, 'h' hash, 'l' list)
 -- ARGV[12] '1' for a job whose plugin reads state: if any event is no longer ours, write
 --          nothing (later events may have read its writes) and reply SLUICE_STALE
 -- ARGV[13] the job run this runner serves ('' for none): if the job hash's `lifecycle_run`
@@ -44,6 +44,12 @@
 --     'Q' key, due (ms), member                                           ZADD (delayed task)
 --     'h' key, field, value     HSET, 'H' key, field     HDEL: a fed event's settling write
 --                                (a scan's change cache), made if it is acked or skipped
+--     'u' key, ttl (s)          the event's idempotency key (`flow.dedupe_by`), always its
+--                               first op: if the event is acked or skipped and the key is
+--                               there, the event is a duplicate (skipped, no effect written,
+--                               counted in `duplicates`); else it is SET (EX ttl) in this step
+--     'o' key                   the list of its key's pending entries (`flow.order_by`): LREM
+--                               of the id once the event is done (not for a retry)
 --   where key is an index into KEYS.
 --
 -- An event is committed only if it is still pending for this consumer with the delivery
@@ -66,7 +72,7 @@ local FIRST = 16 + 4 * n_reads
 if ARGV[13] ~= '' and redis.call('HGET', KEYS[5], 'lifecycle_run') ~= ARGV[13] then
   return redis.error_reply('SLUICE_SUPERSEDED ' .. ARGV[13])
 end
-local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset', h = 'hash'}
+local TYPE_NAMES = {s = 'stream', t = 'string', z = 'zset', h = 'hash', l = 'list'}
 local MAX_ID = '18446744073709551615-18446744073709551615'
 -- Entries older than this leave a window.
 local WINDOW_SPAN_MS = 86400000
@@ -100,7 +106,7 @@ local function may_trim(index)
 end
 
 -- Arguments of one effect after its op, by op ('x' counts its pairs).
-local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3, h = 3, H = 2}
+local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3, h = 3, H = 2, u = 2, o = 1}
 local function past_effects(pos, n)
   for _ = 1, n do
     local op = ARGV[pos]
@@ -217,6 +223,7 @@ for r = 0, n_reads - 1 do
 end
 
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
+local duplicates = 0
 local to_ack, done_ids, dead_ids = {}, {}, {}
 -- The finished events are announced only while someone listens on this server, to the
 -- channel or to a pattern (the list costs a string per event to build).
@@ -233,6 +240,20 @@ while pos <= #ARGV do
   if ours and decision == 'r' and redis.call('ZSCORE', retry, id) then ours = false end
   local write = ours and decision == 'a'
   local settle = ours and (decision == 'a' or decision == 's')
+  if n_effects > 0 and ARGV[pos] == 'u' then
+    local key = KEYS[tonumber(ARGV[pos + 1])]
+    if settle then
+      if redis.call('EXISTS', key) == 1 then
+        -- Its key was committed before: a duplicate, acknowledged without its effects.
+        write, decision = false, 's'
+        duplicates = duplicates + 1
+      else
+        redis.call('SET', key, id, 'EX', ARGV[pos + 2])
+      end
+    end
+    pos = pos + 3
+    n_effects = n_effects - 1
+  end
   for _ = 1, n_effects do
     local op, key = ARGV[pos], KEYS[tonumber(ARGV[pos + 1])]
     if op == 'x' then
@@ -245,6 +266,9 @@ while pos <= #ARGV do
         end
       end
       pos = pos + 4 + 2 * n
+    elseif op == 'o' then
+      if ours and decision ~= 'r' then redis.call('LREM', key, 1, id) end
+      pos = pos + 2
     elseif op == 'h' or op == 'H' then
       if settle then
         if op == 'h' then
@@ -346,7 +370,7 @@ for i = 1, #to_ack, 1000 do
 end
 
 local counters = {received = received, acked = acked, skipped = skipped, retried = retried,
-                  failed = failed, dead = dead}
+                  failed = failed, dead = dead, duplicates = duplicates}
 for name, n in pairs(counters) do
   if n > 0 then redis.call('HINCRBY', job, name, n) end
 end
@@ -354,4 +378,4 @@ if #done_ids > 0 or #dead_ids > 0 then
   redis.call('PUBLISH', channel, '{"done":[' .. table.concat(done_ids, ',') ..
              '],"dead":[' .. table.concat(dead_ids, ',') .. ']}')
 end
-return {acked, skipped, retried, failed, dead, stale}
+return {acked, skipped, retried, failed, dead, stale, duplicates}

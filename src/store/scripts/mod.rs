@@ -62,4 +62,10 @@ scripts! {
     SCAN_STEP = "scan_step.lua";
     /// Appends a timer job's tick, once per due time across the fleet.
     TIMER_FIRE = "timer_fire.lua";
+    /// Reads new entries of an ordered job and lists each under its key, in one step.
+    ORDER_READ = "order_read.lua";
+    /// Tells which entries of an ordered job are first of their key.
+    ORDER_HEADS = "order_heads.lua";
+    /// Takes units of a job's (or a key's) rate limit: how long to wait for them.
+    RATE_TAKE = "rate_take.lua";
 }

@@ -27,6 +27,8 @@ pub struct Committed {
     /// Events no longer pending for this consumer (committed before, or reclaimed):
     /// nothing of them was written.
     pub stale: u64,
+    /// Of the skipped, events whose idempotency key was committed before (`flow.dedupe_by`).
+    pub duplicates: u64,
 }
 
 /// Why a commit wrote nothing.
@@ -183,11 +185,13 @@ impl StreamCommitter {
             }
             // A settling write: a hash of the job's own, never a plugin's target (those are
             // under the job's kv, counter, window namespaces or outside sluice's prefix).
-            if let Some(settle) = settled(&events[i], &decisions[i]) {
+            let settle = settled(&events[i], &decisions[i]).map(|s| (s.key.clone(), 'h'));
+            let flow = flow_keys(j, &events[i]).into_iter().map(|(_, k, t)| (k, t));
+            for (key, kind) in settle.into_iter().chain(flow) {
                 let next = targets.len() + FIRST_TARGET;
-                let entry = targets.entry(settle.key.clone()).or_insert_with_key(|key| {
+                let entry = targets.entry(key).or_insert_with_key(|key| {
                     invocation.key(key.as_str());
-                    key_types.push('h');
+                    key_types.push(kind);
                     (next, Vec::new())
                 });
                 if entry.1.last() != Some(&i) {
@@ -231,6 +235,7 @@ impl StreamCommitter {
             let effects = effects_of(i);
             let failed = matches!(outcome, Outcome::Failed(_));
             let settle = settled(event, decision);
+            let flow = flow_keys(j, event);
             invocation
                 .arg(&event.id)
                 .arg(flag)
@@ -238,7 +243,15 @@ impl StreamCommitter {
                 .arg(event.delivery_count)
                 .arg(due)
                 .arg(text)
-                .arg(effects.len() + usize::from(settle.is_some()));
+                .arg(effects.len() + usize::from(settle.is_some()) + flow.len());
+            // The idempotency key first: it decides whether the rest is written.
+            for (op, key, _) in &flow {
+                let index = targets[key].0;
+                match op {
+                    'u' => invocation.arg("u").arg(index).arg(j.flow.dedupe_ttl_s()),
+                    _ => invocation.arg("o").arg(index),
+                };
+            }
             if let Some(settle) = settle {
                 let index = targets[&settle.key].0;
                 match &settle.value {
@@ -299,7 +312,8 @@ impl StreamCommitter {
                 }
             }
         }
-        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64)> = if j.wait_replicas == 0 {
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, u64)> = if j.wait_replicas == 0
+        {
             invocation.invoke_async(&mut self.conn).await
         } else {
             // The script and its WAIT in one request to the job's server: a connection made
@@ -337,13 +351,14 @@ impl StreamCommitter {
             }
         };
         match reply {
-            Ok((acked, skipped, retried, failed, dead, stale)) => Ok(Ok(Committed {
+            Ok((acked, skipped, retried, failed, dead, stale, duplicates)) => Ok(Ok(Committed {
                 acked,
                 skipped,
                 retried,
                 failed,
                 dead,
                 stale,
+                duplicates,
             })),
             Err(e) if e.code() == Some("SLUICE_BADTARGET") => {
                 // "<index into KEYS> <type>": the index, not the name (Redis rewrites newlines
@@ -518,8 +533,6 @@ fn read_checks(job: &StreamJob, reads: &ReadSet) -> Vec<ReadCheck> {
     checks
 }
 
-/// The sorted-set member of a delayed task (the `n`th effect of `event`): unique per event
-/// and effect, so equal payloads do not merge. Empty for other effects.
 /// The settling write of `event`, if its decision acknowledges it (acked or skipped).
 fn settled<'a>(event: &'a Event, decision: &Decision) -> Option<&'a Settle> {
     match decision {
@@ -528,6 +541,21 @@ fn settled<'a>(event: &'a Event, decision: &Decision) -> Option<&'a Settle> {
     }
 }
 
+/// The flow keys an event's record names, in the order of its ops: its idempotency key
+/// (`u`, a string) and its key's list of pending entries (`o`, a list).
+fn flow_keys(job: &StreamJob, event: &Event) -> Vec<(char, String, char)> {
+    let mut keys = Vec::new();
+    if let Some(key) = job.dedupe_key(event) {
+        keys.push(('u', key, 't'));
+    }
+    if let Some(key) = job.order_key(event) {
+        keys.push(('o', key, 'l'));
+    }
+    keys
+}
+
+/// The sorted-set member of a delayed task (the `n`th effect of `event`): unique per event
+/// and effect, so equal payloads do not merge. Empty for other effects.
 fn delayed_member(job: &StreamJob, event: &Event, n: usize, effect: &Effect) -> Vec<u8> {
     match effect {
         Effect::Enqueue {

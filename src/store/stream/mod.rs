@@ -12,9 +12,11 @@
 //! [`Keys::events_channel`].
 
 mod commit;
+mod flow;
 mod read;
 
 pub use commit::{BadTarget, Committed, Refused, StreamCommitter};
+pub use flow::{Gatekeeper, Take, flow_part};
 pub use read::{StreamReader, parse_read_reply};
 
 use std::sync::Arc;
@@ -91,6 +93,8 @@ pub struct StreamJob {
     pub wait_replicas: u32,
     /// How long one WAIT may block, in ms; it is repeated until the replicas have it.
     pub wait_timeout_ms: u64,
+    /// Idempotency keys, per-key ordering, rate limits (none for a lifecycle stream).
+    pub flow: crate::model::FlowOptions,
 }
 
 impl StreamJob {
@@ -118,7 +122,26 @@ impl StreamJob {
             run: None,
             wait_replicas: 0,
             wait_timeout_ms: defaults::WAIT_TIMEOUT_MS,
+            flow: crate::model::FlowOptions::default(),
         }
+    }
+
+    /// The key of `what` (`dedupe`, `order`, `rate`) for the value of `field` in `event`,
+    /// in the job's slot; None when the event has no such field.
+    pub fn flow_key(&self, what: &str, field: Option<&str>, event: &Event) -> Option<String> {
+        let field = field?;
+        let (_, value) = event.fields.iter().find(|(name, _)| name == field)?;
+        Some(format!("{}:{what}:{}", self.job_key, flow_part(value)))
+    }
+
+    /// The event's idempotency key (`flow.dedupe_by`), if it has one.
+    pub fn dedupe_key(&self, event: &Event) -> Option<String> {
+        self.flow_key("dedupe", self.flow.dedupe_by.as_deref(), event)
+    }
+
+    /// The list of pending entries of the event's key (`flow.order_by`), if it has one.
+    pub fn order_key(&self, event: &Event) -> Option<String> {
+        self.flow_key("order", self.flow.order_by.as_deref(), event)
     }
 
     /// The job's lifecycle stream as a source of its own ([`Entries::Lifecycle`]): read
@@ -168,6 +191,7 @@ impl StreamJob {
             delivery_count,
             job: self.job.clone(),
             settle,
+            duplicate: false,
         }
     }
 

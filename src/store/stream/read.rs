@@ -23,6 +23,12 @@ impl StreamReader {
 
     /// Read up to `count` new entries, waiting up to `block_ms` for the first one.
     pub async fn read(&mut self, count: usize, block_ms: u64) -> Result<Vec<Event>, StoreError> {
+        if let Some(field) = self.job.flow.order_by.clone() {
+            return match self.read_ordered(&field, count, block_ms).await {
+                Ok(events) => Ok(events),
+                Err(e) => self.recover(e).await.map(|()| Vec::new()),
+            };
+        }
         let reply: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.job.group)

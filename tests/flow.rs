@@ -1,0 +1,254 @@
+//! Flow control against real processes, two hosts each: idempotency keys (`dedupe_by`),
+//! per-key ordering (`order_by`), rate limits (`rate_limit`, `key_rate_limit`, a plugin's
+//! `retry(after)`). Each check reads the plugin's output, or its log.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+
+/// Two hosts of one config (a chaos job on `in`, writing to `out`); the Redis, its
+/// connection, the temp dir and the config.
+fn fleet(
+    flow: &str,
+    job_extra: &str,
+) -> (
+    RedisServer,
+    redis::Connection,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    [HostProcess; 2],
+) {
+    let (redis, conn, dir, cfg) = setup(
+        "chaos",
+        "flow",
+        "in",
+        &format!("{job_extra}\n[job.flow]\n{flow}\n"),
+        "target = \"out\"",
+    );
+    let a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    (redis, conn, dir, cfg, [a, b])
+}
+
+fn done(conn: &mut redis::Connection, n: u64) -> bool {
+    counter(conn, "flow", "in", "acked") + counter(conn, "flow", "in", "skipped") >= n
+        && pending(conn, "flow", "in") == 0
+}
+
+#[test]
+fn duplicates_are_acked_without_running_the_plugin_across_a_fleet() {
+    let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet("dedupe_by = \"req\"", "batch = 16");
+    // Each request twice, the copies interleaved: the two hosts race on them.
+    publish(&mut conn, "in", 400, &[("action", "emit"), ("n", "{i}")]);
+    let mut pipe = redis::pipe();
+    for i in 0..400 {
+        pipe.cmd("XADD")
+            .arg("in")
+            .arg("*")
+            .arg("action")
+            .arg("emit")
+            .arg("req")
+            .arg(format!("r{}", i % 200));
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || done(&mut conn, 800)));
+    // The 400 without a key all went through; of the rest, one per key.
+    let reqs = field_values(&mut conn, "out", "req");
+    let (twice, missing) = exactly_once(
+        &reqs.iter().map(|r| r[1..].to_string()).collect::<Vec<_>>(),
+        200,
+    );
+    assert!(
+        twice.is_empty() && missing.is_empty(),
+        "{twice:?} {missing:?}"
+    );
+    assert_eq!(field_values(&mut conn, "out", "n").len(), 400);
+    assert_eq!(counter(&mut conn, "flow", "in", "duplicates"), 200);
+    // A producer retrying requests already committed: acked, the plugin never runs.
+    publish(
+        &mut conn,
+        "in",
+        50,
+        &[
+            ("action", "log"),
+            ("message", "ran-a-duplicate"),
+            ("req", "r{i}"),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(30), || done(&mut conn, 850)));
+    assert_eq!(counter(&mut conn, "flow", "in", "duplicates"), 250);
+    for h in &mut hosts {
+        h.stop_ok();
+        let log = std::fs::read_to_string(&h.log).unwrap();
+        assert!(
+            !log.contains("ran-a-duplicate"),
+            "the plugin ran a duplicate"
+        );
+    }
+    assert_eq!(conn.xlen::<_, usize>("out").unwrap(), 600);
+    // The keys are remembered for the TTL.
+    let ttl: i64 = conn.ttl("sluice:{in}:job:flow:dedupe:r7").unwrap();
+    assert!(ttl > 86_000, "{ttl}");
+}
+
+#[test]
+fn events_of_a_key_are_handled_in_stream_order_across_a_fleet() {
+    const KEYS: usize = 100;
+    const EVENTS: usize = 10_000;
+    let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet(
+        "order_by = \"account\"",
+        "batch = 64\nconcurrency = 4\nclaim_idle_ms = 2000",
+    );
+    let mut pipe = redis::pipe();
+    for i in 0..EVENTS {
+        pipe.cmd("XADD")
+            .arg("in")
+            .arg("*")
+            .arg("action")
+            .arg("emit")
+            .arg("account")
+            .arg(format!("a{}", i % KEYS))
+            .arg("seq")
+            .arg(i / KEYS);
+        if i % 1000 == 999 {
+            let _: () = pipe.query(&mut conn).unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    // One host dies part-way: its keys wait for the takeover, in order still.
+    assert!(wait_until(Duration::from_secs(60), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= EVENTS / 4));
+    hosts[0].kill9();
+    assert!(wait_until(Duration::from_secs(120), || done(
+        &mut conn,
+        EVENTS as u64
+    )));
+    hosts[1].stop_ok();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("out")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for (_, fields) in &entries {
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        let seq: i64 = get("seq").parse().unwrap();
+        let prev = last.insert(get("account"), seq).unwrap_or(-1);
+        assert_eq!(
+            seq,
+            prev + 1,
+            "account {}: {seq} after {prev}",
+            get("account")
+        );
+    }
+    assert_eq!(entries.len(), EVENTS);
+    assert!(last.values().all(|s| *s == (EVENTS / KEYS) as i64 - 1));
+    // Nothing left in the key lists.
+    let lists: Vec<String> = conn.keys("sluice:{in}:job:flow:order:*").unwrap();
+    assert!(lists.is_empty(), "{lists:?}");
+}
+
+/// The plugin's clock (`now` of each output entry), sorted.
+fn times(conn: &mut redis::Connection) -> Vec<u64> {
+    let mut t: Vec<u64> = field_values(conn, "out", "now")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn a_job_rate_holds_across_a_fleet() {
+    let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet("rate_limit = \"100/s\"", "batch = 64");
+    publish(&mut conn, "in", 2000, &[("action", "now")]);
+    assert!(wait_until(Duration::from_secs(60), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= 1300));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+    let t = times(&mut conn);
+    // Over 10 s from the first second on (past any start-up burst): 1000 ± 10%.
+    let from = t[0] + 1000;
+    let n = t
+        .iter()
+        .filter(|x| **x >= from && **x < from + 10_000)
+        .count();
+    assert!((900..=1100).contains(&n), "{n} events in 10 s at 100/s");
+}
+
+#[test]
+fn a_key_rate_spaces_each_keys_events_and_retry_after_slows_the_key() {
+    let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet(
+        "key_rate_limit = \"5/s\"\nrate_key = \"customer\"",
+        "batch = 64",
+    );
+    for c in ["c1", "c2", "c3"] {
+        publish(&mut conn, "in", 10, &[("action", "now"), ("customer", c)]);
+    }
+    assert!(wait_until(Duration::from_secs(60), || done(&mut conn, 30)));
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("out")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for (_, fields) in &entries {
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        by_key
+            .entry(get("customer"))
+            .or_default()
+            .push(get("now").parse().unwrap());
+    }
+    for (key, mut t) in by_key {
+        t.sort();
+        assert_eq!(t.len(), 10);
+        // Ten at 5/s take at least 9 intervals of 200 ms (some slack for the clocks).
+        assert!(t[9] - t[0] >= 1700, "{key}: {t:?}");
+    }
+    // A 429 downstream: the plugin answers retry(after) and its key waits that long.
+    let _: () = conn.del("out").unwrap();
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[
+            ("action", "retry"),
+            ("after_ms", "3000"),
+            ("customer", "c9"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    publish(&mut conn, "in", 1, &[("action", "now"), ("customer", "c9")]);
+    let asked = now_ms();
+    assert!(wait_until(Duration::from_secs(30), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= 1));
+    let t = times(&mut conn);
+    assert!(
+        t[0] >= asked + 2000,
+        "the slowed key's next event went after {} ms",
+        t[0] - asked
+    );
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
