@@ -15,6 +15,8 @@
 //! | `sluice_swaps_total` | counter | `job` | plugin versions handed to a running job |
 //! | `sluice_refusals_total` | counter | `plugin` | plugin versions this host refused |
 //! | `sluice_instance_recycles_total` | counter | `job`, `reason` | plugin instances replaced by a fresh one: `failed` (a trap, timeout or memory overrun left it unusable), `calls` (after 100000 calls, bounding what a leaky guest hoards) |
+//! | `sluice_breaker_trips_total` | counter | `job` | times this host paused a job because its circuit breaker tripped (`[job.breaker]`) |
+//! | `sluice_duplicates_total` | counter | `job` | events this host acknowledged as duplicates of a committed idempotency key (`flow.dedupe_by`), without their effects |
 //! | `sluice_trimmed_total` | counter | `job` | source entries trimmed by this host (`retention = "acked"`) |
 //! | `sluice_list_moved_total` | counter | `job` | items this host moved from a `list:KEY` job's list into its list stream |
 //! | `sluice_channel_messages_total` | counter | `job`, `outcome` | messages this host's subscription to a `channel:NAME` job's channel heard: `appended` to the job's stream, or `dropped` (the lease was lost, or Redis failed, before they were written) |
@@ -78,6 +80,14 @@ pub fn describe() {
     describe_counter!(
         "sluice_instance_recycles_total",
         "Plugin instances replaced by a fresh one, by job and reason (failed, calls)"
+    );
+    describe_counter!(
+        "sluice_breaker_trips_total",
+        "Times this host paused a job because its circuit breaker tripped"
+    );
+    describe_counter!(
+        "sluice_duplicates_total",
+        "Events this host acknowledged as duplicates of a committed idempotency key"
     );
     describe_counter!(
         "sluice_trimmed_total",
@@ -197,6 +207,16 @@ pub fn recycle(job: &str, reason: &'static str) {
 }
 
 /// `n` source entries of `job` trimmed.
+pub fn breaker_trip(job: &str) {
+    counter!("sluice_breaker_trips_total", "job" => job.to_string()).increment(1);
+}
+
+pub fn duplicates(job: &str, n: u64) {
+    if n > 0 {
+        counter!("sluice_duplicates_total", "job" => job.to_string()).increment(n);
+    }
+}
+
 pub fn trimmed(job: &str, n: u64) {
     counter!("sluice_trimmed_total", "job" => job.to_string()).increment(n);
 }

@@ -252,3 +252,58 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[test]
+fn a_breaker_pauses_the_job_across_the_fleet_and_resume_continues_it() {
+    let (redis, mut conn, dir, cfg) = setup(
+        "chaos",
+        "flow",
+        "in",
+        "max_deliveries = 100\nretry_backoff = { base_ms = 200, max_ms = 400 }\n\
+         [job.breaker]\nfailure_pct = 50\nwindow_s = 5\nmin_events = 20\n",
+        "target = \"out\"\nfail_all = \"true\"",
+    );
+    let mut hosts = [
+        HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log")),
+        HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log")),
+    ];
+    publish(&mut conn, "in", 300, &[("action", "emit"), ("n", "{i}")]);
+    // A downstream that is down: every delivery fails, and the breaker pauses the job.
+    let status = || {
+        String::from_utf8_lossy(&sluice(&redis.url, &["job", "status", "flow"]).stdout).into_owned()
+    };
+    assert!(wait_until(Duration::from_secs(30), || status()
+        .contains("state     paused")));
+    let status = cli(&redis.url, "job status flow");
+    assert!(status.contains("reason    breaker:"), "{status}");
+    // Every host stops it: nothing more is delivered, nothing was dead-lettered.
+    std::thread::sleep(Duration::from_secs(2));
+    let received = counter(&mut conn, "flow", "in", "received");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(counter(&mut conn, "flow", "in", "received"), received);
+    assert_eq!(counter(&mut conn, "flow", "in", "dead"), 0);
+    let trips: usize = hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(&h.log)
+                .unwrap()
+                .matches("job paused by its breaker")
+                .count()
+        })
+        .sum();
+    assert_eq!(trips, 1, "one host pauses it");
+    // The downstream is back: resume, and every event goes through once.
+    cli(&redis.url, "job update flow --set fail_all=false");
+    assert!(cli(&redis.url, "job status flow").contains("state     paused"));
+    cli(&redis.url, "job resume flow");
+    assert!(wait_until(Duration::from_secs(60), || done(&mut conn, 300)));
+    let (twice, missing) = exactly_once(&field_values(&mut conn, "out", "n"), 300);
+    assert!(
+        twice.is_empty() && missing.is_empty(),
+        "{twice:?} {missing:?}"
+    );
+    assert!(!cli(&redis.url, "job status flow").contains("reason"));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}

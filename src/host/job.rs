@@ -336,6 +336,19 @@ impl Assembly {
                 run,
             ))));
         }
+        // The breaker: every host running the job watches its fleet-wide counters.
+        if let Some(breaker) = spec.breaker.clone().filter(|b| b.failure_pct.is_some()) {
+            beside.push(Beside::aborted(tokio::spawn(
+                super::breaker::keep_watching(
+                    conn.clone(),
+                    self.keys.clone(),
+                    name.to_string(),
+                    self.keys.job(name, &source),
+                    run,
+                    breaker,
+                ),
+            )));
+        }
         // A timer's ticker: every host running the job calls at each due time; the tick is
         // appended once.
         if let Ok(crate::model::Source::Timer(schedule)) = spec.source() {

@@ -12,6 +12,7 @@
 //! [`watch`] (`--plugins DIR`), [`admin`] (the admin HTTP server).
 
 pub mod admin;
+pub mod breaker;
 pub mod heartbeat;
 pub mod job;
 pub mod plan;

@@ -93,6 +93,7 @@ mod tests {
             changed_at: 0,
             updated_at: None,
             file_spec: None,
+            reason: None,
             run,
         }
     }

@@ -179,6 +179,7 @@ pub(super) async fn commit_stage(
                 }
             };
             add(&mut committed, &c);
+            crate::metrics::duplicates(&job, c.duplicates);
             // A plugin that answered `retry(after)` (a 429 downstream) slows its event's key.
             let slowed = slowed(
                 committer.job(),

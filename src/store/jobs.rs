@@ -34,6 +34,8 @@ pub struct JobStatus {
     /// Commits refused because another host wrote what the batch read (state-reading
     /// plugins); each batch was handled again on fresh state.
     pub conflicts: u64,
+    /// Events acknowledged as duplicates of a committed idempotency key (`flow.dedupe_by`).
+    pub duplicates: u64,
     /// Retries scheduled now.
     pub scheduled: u64,
     /// Entries in the dead-letter stream now.
@@ -86,6 +88,7 @@ pub async fn status<C: AsyncCommands>(
         failed: num("failed"),
         dead: num("dead"),
         conflicts: num("conflicts"),
+        duplicates: num("duplicates"),
         scheduled: conn.zcard(keys.retry(name, &source)).await?,
         dead_letters: conn.xlen(keys.dlq(name, &source)).await?,
         pending: 0,

@@ -20,6 +20,7 @@ pub enum ShownState {
     Waiting,
     Stopped,
     Finished,
+    Paused,
     Unknown,
 }
 
@@ -30,6 +31,7 @@ impl ShownState {
             ShownState::Waiting => "waiting",
             ShownState::Stopped => "stopped",
             ShownState::Finished => "finished",
+            ShownState::Paused => "paused",
             ShownState::Unknown => "unknown",
         }
     }
@@ -61,6 +63,9 @@ pub struct JobRow {
     pub hosts: Vec<Serving>,
     /// The run of the job (every `job start` begins a new one).
     pub run: u64,
+    /// Why it is paused (its breaker tripped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub changed_at: u64,
     pub updated_at: Option<u64>,
     pub started_at: Option<u64>,
@@ -121,6 +126,7 @@ impl Context {
             JobState::Running => ShownState::Running,
             JobState::Stopped => ShownState::Stopped,
             JobState::Finished => ShownState::Finished,
+            JobState::Paused => ShownState::Paused,
             JobState::Unknown => ShownState::Unknown,
         };
         JobRow {
@@ -133,6 +139,7 @@ impl Context {
             refused,
             hosts,
             run: entry.run,
+            reason: entry.reason.clone(),
             changed_at: entry.changed_at,
             updated_at: entry.updated_at,
             started_at: status.as_ref().and_then(|s| s.started_at),

@@ -21,6 +21,7 @@
 //! - `enqueue` (`queue`, `payload`, optional `delay_ms`): push a task onto a sluice queue.
 //!
 //! With a field `spin_ms`, it first busy-waits that long (to make handling take real time).
+//! With config `fail_all = "true"`, every stream entry fails (a downstream that is down).
 //!
 //! Built with the feature `batch` (the `chaos-batch` crate), it is of the `batch-plugin` world:
 //! `handle-batch` runs each event through `handle` and reports it with `batch.finish`, except
@@ -69,6 +70,12 @@ impl Guest for Chaos {
     }
 
     fn handle(event: Event) -> Result<Disposition, HandlerError> {
+        // A downstream that is down, as the job's config says (`job update --set`).
+        if event.kind == "stream-entry" && config_get("fail_all").as_deref() == Some("true") {
+            return Err(HandlerError {
+                message: "downstream unavailable (config fail_all)".into(),
+            });
+        }
         if let Ok(ms) = text(&event, "spin_ms", "0").parse::<u64>()
             && ms > 0
         {

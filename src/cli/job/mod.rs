@@ -309,7 +309,7 @@ pub async fn job_set_state(c: &Client, name: &str, state: JobState) -> anyhow::R
     reg.set_job_state(name, state).await?;
     let what = match state {
         JobState::Running => "resumed",
-        JobState::Stopped | JobState::Finished | JobState::Unknown => {
+        JobState::Stopped | JobState::Finished | JobState::Paused | JobState::Unknown => {
             "stopped (hosts finish and commit their batches in flight)"
         }
     };
@@ -501,6 +501,9 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
     match &row {
         Some(r) => {
             println!("state     {}", r.state.as_str());
+            if let Some(reason) = &r.reason {
+                println!("reason    {reason}  (sluice job resume {name})");
+            }
             println!("source    {}  (group {})", r.source, keys.group(name));
             println!(
                 "plugin    {}  (version served: {})",
@@ -528,6 +531,12 @@ async fn job_status(c: &Client, name: &str, json: bool) -> anyhow::Result<ExitCo
     println!("retried   {}", s.retried);
     println!("failed    {}", s.failed);
     println!("dead      {}", s.dead);
+    if s.duplicates > 0 {
+        println!(
+            "duplicates {}  (of the skipped: their idempotency key was committed before)",
+            s.duplicates
+        );
+    }
     if s.conflicts > 0 {
         println!(
             "conflicts {}  (batches handled again: another host wrote what they read)",

@@ -21,6 +21,7 @@ impl Registry {
             changed_at: now_ms(),
             updated_at: None,
             file_spec: from_file.then(|| spec_digest(spec)),
+            reason: None,
             run: 0,
         };
         let script = &*scripts::JOB_START;
@@ -73,7 +74,7 @@ impl Registry {
 
     /// Stop or resume a job (every host follows).
     pub async fn set_job_state(&mut self, name: &str, state: JobState) -> Result<()> {
-        match self.change_state(name, state, None).await? {
+        match self.change_state(name, state, None, None).await? {
             true => Ok(()),
             false => Err(ControlError::Refused(format!(
                 "job `{name}` changed meanwhile; try again"
@@ -84,7 +85,16 @@ impl Registry {
     /// Mark run `run` of a job finished, if it is still that run and running (a host's view
     /// may be a second old). False when it is not.
     pub async fn finish_job(&mut self, name: &str, run: u64) -> Result<bool> {
-        self.change_state(name, JobState::Finished, Some(run)).await
+        self.change_state(name, JobState::Finished, Some(run), None)
+            .await
+    }
+
+    /// Pause run `run` of a job (its breaker tripped), with the reason, if it is still that
+    /// run and running. False when it is not (another host paused it first, or an operator
+    /// changed it).
+    pub async fn pause_job(&mut self, name: &str, run: u64, reason: &str) -> Result<bool> {
+        self.change_state(name, JobState::Paused, Some(run), Some(reason))
+            .await
     }
 
     /// Compare-and-set the state: written only if neither the entry nor its run changed
@@ -94,6 +104,7 @@ impl Registry {
         name: &str,
         state: JobState,
         expect_run: Option<u64>,
+        reason: Option<&str>,
     ) -> Result<bool> {
         let script = &*scripts::JOB_STATE;
         for _ in 0..5 {
@@ -116,6 +127,8 @@ impl Registry {
                 &[
                     ("state", serde_json::to_value(state).unwrap_or_default()),
                     ("changed_at", now_ms().into()),
+                    // A reason belongs to the pause it explains: any other change drops it.
+                    ("reason", reason.into()),
                 ],
             )?;
             let written: i64 = script

@@ -52,6 +52,9 @@ pub enum JobState {
     Stopped,
     /// A finite job that handled its whole source (and `job-finished`).
     Finished,
+    /// Paused by its circuit breaker (`[job.breaker]`): not run until `job resume`; the
+    /// entry's `reason` says why.
+    Paused,
     /// A state a newer version of sluice wrote: this host does not run the job (it cannot
     /// know what the state asks of it), and listings show it as `unknown`.
     #[serde(other)]
@@ -74,6 +77,9 @@ pub struct JobEntry {
     /// from this one (the file was edited), so a `job update` wins until the file changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_spec: Option<String>,
+    /// Why the job is paused (its breaker tripped); None in any other state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Identifies one run of the job: a counter in Redis that every `job start` raises (not
     /// `resume`); each run gets one `job-started` (and, if finite, one `job-finished`). Kept
     /// apart from the JSON ([`Keys::ctl_runs`]) so that scripts never rewrite JSON.
@@ -184,7 +190,10 @@ pub(super) fn patch(json: &str, fields: &[(&str, serde_json::Value)]) -> Result<
         .as_object_mut()
         .ok_or_else(|| ControlError::Corrupt("corrupt registry entry: not an object".into()))?;
     for (k, v) in fields {
-        object.insert(k.to_string(), v.clone());
+        match v {
+            serde_json::Value::Null => object.remove(*k),
+            v => object.insert(k.to_string(), v.clone()),
+        };
     }
     Ok(value.to_string())
 }
