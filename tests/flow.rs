@@ -307,3 +307,205 @@ fn a_breaker_pauses_the_job_across_the_fleet_and_resume_continues_it() {
         h.stop_ok();
     }
 }
+
+/// Every entry of `stream` as a map of its fields.
+fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<HashMap<String, String>> {
+    let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    raw.into_iter()
+        .map(|(_, f)| f.into_iter().collect())
+        .collect()
+}
+
+/// Two hosts of an echo job on `in` (to `out`, with the event's kind) with these aggregates.
+fn aggregating(
+    aggregates: &str,
+) -> (
+    RedisServer,
+    redis::Connection,
+    tempfile::TempDir,
+    [HostProcess; 2],
+) {
+    let (redis, conn, dir, cfg) = setup(
+        "echo",
+        "agg",
+        "in",
+        &format!("batch = 32\nclaim_idle_ms = 2000\nretention_every_ms = 200\n{aggregates}"),
+        "target = \"out\"\nwith_kind = \"true\"",
+    );
+    let a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
+    let b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
+    (redis, conn, dir, [a, b])
+}
+
+fn thresholds(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
+    entries(conn, "out")
+        .into_iter()
+        .filter(|e| e["kind"] == "threshold-reached")
+        .collect()
+}
+
+#[test]
+fn a_count_threshold_fires_once_per_crossing_across_a_fleet_with_a_kill() {
+    const USERS: usize = 5;
+    const PER_USER: usize = 400;
+    let (_redis, mut conn, _dir, mut hosts) =
+        aggregating("[[job.aggregate]]\nname = \"burst\"\nkey_by = \"user\"\ncount = 50\n");
+    let n = USERS * PER_USER;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("XADD")
+            .arg("in")
+            .arg("*")
+            .arg("user")
+            .arg(format!("u{}", i % USERS))
+            .arg("n")
+            .arg(i);
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= n / 3));
+    hosts[0].kill9();
+    let crossings = USERS * PER_USER / 50;
+    assert!(wait_until(Duration::from_secs(90), || thresholds(
+        &mut conn
+    )
+    .len()
+        >= crossings
+        && counter(&mut conn, "agg", "in", "acked") >= n as u64));
+    // The fired stream is the job's own: trimmed once handled.
+    assert!(wait_until(Duration::from_secs(10), || conn
+        .xlen::<_, usize>("sluice:{in}:job:agg:fired")
+        .unwrap()
+        <= 1));
+    hosts[1].stop_ok();
+    let fired = thresholds(&mut conn);
+    assert_eq!(fired.len(), crossings, "{fired:?}");
+    for f in &fired {
+        assert_eq!(
+            (
+                f["name"].as_str(),
+                f["count"].as_str(),
+                f["reason"].as_str()
+            ),
+            ("burst", "50", "count"),
+            "{f:?}"
+        );
+        assert!(f["start"].parse::<u64>().unwrap() <= f["end"].parse::<u64>().unwrap());
+    }
+    for u in 0..USERS {
+        let of_user = fired.iter().filter(|f| f["key"] == format!("u{u}")).count();
+        assert_eq!(of_user, PER_USER / 50, "u{u}");
+    }
+    // Every source event once, and no window left open (400 is a multiple of 50).
+    let seen: Vec<String> = entries(&mut conn, "out")
+        .into_iter()
+        .filter(|e| e["kind"] == "stream-entry")
+        .map(|e| e["n"].clone())
+        .collect();
+    let (twice, missing) = exactly_once(&seen, n);
+    assert!(
+        twice.is_empty() && missing.is_empty(),
+        "{twice:?} {missing:?}"
+    );
+    let open: usize = conn.zcard("sluice:{in}:job:agg:agg:burst:seen").unwrap();
+    assert_eq!(open, 0);
+}
+
+#[test]
+fn time_and_sliding_thresholds_fire_on_their_own_and_agg_shows_and_resets_windows() {
+    let (redis, mut conn, _dir, mut hosts) = aggregating(
+        "[[job.aggregate]]\nname = \"quiet\"\nkey_by = \"user\"\ncount = 1000\nwithin_s = 2\n\
+         [[job.aggregate]]\nname = \"spike\"\nkey_by = \"user\"\ncount = 5\nwithin_s = 1\nsliding = true\n\
+         [[job.aggregate]]\nname = \"total\"\ncount = 1000000\n",
+    );
+    // u1: 7 events, u2: 3, then nothing: the timer fires both (an idle job still fires).
+    publish(&mut conn, "in", 7, &[("user", "u1")]);
+    publish(&mut conn, "in", 3, &[("user", "u2")]);
+    assert!(wait_until(Duration::from_secs(20), || thresholds(
+        &mut conn
+    )
+    .iter()
+    .filter(|f| f["name"] == "quiet")
+    .count()
+        >= 2));
+    std::thread::sleep(Duration::from_secs(3));
+    let fired = thresholds(&mut conn);
+    let mut quiet: Vec<(String, String, String)> = fired
+        .iter()
+        .filter(|f| f["name"] == "quiet")
+        .map(|f| (f["key"].clone(), f["count"].clone(), f["reason"].clone()))
+        .collect();
+    quiet.sort();
+    assert_eq!(
+        quiet,
+        [
+            ("u1".to_string(), "7".to_string(), "time".to_string()),
+            ("u2".to_string(), "3".to_string(), "time".to_string())
+        ]
+    );
+    // Sliding: u1's 7 events came within a second (fired once at the fifth); u2's 3 never.
+    let spike: Vec<&HashMap<String, String>> =
+        fired.iter().filter(|f| f["name"] == "spike").collect();
+    assert_eq!(spike.len(), 1, "{spike:?}");
+    assert_eq!(
+        (spike[0]["key"].as_str(), spike[0]["count"].as_str()),
+        ("u1", "5")
+    );
+    // Four events spread over more than the window: no spike.
+    for _ in 0..4 {
+        publish(&mut conn, "in", 1, &[("user", "u3")]);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    publish(&mut conn, "in", 1, &[("user", "u3")]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !thresholds(&mut conn)
+            .iter()
+            .any(|f| f["name"] == "spike" && f["key"] == "u3")
+    );
+    // The CLI: one window of `total` holds every event so far; reset drops it.
+    let list = cli(&redis.url, "agg list agg");
+    assert!(
+        list.contains("quiet") && list.contains("spike") && list.contains("total"),
+        "{list}"
+    );
+    let status = cli(&redis.url, "agg status agg total --json");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["open"], 1);
+    assert_eq!(status["windows"][0]["count"], 15);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&redis.url, "agg list agg --json")).unwrap();
+    let fired_of = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()["fired"]
+            .clone()
+    };
+    // u3's spread events made a window of `quiet` too, fired on time.
+    assert_eq!(
+        (fired_of("quiet"), fired_of("spike")),
+        (3.into(), 1.into()),
+        "{listed}"
+    );
+    assert!(cli(&redis.url, "agg reset agg total").contains("1 open window(s) dropped"));
+    let status: serde_json::Value =
+        serde_json::from_str(&cli(&redis.url, "agg status agg total --json")).unwrap();
+    assert_eq!(status["open"], 0);
+    let out = sluice(&redis.url, &["agg", "status", "agg", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no aggregate named `nope`"));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}

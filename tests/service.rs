@@ -215,7 +215,13 @@ fn probes_and_metrics_tell_the_truth() {
 #[test]
 fn the_json_api_shows_what_the_cli_shows_and_its_actions_need_the_token() {
     let port = free_port();
-    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 1", "");
+    let (redis, mut conn, dir, cfg) = setup(
+        "chaos",
+        "j",
+        "in",
+        "max_deliveries = 1\n[[job.aggregate]]\nname = \"t\"\ncount = 1000\n",
+        "",
+    );
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "t0ken\n").unwrap();
     let mut config = std::fs::read_to_string(&cfg).unwrap();
@@ -274,6 +280,23 @@ fn the_json_api_shows_what_the_cli_shows_and_its_actions_need_the_token() {
     let (_, event) = get(port, &format!("/api/jobs/j/events/{}", dead[0]));
     assert_eq!(json(&event)["status"], "dead", "{event}");
     assert_eq!(get(port, "/api/jobs/nope/dlq").0, 404);
+    // Aggregates: the five acked events are in `t`'s one window.
+    let (code, aggs) = get(port, "/api/jobs/j/aggregates");
+    assert_eq!(code, 200, "{aggs}");
+    assert_eq!(json(&aggs), json(&cli(&redis.url, "agg list j --json")));
+    let (_, t) = get(port, "/api/jobs/j/aggregates/t?limit=5");
+    assert_eq!(json(&t)["windows"][0]["count"], 5, "{t}");
+    assert_eq!(get(port, "/api/jobs/j/aggregates/nope").0, 404);
+    assert_eq!(
+        post(port, "/api/jobs/j/aggregates/t/reset", None, "{}").0,
+        401
+    );
+    let (code, reset) = post(port, "/api/jobs/j/aggregates/t/reset", Some("t0ken"), "{}");
+    assert_eq!(
+        (code, json(&reset)["dropped"].clone()),
+        (200, 1.into()),
+        "{reset}"
+    );
 
     // Actions: not without the token.
     assert_eq!(post(port, "/api/jobs/j/stop", None, "{}").0, 401);

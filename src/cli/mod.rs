@@ -11,6 +11,7 @@
 //! Commands that only talk to Redis find it in this order: `--redis`, `[redis] url`, the
 //! embedded Redis of a `sluice run` using the same data dir.
 
+mod agg;
 mod check;
 mod dlq;
 mod event;
@@ -111,6 +112,11 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Aggregates of a job (`[[job.aggregate]]`): list, open windows, reset
+    Agg {
+        #[command(subcommand)]
+        command: agg::AggCommand,
     },
     /// Events of a job
     Event {
@@ -219,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => plugin::registry(&ctx.client().await?, command).await,
         Command::Dlq { command } => dlq::run(&ctx.client().await?, command).await,
         Command::Event { command } => event::run(&ctx.client().await?, command).await,
+        Command::Agg { command } => agg::run(&ctx.client().await?, command).await,
         Command::Enqueue {
             queue,
             payload,

@@ -109,6 +109,7 @@ pub fn stream_job(keys: &Keys, spec: &JobSpec, consumer: &str, run: Option<u64>)
         wait_replicas: spec.wait_replicas,
         wait_timeout_ms: spec.wait_timeout_ms,
         flow: spec.flow.clone(),
+        aggregates: spec.aggregate.clone(),
         ..StreamJob::new(keys, &spec.name, &spec.plugin, &stream, consumer)
     }
 }
@@ -141,8 +142,8 @@ pub struct RunningJob {
     pub sha256: String,
     /// Send true to stop both runners (they commit what they hold first).
     pub stop: watch::Sender<bool>,
-    /// Where new handlers go, for the source and the lifecycle runner.
-    swap: [HandlerSlot; 2],
+    /// Where new handlers go, for the source, the lifecycle and the fired runner.
+    swap: Vec<HandlerSlot>,
     /// Job-state reads of both runners' handlers.
     state: Arc<dyn StateReader>,
 }
@@ -154,7 +155,8 @@ pub type JobResult = (String, anyhow::Result<RunnerStats>);
 /// an instance for each of the job's runners, `init` run on both.
 pub struct Ready {
     pub plugin: Arc<LoadedPlugin>,
-    handlers: [Box<dyn Handler>; 2],
+    /// The source's, the lifecycle stream's, and (with aggregates) the fired stream's.
+    handlers: Vec<Box<dyn Handler>>,
     /// Where both handlers read job state.
     state: Arc<dyn StateReader>,
 }
@@ -239,9 +241,14 @@ impl Assembly {
         let source = self.keys.source_stream(spec);
         let Ready {
             plugin,
-            handlers: [handler, life_handler],
+            handlers,
             state,
         } = ready;
+        let mut handlers = handlers.into_iter();
+        let (Some(handler), Some(life_handler)) = (handlers.next(), handlers.next()) else {
+            return Err(Failure::Refused("no handlers were made for the job".into()));
+        };
+        let fired_handler = handlers.next();
         let mut conn = self.connect(spec).await.map_err(transient)?;
         if lifecycle::begin(&mut conn, &self.keys, name, &source, run)
             .await
@@ -283,17 +290,51 @@ impl Assembly {
             .await
             .with_context(|| format!("opening stream `{source}`"))
             .map_err(transient)?;
-        let swap = [runner.swapper(), life_runner.swapper()];
+        // With aggregates: the runner of their fired stream (`threshold-reached`), started
+        // with the source's, behind the same gate.
+        let fired_runner = match fired_handler {
+            Some(h) if !spec.aggregate.is_empty() => {
+                let fired = StreamJob {
+                    run: Some(run),
+                    status_ttl_s: spec.status_ttl_s,
+                    done_ttl_s: spec.done_ttl_s,
+                    wait_replicas: spec.wait_replicas,
+                    wait_timeout_ms: spec.wait_timeout_ms,
+                    ..StreamJob::fired(&self.keys, name, &spec.plugin, &source, &self.consumer)
+                };
+                let (read, commit) = (
+                    self.connect(spec).await.map_err(transient)?,
+                    self.connect(spec).await.map_err(transient)?,
+                );
+                let fired = stream::open(read, commit, fired, crate::model::Start::Beginning)
+                    .await
+                    .map_err(store)?;
+                Some(JobRunner::new(
+                    fired,
+                    h,
+                    read_policy(spec),
+                    spec.delivery_policy(),
+                ))
+            }
+            _ => None,
+        };
+        let mut swap = vec![runner.swapper(), life_runner.swapper()];
+        swap.extend(fired_runner.as_ref().map(JobRunner::swapper));
         let (stop, stop_rx) = watch::channel(false);
         // Tasks that run beside the runners, ended at the job's stop.
         let mut beside = Vec::new();
-        if spec.trims_source() {
+        // The fired stream of its aggregates is the job's own: trimmed once handled.
+        let fired = (!spec.aggregate.is_empty())
+            .then(|| crate::store::aggregate::fired_stream(&self.keys.job(name, &source)));
+        let trimmed = spec.trims_source().then_some(None).into_iter();
+        for own in trimmed.chain(fired.map(Some)) {
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(super::retention::keep_trimmed(
                 conn.clone(),
                 self.keys.clone(),
                 spec.clone(),
                 self.consumer.clone(),
+                own,
                 stop_rx,
             ));
             beside.push(Beside::stopped(stop, task, Duration::from_secs(2)));
@@ -334,6 +375,15 @@ impl Assembly {
                 scan,
                 spec.clone(),
                 run,
+            ))));
+        }
+        // Aggregates' timers: every host running the job fires windows whose time is up.
+        for agg in &spec.aggregate {
+            beside.push(Beside::aborted(tokio::spawn(keep_firing(
+                conn.clone(),
+                name.to_string(),
+                self.keys.job(name, &source),
+                agg.clone(),
             ))));
         }
         // The breaker: every host running the job watches its fleet-wide counters.
@@ -419,6 +469,7 @@ impl Assembly {
         };
         let task = tasks.spawn(run_job(
             runner,
+            fired_runner,
             life_runner,
             gate,
             stop_rx,
@@ -443,7 +494,7 @@ impl Assembly {
         spec: &JobSpec,
         plugin: &Arc<LoadedPlugin>,
         state: &Arc<dyn StateReader>,
-    ) -> Result<[Box<dyn Handler>; 2], Failure> {
+    ) -> Result<Vec<Box<dyn Handler>>, Failure> {
         let prepare = |spec: JobSpec| {
             prepare_handler_async(
                 plugin.clone(),
@@ -463,12 +514,24 @@ impl Assembly {
             Some(f) if f.kind != crate::model::FailureKind::Init => Failure::Transient(e),
             _ => Failure::Refused(e.to_string()),
         };
-        // Both at once: a slow `init` costs its timeout once, not twice.
-        let (source, life) = tokio::join!(prepare(spec.clone()), prepare(lifecycle));
-        Ok([
+        // All at once: a slow `init` costs its timeout once, not twice. Threshold events
+        // come one per window: one instance for them.
+        let fired = (!spec.aggregate.is_empty()).then(|| lifecycle.clone());
+        let (source, life, fired) =
+            tokio::join!(prepare(spec.clone()), prepare(lifecycle), async {
+                match fired {
+                    Some(spec) => Some(prepare(spec).await),
+                    None => None,
+                }
+            });
+        let mut handlers: Vec<Box<dyn Handler>> = vec![
             Box::new(source.map_err(refused)?),
             Box::new(life.map_err(refused)?),
-        ])
+        ];
+        if let Some(fired) = fired {
+            handlers.push(Box::new(fired.map_err(refused)?));
+        }
+        Ok(handlers)
     }
 
     /// The state reader of a running job, for preparing a new version for it.
@@ -488,11 +551,13 @@ impl Assembly {
     }
 }
 
-/// One job on this host: its lifecycle runner, and its source runner once `job-started` is
-/// handled (by any host). Ends when the host stops the job, or when either runner fails (the
-/// other is stopped then, committing what it holds).
+/// One job on this host: its lifecycle runner, and its source runner (with its fired
+/// stream's, if it has aggregates) once `job-started` is handled (by any host). Ends when the
+/// host stops the job, or when a runner fails (the others are stopped then, committing what
+/// they hold).
 async fn run_job(
     runner: JobRunner,
+    fired_runner: Option<JobRunner>,
     life_runner: JobRunner,
     gate: Gate,
     mut stop: watch::Receiver<bool>,
@@ -503,10 +568,19 @@ async fn run_job(
     let (source_stop, source_stop_rx) = watch::channel(false);
     let mut life = tokio::spawn(life_runner.run(life_stop_rx));
     let mut source = tokio::spawn(async move {
-        if gate.wait(source_stop_rx.clone()).await {
-            runner.run(source_stop_rx).await
-        } else {
-            Ok(Default::default())
+        if !gate.wait(source_stop_rx.clone()).await {
+            return Ok(Default::default());
+        }
+        match fired_runner {
+            None => runner.run(source_stop_rx).await,
+            // The source's stats are the job's; either failing fails the job.
+            Some(fired) => {
+                let (source, fired) = tokio::join!(
+                    runner.run(source_stop_rx.clone()),
+                    fired.run(source_stop_rx)
+                );
+                fired.and(source)
+            }
         }
     });
     let flat = |r: Result<anyhow::Result<RunnerStats>, tokio::task::JoinError>| {
@@ -587,6 +661,24 @@ async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, t
             wait.min(Duration::from_secs(86_400))
         })
         .await;
+    }
+}
+
+/// Fire an aggregate's windows whose time is up (and drop idle ones) until aborted with the
+/// job: a tenth of its `within_s` apart (100 ms to 1 s).
+async fn keep_firing(mut conn: Conn, job: String, job_key: String, agg: crate::model::Aggregate) {
+    let every = Duration::from_millis((agg.within_s.unwrap_or(10) * 100).clamp(100, 1000));
+    let mut failing = false;
+    loop {
+        match crate::store::aggregate::tick(&mut conn, &job_key, &agg).await {
+            Ok(_) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(job = %job, aggregate = %agg.name, "firing the aggregate's due windows failed (tried again): {e}");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

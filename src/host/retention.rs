@@ -28,15 +28,17 @@ async fn registered_groups(
 
 /// `retention = "acked"`: trim the job's source stream every `retention_every_ms` (when no
 /// other host did), and once more at `stop` (a finite job that finished in less than
-/// `retention_every_ms` leaves nothing acknowledged behind).
+/// `retention_every_ms` leaves nothing acknowledged behind). With `own`, `stream` is instead
+/// one only the job reads (its fired stream): trimmed of what the job's group acknowledged.
 pub async fn keep_trimmed(
     mut conn: Conn,
     keys: Keys,
     spec: JobSpec,
     holder: String,
+    own: Option<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let stream = keys.source_stream(&spec);
+    let stream = own.clone().unwrap_or_else(|| keys.source_stream(&spec));
     let every = Duration::from_millis(spec.retention_every_ms);
     let keep = Duration::from_secs(spec.retention_keep_s);
     let mut tick = tokio::time::interval(every);
@@ -50,7 +52,10 @@ pub async fn keep_trimmed(
             _ = stop.changed() => last = true,
         }
         let pass = async {
-            let groups = registered_groups(&mut reg, &keys, &stream).await?;
+            let groups = match own {
+                Some(_) => vec![keys.group(&spec.name)],
+                None => registered_groups(&mut reg, &keys, &stream).await?,
+            };
             let every = (!last).then_some(every);
             let trim = retention::trim(&mut conn, &keys, &stream, &holder, every, keep, &groups);
             anyhow::Ok(trim.await?)

@@ -23,8 +23,10 @@ pub const KIND_FILE_DELETED: &str = "file-deleted";
 pub const KIND_DIR_CREATED: &str = "dir-created";
 pub const KIND_DIR_DELETED: &str = "dir-deleted";
 
-/// Event kind of a timer job's due time (`every:<period>`).
+/// Event kind of a timer job's due time (`every:<period>`, `cron:<expression>`).
 pub const KIND_TICK: &str = "tick";
+/// Event kind of an aggregate's window reaching its threshold (`[[job.aggregate]]`).
+pub const KIND_THRESHOLD_REACHED: &str = "threshold-reached";
 
 /// The kinds sluice's own feeds write into a job's stream (`sluice:kind`, see
 /// `store::stream::Entries::Fed`): the kind named `name`, if it is one.
@@ -38,6 +40,7 @@ pub fn fed_kind(name: &[u8]) -> Option<&'static str> {
         KIND_DIR_CREATED,
         KIND_DIR_DELETED,
         KIND_TICK,
+        KIND_THRESHOLD_REACHED,
     ]
     .into_iter()
     .find(|k| k.as_bytes() == name)

@@ -213,3 +213,129 @@ mod tests {
         assert_eq!(b.validate().unwrap_err().0, "breaker.failure_pct");
     }
 }
+
+/// Most aggregates one job declares.
+pub const MAX_AGGREGATES: usize = 16;
+
+/// A threshold on a count of the job's events (`[[job.aggregate]]`): a window of events
+/// (one per value of `key_by`) that fires a `threshold-reached` event to the plugin when its
+/// count reaches `count`, or `within_s` after its first event (a real timer: an idle job
+/// fires too), whichever comes first, and starts afresh. Every event the job acknowledges
+/// with its effects (`ack`) counts; a `skip`, a retry, a dead letter or a duplicate does not.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Aggregate {
+    /// Its name (as a plugin, job and key name: letters, digits, `_`, `-`, `.`).
+    pub name: String,
+    /// A window per value of this field (events without it do not count); unset: one
+    /// window for the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<String>,
+    /// Fire when a window holds this many events (1–1000000000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Tumbling: fire this many seconds after a window's first event. Sliding: the window
+    /// is the last this many seconds (1–2592000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within_s: Option<u64>,
+    /// A sliding window (`count` events within any `within_s`) rather than a tumbling one.
+    pub sliding: bool,
+    /// A window that saw no event for this many seconds is dropped without firing (1 s–366
+    /// days, default a day; a sliding window is dropped once its last event leaves it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_s: Option<u64>,
+}
+
+impl Aggregate {
+    pub fn idle_s(&self) -> u64 {
+        self.idle_s.unwrap_or(86_400)
+    }
+
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        super::spec::check_name(&self.name).map_err(|m| ("aggregate.name", m))?;
+        if self.key_by.as_deref() == Some("") {
+            return Err((
+                "aggregate.key_by",
+                "names a field of the events: not empty".into(),
+            ));
+        }
+        if let Some(n) = self.count {
+            super::spec::in_range(n, 1, 1_000_000_000).map_err(|m| ("aggregate.count", m))?;
+        }
+        if let Some(s) = self.within_s {
+            super::spec::in_range(s, 1, 30 * 86_400).map_err(|m| ("aggregate.within_s", m))?;
+        }
+        if let Some(s) = self.idle_s {
+            super::spec::in_range(s, 1, 366 * 86_400).map_err(|m| ("aggregate.idle_s", m))?;
+        }
+        match (self.count, self.within_s, self.sliding) {
+            (None, None, _) => Err((
+                "aggregate.count",
+                "a threshold fires at a `count`, after `within_s`, or both: set one".into(),
+            )),
+            (_, _, true) if self.count.is_none() || self.within_s.is_none() => Err((
+                "aggregate.within_s",
+                "a sliding window fires when `count` events fall within `within_s`: set both"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// From `name=burst,count=100,within_s=60,key_by=user,sliding,idle_s=3600` (the
+    /// command line's `--aggregate`).
+    pub fn parse(text: &str) -> Result<Aggregate, String> {
+        let mut a = Aggregate::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("`{k}` takes a whole number, got {v:?}"))
+            };
+            match k {
+                "name" => a.name = v.to_string(),
+                "key_by" => a.key_by = Some(v.to_string()),
+                "count" => a.count = Some(number(v)?),
+                "within_s" => a.within_s = Some(number(v)?),
+                "idle_s" => a.idle_s = Some(number(v)?),
+                "sliding" => a.sliding = v.is_empty() || v == "true",
+                _ => {
+                    return Err(format!(
+                        "unknown `{k}`: an aggregate is name=…,count=…,within_s=…,key_by=…,\
+                         sliding,idle_s=…"
+                    ));
+                }
+            }
+        }
+        a.validate().map_err(|(f, m)| format!("{f}: {m}"))?;
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod aggregate_tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_and_their_checks() {
+        let a = Aggregate::parse("name=burst, count=100, within_s=60, key_by=user").unwrap();
+        assert_eq!(a.count, Some(100));
+        assert_eq!(a.key_by.as_deref(), Some("user"));
+        assert!(!a.sliding);
+        assert!(
+            Aggregate::parse("name=s,count=5,within_s=10,sliding")
+                .unwrap()
+                .sliding
+        );
+        for bad in [
+            "name=x",
+            "count=5",
+            "name=x,count=0",
+            "name=x,count=5,sliding",
+            "name=x,within_s=5,bogus=1",
+            "name=x y,count=5",
+        ] {
+            assert!(Aggregate::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ pub mod spec;
 
 pub use connection::Connection;
 pub use event::*;
-pub use flow::{BreakerOptions, FlowOptions, Rate};
+pub use flow::{Aggregate, BreakerOptions, FlowOptions, Rate};
 pub use policy::{Decision, DeliveryPolicy, backoff};
 pub use spec::{
     AppendFsync, FileType, JobSpec, ListEnd, Partitions, Retention, RetryBackoff, ScanOptions,

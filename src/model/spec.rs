@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::flow::{BreakerOptions, FlowOptions};
+use super::flow::{Aggregate, BreakerOptions, FlowOptions, MAX_AGGREGATES};
 use super::policy::DeliveryPolicy;
 
 /// Longest delay of an enqueued task (a plugin's `enqueue`, `sluice enqueue`): 30 days.
@@ -129,6 +129,10 @@ pub struct JobSpec {
     /// The circuit breaker (`[job.breaker]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerOptions>,
+    /// Thresholds on counts of its events (`[[job.aggregate]]`), each firing
+    /// `threshold-reached` events to the plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregate: Vec<Aggregate>,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -577,6 +581,7 @@ impl JobSpec {
             scan: ScanOptions::default(),
             flow: FlowOptions::default(),
             breaker: None,
+            aggregate: Vec::new(),
             finite: false,
             config: BTreeMap::new(),
         }
@@ -682,6 +687,26 @@ impl JobSpec {
         j.flow.validate().map_err(|(f, m)| (at(f), m))?;
         if let Some(b) = &j.breaker {
             b.validate().map_err(|(f, m)| (at(f), m))?;
+        }
+        if j.aggregate.len() > MAX_AGGREGATES {
+            return Err((
+                at("aggregate"),
+                format!("at most {MAX_AGGREGATES} aggregates per job"),
+            ));
+        }
+        for (i, a) in j.aggregate.iter().enumerate() {
+            a.validate().map_err(|(f, m)| {
+                (
+                    at(&f.replacen("aggregate", &format!("aggregate[{i}]"), 1)),
+                    m,
+                )
+            })?;
+            if j.aggregate[..i].iter().any(|b| b.name == a.name) {
+                return Err((
+                    at(&format!("aggregate[{i}].name")),
+                    format!("`{}` names two aggregates", a.name),
+                ));
+            }
         }
         check_name(&j.plugin).map_err(|m| (at("plugin"), m))?;
         in_range(j.batch as u64, 1, 10_000).map_err(|m| (at("batch"), m))?;

@@ -29,11 +29,8 @@ pub(super) async fn commit_stage(
 ) -> RunnerStats {
     let job = committer.job().job.clone();
     // The job's source events are what `sluice_events_total` counts (as `job status` does);
-    // the lifecycle runner's job-started and job-finished are not.
-    let source = !matches!(
-        committer.job().entries,
-        crate::store::stream::Entries::Lifecycle { .. }
-    );
+    // the lifecycle runner's job-started and job-finished, and threshold-reached, are not.
+    let source = committer.job().entries.is_input();
     let mut stats = RunnerStats::default();
     // Conflicts of the batch being committed (its redos come back through `input`).
     let mut redos = 0u32;

@@ -327,3 +327,84 @@ pub async fn replay(
     }
     Ok(out)
 }
+
+/// Why a job's aggregates cannot be shown or reset.
+#[derive(Debug, thiserror::Error)]
+pub enum AggError {
+    #[error("no job named `{0}`")]
+    NoJob(String),
+    #[error("job `{job}` has no aggregate named `{name}` (it has: {have})")]
+    NoAggregate {
+        job: String,
+        name: String,
+        have: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] super::control::ControlError),
+}
+
+/// The aggregates of `job` (only `name`'s, if given), each with up to `windows` of its open
+/// windows, most recent first (`sluice agg list|status`, `/api/jobs/{name}/aggregates`).
+pub async fn aggregates(
+    reg: &mut Registry,
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    name: Option<&str>,
+    windows: usize,
+) -> Result<Vec<super::aggregate::AggStatus>, AggError> {
+    let (job_key, aggs) = job_aggregates(reg, keys, job, name).await?;
+    let mut out = Vec::new();
+    for agg in &aggs {
+        out.push(super::aggregate::status(conn, &job_key, agg, windows).await?);
+    }
+    Ok(out)
+}
+
+/// Drop windows of `job`'s aggregate `name` (the one of `key`, or all) without firing; how
+/// many were open.
+pub async fn reset_aggregate(
+    reg: &mut Registry,
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    name: &str,
+    key: Option<&[u8]>,
+) -> Result<u64, AggError> {
+    let (job_key, aggs) = job_aggregates(reg, keys, job, Some(name)).await?;
+    Ok(super::aggregate::reset(conn, &job_key, &aggs[0], key).await?)
+}
+
+/// A job's hash and its aggregates (the one named, if given), from the registry.
+async fn job_aggregates(
+    reg: &mut Registry,
+    keys: &Keys,
+    job: &str,
+    name: Option<&str>,
+) -> Result<(String, Vec<crate::model::Aggregate>), AggError> {
+    let entry = reg
+        .job(job)
+        .await?
+        .ok_or_else(|| AggError::NoJob(job.to_string()))?;
+    let job_key = keys.job(job, &keys.source_stream(&entry.spec));
+    let all = entry.spec.aggregate;
+    let picked: Vec<_> = match name {
+        None => all.clone(),
+        Some(n) => all.iter().filter(|a| a.name == n).cloned().collect(),
+    };
+    if let (Some(n), true) = (name, picked.is_empty()) {
+        let have: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+        return Err(AggError::NoAggregate {
+            job: job.to_string(),
+            name: n.to_string(),
+            have: if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            },
+        });
+    }
+    Ok((job_key, picked))
+}

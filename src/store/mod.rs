@@ -6,6 +6,7 @@
 //!
 //! Every key and channel is listed once, in [`keys`].
 
+pub mod aggregate;
 pub mod channel;
 pub mod connect;
 pub mod control;

@@ -145,6 +145,11 @@ pub struct JobOptions {
     /// Fewest deliveries in the window before the breaker may trip
     #[arg(long, value_name = "N")]
     pub breaker_min_events: Option<u64>,
+    /// A threshold firing `threshold-reached` to the plugin, as
+    /// name=N,count=C,within_s=S[,key_by=FIELD][,sliding][,idle_s=S] (repeatable: the given
+    /// ones replace the job's; `none` removes them all)
+    #[arg(long, value_name = "SPEC")]
+    pub aggregate: Vec<String>,
     /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
     /// turns it off
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -274,6 +279,17 @@ impl JobOptions {
                 b.min_events = self.breaker_min_events;
             }
         }
+        if !self.aggregate.is_empty() {
+            spec.aggregate = self
+                .aggregate
+                .iter()
+                .filter(|a| a.as_str() != "none")
+                .map(|a| {
+                    crate::model::Aggregate::parse(a)
+                        .map_err(|m| anyhow::anyhow!("invalid job: --aggregate {a:?}: {m}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
         for key in &self.unset {
             spec.config.remove(key);
         }
@@ -323,6 +339,7 @@ mod tests {
             key_rate_limit: Some("1/s".into()),
             rate_key: Some("f".into()),
         };
+        full.aggregate = vec![crate::model::Aggregate::parse("name=a,count=1").unwrap()];
         full.breaker = Some(crate::model::BreakerOptions {
             failure_pct: Some(50),
             window_s: Some(1),

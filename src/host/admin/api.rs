@@ -10,6 +10,9 @@
 //! | GET | `/api/jobs/{name}/dlq?after=ID&limit=N` | a page of dead letters, oldest first (N ≤ 1000, default 100) |
 //! | GET | `/api/jobs/{name}/events/{id}` | where one source entry stands (`event get --json`) |
 //! | POST | `/api/jobs/{name}/stop`, `/resume` | stop or resume the job on every host |
+//! | GET | `/api/jobs/{name}/aggregates` | the job's aggregates: threshold, open windows, fired (`agg list --json`) |
+//! | GET | `/api/jobs/{name}/aggregates/{agg}?limit=N` | one aggregate with up to N open windows (default 20, at most 1000; `agg status --json`) |
+//! | POST | `/api/jobs/{name}/aggregates/{agg}/reset` | body `{}` or `{"key": "…"}`: drop its windows (or one) without firing |
 //! | POST | `/api/jobs/{name}/dlq/replay` | body `{"ids": [...]}` (dead-letter or source ids) or `{"all": true}`: replay dead letters |
 //!
 //! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
@@ -40,6 +43,82 @@ pub fn routes() -> axum::Router<Admin> {
         .route("/api/jobs/{name}/stop", post(stop))
         .route("/api/jobs/{name}/resume", post(resume))
         .route("/api/jobs/{name}/dlq/replay", post(replay))
+        .route("/api/jobs/{name}/aggregates", get(aggregates))
+        .route("/api/jobs/{name}/aggregates/{agg}", get(aggregate))
+        .route(
+            "/api/jobs/{name}/aggregates/{agg}/reset",
+            post(aggregate_reset),
+        )
+}
+
+impl From<listing::AggError> for ApiError {
+    fn from(e: listing::AggError) -> Self {
+        match e {
+            listing::AggError::NoJob(_) | listing::AggError::NoAggregate { .. } => {
+                not_found(e.to_string())
+            }
+            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+async fn aggregates(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+) -> Answer<Vec<crate::store::aggregate::AggStatus>> {
+    let (mut conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn.clone(), keys.clone());
+    Ok(Json(
+        listing::aggregates(&mut reg, &mut conn, &keys, &name, None, 0).await?,
+    ))
+}
+
+async fn aggregate(
+    State(a): State<Admin>,
+    Path((name, agg)): Path<(String, String)>,
+    Query(page): Query<Page>,
+) -> Answer<crate::store::aggregate::AggStatus> {
+    let (mut conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn.clone(), keys.clone());
+    let limit = page.limit.unwrap_or(20).clamp(1, 1000);
+    let mut found =
+        listing::aggregates(&mut reg, &mut conn, &keys, &name, Some(&agg), limit).await?;
+    Ok(Json(found.remove(0)))
+}
+
+#[derive(Deserialize, Default)]
+struct WindowKey {
+    key: Option<String>,
+}
+
+async fn aggregate_reset(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path((name, agg)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Answer<serde_json::Value> {
+    a.authorize(&headers)?;
+    let which: WindowKey = if body.is_empty() {
+        WindowKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?
+    };
+    let (mut conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn.clone(), keys.clone());
+    let dropped = listing::reset_aggregate(
+        &mut reg,
+        &mut conn,
+        &keys,
+        &name,
+        &agg,
+        which.key.as_deref().map(str::as_bytes),
+    )
+    .await?;
+    tracing::info!(job = %name, aggregate = %agg, dropped, "aggregate reset through the admin API");
+    Ok(Json(
+        serde_json::json!({ "job": name, "aggregate": agg, "dropped": dropped }),
+    ))
 }
 
 /// An API error: its status and what went wrong.

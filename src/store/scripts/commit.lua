@@ -50,6 +50,9 @@
 --                               counted in `duplicates`); else it is SET (EX ttl) in this step
 --     'o' key                   the list of its key's pending entries (`flow.order_by`): LREM
 --                               of the id once the event is done (not for a retry)
+--     'g' H, D, S, F, Z, name, part, value, count, within (ms), mode ('t' tumbling, 's'
+--         sliding): one aggregate (`[[job.aggregate]]`) counting the event if it is acked
+--         with its effects (see aggregate() below); H, D, S, F, Z index KEYS
 --   where key is an index into KEYS.
 --
 -- An event is committed only if it is still pending for this consumer with the delivery
@@ -106,7 +109,7 @@ local function may_trim(index)
 end
 
 -- Arguments of one effect after its op, by op ('x' counts its pairs).
-local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3, h = 3, H = 2, u = 2, o = 1}
+local ARITY = {k = 3, K = 1, c = 3, w = 3, q = 2, Q = 3, h = 3, H = 2, u = 2, o = 1, g = 11}
 local function past_effects(pos, n)
   for _ = 1, n do
     local op = ARGV[pos]
@@ -222,6 +225,54 @@ for r = 0, n_reads - 1 do
   if not same then return redis.error_reply('SLUICE_CONFLICT ' .. index) end
 end
 
+-- One aggregate counts an acked event (src/store/aggregate.rs has the keys). A tumbling
+-- window is a field of hash H, `count first last value`, due in D (first + within) when it
+-- has a time; a sliding one is sorted set Z of event ids by time, trimmed to `within`. S holds
+-- every open window by its last event (for idle expiry and listings). Reaching the count
+-- appends `threshold-reached` to the fired stream F and drops the window, in this step.
+local function aggregate(pos, id)
+  local function key(i) return KEYS[tonumber(ARGV[pos + i])] end
+  local H, D, S, F, Z = key(1), key(2), key(3), key(4), key(5)
+  local name, part, value = ARGV[pos + 6], ARGV[pos + 7], ARGV[pos + 8]
+  local limit, within = tonumber(ARGV[pos + 9]), tonumber(ARGV[pos + 10])
+  local sliding, t = ARGV[pos + 11] == 's', tonumber(now)
+  local count, first
+  if sliding then
+    redis.call('ZADD', Z, t, id)
+    redis.call('ZREMRANGEBYSCORE', Z, '-inf', t - within)
+    redis.call('PEXPIRE', Z, within)
+    count = redis.call('ZCARD', Z)
+    first = tonumber(redis.call('ZRANGE', Z, 0, 0, 'WITHSCORES')[2])
+  else
+    count, first = 1, t
+    local v = redis.call('HGET', H, part)
+    if v then
+      local c, f = string.match(v, '^(%d+) (%d+) ')
+      count, first = tonumber(c) + 1, tonumber(f)
+    end
+  end
+  if limit > 0 and count >= limit then
+    redis.call('XADD', F, '*', 'sluice:kind', 'threshold-reached', 'sluice:source', name,
+      'name', name, 'key', value, 'count', count, 'start', string.format('%d', first),
+      'end', string.format('%d', t), 'reason', 'count')
+    redis.call('HINCRBY', KEYS[5], 'agg:' .. name .. ':fired', 1)
+    if sliding then
+      redis.call('DEL', Z)
+    else
+      redis.call('HDEL', H, part)
+      redis.call('ZREM', D, part)
+    end
+    redis.call('ZREM', S, part)
+  else
+    if not sliding then
+      redis.call('HSET', H, part, count .. ' ' .. string.format('%d', first) .. ' ' ..
+        string.format('%d', t) .. ' ' .. value)
+      if count == 1 and within > 0 then redis.call('ZADD', D, first + within, part) end
+    end
+    redis.call('ZADD', S, t, part)
+  end
+end
+
 local received, acked, skipped, retried, failed, dead, stale = 0, 0, 0, 0, 0, 0, 0
 local duplicates = 0
 local to_ack, done_ids, dead_ids = {}, {}, {}
@@ -269,6 +320,9 @@ while pos <= #ARGV do
     elseif op == 'o' then
       if ours and decision ~= 'r' then redis.call('LREM', key, 1, id) end
       pos = pos + 2
+    elseif op == 'g' then
+      if write then aggregate(pos, id) end
+      pos = pos + 1 + ARITY.g
     elseif op == 'h' or op == 'H' then
       if settle then
         if op == 'h' then

@@ -68,4 +68,6 @@ scripts! {
     ORDER_HEADS = "order_heads.lua";
     /// Takes units of a job's (or a key's) rate limit: how long to wait for them.
     RATE_TAKE = "rate_take.lua";
+    /// Fires an aggregate's windows whose time is up, drops idle ones.
+    AGG_TICK = "agg_tick.lua";
 }

@@ -187,7 +187,10 @@ impl StreamCommitter {
             // under the job's kv, counter, window namespaces or outside sluice's prefix).
             let settle = settled(&events[i], &decisions[i]).map(|s| (s.key.clone(), 'h'));
             let flow = flow_keys(j, &events[i]).into_iter().map(|(_, k, t)| (k, t));
-            for (key, kind) in settle.into_iter().chain(flow) {
+            let aggs = aggregated(j, &events[i], &decisions[i])
+                .into_iter()
+                .flat_map(|(_, keys, _, _)| keys);
+            for (key, kind) in settle.into_iter().chain(flow).chain(aggs) {
                 let next = targets.len() + FIRST_TARGET;
                 let entry = targets.entry(key).or_insert_with_key(|key| {
                     invocation.key(key.as_str());
@@ -236,6 +239,7 @@ impl StreamCommitter {
             let failed = matches!(outcome, Outcome::Failed(_));
             let settle = settled(event, decision);
             let flow = flow_keys(j, event);
+            let aggs = aggregated(j, event, decision);
             invocation
                 .arg(&event.id)
                 .arg(flag)
@@ -243,7 +247,7 @@ impl StreamCommitter {
                 .arg(event.delivery_count)
                 .arg(due)
                 .arg(text)
-                .arg(effects.len() + usize::from(settle.is_some()) + flow.len());
+                .arg(effects.len() + usize::from(settle.is_some()) + flow.len() + aggs.len());
             // The idempotency key first: it decides whether the rest is written.
             for (op, key, _) in &flow {
                 let index = targets[key].0;
@@ -251,6 +255,20 @@ impl StreamCommitter {
                     'u' => invocation.arg("u").arg(index).arg(j.flow.dedupe_ttl_s()),
                     _ => invocation.arg("o").arg(index),
                 };
+            }
+            for (agg, keys, part, value) in &aggs {
+                invocation.arg("g");
+                for (key, _) in keys {
+                    invocation.arg(targets[key].0);
+                }
+                let within_ms = agg.within_s.unwrap_or(0) * 1000;
+                invocation
+                    .arg(&agg.name)
+                    .arg(part)
+                    .arg(*value)
+                    .arg(agg.count.unwrap_or(0))
+                    .arg(within_ms)
+                    .arg(if agg.sliding { "s" } else { "t" });
             }
             if let Some(settle) = settle {
                 let index = targets[&settle.key].0;
@@ -552,6 +570,39 @@ fn flow_keys(job: &StreamJob, event: &Event) -> Vec<(char, String, char)> {
         keys.push(('o', key, 'l'));
     }
     keys
+}
+
+/// The aggregates an acked event counts into (`[[job.aggregate]]`), each with the five keys
+/// of its `g` op (H, D, S, F, Z, with their types) in order, its window key and value.
+#[allow(clippy::type_complexity)]
+fn aggregated<'a>(
+    job: &'a StreamJob,
+    event: &'a Event,
+    decision: &Decision,
+) -> Vec<(
+    &'a crate::model::Aggregate,
+    Vec<(String, char)>,
+    String,
+    &'a [u8],
+)> {
+    if !matches!(decision, Decision::Ack) {
+        return Vec::new();
+    }
+    job.aggregates
+        .iter()
+        .filter_map(|agg| {
+            let (part, value) = crate::store::aggregate::window_of(agg, &event.fields)?;
+            let k = crate::store::aggregate::AggKeys::new(&job.job_key, &agg.name);
+            let keys = vec![
+                (k.hash.clone(), 'h'),
+                (k.due.clone(), 'z'),
+                (k.seen.clone(), 'z'),
+                (k.fired.clone(), 's'),
+                (k.window(&part), 'z'),
+            ];
+            Some((agg, keys, part, value))
+        })
+        .collect()
 }
 
 /// The sorted-set member of a delayed task (the `n`th effect of `event`): unique per event

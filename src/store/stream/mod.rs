@@ -95,6 +95,8 @@ pub struct StreamJob {
     pub wait_timeout_ms: u64,
     /// Idempotency keys, per-key ordering, rate limits (none for a lifecycle stream).
     pub flow: crate::model::FlowOptions,
+    /// The aggregates its acked events count into (none for a lifecycle or fired stream).
+    pub aggregates: Vec<crate::model::Aggregate>,
 }
 
 impl StreamJob {
@@ -123,6 +125,22 @@ impl StreamJob {
             wait_replicas: 0,
             wait_timeout_ms: defaults::WAIT_TIMEOUT_MS,
             flow: crate::model::FlowOptions::default(),
+            aggregates: Vec::new(),
+        }
+    }
+
+    /// A job's fired stream (its aggregates' `threshold-reached` entries) as a source of its
+    /// own, like the lifecycle stream: read through the job's group, with its own retries,
+    /// counters and status records.
+    pub fn fired(keys: &Keys, job: &str, plugin: &str, source: &str, consumer: &str) -> Self {
+        let stream = super::aggregate::fired_stream(&keys.job(job, source));
+        StreamJob {
+            retry_key: format!("{stream}:retry"),
+            counters_key: format!("{stream}:counters"),
+            event_prefix: format!("{stream}:event:"),
+            channel: format!("{}:fired", keys.events_channel(job)),
+            entries: Entries::Fired,
+            ..StreamJob::new(keys, job, plugin, &stream, consumer)
         }
     }
 
@@ -170,7 +188,7 @@ impl StreamJob {
     fn event(&self, id: String, fields: Vec<Field>, delivery_count: u32) -> Event {
         let (kind, source, fields, settle) = match &self.entries {
             Entries::Source => (KIND_STREAM_ENTRY, self.stream.clone(), fields, None),
-            Entries::Fed => self.fed(fields),
+            Entries::Fed | Entries::Fired => self.fed(fields),
             Entries::Lifecycle { source } => {
                 let finished = fields
                     .iter()
@@ -249,6 +267,18 @@ pub enum Entries {
     /// The job's lifecycle stream: each entry `{kind, run}` is a `job-started` or
     /// `job-finished` event from the job's source stream `source`.
     Lifecycle { source: String },
+    /// The job's fired stream: its aggregates' `threshold-reached` entries, written as a
+    /// feed writes ([`Entries::Fed`]), but not the job's input (not registered, not counted
+    /// as its events).
+    Fired,
+}
+
+impl Entries {
+    /// Whether the stream is the job's input: what registers the job and what its event
+    /// counts and metrics are of.
+    pub fn is_input(&self) -> bool {
+        matches!(self, Entries::Source | Entries::Fed)
+    }
 }
 
 /// Open a job's stream: create the consumer group (and the stream) if missing, register
@@ -262,7 +292,7 @@ pub async fn open(
 ) -> Result<(StreamReader, StreamCommitter), StoreError> {
     let job = Arc::new(job);
     ensure_group(&mut commit_conn, &job, start).await?;
-    if !matches!(job.entries, Entries::Lifecycle { .. }) {
+    if job.entries.is_input() {
         // Two commands: the index and the job hash are in different slots of a cluster.
         let _: () = commit_conn
             .hset(&job.registry_key, &*job.job, &job.stream)
