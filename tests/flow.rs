@@ -509,3 +509,66 @@ fn time_and_sliding_thresholds_fire_on_their_own_and_agg_shows_and_resets_window
         h.stop_ok();
     }
 }
+
+#[test]
+fn weighted_sources_share_the_hosts_by_weight_and_the_low_one_is_not_starved() {
+    let (redis, mut conn, dir, cfg) = setup(
+        "chaos",
+        "pri",
+        "high",
+        "batch = 8\nweight = 4\n[[job.also]]\nsource = \"stream:low\"\nweight = 1\n",
+        "target = \"out\"",
+    );
+    // Both have a backlog before any host starts.
+    const N: usize = 1500;
+    for src in ["high", "low"] {
+        publish(
+            &mut conn,
+            src,
+            N,
+            &[
+                ("action", "now"),
+                ("src", src),
+                ("n", "{i}"),
+                ("spin_ms", "2"),
+            ],
+        );
+    }
+    let mut hosts = [
+        HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log")),
+        HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log")),
+    ];
+    assert!(wait_until(Duration::from_secs(120), || conn
+        .xlen::<_, usize>("out")
+        .unwrap()
+        >= 2 * N));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+    let mut handled: Vec<(u64, String)> = entries(&mut conn, "out")
+        .into_iter()
+        .map(|e| (e["now"].parse().unwrap(), e["src"].clone()))
+        .collect();
+    handled.sort();
+    // While both had work (the first 1000 handled): about 4 of high to 1 of low.
+    let high = handled[..1000].iter().filter(|(_, s)| s == "high").count();
+    assert!((700..=900).contains(&high), "{high} of 1000 from high");
+    // Every event of each once; the family is two jobs, `pri.0` and `pri.1`.
+    for src in ["high", "low"] {
+        let n: Vec<String> = entries(&mut conn, "out")
+            .into_iter()
+            .filter(|e| e["src"] == src)
+            .map(|e| e["n"].clone())
+            .collect();
+        let (twice, missing) = exactly_once(&n, N);
+        assert!(
+            twice.is_empty() && missing.is_empty(),
+            "{src}: {twice:?} {missing:?}"
+        );
+    }
+    let status = cli(&redis.url, "job status pri");
+    assert!(
+        status.contains("pri.0") && status.contains("pri.1"),
+        "{status}"
+    );
+}

@@ -841,6 +841,7 @@ fn assembly(redis: &Endpoint) -> Assembly {
         keys: Keys::new("sluice-bench"),
         prefix: "sluice-bench".into(),
         consumer: "bench".into(),
+        gates: Default::default(),
     }
 }
 

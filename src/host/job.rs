@@ -131,6 +131,8 @@ pub struct Assembly {
     pub prefix: String,
     /// This host's consumer name in every job's group.
     pub consumer: String,
+    /// The turns of each priority group on this host.
+    pub gates: crate::runner::priority::Gates,
 }
 
 /// A job started on this host.
@@ -195,12 +197,14 @@ impl Assembly {
         let job = stream_job(&self.keys, spec, &self.consumer, run);
         let (read, commit) = (self.connect(spec).await?, self.connect(spec).await?);
         let source = stream::open(read, commit, job, spec.start).await?;
-        Ok(JobRunner::new(
-            source,
-            handler,
-            read_policy(spec),
-            spec.delivery_policy(),
-        ))
+        let runner = JobRunner::new(source, handler, read_policy(spec), spec.delivery_policy());
+        Ok(match &spec.priority_group {
+            Some(group) => runner.with_priority(crate::runner::priority::Priority {
+                gate: self.gates.of(group),
+                weight: spec.weight,
+            }),
+            None => runner,
+        })
     }
 
     /// Make `plugin` ready for `spec`: both runners' instances, `init` run on each (within

@@ -197,6 +197,7 @@ async fn serve(
             keys,
             prefix: config.host.prefix.clone(),
             consumer: consumer.clone(),
+            gates: Default::default(),
         },
         registry,
         conn,

@@ -133,6 +133,19 @@ pub struct JobSpec {
     /// `threshold-reached` events to the plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregate: Vec<Aggregate>,
+    /// Jobs of one priority group take turns handling on each host: a turn is up to
+    /// `weight` batches in a row (see [`JobSpec::weight`]). None: no group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_group: Option<String>,
+    /// In a priority group: batches per turn (1–1000, default 1), its share when every
+    /// job of the group has work.
+    #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
+    pub weight: u32,
+    /// More sources of the same job, each with its weight (`[[job.also]]`): the definition
+    /// stands for a family, `<name>.0` reading `source` and `<name>.<i>` the `i`th of these,
+    /// in a priority group of its own (the job's name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<AlsoSource>,
     /// A finite job finishes once its source is drained (nothing undelivered, pending or
     /// scheduled): the plugin gets `job-finished` and the job's state becomes `finished`.
     /// For one-off loads: fill the stream, then start the job (default false).
@@ -142,6 +155,22 @@ pub struct JobSpec {
     /// booleans (checked by [`JobSpec::validate`]).
     #[serde(default)]
     pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Another source of a job with priorities (`[[job.also]]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct AlsoSource {
+    pub source: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn is_default_weight(w: &u32) -> bool {
+    *w == 1
 }
 
 /// Retry delays of a job.
@@ -582,6 +611,9 @@ impl JobSpec {
             flow: FlowOptions::default(),
             breaker: None,
             aggregate: Vec::new(),
+            priority_group: None,
+            weight: default_weight(),
+            also: Vec::new(),
             finite: false,
             config: BTreeMap::new(),
         }
@@ -597,6 +629,22 @@ impl JobSpec {
     /// `<name>.<i>` and reading `orders:{<i>}`: a family sharing everything else. Each is a
     /// job like any other, with its keys in its partition's slot.
     pub fn expand(&self) -> Result<Vec<JobSpec>, (String, String)> {
+        // Sources with priorities: a member per source, in a group of the job's name.
+        if !self.also.is_empty() {
+            let sources = std::iter::once((self.source.clone(), self.weight))
+                .chain(self.also.iter().map(|a| (a.source.clone(), a.weight)));
+            return Ok(sources
+                .enumerate()
+                .map(|(i, (source, weight))| JobSpec {
+                    name: format!("{}.{i}", self.name),
+                    source,
+                    weight,
+                    priority_group: Some(self.name.clone()),
+                    also: Vec::new(),
+                    ..self.clone()
+                })
+                .collect());
+        }
         let (kind, key) = match self.source() {
             Ok(Source::Stream(key)) => ("stream", key),
             Ok(Source::List(key)) => ("list", key),
@@ -685,6 +733,42 @@ impl JobSpec {
             ));
         }
         j.flow.validate().map_err(|(f, m)| (at(f), m))?;
+        in_range(j.weight.into(), 1, 1000).map_err(|m| (at("weight"), m))?;
+        if let Some(g) = &j.priority_group {
+            check_name(g).map_err(|m| (at("priority_group"), m))?;
+        }
+        if !j.also.is_empty() {
+            if j.priority_group.is_some() {
+                return Err((
+                    at("priority_group"),
+                    "a job with `also` sources is a priority group of its own (its name)".into(),
+                ));
+            }
+            if j.also.len() > 15 {
+                return Err((at("also"), "at most 15 more sources".into()));
+            }
+            for (i, a) in j.also.iter().enumerate() {
+                let at_also = |f: &str| format!("also[{i}].{f}");
+                in_range(a.weight.into(), 1, 1000).map_err(|m| (at_also("weight"), m))?;
+                let member = JobSpec {
+                    source: a.source.clone(),
+                    also: Vec::new(),
+                    ..j.clone()
+                };
+                member
+                    .validate()
+                    .map_err(|(f, m)| (if f == "source" { at_also("source") } else { f }, m))?;
+            }
+            let partitioned = |s: &str| matches!(Source::parse(s), Ok(Source::Stream(k) | Source::List(k)) if Partitions::parse(k).is_some());
+            if partitioned(&j.source) || j.also.iter().any(|a| partitioned(&a.source)) {
+                return Err((
+                    at("also"),
+                    "partitioned streams and `also` sources do not mix: give each partition \
+                     its own job"
+                        .into(),
+                ));
+            }
+        }
         if let Some(b) = &j.breaker {
             b.validate().map_err(|(f, m)| (at(f), m))?;
         }

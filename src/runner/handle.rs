@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
+use super::priority::{Priority, Turn};
 use super::{Handled, HandlerSlot, Read, Stamps};
 use crate::model::{DeliveryPolicy, Event, FailureKind, Handler, Outcome};
 
@@ -18,9 +19,25 @@ pub(super) async fn handle_stage(
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
     mut redo: mpsc::UnboundedReceiver<Vec<Event>>,
+    priority: Option<Priority>,
 ) -> anyhow::Result<()> {
     let mut handled = 0u64;
-    while let Some(Read { events: batch, at }) = input.recv().await {
+    // With a priority group: the turn held, and how many more batches it lasts.
+    let mut turn: Option<(Turn, u32)> = None;
+    loop {
+        // A turn is kept while the next batch is ready, let go before waiting for one.
+        let read = match input.try_recv() {
+            Ok(read) => read,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                turn = None;
+                match input.recv().await {
+                    Some(read) => read,
+                    None => break,
+                }
+            }
+        };
+        let Read { events: batch, at } = read;
         // A new version takes over between batches: everything handled so far is on its way
         // to the committer with the old version's name on it.
         if let Some(next) = next.take() {
@@ -48,6 +65,16 @@ pub(super) async fn handle_stage(
                 return Ok(());
             }
             handled += 1;
+            if let Some(p) = &priority {
+                if turn.as_ref().is_none_or(|(_, left)| *left == 0) {
+                    // Its turn used up: back in the queue (holding it would wait forever).
+                    drop(turn.take());
+                    turn = Some((p.gate.turn().await, p.weight.max(1)));
+                }
+                if let Some((_, left)) = turn.as_mut() {
+                    *left -= 1;
+                }
+            }
             loop {
                 let started = Instant::now();
                 let (h, mut evs, outcomes, reads) = tokio::task::spawn_blocking(move || {

@@ -20,6 +20,7 @@
 mod commit;
 mod flow;
 mod handle;
+pub mod priority;
 mod read;
 
 use std::sync::Arc;
@@ -88,6 +89,8 @@ pub struct JobRunner {
     policy: ReadPolicy,
     delivery: DeliveryPolicy,
     observer: Option<Arc<dyn CommitObserver>>,
+    /// Its priority group's turns on this host, if it has one.
+    priority: Option<priority::Priority>,
 }
 
 /// Delays between attempts while Redis is unreachable: 50 ms doubling to 5 s, with jitter.
@@ -139,7 +142,14 @@ impl JobRunner {
             policy,
             delivery,
             observer: None,
+            priority: None,
         }
+    }
+
+    /// Take turns with the other jobs of a priority group on this host.
+    pub fn with_priority(mut self, priority: priority::Priority) -> Self {
+        self.priority = Some(priority);
+        self
     }
 
     /// Where to send a new handler: the batch being handled finishes (and is committed) with
@@ -190,6 +200,7 @@ impl JobRunner {
             handled_tx,
             committed_rx,
             redo_rx,
+            self.priority,
         ));
         let stats = commit_stage(
             self.committer,

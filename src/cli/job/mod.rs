@@ -215,14 +215,17 @@ async fn family(c: &Client, name: &str) -> anyhow::Result<Vec<String>> {
     if snapshot.jobs.contains_key(name) {
         return Ok(vec![name.to_string()]);
     }
-    // A member is `<name>.<i>` reading a partition `…{<i>}…`: not any job of such a name.
+    // A member is `<name>.<i>` reading a partition `…{<i>}…`, or of priority group `name`
+    // (a job with `also` sources): not any job of such a name.
     let mut members: Vec<(u32, String)> = snapshot
         .jobs
         .iter()
         .filter_map(|(job, entry)| {
             let n: u32 = job.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
             let stream = c.keys.source_stream(&entry.spec);
-            (crate::model::hash_tag(&stream) == n.to_string()).then(|| (n, job.clone()))
+            (crate::model::hash_tag(&stream) == n.to_string()
+                || entry.spec.priority_group.as_deref() == Some(name))
+            .then(|| (n, job.clone()))
         })
         .collect();
     members.sort();

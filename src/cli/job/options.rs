@@ -145,6 +145,12 @@ pub struct JobOptions {
     /// Fewest deliveries in the window before the breaker may trip
     #[arg(long, value_name = "N")]
     pub breaker_min_events: Option<u64>,
+    /// Take turns handling with the other jobs of this priority group on each host ("": none)
+    #[arg(long, value_name = "GROUP")]
+    pub priority_group: Option<String>,
+    /// In a priority group: batches per turn, the job's share when every job has work
+    #[arg(long)]
+    pub weight: Option<u32>,
     /// A threshold firing `threshold-reached` to the plugin, as
     /// name=N,count=C,within_s=S[,key_by=FIELD][,sliding][,idle_s=S] (repeatable: the given
     /// ones replace the job's; `none` removes them all)
@@ -191,6 +197,10 @@ impl JobOptions {
         set(&mut spec.retention_keep_s, self.retention_keep_s);
         set(&mut spec.retention_every_ms, self.retention_every_ms);
         set(&mut spec.finite, self.finite);
+        set(&mut spec.weight, self.weight);
+        if let Some(g) = &self.priority_group {
+            spec.priority_group = (!g.is_empty()).then(|| g.clone());
+        }
         set(&mut spec.scan.interval_s, self.interval_s);
         set(&mut spec.scan.files_per_task, self.files_per_task);
         set(&mut spec.scan.ignore_cache, self.ignore_cache);
@@ -340,6 +350,8 @@ mod tests {
             rate_key: Some("f".into()),
         };
         full.aggregate = vec![crate::model::Aggregate::parse("name=a,count=1").unwrap()];
+        full.priority_group = Some("g".into());
+        full.weight = 2;
         full.breaker = Some(crate::model::BreakerOptions {
             failure_pct: Some(50),
             window_s: Some(1),
@@ -348,7 +360,10 @@ mod tests {
         let spec = serde_json::to_value(full).unwrap();
         for field in spec.as_object().unwrap().keys() {
             let wanted: Vec<String> = match field.as_str() {
-                "name" | "source" | "plugin" => continue,
+                // `also` is the config file's shorthand for a family of jobs in a priority
+                // group: on the command line, each member is started with --priority-group
+                // and --weight.
+                "name" | "source" | "plugin" | "also" => continue,
                 "config" => vec!["set".into(), "unset".into()],
                 "retry_backoff" => vec!["retry-base-ms".into(), "retry-max-ms".into()],
                 "scan" => spec["scan"]
