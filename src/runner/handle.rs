@@ -11,15 +11,26 @@ use super::priority::{Priority, Turn};
 use super::{Handled, HandlerSlot, Read, Stamps};
 use crate::model::{DeliveryPolicy, Event, FailureKind, Handler, Outcome};
 
+/// How the handler stage handles: its handler, where a new version waits, the job's
+/// delivery policy, and its priority group's turns.
+pub(super) struct Handling {
+    pub handler: Box<dyn Handler>,
+    pub next: HandlerSlot,
+    pub delivery: DeliveryPolicy,
+    pub priority: Option<Priority>,
+}
+
 pub(super) async fn handle_stage(
-    mut handler: Box<dyn Handler>,
-    next: HandlerSlot,
-    delivery: DeliveryPolicy,
+    Handling {
+        mut handler,
+        next,
+        delivery,
+        priority,
+    }: Handling,
     mut input: mpsc::Receiver<Read>,
     out: mpsc::Sender<Handled>,
     mut committed: watch::Receiver<u64>,
     mut redo: mpsc::UnboundedReceiver<Vec<Event>>,
-    priority: Option<Priority>,
 ) -> anyhow::Result<()> {
     let mut handled = 0u64;
     // With a priority group: the turn held, and how many more batches it lasts.

@@ -193,14 +193,16 @@ impl JobRunner {
             flow,
         ));
         let handler = tokio::spawn(handle_stage(
-            self.handler,
-            self.next,
-            self.delivery,
+            handle::Handling {
+                handler: self.handler,
+                next: self.next,
+                delivery: self.delivery,
+                priority: self.priority,
+            },
             read_rx,
             handled_tx,
             committed_rx,
             redo_rx,
-            self.priority,
         ));
         let stats = commit_stage(
             self.committer,
