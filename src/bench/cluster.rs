@@ -184,7 +184,7 @@ async fn drain(
     let streams: Vec<String> = members.iter().map(|m| a.keys.source_stream(m)).collect();
     for stream in &streams {
         let _: () = redis::cmd("DEL").arg(stream).query_async(&mut conn).await?;
-        prefill(&mut conn, stream, share).await?;
+        prefill(&mut conn, stream, share, None).await?;
     }
     if let Some(target) = target {
         let _: () = redis::cmd("DEL").arg(target).query_async(&mut conn).await?;

@@ -51,20 +51,30 @@ pub async fn cleanup(conn: &mut Conn, stream: &str) -> anyhow::Result<()> {
     }
 }
 
-pub async fn prefill(conn: &mut Conn, stream: &str, n: u64) -> anyhow::Result<()> {
+/// Fill `stream` with `n` entries `{t, payload}` (and `k`, one of `keys` values in turn, when
+/// asked: what `order_by` keys on).
+pub async fn prefill(
+    conn: &mut Conn,
+    stream: &str,
+    n: u64,
+    keys: Option<u64>,
+) -> anyhow::Result<()> {
     let mut sent = 0;
     while sent < n {
         let chunk = (n - sent).min(1000);
         let mut pipe = redis::pipe();
-        for _ in 0..chunk {
-            pipe.cmd("XADD")
-                .arg(stream)
+        for i in sent..sent + chunk {
+            let cmd = pipe.cmd("XADD");
+            cmd.arg(stream)
                 .arg("*")
                 .arg("t")
                 .arg(0)
                 .arg("payload")
-                .arg(PAYLOAD)
-                .ignore();
+                .arg(PAYLOAD);
+            if let Some(keys) = keys {
+                cmd.arg("k").arg(i % keys);
+            }
+            cmd.ignore();
         }
         let _: () = pipe.query_async(conn).await?;
         sent += chunk;
@@ -78,6 +88,7 @@ pub async fn publish_paced(
     stream: &str,
     rate: u64,
     secs: u64,
+    keys: Option<u64>,
 ) -> anyhow::Result<u64> {
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     let started = Instant::now();
@@ -93,15 +104,18 @@ pub async fn publish_paced(
         }
         let mut pipe = redis::pipe();
         let t = now_us();
-        for _ in sent..due {
-            pipe.cmd("XADD")
-                .arg(stream)
+        for i in sent..due {
+            let cmd = pipe.cmd("XADD");
+            cmd.arg(stream)
                 .arg("*")
                 .arg("t")
                 .arg(t)
                 .arg("payload")
-                .arg(PAYLOAD)
-                .ignore();
+                .arg(PAYLOAD);
+            if let Some(keys) = keys {
+                cmd.arg("k").arg(i % keys);
+            }
+            cmd.ignore();
         }
         let _: () = pipe.query_async(&mut conn).await?;
         sent = due;

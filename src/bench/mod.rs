@@ -114,6 +114,12 @@ enum Mode {
     NativeDoneRecords,
     Native,
     WasmNoop,
+    /// The no-op plugin under a fleet-wide rate limit above its speed (`flow.rate_limit`):
+    /// what taking the limit's units costs.
+    RateLimited,
+    /// The no-op plugin with `flow.order_by` over [`ORDER_KEYS`] keys: what listing each
+    /// entry under its key and asking for the heads costs.
+    Ordered,
     WasmStateful,
     Echo,
     /// wordcount in this language, on entries without a `text` field: one call, `skip`.
@@ -125,6 +131,9 @@ enum Mode {
     Busy(u32),
 }
 
+/// Keys of the ordered mode's entries.
+const ORDER_KEYS: u64 = 1000;
+
 /// Rounds of hashing per event of the `busy` plugin: tens of µs, well above what the host
 /// costs per event, so the rows show how plugin work scales with a job's concurrency.
 const BUSY_ROUNDS: &str = "300";
@@ -133,12 +142,14 @@ const BUSY_ROUNDS: &str = "300";
 const GUESTS: [&str; 5] = ["rust", "c", "go", "python", "js"];
 
 impl Mode {
-    const ALL: [Mode; 17] = [
+    const ALL: [Mode; 19] = [
         Mode::Bare,
         Mode::BareEcho,
         Mode::Native,
         Mode::NativeDoneRecords,
         Mode::WasmNoop,
+        Mode::RateLimited,
+        Mode::Ordered,
         Mode::WasmStateful,
         Mode::Echo,
         Mode::Guest(GUESTS[0]),
@@ -160,6 +171,8 @@ impl Mode {
             Mode::NativeDoneRecords => "host, native, done records",
             Mode::Native => "host, native no-op handler",
             Mode::WasmNoop => "host, wasm no-op (noop)",
+            Mode::RateLimited => "host, noop, rate limit 1M/s",
+            Mode::Ordered => "host, noop, order_by (1000 keys)",
             Mode::WasmStateful => "host, wasm stateful no-op (chaos)",
             Mode::Echo => "host, echo plugin (emits)",
             Mode::Guest("rust") => "host, rust wordcount (skips)",
@@ -175,6 +188,11 @@ impl Mode {
         }
     }
 
+    /// How many key values its entries carry in field `k` (None: no such field).
+    fn keys(self) -> Option<u64> {
+        (self == Mode::Ordered).then_some(ORDER_KEYS)
+    }
+
     fn key(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
@@ -182,6 +200,8 @@ impl Mode {
             Mode::NativeDoneRecords => "native-done-records",
             Mode::Native => "native",
             Mode::WasmNoop => "wasm-noop",
+            Mode::RateLimited => "rate-limited",
+            Mode::Ordered => "ordered",
             Mode::WasmStateful => "wasm-stateful",
             Mode::Echo => "echo",
             Mode::Guest(lang) => lang,
@@ -550,7 +570,7 @@ async fn measure(
         for (m, mode) in modes.iter().enumerate() {
             let stream = format!("sluice-bench:{}:tput", mode.key());
             cleanup(&mut conn, &stream).await?;
-            prefill(&mut conn, &stream, args.events).await?;
+            prefill(&mut conn, &stream, args.events, mode.keys()).await?;
             quiet(&mut conn).await?;
             let run = consume(*mode, args, redis, plugins, &stream, args.events, None).await?;
             cleanup(&mut conn, &stream).await?;
@@ -668,6 +688,18 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
             r.p99_ms
         );
     }
+    let noop = rows.iter().find(|r| r.key == Mode::WasmNoop.key());
+    for (mode, what) in [
+        (Mode::RateLimited, "rate limit on vs off"),
+        (Mode::Ordered, "order_by on vs off"),
+    ] {
+        if let (Some(noop), Some(r)) = (noop, rows.iter().find(|r| r.key == mode.key())) {
+            println!(
+                "flow control: {what} (the no-op plugin, same rounds): {:.0}%",
+                flow_ratio(r, noop) * 100.0
+            );
+        }
+    }
     println!(
         "where the latency runs' time went (p99 of each stage, ms; publish = the publisher's stamp):"
     );
@@ -683,6 +715,17 @@ fn print_table(args: &BenchArgs, redis: &Endpoint, rows: &[Row]) {
             r.mode, read, handled, acked
         );
     }
+}
+
+/// The median over the rounds of `row`'s throughput over `base`'s in the same round.
+fn flow_ratio(row: &Row, base: &Row) -> f64 {
+    let ratios: Vec<f64> = row
+        .runs
+        .iter()
+        .zip(&base.runs)
+        .map(|(r, b)| r / b)
+        .collect();
+    median(&ratios)
 }
 
 /// What one run of a mode measured.
@@ -744,6 +787,14 @@ async fn consume(
         Mode::Bare | Mode::BareEcho => None,
         Mode::Native | Mode::NativeDoneRecords => Some(Box::new(NoopHandler)),
         Mode::WasmNoop => Some(Box::new(prepared(&plugins.noop, &spec).await?)),
+        Mode::RateLimited | Mode::Ordered => {
+            if mode == Mode::RateLimited {
+                spec.flow.rate_limit = Some("1000000/s".into());
+            } else {
+                spec.flow.order_by = Some("k".into());
+            }
+            Some(Box::new(prepared(&plugins.noop, &spec).await?))
+        }
         Mode::WasmStateful => Some(Box::new(prepared(&plugins.chaos, &spec).await?)),
         Mode::Echo => {
             let echo = job_spec(
@@ -804,7 +855,7 @@ async fn consume(
         })
     };
     if let Some(rate) = rate {
-        let published = publish_paced(redis, stream, rate, args.latency_secs).await?;
+        let published = publish_paced(redis, stream, rate, args.latency_secs, mode.keys()).await?;
         tally.set_target(published);
     }
     consumer.await??;

@@ -166,7 +166,7 @@ pub(super) async fn cost(
                 let stream = format!("sluice-bench:{}:observe", mode.key());
                 let mut conn = redis.connect(Duration::from_secs(20)).await?;
                 cleanup(&mut conn, &stream).await?;
-                prefill(&mut conn, &stream, args.events).await?;
+                prefill(&mut conn, &stream, args.events, None).await?;
                 super::quiet(&mut conn).await?;
                 let rate = consume(mode, args, redis, plugins, &stream, args.events, None)
                     .await?

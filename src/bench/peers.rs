@@ -83,7 +83,7 @@ pub async fn run(
         )
         .await?;
         cleanup(&mut conn, stream).await?;
-        prefill(&mut conn, stream, args.events).await?;
+        prefill(&mut conn, stream, args.events, None).await?;
         super::quiet(&mut conn).await?;
         let script = dir.join("redis_py_loop.py");
         let out = peer_json(

@@ -56,7 +56,7 @@ pub async fn swap_pause(
     let stream = "sluice-bench:swap";
     let mut conn = redis.connect(Duration::from_secs(20)).await?;
     cleanup(&mut conn, stream).await?;
-    prefill(&mut conn, stream, args.events).await?;
+    prefill(&mut conn, stream, args.events, None).await?;
     super::quiet(&mut conn).await?;
     let spec = job_spec(
         "echo",
