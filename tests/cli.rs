@@ -263,7 +263,7 @@ fn bench_runs_every_mode_and_reports_json() {
     let swap = &report["swap"];
     assert!(swap["gap_at_swap_ms"].as_f64().unwrap() > 0.0, "{swap}");
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes.len(), 17, "{modes:?}");
+    assert_eq!(modes.len(), 19, "{modes:?}");
     // The pictures: an SVG each, naming what they show.
     for (file, shows) in [
         ("throughput.svg", "host, wasm no-op (noop)"),

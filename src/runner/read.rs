@@ -35,7 +35,7 @@ pub(super) async fn keep_fresh(
 /// Input bytes one read should bring at most: with up to five batches in the pipeline
 /// (reader, two channels, handler, committer), what the host holds of its input stays near
 /// five times this, whatever size the producers' entries are.
-const MAX_READ_BYTES: usize = 16 << 20;
+const MAX_READ_BYTES: usize = 8 << 20;
 
 /// How many entries to ask for in one read: the job's batch, fewer when entries are big, so
 /// a read brings about [`MAX_READ_BYTES`] at most. Until sizes are known, a small read (4
@@ -275,7 +275,7 @@ mod tests {
         size.observe(&entries(16, 100));
         assert_eq!(size.count(), 256);
         size.observe(&entries(4, 1 << 20));
-        assert_eq!(size.count(), 15, "about 16 MiB of 1 MiB entries");
+        assert_eq!(size.count(), 7, "about 8 MiB of 1 MiB entries");
         for _ in 0..20 {
             size.observe(&entries(15, 100));
         }
