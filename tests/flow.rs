@@ -29,9 +29,17 @@ fn fleet(
         &format!("{job_extra}\n[job.flow]\n{flow}\n"),
         "target = \"out\"",
     );
-    let a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
-    let b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
-    (redis, conn, dir, cfg, [a, b])
+    let hosts = two_hosts(&redis, &dir, &cfg);
+    (redis, conn, dir, cfg, hosts)
+}
+
+/// Two `sluice run` hosts of one config, logging to `a.log` and `b.log`.
+fn two_hosts(
+    redis: &RedisServer,
+    dir: &tempfile::TempDir,
+    cfg: &std::path::Path,
+) -> [HostProcess; 2] {
+    ["a", "b"].map(|h| HostProcess::start(cfg, &redis.url, &dir.path().join(format!("{h}.log"))))
 }
 
 fn done(conn: &mut redis::Connection, n: u64) -> bool {
@@ -263,10 +271,7 @@ fn a_breaker_pauses_the_job_across_the_fleet_and_resume_continues_it() {
          [job.breaker]\nfailure_pct = 50\nwindow_s = 5\nmin_events = 20\n",
         "target = \"out\"\nfail_all = \"true\"",
     );
-    let mut hosts = [
-        HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log")),
-        HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log")),
-    ];
+    let mut hosts = two_hosts(&redis, &dir, &cfg);
     publish(&mut conn, "in", 300, &[("action", "emit"), ("n", "{i}")]);
     // A downstream that is down: every delivery fails, and the breaker pauses the job.
     let status = || {
@@ -337,9 +342,8 @@ fn aggregating(
         &format!("batch = 32\nclaim_idle_ms = 2000\nretention_every_ms = 200\n{aggregates}"),
         "target = \"out\"\nwith_kind = \"true\"",
     );
-    let a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
-    let b = HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log"));
-    (redis, conn, dir, [a, b])
+    let hosts = two_hosts(&redis, &dir, &cfg);
+    (redis, conn, dir, hosts)
 }
 
 fn thresholds(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
@@ -534,10 +538,7 @@ fn weighted_sources_share_the_hosts_by_weight_and_the_low_one_is_not_starved() {
             ],
         );
     }
-    let mut hosts = [
-        HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log")),
-        HostProcess::start(&cfg, &redis.url, &dir.path().join("b.log")),
-    ];
+    let mut hosts = two_hosts(&redis, &dir, &cfg);
     assert!(wait_until(Duration::from_secs(120), || conn
         .xlen::<_, usize>("out")
         .unwrap()

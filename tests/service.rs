@@ -930,11 +930,11 @@ fn sighup_before_redis_is_reached_does_not_end_the_host() {
 fn max_connections_bounds_the_jobs_a_host_starts_and_ready_says_why() {
     let port = free_port();
     let (redis, mut conn, dir, cfg) = setup("chaos", "a", "in", "", "");
-    // Room for the host and one job (2 + at most 8), not two.
+    // Room for the host and one job (2 + at most 10), not two.
     let config = std::fs::read_to_string(&cfg).unwrap().replace(
         "[host]",
         &format!(
-            "[redis]\nmax_connections = 10\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[host]"
+            "[redis]\nmax_connections = 12\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[host]"
         ),
     );
     let second =
@@ -953,10 +953,10 @@ fn max_connections_bounds_the_jobs_a_host_starts_and_ready_says_why() {
     ) == 5));
     let (code, body) = get(port, "/ready");
     assert_eq!(code, 503, "{body}");
-    assert!(body.contains("max_connections (10)"), "{body}");
+    assert!(body.contains("max_connections (12)"), "{body}");
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
     // The host's connections, and this test's own one.
-    assert!(clients.lines().count() <= 10 + 1, "{clients}");
+    assert!(clients.lines().count() <= 12 + 1, "{clients}");
     // Stopping the job that runs makes room for the other.
     let running = if acked(&mut conn, "a", "in") == 5 {
         "a"

@@ -64,7 +64,7 @@ pub struct RedisConfig {
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
     /// The most connections a host opens to Redis (0, default: no bound). A host holds 2,
-    /// plus up to 8 per job it runs; a job that would take it past this is not started here (and
+    /// plus up to 10 per job it runs; a job that would take it past this is not started here (and
     /// `/ready` says so).
     #[serde(default)]
     pub max_connections: usize,
@@ -211,8 +211,8 @@ impl RedisConfig {
         }
         range("reconnect_max_ms", self.reconnect_max_ms, 10, 600_000)?;
         if self.max_connections > 0 {
-            // Room for the host's own 2 and one job's 8 (`host::reconcile::JOB_CONNECTIONS`).
-            range("max_connections", self.max_connections as u64, 10, 100_000)?;
+            // Room for the host's own 2 and one job's 10 (`host::reconcile::JOB_CONNECTIONS`).
+            range("max_connections", self.max_connections as u64, 12, 100_000)?;
         }
         range(
             "reconnect_min_ms",

@@ -207,6 +207,41 @@ impl Assembly {
         })
     }
 
+    /// A runner of one of `spec`'s own streams besides its source (its lifecycle stream, its
+    /// fired stream), read from the beginning, fenced on `run` like the source: a host that
+    /// has not yet seen a restart of the job cannot handle the new run's entries with the old
+    /// run's spec.
+    async fn side_runner(
+        &self,
+        spec: &JobSpec,
+        run: u64,
+        job: StreamJob,
+        handler: Box<dyn Handler>,
+    ) -> Result<JobRunner, Failure> {
+        let transient = transient(&spec.name);
+        let job = StreamJob {
+            run: Some(run),
+            status_ttl_s: spec.status_ttl_s,
+            done_ttl_s: spec.done_ttl_s,
+            wait_replicas: spec.wait_replicas,
+            wait_timeout_ms: spec.wait_timeout_ms,
+            ..job
+        };
+        let (read, commit) = (
+            self.connect(spec).await.map_err(transient)?,
+            self.connect(spec).await.map_err(transient)?,
+        );
+        let opened = stream::open(read, commit, job, crate::model::Start::Beginning)
+            .await
+            .map_err(|e| transient(e.into()))?;
+        Ok(JobRunner::new(
+            opened,
+            handler,
+            read_policy(spec),
+            spec.delivery_policy(),
+        ))
+    }
+
     /// Make `plugin` ready for `spec`: both runners' instances, `init` run on each (within
     /// the job's `init_timeout_ms`), reading job state through `state` (a running job's), else
     /// through a new connection. Slow plugins only slow this: the host runs it as a task of
@@ -268,27 +303,8 @@ impl Assembly {
         }
         // Fenced on the run like the source: a host that has not yet seen a restart of the
         // job cannot handle the new run's `job-started` with the old run's spec.
-        let life = StreamJob {
-            run: Some(run),
-            status_ttl_s: spec.status_ttl_s,
-            done_ttl_s: spec.done_ttl_s,
-            wait_replicas: spec.wait_replicas,
-            wait_timeout_ms: spec.wait_timeout_ms,
-            ..StreamJob::lifecycle(&self.keys, name, &spec.plugin, &source, &self.consumer)
-        };
-        let (read, commit) = (
-            self.connect(spec).await.map_err(transient)?,
-            self.connect(spec).await.map_err(transient)?,
-        );
-        let life = stream::open(read, commit, life, crate::model::Start::Beginning)
-            .await
-            .map_err(store)?;
-        let life_runner = JobRunner::new(
-            life,
-            life_handler,
-            read_policy(spec),
-            spec.delivery_policy(),
-        );
+        let life = StreamJob::lifecycle(&self.keys, name, &spec.plugin, &source, &self.consumer);
+        let life_runner = self.side_runner(spec, run, life, life_handler).await?;
         let runner = self
             .source_runner(spec, Some(run), handler)
             .await
@@ -298,27 +314,9 @@ impl Assembly {
         // with the source's, behind the same gate.
         let fired_runner = match fired_handler {
             Some(h) if !spec.aggregate.is_empty() => {
-                let fired = StreamJob {
-                    run: Some(run),
-                    status_ttl_s: spec.status_ttl_s,
-                    done_ttl_s: spec.done_ttl_s,
-                    wait_replicas: spec.wait_replicas,
-                    wait_timeout_ms: spec.wait_timeout_ms,
-                    ..StreamJob::fired(&self.keys, name, &spec.plugin, &source, &self.consumer)
-                };
-                let (read, commit) = (
-                    self.connect(spec).await.map_err(transient)?,
-                    self.connect(spec).await.map_err(transient)?,
-                );
-                let fired = stream::open(read, commit, fired, crate::model::Start::Beginning)
-                    .await
-                    .map_err(store)?;
-                Some(JobRunner::new(
-                    fired,
-                    h,
-                    read_policy(spec),
-                    spec.delivery_policy(),
-                ))
+                let fired =
+                    StreamJob::fired(&self.keys, name, &spec.plugin, &source, &self.consumer);
+                Some(self.side_runner(spec, run, fired, h).await?)
             }
             _ => None,
         };

@@ -67,10 +67,10 @@ pub struct Host {
 
 /// Connections a host holds besides its jobs': the control connection and the pub/sub one.
 pub const HOST_CONNECTIONS: usize = 2;
-/// The most connections one running job holds: reader and committer of its source and of
-/// its lifecycle stream, job state, the lifecycle gate (also used for retention), and a list
-/// job's feed and a Redis Cluster job's outbox forwarder.
-pub const JOB_CONNECTIONS: usize = 8;
+/// The most connections one running job holds: reader and committer of its source, of its
+/// lifecycle stream and of its aggregates' fired stream, job state, the lifecycle gate (also
+/// used for retention), and a list job's feed and a Redis Cluster job's outbox forwarder.
+pub const JOB_CONNECTIONS: usize = 10;
 
 /// A version of a job's plugin for one run of the job: what a preparation is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
