@@ -163,6 +163,45 @@ fn events_of_a_key_are_handled_in_stream_order_across_a_fleet() {
     assert!(lists.is_empty(), "{lists:?}");
 }
 
+#[test]
+fn a_retried_event_holds_back_its_key_only() {
+    let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet(
+        "order_by = \"acct\"",
+        "done_ttl_s = 600\nmax_deliveries = 10\nretry_backoff = { base_ms = 400, max_ms = 400 }",
+    );
+    let add = |conn: &mut redis::Connection, fields: &[(&str, &str)]| -> String {
+        publish(conn, "in", 1, fields).remove(0)
+    };
+    add(&mut conn, &[("action", "now"), ("acct", "a"), ("seq", "0")]);
+    // Fails twice (retried 400 ms later each time), then acked without output.
+    let slow = add(&mut conn, &[("action", "fail-until"), ("n", "3"), ("acct", "a")]);
+    for seq in ["2", "3"] {
+        add(&mut conn, &[("action", "now"), ("acct", "a"), ("seq", seq)]);
+    }
+    for seq in ["0", "1", "2", "3"] {
+        add(&mut conn, &[("action", "now"), ("acct", "b"), ("seq", seq)]);
+    }
+    assert!(wait_until(Duration::from_secs(30), || done(&mut conn, 8)));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+    // When the retried event was done: its status record's `updated_at`.
+    let record: String = conn.get(format!("sluice:{{in}}:job:flow:event:{slow}")).unwrap();
+    let done_at: u64 = record.split('|').nth(3).unwrap().parse().unwrap();
+    assert!(record.starts_with("done|3|"), "{record}");
+    let out = entries(&mut conn, "out");
+    let at = |acct: &str, seq: &str| -> u64 {
+        out.iter()
+            .find(|e| e["acct"] == acct && e["seq"] == seq)
+            .map(|e| e["now"].parse().unwrap())
+            .unwrap()
+    };
+    // a's later events waited for it; b's did not.
+    assert!(at("a", "0") <= done_at && at("a", "2") >= done_at, "{out:?} {done_at}");
+    assert!(at("a", "3") >= at("a", "2"));
+    assert!(at("b", "3") < done_at, "b waited for a's retry: {out:?} {done_at}");
+}
+
 /// The plugin's clock (`now` of each output entry), sorted.
 fn times(conn: &mut redis::Connection) -> Vec<u64> {
     let mut t: Vec<u64> = field_values(conn, "out", "now")

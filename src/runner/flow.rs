@@ -9,9 +9,10 @@
 use std::time::{Duration, Instant};
 
 use crate::model::{Event, Rate};
-use crate::store::stream::{Gatekeeper, Take};
+use crate::store::stream::{Gatekeeper, Head, Take};
 
-/// How often entries held behind others of their key (on any host) are asked about again.
+/// How often entries held behind others of their key being handled (on any host) are asked
+/// about again; behind a retry, they wait for its time.
 const ORDER_POLL: Duration = Duration::from_millis(10);
 /// How long entries wait after Redis failed to tell whether they may go.
 const FAILED_RETRY: Duration = Duration::from_millis(500);
@@ -174,13 +175,19 @@ impl Flow {
         let asked: Vec<&Event> = keyed.iter().collect();
         match self.gate.heads(&asked).await {
             Ok(heads) => {
-                let again = Instant::now() + ORDER_POLL;
+                let now = Instant::now();
                 for (event, head) in keyed.into_iter().zip(heads) {
-                    if head {
-                        free.push(event);
-                    } else {
-                        self.held.push(Held { event, at: again });
-                    }
+                    let at = match head {
+                        Head::Free => {
+                            free.push(event);
+                            continue;
+                        }
+                        Head::Behind => now + ORDER_POLL,
+                        Head::BehindRetry(due) => {
+                            now + crate::store::timer::until(due).max(ORDER_POLL)
+                        }
+                    };
+                    self.held.push(Held { event, at });
                 }
             }
             Err(e) => {

@@ -26,6 +26,17 @@ pub fn flow_part(value: &[u8]) -> String {
     out
 }
 
+/// Where an ordered entry stands in its key's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// First: it may be handled.
+    Free,
+    /// Behind an entry being handled (on some host).
+    Behind,
+    /// Behind an entry scheduled to be retried at this time (ms since the epoch).
+    BehindRetry(u64),
+}
+
 /// One take of a rate key: units (events) and a time before which its next unit may not go.
 #[derive(Debug, Clone)]
 pub struct Take {
@@ -102,19 +113,29 @@ impl Gatekeeper {
     }
 
     /// Which of `events` (all with an order key) are first of their key.
-    pub async fn heads(&mut self, events: &[&Event]) -> Result<Vec<bool>, StoreError> {
+    pub async fn heads(&mut self, events: &[&Event]) -> Result<Vec<Head>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = scripts::ORDER_HEADS.prepare_invoke();
-        invocation.key(&self.job.stream).arg(&self.job.group);
+        invocation
+            .key(&self.job.stream)
+            .key(&self.job.retry_key)
+            .arg(&self.job.group);
         for e in events {
             invocation
                 .key(self.job.order_key(e).unwrap_or_default())
                 .arg(&e.id);
         }
-        let free: Vec<u8> = invocation.invoke_async(&mut self.conn).await?;
-        Ok(free.into_iter().map(|f| f == 1).collect())
+        let answers: Vec<i64> = invocation.invoke_async(&mut self.conn).await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                0 => Head::Free,
+                a if a > 0 => Head::BehindRetry(a as u64),
+                _ => Head::Behind,
+            })
+            .collect())
     }
 
     /// Let entries this host holds go (a stop): their idle time set past the job's takeover

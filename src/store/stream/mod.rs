@@ -16,7 +16,7 @@ mod flow;
 mod read;
 
 pub use commit::{BadTarget, Committed, Refused, StreamCommitter};
-pub use flow::{Gatekeeper, Take, flow_part};
+pub use flow::{Gatekeeper, Head, Take, flow_part};
 pub use read::{StreamReader, parse_read_reply};
 
 use std::sync::Arc;
