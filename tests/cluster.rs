@@ -680,3 +680,83 @@ fn a_list_job_and_a_channel_job_run_on_a_cluster() {
         == 100));
     host.stop_ok();
 }
+
+#[test]
+fn flow_control_and_aggregates_hold_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let mut conn = cluster.conn_for("{orders}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "echo",
+        "j",
+        "{orders}",
+        "batch = 16\n[job.flow]\norder_by = \"acct\"\ndedupe_by = \"req\"\n\
+         [[job.aggregate]]\nname = \"tens\"\nkey_by = \"acct\"\ncount = 10\n",
+        "target = \"{orders}:out\"\nwith_kind = \"true\"",
+    );
+    let mut hosts = ["a", "b"]
+        .map(|h| HostProcess::start(&cfg, &cluster.url, &dir.path().join(format!("{h}.log"))));
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.cmd("XADD")
+            .arg("{orders}")
+            .arg("*")
+            .arg("acct")
+            .arg(i % 10)
+            .arg("seq")
+            .arg(i / 10)
+            .arg("req")
+            .arg(format!("r{i}"));
+    }
+    // 50 retries of requests already sent: duplicates.
+    for i in 0..50 {
+        pipe.cmd("XADD")
+            .arg("{orders}")
+            .arg("*")
+            .arg("acct")
+            .arg(i % 10)
+            .arg("seq")
+            .arg("dup")
+            .arg("req")
+            .arg(format!("r{i}"));
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || counter(
+        &mut conn, "j", "orders", "acked"
+    ) + counter(
+        &mut conn, "j", "orders", "skipped"
+    ) == 350
+        && pending(&mut conn, "j", "{orders}") == 0));
+    std::thread::sleep(Duration::from_secs(1));
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+    let out: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("{orders}:out")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let get = |f: &[(String, String)], k: &str| {
+        f.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut last = std::collections::HashMap::new();
+    let (mut entries, mut fired) = (0, 0);
+    for (_, f) in &out {
+        match get(f, "kind").as_str() {
+            "threshold-reached" => fired += 1,
+            _ => {
+                entries += 1;
+                let seq: i64 = get(f, "seq").parse().expect("no duplicate ran");
+                let prev = last.insert(get(f, "acct"), seq).unwrap_or(-1);
+                assert_eq!(seq, prev + 1, "{f:?}");
+            }
+        }
+    }
+    assert_eq!((entries, fired), (300, 30));
+    assert_eq!(counter(&mut conn, "j", "orders", "duplicates"), 50);
+}
