@@ -174,7 +174,10 @@ fn a_retried_event_holds_back_its_key_only() {
     };
     add(&mut conn, &[("action", "now"), ("acct", "a"), ("seq", "0")]);
     // Fails twice (retried 400 ms later each time), then acked without output.
-    let slow = add(&mut conn, &[("action", "fail-until"), ("n", "3"), ("acct", "a")]);
+    let slow = add(
+        &mut conn,
+        &[("action", "fail-until"), ("n", "3"), ("acct", "a")],
+    );
     for seq in ["2", "3"] {
         add(&mut conn, &[("action", "now"), ("acct", "a"), ("seq", seq)]);
     }
@@ -186,7 +189,9 @@ fn a_retried_event_holds_back_its_key_only() {
         h.stop_ok();
     }
     // When the retried event was done: its status record's `updated_at`.
-    let record: String = conn.get(format!("sluice:{{in}}:job:flow:event:{slow}")).unwrap();
+    let record: String = conn
+        .get(format!("sluice:{{in}}:job:flow:event:{slow}"))
+        .unwrap();
     let done_at: u64 = record.split('|').nth(3).unwrap().parse().unwrap();
     assert!(record.starts_with("done|3|"), "{record}");
     let out = entries(&mut conn, "out");
@@ -197,9 +202,15 @@ fn a_retried_event_holds_back_its_key_only() {
             .unwrap()
     };
     // a's later events waited for it; b's did not.
-    assert!(at("a", "0") <= done_at && at("a", "2") >= done_at, "{out:?} {done_at}");
+    assert!(
+        at("a", "0") <= done_at && at("a", "2") >= done_at,
+        "{out:?} {done_at}"
+    );
     assert!(at("a", "3") >= at("a", "2"));
-    assert!(at("b", "3") < done_at, "b waited for a's retry: {out:?} {done_at}");
+    assert!(
+        at("b", "3") < done_at,
+        "b waited for a's retry: {out:?} {done_at}"
+    );
 }
 
 /// The plugin's clock (`now` of each output entry), sorted.

@@ -261,10 +261,8 @@ fn slowed(
                 disposition: crate::model::Disposition::Retry(Some(after)),
                 ..
             } if *after > 0 => Some(crate::store::stream::Take {
-                key: job.flow_key("rate", Some(&field), e)?,
-                rate,
-                units: 0,
                 not_before_ms: u64::from(*after),
+                ..crate::store::stream::Take::of(&job.flow_key("rate", Some(&field), e)?, rate, 0)
             }),
             _ => None,
         })

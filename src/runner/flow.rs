@@ -1,26 +1,55 @@
 //! The reader's gate (`flow.*`): between reading entries and handing them to the plugin.
-//! Duplicates (`dedupe_by`) go on marked, to be skipped without the plugin; the job's rate
-//! (`rate_limit`) delays a whole read; a key's rate (`key_rate_limit`) and its order
-//! (`order_by`) hold single entries back until their time comes or they are first of their
-//! key. Held entries stay pending on this consumer, kept fresh like any in flight, and are
-//! let go at a stop (any host takes them over at once). Nothing is ever dropped here: an
-//! entry a Redis failure left undecided is held and asked about again.
+//! Duplicates (`dedupe_by`) go on marked, to be skipped without the plugin; rate limits
+//! (`rate_limit`, `key_rate_limit`) give each entry a time, and it is held until then; with
+//! `order_by`, an entry is held until it is first of its key. Held entries stay pending on
+//! this consumer, kept fresh like any in flight; at a stop they are let go (any host takes
+//! them over at once) and the rate units they took are given back. Nothing is ever dropped
+//! here: an entry a Redis failure left undecided is held and asked about again.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::model::{Event, Rate};
 use crate::store::stream::{Gatekeeper, Head, Take};
 
 /// How often entries held behind others of their key being handled (on any host) are asked
-/// about again; behind a retry, they wait for its time.
-const ORDER_POLL: Duration = Duration::from_millis(10);
+/// about again (sooner when this host commits); behind a retry, they wait for its time.
+pub(super) const ORDER_POLL: Duration = Duration::from_millis(10);
 /// How long entries wait after Redis failed to tell whether they may go.
 const FAILED_RETRY: Duration = Duration::from_millis(500);
 
-/// An entry held back, and from when it may go (for an ordered one: be asked about again).
+/// Why an entry is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Its rate time has not come.
+    Rate,
+    /// Behind an entry of its key being handled: asked again soon, or when this host commits.
+    Behind,
+    /// Behind a retry, or undecided after a Redis failure: asked again at its time only.
+    Later,
+}
+
+/// An entry held back, from when it may go (or be asked about again), and the rate keys it
+/// took a unit of (given back if it is let go).
 struct Held {
     event: Event,
     at: Instant,
+    why: Why,
+    units: Vec<(String, Rate)>,
+    /// Its order key, when it waits for its turn.
+    key: Option<String>,
+}
+
+impl Held {
+    fn behind(event: Event, key: String, at: Instant, why: Why) -> Self {
+        Held {
+            event,
+            at,
+            why,
+            units: Vec::new(),
+            key: Some(key),
+        }
+    }
 }
 
 pub(super) struct Flow {
@@ -53,7 +82,7 @@ impl Flow {
     }
 
     /// How many entries to read at most: under a job rate, about a tenth of a second's worth
-    /// (one read takes its units at once, and waits for the last of them).
+    /// (one read takes its units at once, and is held until the last of them conforms).
     pub fn read_count(&self, count: usize) -> usize {
         match self.job_rate {
             Some(rate) => count.min((rate.per_second() / 10.0).ceil().max(1.0) as usize),
@@ -61,8 +90,15 @@ impl Flow {
         }
     }
 
-    pub fn held(&self) -> usize {
-        self.held.len()
+    /// Whether to read new entries: not while a read waits for the job's rate (it would
+    /// take units further ahead), nor past `max` held entries.
+    pub fn reads(&self, max: usize) -> bool {
+        self.held.len() < max
+            && !(self.job_rate.is_some()
+                && self
+                    .held
+                    .iter()
+                    .any(|h| h.units.iter().any(|(k, _)| *k == self.rate_key)))
     }
 
     /// When the next held entry may go (or be asked about again).
@@ -70,9 +106,18 @@ impl Flow {
         self.held.iter().map(|h| h.at).min()
     }
 
-    /// Entries just read: those to handle now, and how long to wait before handing them on
-    /// (the job's rate). The others are held.
-    pub async fn admit(&mut self, mut events: Vec<Event>) -> (Vec<Event>, Duration) {
+    /// This host committed: entries behind others of their key are asked about at once.
+    pub fn nudge(&mut self) {
+        let now = Instant::now();
+        for h in &mut self.held {
+            if h.why == Why::Behind {
+                h.at = h.at.min(now);
+            }
+        }
+    }
+
+    /// Entries just read: those to handle now. The others are held.
+    pub async fn admit(&mut self, mut events: Vec<Event>) -> Vec<Event> {
         let job = self.gate.job().job.clone();
         if self.dedupe {
             match self.gate.committed(&events).await {
@@ -86,45 +131,48 @@ impl Flow {
             }
         }
         let now = Instant::now();
-        let mut wait = Duration::ZERO;
-        let mut takes = Vec::new();
-        let units = events.iter().filter(|e| !e.duplicate).count() as u64;
-        if let (Some(rate), true) = (self.job_rate, units > 0) {
-            takes.push(Take {
-                key: self.rate_key.clone(),
-                rate,
-                units,
-                not_before_ms: 0,
-            });
-        }
-        // One unit per event of a key: each of its events gets its own time.
-        let mut keyed = Vec::new();
-        if let Some((field, rate)) = &self.key_rate {
-            for (i, e) in events.iter().enumerate() {
-                if e.duplicate {
-                    continue;
-                }
-                if let Some(key) = self.gate.job().flow_key("rate", Some(field), e) {
-                    keyed.push(i);
-                    takes.push(Take {
-                        key,
-                        rate: *rate,
-                        units: 1,
-                        not_before_ms: 0,
-                    });
-                }
+        // The units each event takes: one of the job's rate, one of its key's.
+        let mut units: Vec<Vec<(String, Rate)>> = vec![Vec::new(); events.len()];
+        for (e, u) in events.iter().zip(units.iter_mut()) {
+            if e.duplicate {
+                continue;
+            }
+            if let Some(rate) = self.job_rate {
+                u.push((self.rate_key.clone(), rate));
+            }
+            if let Some((field, rate)) = &self.key_rate
+                && let Some(key) = self.gate.job().flow_key("rate", Some(field), e)
+            {
+                u.push((key, *rate));
             }
         }
         let mut not_before = vec![now; events.len()];
-        if !takes.is_empty() {
+        if units.iter().any(|u| !u.is_empty()) {
+            // The job's units in one take (the read waits for its last), each key's one by one.
+            let job_units = units
+                .iter()
+                .filter(|u| u.iter().any(|(k, _)| *k == self.rate_key))
+                .count() as u64;
+            let mut takes = Vec::new();
+            if let (Some(rate), true) = (self.job_rate, job_units > 0) {
+                takes.push(Take::of(&self.rate_key, rate, job_units as i64));
+            }
+            let mut keyed = Vec::new();
+            for (i, u) in units.iter().enumerate() {
+                for (key, rate) in u.iter().filter(|(k, _)| *k != self.rate_key) {
+                    keyed.push(i);
+                    takes.push(Take::of(key, *rate, 1));
+                }
+            }
             match self.gate.take(takes).await {
                 Ok(waits) => {
                     let mut waits = waits.into_iter();
-                    if self.job_rate.is_some() && units > 0 {
-                        wait = Duration::from_millis(waits.next().unwrap_or(0));
+                    if job_units > 0 {
+                        let all = now + Duration::from_millis(waits.next().unwrap_or(0));
+                        not_before.iter_mut().for_each(|t| *t = all);
                     }
                     for (i, ms) in keyed.into_iter().zip(waits) {
-                        not_before[i] = now + Duration::from_millis(ms);
+                        not_before[i] = not_before[i].max(now + Duration::from_millis(ms));
                     }
                 }
                 Err(e) => {
@@ -133,19 +181,25 @@ impl Flow {
                         "taking rate limit units failed; the entries wait: {e}"
                     );
                     self.hold(events, now + FAILED_RETRY);
-                    return (Vec::new(), Duration::ZERO);
+                    return Vec::new();
                 }
             }
         }
         let mut ready = Vec::new();
-        for (event, at) in events.into_iter().zip(not_before) {
+        for ((event, at), units) in events.into_iter().zip(not_before).zip(units) {
             if at > now {
-                self.held.push(Held { event, at });
+                self.held.push(Held {
+                    event,
+                    at,
+                    why: Why::Rate,
+                    units,
+                    key: None,
+                });
             } else {
                 ready.push(event);
             }
         }
-        (self.first_of_keys(ready).await, wait)
+        self.first_of_keys(ready).await
     }
 
     /// Held entries whose time came, and ordered ones now first of their key.
@@ -162,40 +216,93 @@ impl Flow {
             .await
     }
 
-    /// Of `events`, those that may go now; the rest are held (ordered ones behind others of
-    /// their key, asked about again soon).
+    /// Of `events`, those that may go now; the rest are held. Of an ordered key's entries,
+    /// only the first this host holds is asked about (the others cannot be first before it
+    /// is done): one question per key, however many entries wait behind it.
     async fn first_of_keys(&mut self, events: Vec<Event>) -> Vec<Event> {
         if !self.ordered || events.is_empty() {
             return events;
         }
-        let job = self.gate.job();
-        let (keyed, mut free): (Vec<Event>, Vec<Event>) = events
-            .into_iter()
-            .partition(|e| !e.duplicate && job.order_key(e).is_some());
-        let asked: Vec<&Event> = keyed.iter().collect();
+        let job = self.gate.shared_job();
+        let mut free = Vec::new();
+        let mut by_key: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for e in events {
+            match job.order_key(&e) {
+                Some(key) if !e.duplicate => by_key.entry(key).or_default().push(e),
+                _ => free.push(e),
+            }
+        }
+        // The earliest entry of each key still held, with its time.
+        let mut held_first: HashMap<&str, ((u64, u64), Instant)> = HashMap::new();
+        for h in &self.held {
+            if let Some(key) = h.key.as_deref() {
+                let id = crate::store::groups::parse_id(&h.event.id).unwrap_or_default();
+                let e = held_first.entry(key).or_insert((id, h.at));
+                if id < e.0 {
+                    *e = (id, h.at);
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut firsts = Vec::new();
+        let mut behind = Vec::new();
+        for (key, mut entries) in by_key {
+            entries.sort_by_key(|e| crate::store::groups::parse_id(&e.id));
+            let first_id = crate::store::groups::parse_id(&entries[0].id).unwrap_or_default();
+            // Behind an earlier entry of its key held here: wait with it, unasked.
+            let waits_with = held_first
+                .get(key.as_str())
+                .filter(|(id, _)| *id < first_id)
+                .map(|(_, at)| *at);
+            let mut rest = entries.into_iter();
+            if waits_with.is_none()
+                && let Some(first) = rest.next()
+            {
+                firsts.push((key.clone(), first));
+            }
+            let at = waits_with.unwrap_or(now + ORDER_POLL);
+            behind.extend(rest.map(|e| (key.clone(), e, at)));
+        }
+        for (key, event, at) in behind {
+            self.held.push(Held::behind(event, key, at, Why::Behind));
+        }
+        let asked: Vec<&Event> = firsts.iter().map(|(_, e)| e).collect();
         match self.gate.heads(&asked).await {
             Ok(heads) => {
-                let now = Instant::now();
-                for (event, head) in keyed.into_iter().zip(heads) {
-                    let at = match head {
+                let mut waiting: HashMap<String, (Instant, Why)> = HashMap::new();
+                for ((key, event), head) in firsts.into_iter().zip(heads) {
+                    let (at, why) = match head {
                         Head::Free => {
                             free.push(event);
                             continue;
                         }
-                        Head::Behind => now + ORDER_POLL,
-                        Head::BehindRetry(due) => {
-                            now + crate::store::timer::until(due).max(ORDER_POLL)
-                        }
+                        Head::Behind => (now + ORDER_POLL, Why::Behind),
+                        Head::BehindRetry(due) => (
+                            now + crate::store::timer::until(due).max(ORDER_POLL),
+                            Why::Later,
+                        ),
                     };
-                    self.held.push(Held { event, at });
+                    waiting.insert(key.clone(), (at, why));
+                    self.held.push(Held::behind(event, key, at, why));
+                }
+                // What waits behind a key's first on this host waits as long.
+                for h in &mut self.held {
+                    if let Some(w) = h.key.as_ref().and_then(|k| waiting.get(k))
+                        && h.why == Why::Behind
+                    {
+                        (h.at, h.why) = *w;
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(
-                    job = &*self.gate.job().job,
+                    job = &*job.job,
                     "asking which entries are first of their key failed; they wait: {e}"
                 );
-                self.hold(keyed, Instant::now() + FAILED_RETRY);
+                let at = Instant::now() + FAILED_RETRY;
+                for (key, event) in firsts {
+                    self.held.push(Held::behind(event, key, at, Why::Later));
+                }
             }
         }
         // In stream order, as read (a batch mixes fresh and released entries).
@@ -204,22 +311,41 @@ impl Flow {
     }
 
     fn hold(&mut self, events: Vec<Event>, at: Instant) {
-        self.held
-            .extend(events.into_iter().map(|event| Held { event, at }));
+        self.held.extend(events.into_iter().map(|event| Held {
+            event,
+            at,
+            why: Why::Later,
+            units: Vec::new(),
+            key: None,
+        }));
     }
 
-    /// At a stop: let the held entries go, so that any host takes them over at once.
+    /// At a stop: give back the rate units held entries took, and let them go, so that any
+    /// host takes them over at once.
     pub async fn let_go(mut self, in_flight: &super::InFlight, idle_ms: u64) {
-        let events: Vec<Event> = self.held.drain(..).map(|h| h.event).collect();
-        if events.is_empty() {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
             return;
         }
+        let mut unused: BTreeMap<String, (Rate, i64)> = BTreeMap::new();
+        for (key, rate) in held.iter().flat_map(|h| h.units.iter()) {
+            unused.entry(key.clone()).or_insert((*rate, 0)).1 += 1;
+        }
+        let back: Vec<Take> = unused
+            .iter()
+            .map(|(key, (rate, n))| Take::of(key, *rate, -n))
+            .collect();
+        let job = self.gate.job().job.clone();
+        if let Err(e) = self.gate.take(back).await {
+            tracing::debug!(job = &*job, "giving back rate units failed: {e}");
+        }
+        let events: Vec<Event> = held.into_iter().map(|h| h.event).collect();
         // No longer kept fresh here.
         in_flight.remove(&events);
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         if let Err(e) = self.gate.let_go(&ids, idle_ms).await {
             tracing::warn!(
-                job = &*self.gate.job().job,
+                job = &*job,
                 "letting held entries go failed (they are taken over once idle): {e}"
             );
         }

@@ -191,6 +191,7 @@ impl JobRunner {
             read_tx,
             in_flight.clone(),
             flow,
+            committed_rx.clone(),
         ));
         let handler = tokio::spawn(handle_stage(
             handle::Handling {

@@ -86,6 +86,7 @@ pub(super) async fn read_stage(
     out: mpsc::Sender<Read>,
     in_flight: InFlight,
     mut flow: Option<Flow>,
+    mut committed: watch::Receiver<u64>,
 ) {
     let job = reader.job().job.clone();
     let mut backoff = redis_backoff();
@@ -113,9 +114,10 @@ pub(super) async fn read_stage(
             }
             wake = flow.next_wake();
             count = flow.read_count(count);
-            // Full: no new entries until held ones go (due retries and takeovers still
-            // come: what is held may wait for entries a dead host left).
-            fresh = flow.held() < HELD_PER_BATCH * policy.batch.max(100);
+            // Full, or a read waiting for the job's rate: no new entries until held ones go
+            // (due retries and takeovers still come: what is held may wait for entries a
+            // dead host left).
+            fresh = flow.reads(HELD_PER_BATCH * policy.batch.max(100));
         }
         let step = read_step(
             &mut reader,
@@ -130,6 +132,7 @@ pub(super) async fn read_stage(
             Ok(batches) => {
                 let at = Instant::now();
                 backoff = redis_backoff();
+                let none = batches.iter().all(Vec::is_empty);
                 // All of them in flight (kept fresh) before any waits for the handler: a batch
                 // waiting behind another must not go idle and be taken over.
                 for events in &batches {
@@ -138,19 +141,23 @@ pub(super) async fn read_stage(
                 }
                 for events in batches {
                     let events = match flow.as_mut() {
-                        Some(flow) if !events.is_empty() => {
-                            let (events, wait) = flow.admit(events).await;
-                            // The job's rate: the read's last unit is due then.
-                            if !wait.is_zero() {
-                                tokio::time::sleep(wait).await;
-                            }
-                            events
-                        }
+                        Some(flow) if !events.is_empty() => flow.admit(events).await,
                         _ => events,
                     };
                     if !events.is_empty() && out.send(Read { events, at }).await.is_err() {
                         // The handler stage is gone (it panicked): these stay pending.
                         return;
+                    }
+                }
+                // Entries held behind others of their key: asked about again soon, or as
+                // soon as this host commits (the one they wait for may be its own).
+                if let (true, Some(flow), Some(wake)) = (none, flow.as_mut(), wake)
+                    && wake <= Instant::now() + super::flow::ORDER_POLL
+                {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(wake.into()) => {}
+                        Ok(()) = committed.changed() => flow.nudge(),
+                        _ = stop.changed() => {}
                     }
                 }
             }
@@ -239,10 +246,16 @@ async fn read_step(
             .min(*next_reclaim)
             .min(wake.unwrap_or(*next_reclaim))
             .saturating_duration_since(Instant::now());
-        let block = (wait.as_millis() as u64).clamp(1, policy.block_ms);
+        // Entries held for a moment: the reader waits for them itself (or for a commit),
+        // not in Redis (which times blocking reads out only every 100 ms, at its default hz).
+        let soon = wake.is_some_and(|w| w <= Instant::now() + super::flow::ORDER_POLL);
+        let block = match soon {
+            true => 0,
+            false => (wait.as_millis() as u64).clamp(1, policy.block_ms),
+        };
         if fresh {
             batches.push(reader.read(count, block).await?);
-        } else {
+        } else if !soon {
             tokio::time::sleep(Duration::from_millis(block)).await;
         }
     }

@@ -37,14 +37,26 @@ pub enum Head {
     BehindRetry(u64),
 }
 
-/// One take of a rate key: units (events) and a time before which its next unit may not go.
+/// One take of a rate key: units (events; negative: units given back) and a time before
+/// which its next unit may not go.
 #[derive(Debug, Clone)]
 pub struct Take {
     pub key: String,
     pub rate: Rate,
-    pub units: u64,
+    pub units: i64,
     /// ms from now; 0: none.
     pub not_before_ms: u64,
+}
+
+impl Take {
+    pub fn of(key: &str, rate: Rate, units: i64) -> Self {
+        Take {
+            key: key.to_string(),
+            rate,
+            units,
+            not_before_ms: 0,
+        }
+    }
 }
 
 /// Asks Redis what the job's flow control allows; its own connection (never a blocking one).
@@ -70,6 +82,10 @@ impl StreamCommitter {
 impl Gatekeeper {
     pub fn job(&self) -> &StreamJob {
         &self.job
+    }
+
+    pub fn shared_job(&self) -> Arc<StreamJob> {
+        self.job.clone()
     }
 
     /// Which of `events` have an idempotency key committed already.
@@ -184,7 +200,7 @@ impl StreamReader {
                     redis::RedisError::from((redis::ErrorKind::Parse, "reading", e.to_string()))
                 });
             }
-            if round == 1 {
+            if round == 1 || block_ms == 0 {
                 break;
             }
             // Wait for an entry after the stream's last one (read nothing: XREAD).

@@ -21,7 +21,8 @@ impl StreamReader {
         &self.job
     }
 
-    /// Read up to `count` new entries, waiting up to `block_ms` for the first one.
+    /// Read up to `count` new entries, waiting up to `block_ms` for the first one (0: not
+    /// waiting at all).
     pub async fn read(&mut self, count: usize, block_ms: u64) -> Result<Vec<Event>, StoreError> {
         if let Some(field) = self.job.flow.order_by.clone() {
             return match self.read_ordered(&field, count, block_ms).await {
@@ -29,14 +30,16 @@ impl StreamReader {
                 Err(e) => self.recover(e).await.map(|()| Vec::new()),
             };
         }
-        let reply: redis::RedisResult<Value> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(&self.job.group)
             .arg(&self.job.consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block_ms)
+            .arg(count);
+        if block_ms > 0 {
+            read.arg("BLOCK").arg(block_ms);
+        }
+        let reply: redis::RedisResult<Value> = read
             .arg("STREAMS")
             .arg(&self.job.stream)
             .arg(">")
