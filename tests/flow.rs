@@ -623,3 +623,35 @@ fn weighted_sources_share_the_hosts_by_weight_and_the_low_one_is_not_starved() {
         "{status}"
     );
 }
+
+#[test]
+fn a_breaker_trips_before_a_burst_of_dead_letters_is_committed() {
+    let (redis, mut conn, dir, cfg) = setup(
+        "chaos",
+        "flow",
+        "in",
+        "[job.breaker]\nfailure_pct = 50\nwindow_s = 60\nmin_events = 20\n",
+        "target = \"out\"",
+    );
+    publish(&mut conn, "in", 100, &[("action", "ok")]);
+    publish(&mut conn, "in", 1000, &[("action", "dead-letter")]);
+    let mut hosts = two_hosts(&redis, &dir, &cfg);
+    let status = || {
+        String::from_utf8_lossy(&sluice(&redis.url, &["job", "status", "flow"]).stdout).into_owned()
+    };
+    assert!(wait_until(Duration::from_secs(30), || status()
+        .contains("state     paused")));
+    std::thread::sleep(Duration::from_secs(2));
+    // Each host judges a batch before committing it: the burst stays pending, not dead.
+    let dead = counter(&mut conn, "flow", "in", "dead");
+    assert!(
+        dead < 100,
+        "{dead} of 1000 dead-lettered before the breaker tripped"
+    );
+    assert!(counter(&mut conn, "flow", "in", "acked") <= 100);
+    let letters: u64 = conn.xlen("sluice:{in}:job:flow:dlq").unwrap();
+    assert_eq!(letters, dead);
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}

@@ -197,7 +197,10 @@ impl Assembly {
         let job = stream_job(&self.keys, spec, &self.consumer, run);
         let (read, commit) = (self.connect(spec).await?, self.connect(spec).await?);
         let source = stream::open(read, commit, job, spec.start).await?;
-        let runner = JobRunner::new(source, handler, read_policy(spec), spec.delivery_policy());
+        let mut runner = JobRunner::new(source, handler, read_policy(spec), spec.delivery_policy());
+        if let Some(b) = spec.breaker.clone().filter(|b| b.failure_pct.is_some()) {
+            runner = runner.with_breaker(b);
+        }
         Ok(match &spec.priority_group {
             Some(group) => runner.with_priority(crate::runner::priority::Priority {
                 gate: self.gates.of(group),

@@ -20,7 +20,7 @@ const MAX_REDOS: u32 = 20;
 
 pub(super) async fn commit_stage(
     mut committer: StreamCommitter,
-    delivery: DeliveryPolicy,
+    (delivery, mut breaker): (DeliveryPolicy, Option<super::breaker::LocalBreaker>),
     mut input: mpsc::Receiver<Handled>,
     observer: Option<Arc<dyn CommitObserver>>,
     committed_count: watch::Sender<u64>,
@@ -78,6 +78,26 @@ pub(super) async fn commit_stage(
             .iter()
             .position(|o| matches!(o, Outcome::Failed(f) if f.kind == FailureKind::Unavailable))
             .unwrap_or(outcomes.len());
+        // The breaker judges the batch before it is committed: one that trips it is not, so
+        // its events stay pending (for `job resume`) rather than go to the dead letters.
+        if let Some(reason) = breaker.as_mut().and_then(|b| b.judge(&outcomes[..cut])) {
+            match committer.pause(&reason).await {
+                Ok(paused) => {
+                    if paused {
+                        crate::metrics::breaker_trip(&job);
+                        tracing::warn!(
+                            job = &*job,
+                            "job paused by its breaker (`sluice job resume {job}` runs it again): {reason}"
+                        );
+                    }
+                    // Paused (by this host or another), or changed meanwhile: this runner
+                    // stops, and lets go of what it holds (`JobRunner::run`).
+                    stats.paused = true;
+                    return stats;
+                }
+                Err(e) => tracing::warn!(job = &*job, "pausing the job failed; going on: {e}"),
+            }
+        }
         let mut ranges = chunks(&events[..cut], &outcomes[..cut]);
         // Set once a state-reading batch gave up on its reads: its rest is failed, and
         // committed (retries scheduled) without read checks.

@@ -17,6 +17,7 @@
 //! connection is retried (the script skips events it already committed) until it succeeds or
 //! the host's grace period runs out, in which case the batch stays pending in Redis.
 
+pub mod breaker;
 mod commit;
 mod flow;
 mod handle;
@@ -66,6 +67,10 @@ pub struct ReadPolicy {
     pub claim_idle_ms: u64,
 }
 
+/// The idle time given to entries a runner lets go: past any job's `claim_idle_ms`, so that
+/// any host takes them over at once.
+const LET_GO_IDLE_MS: u64 = 86_400_000;
+
 /// How often to look for due retries when no retry is known to be due sooner.
 pub(crate) const RETRY_POLL: Duration = Duration::from_millis(100);
 
@@ -76,6 +81,8 @@ pub struct RunnerStats {
     pub committed: Committed,
     /// The runner stopped because a newer run of its job began.
     pub superseded: bool,
+    /// The runner stopped because the job's breaker tripped (the job is paused).
+    pub paused: bool,
     /// Commits refused because another host wrote what the batch read (each handled again).
     pub conflicts: u64,
 }
@@ -91,6 +98,8 @@ pub struct JobRunner {
     observer: Option<Arc<dyn CommitObserver>>,
     /// Its priority group's turns on this host, if it has one.
     priority: Option<priority::Priority>,
+    /// The job's circuit breaker, judging each batch before it is committed.
+    breaker: Option<crate::model::BreakerOptions>,
 }
 
 /// Delays between attempts while Redis is unreachable: 50 ms doubling to 5 s, with jitter.
@@ -143,7 +152,14 @@ impl JobRunner {
             delivery,
             observer: None,
             priority: None,
+            breaker: None,
         }
+    }
+
+    /// Judge each batch with the job's breaker before committing it.
+    pub fn with_breaker(mut self, breaker: crate::model::BreakerOptions) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Take turns with the other jobs of a priority group on this host.
@@ -184,7 +200,8 @@ impl JobRunner {
             self.policy.claim_idle_ms,
         ));
         let flow = flow::Flow::new(self.committer.gatekeeper());
-        let reader = tokio::spawn(read_stage(
+        let mut gate = self.committer.gatekeeper();
+        let mut reader = tokio::spawn(read_stage(
             self.reader,
             self.policy,
             stop,
@@ -207,11 +224,11 @@ impl JobRunner {
         ));
         let stats = commit_stage(
             self.committer,
-            self.delivery,
+            (self.delivery, self.breaker.map(breaker::LocalBreaker::new)),
             handled_rx,
             self.observer,
             committed_tx,
-            in_flight,
+            in_flight.clone(),
             redo_tx,
         )
         .await;
@@ -220,12 +237,24 @@ impl JobRunner {
         // or early, when a newer run has begun: then the stages before it are ended here (an
         // idle reader would otherwise wait for entries it could never commit). What they
         // hold stays pending for the new run.
-        if stats.superseded {
+        if stats.superseded || stats.paused {
             reader.abort();
             handler.abort();
         }
+        // Paused by its breaker: what the runner read and did not commit goes back at once
+        // for any host to take once the job is resumed (not after `claim_idle_ms`).
+        if stats.paused {
+            // The reader is ended first: nothing more comes in flight meanwhile.
+            let _ = (&mut reader).await;
+            let ids = in_flight.ids();
+            if let Err(e) = gate.let_go(&ids, LET_GO_IDLE_MS).await {
+                tracing::debug!(job = &*job, "letting entries go failed: {e}");
+            }
+        }
         let handled = handler.await;
-        let _ = reader.await;
+        if !stats.paused {
+            let _ = reader.await;
+        }
         tracing::info!(
             job = &*job,
             stream = %stream,
@@ -238,6 +267,8 @@ impl JobRunner {
             _ if stats.superseded => Err(anyhow::anyhow!(
                 "superseded: a newer run of the job has begun"
             )),
+            // Its breaker paused the job: the stages before the committer were ended.
+            _ if stats.paused => Ok(stats),
             Ok(Ok(())) => Ok(stats),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("the handler stage panicked: {e}")),

@@ -73,6 +73,17 @@ impl StreamCommitter {
         }
     }
 
+    /// Pause the job's run (its breaker tripped), with the reason: true if this call paused
+    /// it, false if it was not running that run any more (another host paused it first).
+    pub async fn pause(&mut self, reason: &str) -> anyhow::Result<bool> {
+        let Some(run) = self.job.run else {
+            return Ok(false);
+        };
+        let mut registry =
+            crate::store::control::Registry::new(self.conn.clone(), self.job.keys.clone());
+        Ok(registry.pause_job(&self.job.job, run, reason).await?)
+    }
+
     /// Slow keys down (a plugin answered `retry(after)`): their next unit waits that long.
     pub async fn slow(&mut self, takes: Vec<Take>) -> Result<(), StoreError> {
         self.gatekeeper().take(takes).await.map(|_| ())
