@@ -111,6 +111,13 @@ fn events_of_a_key_are_handled_in_stream_order_across_a_fleet() {
         "order_by = \"account\"",
         "batch = 64\nconcurrency = 4\nclaim_idle_ms = 2000",
     );
+    // Keys as producers write them: plain, with `#`, `%`, a space and non-ASCII, and long
+    // (named by their hash): the host and the read script must name the same lists.
+    let account = |k: usize| match k % 3 {
+        0 => format!("a{k}"),
+        1 => format!("a {k}#%é"),
+        _ => format!("{}{k}", "l".repeat(200)),
+    };
     let mut pipe = redis::pipe();
     for i in 0..EVENTS {
         pipe.cmd("XADD")
@@ -119,7 +126,7 @@ fn events_of_a_key_are_handled_in_stream_order_across_a_fleet() {
             .arg("action")
             .arg("emit")
             .arg("account")
-            .arg(format!("a{}", i % KEYS))
+            .arg(account(i % KEYS))
             .arg("seq")
             .arg(i / KEYS);
         if i % 1000 == 999 {

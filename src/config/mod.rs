@@ -361,8 +361,12 @@ impl Config {
         let mut job_names = HashSet::new();
         for (i, family) in self.jobs.iter().enumerate() {
             let at = |f: &str| format!("job[{i}].{f}");
-            // A job over partitioned streams stands for one job per partition: each is
-            // checked, and none may share a name with another job.
+            // A job over partitioned streams stands for one job per partition, a job with
+            // `also` sources for one per source: each is checked (and the sources together),
+            // and none may share a name with another job.
+            if !family.also.is_empty() {
+                family.validate().map_err(|(f, m)| (at(&f), m))?;
+            }
             for j in family.expand().map_err(|(f, m)| (at(&f), m))? {
                 if !job_names.insert(j.name.clone()) {
                     return Err((at("name"), format!("duplicate job name `{}`", j.name)));

@@ -65,6 +65,12 @@ impl FlowOptions {
         if let Some(ttl) = self.dedupe_ttl_s {
             super::spec::in_range(ttl, 1, MAX_DEDUPE_TTL_S)
                 .map_err(|m| ("flow.dedupe_ttl_s", m))?;
+            if self.dedupe_by.is_none() {
+                return Err((
+                    "flow.dedupe_ttl_s",
+                    "is how long `dedupe_by` keys are kept: set `dedupe_by` too".into(),
+                ));
+            }
         }
         if let Some(r) = &self.rate_limit {
             Rate::parse(r).map_err(|m| ("flow.rate_limit", m))?;
@@ -165,6 +171,12 @@ impl BreakerOptions {
     }
 
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.failure_pct.is_none() && (self.window_s.is_some() || self.min_events.is_some()) {
+            return Err((
+                "breaker.failure_pct",
+                "the breaker trips past this share of failed deliveries: set it (1-100)".into(),
+            ));
+        }
         if let Some(pct) = self.failure_pct {
             super::spec::in_range(pct.into(), 1, 100).map_err(|m| ("breaker.failure_pct", m))?;
         }

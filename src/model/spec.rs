@@ -421,8 +421,8 @@ impl<'a> Source<'a> {
                     .map_err(|e| {
                         format!(
                             "`cron:<expression>` takes five fields (minute hour day-of-month \
-                             month day-of-week) or six (seconds first), in UTC, e.g. `cron:*/5 \
-                             * * * *`; {source:?} is {e}"
+                             month day-of-week), six (seconds first) or seven (and a year), in \
+                             UTC, e.g. `cron:*/5 * * * *`; {source:?} is {e}"
                         )
                     })
             }
@@ -749,6 +749,16 @@ impl JobSpec {
             }
             for (i, a) in j.also.iter().enumerate() {
                 let at_also = |f: &str| format!("also[{i}].{f}");
+                if a.source == j.source || j.also[..i].iter().any(|b| b.source == a.source) {
+                    return Err((
+                        at_also("source"),
+                        format!(
+                            "{:?} is already a source of the job (its events would be \
+                             handled twice)",
+                            a.source
+                        ),
+                    ));
+                }
                 in_range(a.weight.into(), 1, 1000).map_err(|m| (at_also("weight"), m))?;
                 let member = JobSpec {
                     source: a.source.clone(),
@@ -1094,6 +1104,32 @@ mod tests {
         let mut c = JobSpec::new("j", "cron:0 * * * *", "p");
         c.finite = true;
         assert_eq!(c.validate().unwrap_err().0, "finite");
+        // Sources with priorities: a family; each source once; a group of its own.
+        let mut p = JobSpec::new("p", "stream:hi", "x");
+        p.also = vec![AlsoSource {
+            source: "stream:lo".into(),
+            weight: 1,
+        }];
+        assert!(p.validate().is_ok());
+        let family = p.expand().unwrap();
+        assert_eq!(family.len(), 2);
+        assert_eq!(family[1].name, "p.1");
+        assert_eq!(family[1].priority_group.as_deref(), Some("p"));
+        p.priority_group = Some("g".into());
+        assert_eq!(p.validate().unwrap_err().0, "priority_group");
+        p.priority_group = None;
+        p.also[0].source = "stream:hi".into();
+        assert_eq!(p.validate().unwrap_err().0, "also[0].source");
+        // Settings that mean nothing alone.
+        let mut f = JobSpec::new("f", "stream:s", "x");
+        f.flow.dedupe_ttl_s = Some(60);
+        assert_eq!(f.validate().unwrap_err().0, "flow.dedupe_ttl_s");
+        f.flow.dedupe_ttl_s = None;
+        f.breaker = Some(super::super::flow::BreakerOptions {
+            window_s: Some(10),
+            ..Default::default()
+        });
+        assert_eq!(f.validate().unwrap_err().0, "breaker.failure_pct");
         // A channel is no key: sluice's own channels may be listened to.
         let own = JobSpec::new("j", "channel:sluice:events:x", "p");
         assert!(own.check_source_outside("sluice").is_ok());

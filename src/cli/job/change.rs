@@ -1,6 +1,8 @@
 //! Starting, updating, showing and deleting a job: each checked here first (the plugin's
 //! `init` with the job's config), then written to the registry, which every host follows.
 
+use std::collections::BTreeMap;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,18 +121,35 @@ pub async fn job_start(
 
 /// The fields where two definitions differ: (field, old, new), as JSON text.
 fn changes(old: &JobSpec, new: &JobSpec) -> Vec<(String, String, String)> {
-    let (old, new) = (
-        serde_json::to_value(old).unwrap_or_default(),
-        serde_json::to_value(new).unwrap_or_default(),
-    );
-    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
-        return Vec::new();
-    };
-    new.iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            let was = old.get(k).map_or("-".into(), |o| o.to_string());
-            (k.clone(), was, v.to_string())
+    /// Every field as `a.b` → its value (tables spelled out, lists whole; unset: absent).
+    fn flat(value: &serde_json::Value, at: &str, out: &mut BTreeMap<String, String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (k, v) in fields {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    flat(v, &path, out);
+                }
+            }
+            serde_json::Value::Null => {}
+            v => {
+                out.insert(at.to_string(), v.to_string());
+            }
+        }
+    }
+    let (mut was, mut now) = (BTreeMap::new(), BTreeMap::new());
+    flat(&serde_json::to_value(old).unwrap_or_default(), "", &mut was);
+    flat(&serde_json::to_value(new).unwrap_or_default(), "", &mut now);
+    let fields: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    fields
+        .into_iter()
+        .filter(|f| was.get(*f) != now.get(*f))
+        .map(|f| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "-".into());
+            (f.clone(), show(was.get(f)), show(now.get(f)))
         })
         .collect()
 }

@@ -279,7 +279,7 @@ async fn family_status(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{name}: {} jobs, one per partition (`sluice job status {}` for one)",
+        "{name}: {} jobs, one per partition or source (`sluice job status {}` for one)",
         members.len(),
         members.first().map_or("", String::as_str)
     );

@@ -5,7 +5,8 @@
 -- KEYS[1] the stream
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] count   ARGV[4] the field ordered by
 -- ARGV[5] the prefix of the lists (`<job key>:order:`), completed by the field's value with
--- every byte outside ASCII 33-126, and `%`, written `%XX`
+-- every byte outside ASCII 33-126, `#` and `%` written `%XX`, or, for a value over 128
+-- bytes, `#` and its SHA-1 (src/store/stream/flow.rs `flow_part`)
 -- Returns {the XREADGROUP reply (an empty table when nothing was new), the stream's last id}.
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], '>')
@@ -15,7 +16,8 @@ if not reply then
 end
 local field, prefix = ARGV[4], ARGV[5]
 local function part(v)
-  return (string.gsub(v, '[^\33-\36\38-\126]', function(c)
+  if #v > 128 then return '#' .. redis.sha1hex(v) end
+  return (string.gsub(v, '[^\33-\34\36\38-\126]', function(c)
     return string.format('%%%02X', string.byte(c))
   end))
 end

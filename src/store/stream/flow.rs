@@ -12,12 +12,19 @@ use super::{StreamCommitter, StreamJob, StreamReader, parse_read_reply};
 use crate::model::{Event, Rate};
 use crate::store::{Conn, StoreError, scripts};
 
-/// A field's value as the end of a flow key: bytes outside ASCII 33–126, and `%`, written
-/// `%XX` (one-to-one; `order_read.lua` writes the same).
+/// Field values longer than this are named by their SHA-1 in flow keys.
+pub const FLOW_PART_MAX: usize = 128;
+
+/// A field's value as the end of a flow key: bytes outside ASCII 33–126, `#` and `%` written
+/// `%XX`; a value longer than [`FLOW_PART_MAX`] bytes is `#` and its SHA-1 (a key name stays
+/// short whatever producers send). One-to-one; `order_read.lua` writes the same.
 pub fn flow_part(value: &[u8]) -> String {
+    if value.len() > FLOW_PART_MAX {
+        return format!("#{}", sha1_smol::Sha1::from(value).digest());
+    }
     let mut out = String::with_capacity(value.len());
     for &b in value {
-        if (0x21..=0x7e).contains(&b) && b != b'%' {
+        if (0x21..=0x7e).contains(&b) && b != b'%' && b != b'#' {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -239,6 +246,10 @@ mod tests {
         assert_eq!(flow_part(b"acct-42"), "acct-42");
         assert_eq!(flow_part(b"100%"), "100%25");
         assert_eq!(flow_part(b"a b\xff"), "a%20b%FF");
+        assert_eq!(flow_part(b"#1"), "%231");
         assert_ne!(flow_part(b"%20"), flow_part(b" "));
+        let long = vec![b'x'; 1000];
+        assert_eq!(flow_part(&long).len(), 41);
+        assert!(flow_part(&long).starts_with('#'));
     }
 }
