@@ -662,3 +662,37 @@ fn a_breaker_trips_before_a_burst_of_dead_letters_is_committed() {
         h.stop_ok();
     }
 }
+
+#[test]
+fn a_window_open_before_its_aggregate_had_a_time_gets_one() {
+    let (redis, mut conn, _dir, mut hosts) =
+        aggregating("[[job.aggregate]]\nname = \"late\"\nkey_by = \"user\"\ncount = 1000\n");
+    publish(&mut conn, "in", 2, &[("user", "u1")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "agg", "in", "acked"
+    ) == 2));
+    cli(
+        &redis.url,
+        "job update agg --aggregate name=late,count=1000,within_s=1,key_by=user",
+    );
+    // The hosts run the new definition; the window's next event gives it its time (past).
+    std::thread::sleep(Duration::from_secs(3));
+    publish(&mut conn, "in", 1, &[("user", "u1")]);
+    assert!(wait_until(Duration::from_secs(20), || !thresholds(
+        &mut conn
+    )
+    .is_empty()));
+    let fired = thresholds(&mut conn);
+    assert_eq!(
+        (
+            fired[0]["key"].as_str(),
+            fired[0]["count"].as_str(),
+            fired[0]["reason"].as_str()
+        ),
+        ("u1", "3", "time"),
+        "{fired:?}"
+    );
+    for h in &mut hosts {
+        h.stop_ok();
+    }
+}

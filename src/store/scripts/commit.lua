@@ -267,7 +267,8 @@ local function aggregate(pos, id)
     if not sliding then
       redis.call('HSET', H, part, count .. ' ' .. string.format('%d', first) .. ' ' ..
         string.format('%d', t) .. ' ' .. value)
-      if count == 1 and within > 0 then redis.call('ZADD', D, first + within, part) end
+      -- NX: a window opened before the aggregate had a time gets one too.
+      if within > 0 then redis.call('ZADD', D, 'NX', first + within, part) end
     end
     redis.call('ZADD', S, t, part)
   end
