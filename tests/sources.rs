@@ -813,25 +813,31 @@ fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
 
 #[test]
 fn a_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
-    ticks_once_per_due_time("every:1s", 1000);
+    ticks_once_per_due_time("every:1s", 1000, false);
+}
+
+#[test]
+fn a_timer_catching_up_delivers_every_due_time_it_missed() {
+    ticks_once_per_due_time("every:1s", 1000, true);
 }
 
 #[test]
 fn a_cron_timer_ticks_once_per_due_time_across_a_fleet_and_counts_what_it_missed() {
     // Seconds first: every second second, in UTC.
-    ticks_once_per_due_time("cron:\"*/2 * * * * *\"", 2000);
+    ticks_once_per_due_time("cron:\"*/2 * * * * *\"", 2000, false);
 }
 
 /// Two hosts run a timer, one is killed, then none runs it for a while: a tick per due time,
 /// in order, and the first tick after the gap counts the due times that went by.
-fn ticks_once_per_due_time(source: &str, period_ms: u64) {
+/// With `catch_up`, the due times that went by are each delivered instead.
+fn ticks_once_per_due_time(source: &str, period_ms: u64, catch_up: bool) {
     let (redis, mut conn, dir) = fixture();
     let cfg = source_config(
         dir.path(),
         "echo",
         "clock",
         source,
-        "",
+        if catch_up { "catch_up = true" } else { "" },
         "target = \"out\"\nwith_kind = true",
     );
     let mut a = HostProcess::start(&cfg, &redis.url, &dir.path().join("a.log"));
@@ -877,6 +883,14 @@ fn ticks_once_per_due_time(source: &str, period_ms: u64) {
             "{dues:?} {missed:?}"
         );
     }
-    assert!(missed[stopped_at] >= 2, "{missed:?}");
-    assert!(missed[..stopped_at].iter().all(|m| *m == 0), "{missed:?}");
+    if catch_up {
+        assert!(missed.iter().all(|m| *m == 0), "{missed:?}");
+        assert!(
+            dues.windows(2).all(|w| w[1] - w[0] == period_ms),
+            "{dues:?}"
+        );
+    } else {
+        assert!(missed[stopped_at] >= 2, "{missed:?}");
+        assert!(missed[..stopped_at].iter().all(|m| *m == 0), "{missed:?}");
+    }
 }

@@ -412,7 +412,7 @@ impl Assembly {
                 conn.clone(),
                 self.keys.clone(),
                 spec.name.clone(),
-                spec.source.clone(),
+                (spec.source.clone(), spec.catch_up),
                 timer,
             ))));
         }
@@ -636,7 +636,13 @@ async fn run_job(
 
 /// Call a timer job's due times until aborted with the job: at each multiple of `period`
 /// (and once at the start, which records where the job starts).
-async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, timer: Timer) {
+async fn keep_ticking(
+    mut conn: Conn,
+    keys: Keys,
+    job: String,
+    (source, catch_up): (String, bool),
+    timer: Timer,
+) {
     use crate::store::timer;
     let mut failing = false;
     loop {
@@ -646,7 +652,7 @@ async fn keep_ticking(mut conn: Conn, keys: Keys, job: String, source: String, t
             return;
         };
         if due <= now {
-            match timer::fire(&mut conn, &keys, &job, &source, due, &timer).await {
+            match timer::fire(&mut conn, &keys, &job, (&source, catch_up), due, &timer).await {
                 Ok(_) => failing = false,
                 Err(e) if !failing => {
                     failing = true;

@@ -151,6 +151,11 @@ pub struct JobSpec {
     /// For one-off loads: fill the stream, then start the job (default false).
     #[serde(default)]
     pub finite: bool,
+    /// For a timer (`every:`, `cron:`): due times missed while no host ran the job are each
+    /// delivered (at most 1000 at once, oldest first) rather than counted in the next tick's
+    /// `missed` (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catch_up: bool,
     /// Handed to the plugin's `init` and `config-get`; values may be strings, numbers or
     /// booleans (checked by [`JobSpec::validate`]).
     #[serde(default)]
@@ -611,6 +616,7 @@ impl JobSpec {
             flow: FlowOptions::default(),
             breaker: None,
             aggregate: Vec::new(),
+            catch_up: false,
             priority_group: None,
             weight: default_weight(),
             also: Vec::new(),
@@ -725,6 +731,12 @@ impl JobSpec {
                     scan_regex(p).map_err(|m| (at(field), m))?;
                 }
             }
+        }
+        if j.catch_up && !matches!(source, Source::Timer(_)) {
+            return Err((
+                at("catch_up"),
+                "replays a timer's missed due times: only for `every:` and `cron:` sources".into(),
+            ));
         }
         if matches!(source, Source::Channel(_) | Source::Timer(_)) && j.finite {
             return Err((

@@ -14,6 +14,10 @@ use crate::model::Schedule;
 /// are reported as this many.
 const MAX_MISSED: u64 = 1_000_000;
 
+/// Most missed due times a catching-up timer delivers at once (the oldest; the rest are
+/// counted in the tick's `missed`).
+pub const MAX_REPLAYED: usize = 1000;
+
 /// A timer's due times.
 #[derive(Debug, Clone)]
 pub enum Timer {
@@ -52,6 +56,22 @@ impl Timer {
         }
     }
 
+    /// The due times strictly between `last` and `due`, oldest first, at most `max`.
+    pub fn between(&self, last: u64, due: u64, max: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut at = last;
+        while out.len() < max {
+            match self.next_after(at) {
+                Some(next) if next < due => {
+                    out.push(next);
+                    at = next;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
     /// How many due times lie strictly between `last` and `due`.
     pub fn missed(&self, last: u64, due: u64) -> u64 {
         match self {
@@ -75,11 +95,13 @@ fn utc(ms: u64) -> Option<DateTime<Utc>> {
 /// Append the tick of `due` (ms since the epoch) unless it or a later one was; true if this
 /// call appended it. Missed due times since the last tick are counted here, and the tick is
 /// appended only if no other host ticked meanwhile (else read again).
+/// With `catch_up`, the missed due times (up to [`MAX_REPLAYED`]) are appended first, each a
+/// tick of its own, and `missed` counts only those beyond.
 pub async fn fire(
     conn: &mut Conn,
     keys: &Keys,
     job: &str,
-    source: &str,
+    (source, catch_up): (&str, bool),
     due: u64,
     timer: &Timer,
 ) -> Result<bool, StoreError> {
@@ -88,15 +110,22 @@ pub async fn fire(
     loop {
         let last: Option<u64> = conn.hget(&hash, "timer_last").await?;
         let missed = last.map_or(0, |l| timer.missed(l, due));
-        let fired: i32 = scripts::TIMER_FIRE
+        let replayed = match (catch_up, last) {
+            (true, Some(l)) => timer.between(l, due, MAX_REPLAYED),
+            _ => Vec::new(),
+        };
+        let mut invocation = scripts::TIMER_FIRE.prepare_invoke();
+        invocation
             .key(&hash)
             .key(&stream)
             .arg(due)
-            .arg(missed)
+            .arg(missed - replayed.len() as u64)
             .arg(source)
-            .arg(last.map(|l| l.to_string()).unwrap_or_default())
-            .invoke_async(conn)
-            .await?;
+            .arg(last.map(|l| l.to_string()).unwrap_or_default());
+        for d in &replayed {
+            invocation.arg(d);
+        }
+        let fired: i32 = invocation.invoke_async(conn).await?;
         if fired >= 0 {
             return Ok(fired == 1);
         }

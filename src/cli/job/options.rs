@@ -156,6 +156,10 @@ pub struct JobOptions {
     /// ones replace the job's; `none` removes them all)
     #[arg(long, value_name = "SPEC")]
     pub aggregate: Vec<String>,
+    /// For a timer: deliver each due time missed while no host ran the job (at most 1000),
+    /// rather than count them in the next tick
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub catch_up: Option<bool>,
     /// Finish once the source is drained (the plugin gets `job-finished`); `--finite=false`
     /// turns it off
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -197,6 +201,7 @@ impl JobOptions {
         set(&mut spec.retention_keep_s, self.retention_keep_s);
         set(&mut spec.retention_every_ms, self.retention_every_ms);
         set(&mut spec.finite, self.finite);
+        set(&mut spec.catch_up, self.catch_up);
         set(&mut spec.weight, self.weight);
         if let Some(g) = &self.priority_group {
             spec.priority_group = (!g.is_empty()).then(|| g.clone());
@@ -351,6 +356,7 @@ mod tests {
         };
         full.aggregate = vec![crate::model::Aggregate::parse("name=a,count=1").unwrap()];
         full.priority_group = Some("g".into());
+        full.catch_up = true;
         full.weight = 2;
         full.breaker = Some(crate::model::BreakerOptions {
             failure_pct: Some(50),

@@ -6,8 +6,9 @@
 -- is the first tick). Missed due times (no host ran the job) are counted, not replayed.
 -- KEYS[1] the job hash   KEYS[2] the timer stream
 -- ARGV[1] the due time (ms since the epoch)   ARGV[2] due times missed between the last and
--- this one   ARGV[3] the source (`every:<period>`, `cron:<expression>`)   ARGV[4] the
--- `timer_last` the host read ('' for none)
+-- this one (not replayed)   ARGV[3] the source (`every:<period>`, `cron:<expression>`)
+-- ARGV[4] the `timer_last` the host read ('' for none)   ARGV[5..] missed due times to
+-- deliver first, oldest first (a job with `catch_up`), each a tick of its own
 -- Returns 1 when it appended the tick, 0 when it or a later one was, -1 when `timer_last`
 -- moved since the host read it (read again and retry).
 local last = redis.call('HGET', KEYS[1], 'timer_last') or ''
@@ -18,6 +19,10 @@ if last == '' then
 end
 if tonumber(last) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'timer_last', ARGV[1])
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'sluice:kind', 'tick', 'sluice:source', ARGV[3],
+    'due', ARGV[i], 'missed', '0')
+end
 redis.call('XADD', KEYS[2], '*', 'sluice:kind', 'tick', 'sluice:source', ARGV[3],
   'due', ARGV[1], 'missed', ARGV[2])
 return 1
