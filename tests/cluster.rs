@@ -697,31 +697,19 @@ fn flow_control_and_aggregates_hold_on_a_cluster() {
     );
     let mut hosts = ["a", "b"]
         .map(|h| HostProcess::start(&cfg, &cluster.url, &dir.path().join(format!("{h}.log"))));
-    let mut pipe = redis::pipe();
-    for i in 0..300 {
-        pipe.cmd("XADD")
-            .arg("{orders}")
-            .arg("*")
-            .arg("acct")
-            .arg(i % 10)
-            .arg("seq")
-            .arg(i / 10)
-            .arg("req")
-            .arg(format!("r{i}"));
-    }
-    // 50 retries of requests already sent: duplicates.
-    for i in 0..50 {
-        pipe.cmd("XADD")
-            .arg("{orders}")
-            .arg("*")
-            .arg("acct")
-            .arg(i % 10)
-            .arg("seq")
-            .arg("dup")
-            .arg("req")
-            .arg(format!("r{i}"));
-    }
-    let _: () = pipe.query(&mut conn).unwrap();
+    // 300 requests, then 50 retries of requests already sent: duplicates.
+    publish_each(&mut conn, "{orders}", 350, |i| {
+        let seq = if i < 300 {
+            (i / 10).to_string()
+        } else {
+            "dup".into()
+        };
+        vec![
+            ("acct", (i % 10).to_string()),
+            ("seq", seq),
+            ("req", format!("r{}", i % 300)),
+        ]
+    });
     assert!(wait_until(Duration::from_secs(60), || counter(
         &mut conn, "j", "orders", "acked"
     ) + counter(

@@ -52,17 +52,9 @@ fn duplicates_are_acked_without_running_the_plugin_across_a_fleet() {
     let (_redis, mut conn, _dir, _cfg, mut hosts) = fleet("dedupe_by = \"req\"", "batch = 16");
     // Each request twice, the copies interleaved: the two hosts race on them.
     publish(&mut conn, "in", 400, &[("action", "emit"), ("n", "{i}")]);
-    let mut pipe = redis::pipe();
-    for i in 0..400 {
-        pipe.cmd("XADD")
-            .arg("in")
-            .arg("*")
-            .arg("action")
-            .arg("emit")
-            .arg("req")
-            .arg(format!("r{}", i % 200));
-    }
-    let _: () = pipe.query(&mut conn).unwrap();
+    publish_each(&mut conn, "in", 400, |i| {
+        vec![("action", "emit".into()), ("req", format!("r{}", i % 200))]
+    });
     assert!(wait_until(Duration::from_secs(60), || done(&mut conn, 800)));
     // The 400 without a key all went through; of the rest, one per key.
     let reqs = field_values(&mut conn, "out", "req");
@@ -118,22 +110,13 @@ fn events_of_a_key_are_handled_in_stream_order_across_a_fleet() {
         1 => format!("a {k}#%é"),
         _ => format!("{}{k}", "l".repeat(200)),
     };
-    let mut pipe = redis::pipe();
-    for i in 0..EVENTS {
-        pipe.cmd("XADD")
-            .arg("in")
-            .arg("*")
-            .arg("action")
-            .arg("emit")
-            .arg("account")
-            .arg(account(i % KEYS))
-            .arg("seq")
-            .arg(i / KEYS);
-        if i % 1000 == 999 {
-            let _: () = pipe.query(&mut conn).unwrap();
-            pipe = redis::pipe();
-        }
-    }
+    publish_each(&mut conn, "in", EVENTS, |i| {
+        vec![
+            ("action", "emit".into()),
+            ("account", account(i % KEYS)),
+            ("seq", (i / KEYS).to_string()),
+        ]
+    });
     // One host dies part-way: its keys wait for the takeover, in order still.
     assert!(wait_until(Duration::from_secs(60), || conn
         .xlen::<_, usize>("out")
@@ -417,17 +400,9 @@ fn a_count_threshold_fires_once_per_crossing_across_a_fleet_with_a_kill() {
     let (_redis, mut conn, _dir, mut hosts) =
         aggregating("[[job.aggregate]]\nname = \"burst\"\nkey_by = \"user\"\ncount = 50\n");
     let n = USERS * PER_USER;
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        pipe.cmd("XADD")
-            .arg("in")
-            .arg("*")
-            .arg("user")
-            .arg(format!("u{}", i % USERS))
-            .arg("n")
-            .arg(i);
-    }
-    let _: () = pipe.query(&mut conn).unwrap();
+    publish_each(&mut conn, "in", n, |i| {
+        vec![("user", format!("u{}", i % USERS)), ("n", i.to_string())]
+    });
     assert!(wait_until(Duration::from_secs(60), || conn
         .xlen::<_, usize>("out")
         .unwrap()

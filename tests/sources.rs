@@ -42,6 +42,23 @@ fn source_config(
     path
 }
 
+/// The scan job finished (`done`) and wrote each of the `files` paths to `out` once.
+fn each_path_once(conn: &mut redis::Connection, done: bool, files: usize) {
+    let paths = field_values(conn, "out", "path");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for p in &paths {
+        *seen.entry(p.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(done, "not finished: {} events", paths.len());
+    assert!(
+        twice.is_empty(),
+        "handled twice: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(seen.len(), files);
+}
+
 /// A fresh redis-server, a connection to it, and a temp dir.
 fn fixture() -> (RedisServer, redis::Connection, tempfile::TempDir) {
     let redis = RedisServer::start();
@@ -622,19 +639,7 @@ fn a_finite_scan_shared_by_two_hosts_one_killed_mid_pass_handles_each_file_once(
     let done = wait_until(Duration::from_secs(90), || {
         job_status(&redis.url, "load")["state"] == "finished"
     });
-    let paths = field_values(&mut conn, "out", "path");
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for p in &paths {
-        *seen.entry(p.as_str()).or_default() += 1;
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(done, "not finished: {} events", paths.len());
-    assert!(
-        twice.is_empty(),
-        "handled twice: {:?}",
-        &twice[..twice.len().min(5)]
-    );
-    assert_eq!(seen.len(), DIRS * FILES);
+    each_path_once(&mut conn, done, DIRS * FILES);
     let status = scan_status(&redis.url, "load");
     assert_eq!(status["files"], DIRS * FILES, "{status}");
     // Finished before its first trimming pass was due, the job still leaves its stream
@@ -795,19 +800,7 @@ fn redis_killed_and_restarted_mid_scan_loses_no_file_and_handles_none_twice() {
             && serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["state"]
                 == "finished"
     });
-    let paths = field_values(&mut conn, "out", "path");
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for p in &paths {
-        *seen.entry(p.as_str()).or_default() += 1;
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(done, "not finished: {} events", paths.len());
-    assert!(
-        twice.is_empty(),
-        "handled twice: {:?}",
-        &twice[..twice.len().min(5)]
-    );
-    assert_eq!(seen.len(), DIRS * FILES);
+    each_path_once(&mut conn, done, DIRS * FILES);
     host.stop_ok();
 }
 

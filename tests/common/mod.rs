@@ -548,6 +548,25 @@ pub fn publish(
     ids
 }
 
+/// Append `n` entries whose fields `fields(i)` gives (entry `i`), in pipelines of 1000.
+pub fn publish_each(
+    conn: &mut impl redis::ConnectionLike,
+    stream: &str,
+    n: usize,
+    fields: impl Fn(usize) -> Vec<(&'static str, String)>,
+) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in fields(*i) {
+                cmd.arg(k).arg(v);
+            }
+        }
+        let _: () = pipe.query(conn).expect("XADD");
+    }
+}
+
 /// The ids of a stream, oldest first.
 pub fn stream_ids(conn: &mut impl redis::ConnectionLike, stream: &str) -> Vec<String> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
