@@ -25,7 +25,7 @@ WIT := $(wildcard wit/*.wit)
 # pip puts console scripts beside the interpreter that installs them.
 COMPONENTIZE_PY := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/componentize-py
 
-.PHONY: all deps testdeps benchdeps scandeps pydeps plugins rust-plugins build demo test lint bench bench-cluster clean
+.PHONY: all deps testdeps benchdeps scandeps pydeps plugins rust-plugins build demo test lint bench bench-cluster screenshots clean
 
 all: build plugins
 
@@ -41,12 +41,17 @@ deps:
 	  echo "adding the rustfmt and clippy components"; rustup component add rustfmt clippy; }
 
 ## testdeps: what the service tests run besides sluice: curl (HTTP client), openssl
-## (certificates for the TLS tests), systemd-analyze (checks the unit file)
+## (certificates for the TLS tests), systemd-analyze (checks the unit file), and Debian's
+## chromium with chromium-driver (the dashboard's browser test, headless)
 testdeps:
 	@command -v curl >/dev/null && command -v openssl >/dev/null && \
 	  command -v systemd-analyze >/dev/null || { \
 	  echo "installing curl, openssl and systemd (apt)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl openssl systemd; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 ## benchdeps: what the benchmark's peers need (bench/peers): redis-py from PyPI, and bullmq
 ## with ioredis from npm (pinned in bench/peers/package-lock.json)
@@ -130,6 +135,11 @@ test: deps testdeps benchdeps plugins
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
+
+## screenshots: the dashboard's pictures in README (docs/dashboard/*.png), taken by its
+## browser test
+screenshots: deps testdeps plugins
+	SLUICE_SCREENSHOTS=docs/dashboard $(CARGO) test --test dashboard
 
 ## bench: the benchmark, optimised build (see BENCHMARKS.md for the figures); its pictures
 ## go to bench/plots

@@ -123,21 +123,10 @@ pub async fn run(c: &Client, command: &DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Purge(sel) => {
             check_ids(&sel.id)?;
-            let named: Vec<(String, Option<String>)> = match sel.all {
-                true => listing::dead_letters(&mut conn, keys, job, &source)
-                    .await?
-                    .into_iter()
-                    .map(|d| (d.id.clone(), Some(d.id)))
-                    .collect(),
-                false => listing::resolve(&mut conn, keys, job, &source, &sel.id).await?,
-            };
+            let ids = (!sel.all).then(|| sel.id.clone());
+            let (named, purged) = listing::purge(&mut conn, keys, job, &source, ids).await?;
             for (asked, _) in named.iter().filter(|(_, id)| id.is_none()) {
                 eprintln!("{asked}: no dead letter of job {job} has that id or source id");
-            }
-            let ids: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
-            let mut purged = 0;
-            for chunk in ids.chunks(500) {
-                purged += dlq::purge(&mut conn, keys, job, &source, chunk).await?;
             }
             println!("purged {purged} dead letters of job {job}");
             if !sel.all && (purged as usize) < named.len() {

@@ -120,3 +120,106 @@ pub async fn get<C: ConnectionLike + Send>(
     }
     Ok(Some(status))
 }
+
+/// An entry delivered to the job's group and not acknowledged yet (being handled, or waiting
+/// for its retry).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    /// The consumer (host) holding it.
+    pub consumer: String,
+    /// Since its last delivery, in ms.
+    pub idle_ms: u64,
+    pub deliveries: u32,
+}
+
+/// The `limit` oldest entries pending in `job`'s group on `source`.
+pub async fn pending<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    limit: usize,
+) -> Result<Vec<Pending>, StoreError> {
+    let rows: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+        .arg(source)
+        .arg(keys.group(job))
+        .arg("-")
+        .arg("+")
+        .arg(limit)
+        .query_async(conn)
+        .await
+        .or_else(|e| {
+            // No group yet (no host ran the job): nothing is pending.
+            if e.code() == Some("NOGROUP") {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            }
+        })?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, consumer, idle_ms, deliveries)| Pending {
+            id,
+            consumer,
+            idle_ms,
+            deliveries,
+        })
+        .collect())
+}
+
+/// A retry scheduled for a source entry of a job.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Scheduled {
+    pub id: String,
+    /// When it is due, ms since the epoch.
+    pub due_at: u64,
+    /// Deliveries so far (from its status record, if it has one).
+    pub attempts: Option<u32>,
+    /// The error of its last delivery.
+    pub error: Option<String>,
+}
+
+/// The `limit` retries of `job` due first, with what their status records say.
+pub async fn scheduled<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    limit: usize,
+) -> Result<Vec<Scheduled>, StoreError> {
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys.retry(job, source))
+        .arg(0)
+        .arg(limit.max(1) - 1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prefix = keys.event_prefix(job, source);
+    let records: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(
+            due.iter()
+                .map(|(id, _)| format!("{prefix}{id}"))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(conn)
+        .await?;
+    Ok(due
+        .into_iter()
+        .zip(records)
+        .map(|((id, at), record)| {
+            // "status|attempts|plugin|updated_at|error" (see commit.lua).
+            let parts: Vec<&str> = record.as_deref().unwrap_or("").splitn(5, '|').collect();
+            let part = |i: usize| parts.get(i).filter(|v| !v.is_empty()).copied();
+            Scheduled {
+                id,
+                due_at: at as u64,
+                attempts: part(1).and_then(|v| v.parse().ok()),
+                error: part(4).map(str::to_string),
+            }
+        })
+        .collect())
+}

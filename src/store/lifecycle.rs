@@ -115,3 +115,56 @@ impl Gate {
         }
     }
 }
+
+/// A lifecycle event of a job, as its lifecycle stream holds it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Happened {
+    /// Its entry id in the lifecycle stream.
+    pub id: String,
+    /// `job-started` or `job-finished`.
+    pub kind: String,
+    pub run: u64,
+    /// When it was appended, ms since the epoch (Redis's clock: the entry id's time).
+    pub at: u64,
+}
+
+/// The `limit` latest lifecycle events of `job`, newest first: its runs, each started and
+/// (for a finite job) finished.
+pub async fn history<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    limit: usize,
+) -> Result<Vec<Happened>, StoreError> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(keys.lifecycle(job, source))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(limit)
+        .query_async(conn)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv.len() == 2 && kv[0] == name)
+                    .map(|kv| kv[1].clone())
+                    .unwrap_or_default()
+            };
+            Happened {
+                at: id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0),
+                kind: field("kind"),
+                run: field("run").parse().unwrap_or(0),
+                id,
+            }
+        })
+        .collect())
+}

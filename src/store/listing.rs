@@ -328,6 +328,34 @@ pub async fn replay(
     Ok(out)
 }
 
+/// Delete dead letters `ids` of `job` (all of them when None), each id a dead letter's or
+/// the source id one holds: (each id asked with the dead letter it names, if any; how many
+/// were deleted).
+pub async fn purge(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    ids: Option<Vec<String>>,
+) -> Result<(Vec<(String, Option<String>)>, u64), StoreError> {
+    let named: Vec<(String, Option<String>)> = match ids {
+        Some(ids) => resolve(conn, keys, job, source, &ids).await?,
+        None => dead_letters(conn, keys, job, source)
+            .await?
+            .into_iter()
+            .map(|d| (d.id.clone(), Some(d.id)))
+            .collect(),
+    };
+    let mut found: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
+    found.sort();
+    found.dedup();
+    let mut purged = 0;
+    for chunk in found.chunks(500) {
+        purged += dlq::purge(conn, keys, job, source, chunk).await?;
+    }
+    Ok((named, purged))
+}
+
 /// Why a job's aggregates cannot be shown or reset.
 #[derive(Debug, thiserror::Error)]
 pub enum AggError {

@@ -14,6 +14,12 @@
 //! | GET | `/api/jobs/{name}/aggregates/{agg}?limit=N` | one aggregate with up to N open windows (default 20, at most 1000; `agg status --json`) |
 //! | POST | `/api/jobs/{name}/aggregates/{agg}/reset` | body `{}` or `{"key": "…"}`: drop its windows (or one) without firing |
 //! | POST | `/api/jobs/{name}/dlq/replay` | body `{"ids": [...]}` (dead-letter or source ids) or `{"all": true}`: replay dead letters |
+//! | POST | `/api/jobs/{name}/dlq/purge` | body `{"ids": [...]}` or `{"all": true}`: delete dead letters |
+//! | GET | `/api/jobs/{name}/pending?limit=N` | the oldest entries pending in its group, and the retries due first (N ≤ 1000, default 50) |
+//! | GET | `/api/jobs/{name}/lifecycle?limit=N` | its latest lifecycle events (`job-started`, `job-finished` of each run), newest first |
+//! | GET | `/api/plugins/{name}/versions` | every version of a plugin, newest first (`plugin versions --json`) |
+//! | POST | `/api/plugins/{name}/rollback` | body `{}` or `{"to": "<sha256 prefix>"}`: make an earlier version current |
+//! | GET | `/api/series?job=NAME` | counters of every job (or one) sampled each second, the last ten minutes (the dashboard's charts) |
 //!
 //! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
 //! token file the API is read-only (actions answer 403). Errors are `{"error": "…"}`.
@@ -43,6 +49,12 @@ pub fn routes() -> axum::Router<Admin> {
         .route("/api/jobs/{name}/stop", post(stop))
         .route("/api/jobs/{name}/resume", post(resume))
         .route("/api/jobs/{name}/dlq/replay", post(replay))
+        .route("/api/jobs/{name}/dlq/purge", post(purge))
+        .route("/api/jobs/{name}/pending", get(pending))
+        .route("/api/jobs/{name}/lifecycle", get(lifecycle))
+        .route("/api/plugins/{name}/versions", get(versions))
+        .route("/api/plugins/{name}/rollback", post(rollback))
+        .route("/api/series", get(series))
         .route("/api/jobs/{name}/aggregates", get(aggregates))
         .route("/api/jobs/{name}/aggregates/{agg}", get(aggregate))
         .route(
@@ -298,10 +310,9 @@ async fn set_state(
     if reg.job(name).await.map_err(anyhow::Error::from)?.is_none() {
         return Err(not_found(format!("no job named `{name}`")));
     }
-    reg.set_job_state(name, state).await.map_err(|e| match e {
-        crate::store::control::ControlError::Refused(why) => ApiError(StatusCode::CONFLICT, why),
-        e => anyhow::Error::from(e).into(),
-    })?;
+    reg.set_job_state(name, state)
+        .await
+        .map_err(refused_is_conflict)?;
     tracing::info!(job = %name, ?state, "job state set through the admin API");
     Ok(Json(serde_json::json!({ "job": name, "state": state })))
 }
@@ -330,6 +341,30 @@ struct Selection {
     all: bool,
 }
 
+impl Selection {
+    /// The dead letters a request body names: Some(ids), or None for all of them.
+    fn parse(body: &[u8]) -> Result<Option<Vec<String>>, ApiError> {
+        let selection: Selection = serde_json::from_slice(body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
+            )
+        })?;
+        for id in &selection.ids {
+            entry_id(id)?;
+        }
+        match (selection.all, selection.ids.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Ok(Some(selection.ids)),
+            _ => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give either `ids` (dead-letter ids, or the source ids they hold) or `all: true`"
+                    .into(),
+            )),
+        }
+    }
+}
+
 async fn replay(
     State(a): State<Admin>,
     headers: HeaderMap,
@@ -338,26 +373,7 @@ async fn replay(
 ) -> Answer<Vec<listing::Replayed>> {
     // Who asks first, what they ask second.
     a.authorize(&headers)?;
-    let selection: Selection = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
-        )
-    })?;
-    for id in &selection.ids {
-        entry_id(id)?;
-    }
-    let ids = match (selection.all, selection.ids.is_empty()) {
-        (true, true) => None,
-        (false, false) => Some(selection.ids),
-        _ => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "give either `ids` (dead-letter ids, or the source ids they hold) or `all: true`"
-                    .into(),
-            ));
-        }
-    };
+    let ids = Selection::parse(&body)?;
     let (mut conn, keys) = a.redis()?;
     let source = source(&mut conn, &keys, &name).await?;
     // A connection of its own: replay guards each dead letter with WATCH, which holds per
@@ -372,4 +388,134 @@ async fn replay(
     let replayed = listing::replay(&mut own, &keys, &name, &source, ids).await?;
     tracing::info!(job = %name, replayed = replayed.iter().filter(|r| r.new_id.is_some()).count(), "dead letters replayed through the admin API");
     Ok(Json(replayed))
+}
+
+async fn purge(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer<serde_json::Value> {
+    a.authorize(&headers)?;
+    let ids = Selection::parse(&body)?;
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    let (named, purged) = listing::purge(&mut conn, &keys, &name, &source, ids).await?;
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|(_, id)| id.is_none())
+        .map(|(asked, _)| asked)
+        .collect();
+    tracing::info!(job = %name, purged, "dead letters purged through the admin API");
+    Ok(Json(
+        serde_json::json!({ "job": name, "purged": purged, "not_found": missing }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn pending(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Answer<serde_json::Value> {
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let pending = events::pending(&mut conn, &keys, &name, &source, limit).await?;
+    let retries = events::scheduled(&mut conn, &keys, &name, &source, limit).await?;
+    Ok(Json(
+        serde_json::json!({ "pending": pending, "retries": retries }),
+    ))
+}
+
+async fn lifecycle(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Answer<Vec<crate::store::lifecycle::Happened>> {
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, &name).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(
+        crate::store::lifecycle::history(&mut conn, &keys, &name, &source, limit).await?,
+    ))
+}
+
+async fn versions(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+) -> Answer<Vec<crate::store::control::PluginVersion>> {
+    let (conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn, keys);
+    if reg
+        .plugin(&name)
+        .await
+        .map_err(anyhow::Error::from)?
+        .is_none()
+    {
+        return Err(not_found(format!("no plugin named `{name}`")));
+    }
+    Ok(Json(
+        reg.versions(&name).await.map_err(anyhow::Error::from)?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackTo {
+    to: Option<String>,
+}
+
+async fn rollback(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer<crate::store::control::PluginVersion> {
+    a.authorize(&headers)?;
+    let to: RollbackTo = if body.is_empty() {
+        RollbackTo::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?
+    };
+    let (conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn, keys);
+    if reg
+        .plugin(&name)
+        .await
+        .map_err(anyhow::Error::from)?
+        .is_none()
+    {
+        return Err(not_found(format!("no plugin named `{name}`")));
+    }
+    let version = reg
+        .rollback(&name, to.to.as_deref())
+        .await
+        .map_err(refused_is_conflict)?;
+    tracing::info!(plugin = %name, version = %version.sha256, "plugin rolled back through the admin API");
+    Ok(Json(version))
+}
+
+/// A registry change the registry refused is a conflict (409) with its reason.
+fn refused_is_conflict(e: crate::store::control::ControlError) -> ApiError {
+    match e {
+        crate::store::control::ControlError::Refused(why) => ApiError(StatusCode::CONFLICT, why),
+        e => anyhow::Error::from(e).into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeriesQuery {
+    job: Option<String>,
+}
+
+async fn series(State(a): State<Admin>, Query(q): Query<SeriesQuery>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "every_ms": 1000,
+        "jobs": a.history.series(q.job.as_deref()),
+    }))
 }

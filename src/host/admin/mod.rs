@@ -10,10 +10,13 @@
 //!   time, a few commands per job.
 //! - `/api/…`: the CLI's listings as JSON, and operator actions behind a bearer token
 //!   ([`api`]).
+//! - `GET /`: the dashboard ([`dashboard`]), a page over the JSON API.
 //! - `POST /ingest/{stream}`: HTTP ingest, entries appended to the streams that
 //!   `[[ingest]]` allows, each allow-list with a token of its own ([`ingest`]).
 
 mod api;
+mod dashboard;
+mod history;
 mod ingest;
 
 pub use ingest::{Allow, allow_lists};
@@ -170,6 +173,8 @@ struct Admin {
     ingest: Arc<[Allow]>,
     /// The prefix of sluice's own keys, which HTTP ingest never writes.
     prefix: Arc<str>,
+    /// Counters over time, for the dashboard.
+    history: Arc<history::History>,
 }
 
 /// What the admin server serves beyond probes and metrics.
@@ -194,7 +199,10 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("admin server: cannot listen on {addr}: {e}"))?;
     let upkeep = metrics.clone();
+    let history = Arc::new(history::History::default());
+    let sampler = tokio::spawn(history.clone().sample(readiness.clone()));
     let app = Router::new()
+        .merge(dashboard::routes())
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render))
@@ -206,8 +214,9 @@ pub async fn start(
             token: options.token.map(Arc::from),
             ingest: options.ingest,
             prefix: options.prefix.into(),
+            history,
         });
-    tracing::info!(%addr, "admin server listening (/live, /ready, /metrics, /api, /ingest)");
+    tracing::info!(%addr, "admin server listening (/ the dashboard, /live, /ready, /metrics, /api, /ingest)");
     Ok(tokio::spawn(async move {
         // Histograms are kept in windows the recorder compacts now and then.
         let upkeep = tokio::spawn(async move {
@@ -220,6 +229,7 @@ pub async fn start(
             tracing::error!("admin server stopped: {e}");
         }
         upkeep.abort();
+        sampler.abort();
     }))
 }
 
