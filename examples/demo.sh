@@ -2,7 +2,8 @@
 # `make demo`: start `sluice run` on examples/sluice.toml with an embedded Redis in a
 # temporary data dir, publish sample events, show what the echo plugin produced and the
 # job's counters; publish events that trap, loop, eat memory or fail and show them retried
-# and dead-lettered; then stop the host (SIGTERM) and clean up.
+# and dead-lettered; then stop the host (SIGTERM) and clean up. With DASHBOARD=1 (and
+# DASHBOARD_PORT, default 9090) the host serves the dashboard and waits for Enter first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== starting: $SLUICE run --config $CONFIG (embedded Redis in $SLUICE_DATA_DIR)"
-"$SLUICE" run --config "$CONFIG" &
+# `make demo DASHBOARD=1`: the host also serves the dashboard, and waits at the end.
+DASHBOARD_ADDR=127.0.0.1:${DASHBOARD_PORT:-9090}
+admin=()
+if [ -n "${DASHBOARD:-}" ]; then admin=(--admin "$DASHBOARD_ADDR"); fi
+
+echo "== starting: $SLUICE run --config $CONFIG ${admin[*]} (embedded Redis in $SLUICE_DATA_DIR)"
+"$SLUICE" run --config "$CONFIG" "${admin[@]}" &
 pid=$!
 
 status() { "$SLUICE" --config "$CONFIG" job status echo-events "$@"; }
@@ -88,6 +94,12 @@ echo "== sluice plugin list"
 echo
 echo "== sluice job list"
 "$SLUICE" --config "$CONFIG" job list
+if [ -n "${DASHBOARD:-}" ]; then
+  echo
+  echo "== the dashboard: http://$DASHBOARD_ADDR/ (read-only: examples/sluice.toml sets no"
+  echo "   [admin] token_file). Press Enter to stop the host."
+  read -r _ || true
+fi
 echo
 echo "== stopping the host (SIGTERM)"
 kill -TERM "$pid"

@@ -381,6 +381,138 @@ fn the_json_api_shows_what_the_cli_shows_and_its_actions_need_the_token() {
     assert!(wait_until(Duration::from_secs(30), || counter(
         &mut conn, "j", "in", "dead"
     ) == 400));
+
+    host.stop_ok();
+}
+
+#[test]
+fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_purges() {
+    let port = free_port();
+    let (redis, mut conn, dir, cfg) = setup("chaos", "j", "in", "max_deliveries = 3", "");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let config = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[host]",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n[host]",
+            token_file.display()
+        ),
+    );
+    std::fs::write(&cfg, config).unwrap();
+    let mut host = HostProcess::start(&cfg, &redis.url, &dir.path().join("host.log"));
+    assert!(wait_until(Duration::from_secs(20), || get(port, "/ready")
+        .0
+        == 200));
+    publish(&mut conn, "in", 5, &[("action", "dead-letter")]);
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &mut conn, "j", "in", "dead"
+    ) == 5));
+
+    // A retry scheduled a minute out: pending
+    // in the group, and first among the retries.
+    let retrying = publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "retry"), ("after_ms", "60000")],
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        let (_, body) = get(port, "/api/jobs/j/pending");
+        json(&body)["retries"][0]["id"] == retrying[0].as_str()
+    }));
+    let (code, queue) = get(port, "/api/jobs/j/pending?limit=5");
+    assert_eq!(code, 200, "{queue}");
+    let queue = json(&queue);
+    let retry = &queue["retries"][0];
+    assert!(
+        retry["due_at"].as_u64().unwrap() > sluice::model::now_ms() + 30_000,
+        "{queue}"
+    );
+    assert_eq!(retry["attempts"], 1, "{queue}");
+    assert_eq!(queue["pending"][0]["id"], retrying[0].as_str(), "{queue}");
+    assert_eq!(queue["pending"][0]["deliveries"], 1, "{queue}");
+    assert_eq!(get(port, "/api/jobs/nope/pending").0, 404);
+    let (_, runs) = get(port, "/api/jobs/j/lifecycle");
+    let runs = json(&runs);
+    assert_eq!(runs[0]["kind"], "job-started", "{runs}");
+    assert_eq!(runs[0]["run"], 1, "{runs}");
+    // The plugin's versions; rolling back with none earlier is refused, by name.
+    let (_, versions) = get(port, "/api/plugins/chaos/versions");
+    let versions = json(&versions);
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
+    assert_eq!(versions[0]["sha256"], sha_of(&plugin("chaos")).as_str());
+    assert_eq!(get(port, "/api/plugins/nope/versions").0, 404);
+    assert_eq!(post(port, "/api/plugins/chaos/rollback", None, "{}").0, 401);
+    let (code, refused) = post(port, "/api/plugins/chaos/rollback", Some("t0ken"), "{}");
+    assert_eq!(code, 409, "{refused}");
+    assert!(refused.contains("no earlier version"), "{refused}");
+    assert_eq!(
+        post(port, "/api/plugins/nope/rollback", Some("t0ken"), "{}").0,
+        404
+    );
+    // Purge: one by its id (and an id no dead letter has), then the rest.
+    assert_eq!(
+        post(port, "/api/jobs/j/dlq/purge", None, r#"{"all": true}"#).0,
+        401
+    );
+    let letters = dead_letter_sources(&mut conn);
+    let (code, purged) = post(
+        port,
+        "/api/jobs/j/dlq/purge",
+        Some("t0ken"),
+        &format!(
+            r#"{{"ids": ["{}", "1-0"]}}"#,
+            letters[0].split("<-").next().unwrap()
+        ),
+    );
+    assert_eq!(code, 200, "{purged}");
+    let purged = json(&purged);
+    assert_eq!(purged["purged"], 1, "{purged}");
+    assert_eq!(purged["not_found"], serde_json::json!(["1-0"]));
+    let (_, purged) = post(
+        port,
+        "/api/jobs/j/dlq/purge",
+        Some("t0ken"),
+        r#"{"all": true}"#,
+    );
+    assert_eq!(json(&purged)["purged"], letters.len() - 1, "{purged}");
+    assert!(dead_letter_sources(&mut conn).is_empty());
+    // The series: sampled once someone asks, a point a second.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (_, series) = get(port, "/api/series?job=j");
+        json(&series)["jobs"]["j"]
+            .as_array()
+            .is_some_and(|p| p.len() >= 2)
+    }));
+    let (_, series) = get(port, "/api/series?job=j");
+    let series = json(&series);
+    let last = series["jobs"]["j"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["dead"], 5, "{series}");
+    assert_eq!(last["scheduled"], 1, "{series}");
+    // The dashboard's page and script.
+    let (code, page) = get(port, "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>sluice</title>"), "{page}");
+    assert_eq!(get(port, "/ui/app.js").0, 200);
+    // A real rollback: a second version, then back to the first through the API.
+    let first = sha_of(&plugin("chaos"));
+    let second = variant(&plugin("chaos"), dir.path(), "second");
+    cli(
+        &redis.url,
+        &format!("plugin load --name chaos {}", second.display()),
+    );
+    let (code, back) = post(
+        port,
+        "/api/plugins/chaos/rollback",
+        Some("t0ken"),
+        &format!(r#"{{"to": "{}"}}"#, &first[..12]),
+    );
+    assert_eq!(code, 200, "{back}");
+    assert_eq!(json(&back)["sha256"], first.as_str());
+    assert_eq!(
+        json(&cli(&redis.url, "plugin list --json"))[0]["sha256"],
+        first.as_str()
+    );
     host.stop_ok();
 }
 

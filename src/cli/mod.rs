@@ -62,7 +62,7 @@ pub enum Command {
         /// and changed files [default: `[plugins] dir`]
         #[arg(long)]
         plugins: Option<PathBuf>,
-        /// Serve /live, /ready, /metrics and the /api on this address [default: `[admin] listen`]
+        /// Serve the dashboard (/), /live, /ready, /metrics and the /api on this address [default: `[admin] listen`]
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
     },
