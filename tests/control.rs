@@ -800,6 +800,15 @@ fn hosts_register_their_config_again_when_redis_loses_its_data() {
         .iter()
         .map(|log| HostProcess::start(&cfg, &redis.url, log))
         .collect();
+    // Both hosts run the job before the data goes (a host that registers only after the
+    // FLUSHALL has lost nothing, and rightly says nothing).
+    for log in &logs {
+        assert!(wait_for_log(
+            log,
+            "job running job=\"j\" stream=in",
+            Duration::from_secs(20)
+        ));
+    }
     publish(&mut conn, "in", 10, &[("action", "ok")]);
     assert!(wait_until(Duration::from_secs(20), || counter(
         &mut conn, "j", "in", "acked"

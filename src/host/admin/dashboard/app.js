@@ -378,6 +378,7 @@ function jobPage(name) {
   const letters = table("dead-letters", ["", "dead letter", "source entry", "deliveries", "error", "dead since", ""], "No dead letters.");
   const lifecycle = table("lifecycle", ["event", "run", "at"], "No lifecycle events yet.");
   const replayed = el("ul", { id: "replayed" });
+  const more = el("p", { class: "more", hidden: true });
   const selected = new Set();
   const watching = new Map(); // new source id -> dead letter id
 
@@ -435,7 +436,7 @@ function jobPage(name) {
       button("Replay all", { id: "replay-all" }, () => replay(true)),
       button("Purge selected", { id: "purge-selected", class: "danger" }, () => purge(false)),
       button("Purge all", { id: "purge-all", class: "danger" }, () => purge(true))),
-    letters.wrap, replayed,
+    letters.wrap, more, replayed,
     el("div", { class: "two" },
       el("div", {}, el("h2", { text: "Pending" }), pending.wrap),
       el("div", {}, el("h2", { text: "Scheduled retries" }), retries.wrap)),
@@ -458,9 +459,24 @@ function jobPage(name) {
     return [el("dt", { text: label }), el("dd", {}, value)];
   }
 
+  const missing = el("p", { class: "notice error", hidden: true });
+  root.prepend(missing);
+
   async function refresh() {
-    const [job, dlq, queue, life] = await Promise.all([
-      api(path), api(`${path}/dlq?limit=200`).catch(() => ({ dead_letters: [] })),
+    let job;
+    try {
+      job = await api(path);
+      missing.hidden = true;
+    } catch (e) {
+      if (e.status !== 404) throw e;
+      // Deleted (or never was): say so, and keep looking in case it is started.
+      setText(missing, `No job named “${name}” in the registry. `);
+      missing.append(el("a", { href: "#/", text: "Back to the overview" }));
+      missing.hidden = false;
+      return;
+    }
+    const [dlq, queue, life] = await Promise.all([
+      api(`${path}/dlq?limit=200`).catch(() => ({ dead_letters: [] })),
       api(`${path}/pending?limit=20`).catch(() => ({ pending: [], retries: [] })),
       api(`${path}/lifecycle?limit=20`).catch(() => []), loadSeries(name)]);
     const points = series[name] || [];
@@ -492,6 +508,8 @@ function jobPage(name) {
       { data: values(points, "pending"), class: "pending", label: "pending" },
       { data: values(points, "dead_letters"), class: "dead", label: "dead letters" }], "entries");
 
+    more.hidden = !dlq.next;
+    setText(more, `The oldest ${dlq.dead_letters.length} of ${num(s.dead_letters)} dead letters are shown; replay all and purge all take every one.`);
     const present = new Set(dlq.dead_letters.map((d) => d.id));
     for (const id of [...selected]) if (!present.has(id)) selected.delete(id);
     syncRows(letters.tbody, dlq.dead_letters, (d) => d.id,
