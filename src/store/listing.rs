@@ -275,6 +275,25 @@ pub async fn resolve(
         .collect())
 }
 
+/// The dead letters `ids` name (see [`resolve`]), or all of them when None, each as its own
+/// id.
+async fn named(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    ids: Option<Vec<String>>,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    Ok(match ids {
+        Some(ids) => resolve(conn, keys, job, source, &ids).await?,
+        None => dead_letters(conn, keys, job, source)
+            .await?
+            .into_iter()
+            .map(|d| (d.id.clone(), Some(d.id)))
+            .collect(),
+    })
+}
+
 /// What replaying one dead letter did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Replayed {
@@ -297,14 +316,7 @@ pub async fn replay(
     source: &str,
     ids: Option<Vec<String>>,
 ) -> Result<Vec<Replayed>, StoreError> {
-    let named: Vec<(String, Option<String>)> = match ids {
-        Some(ids) => resolve(conn, keys, job, source, &ids).await?,
-        None => dead_letters(conn, keys, job, source)
-            .await?
-            .into_iter()
-            .map(|d| (d.id.clone(), Some(d.id)))
-            .collect(),
-    };
+    let named = named(conn, keys, job, source, ids).await?;
     let mut out = Vec::with_capacity(named.len());
     // Each dead letter once, however often it was named (by its id, its source id, or both).
     let mut found: Vec<String> = Vec::new();
@@ -338,14 +350,7 @@ pub async fn purge(
     source: &str,
     ids: Option<Vec<String>>,
 ) -> Result<(Vec<(String, Option<String>)>, u64), StoreError> {
-    let named: Vec<(String, Option<String>)> = match ids {
-        Some(ids) => resolve(conn, keys, job, source, &ids).await?,
-        None => dead_letters(conn, keys, job, source)
-            .await?
-            .into_iter()
-            .map(|d| (d.id.clone(), Some(d.id)))
-            .collect(),
-    };
+    let named = named(conn, keys, job, source, ids).await?;
     let mut found: Vec<String> = named.iter().filter_map(|(_, id)| id.clone()).collect();
     found.sort();
     found.dedup();

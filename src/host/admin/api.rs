@@ -92,7 +92,7 @@ async fn aggregate(
 ) -> Answer<crate::store::aggregate::AggStatus> {
     let (mut conn, keys) = a.redis()?;
     let mut reg = Registry::new(conn.clone(), keys.clone());
-    let limit = page.limit.unwrap_or(20).clamp(1, 1000);
+    let limit = page_size(page.limit, 20);
     let mut found =
         listing::aggregates(&mut reg, &mut conn, &keys, &name, Some(&agg), limit).await?;
     Ok(Json(found.remove(0)))
@@ -110,12 +110,7 @@ async fn aggregate_reset(
     body: axum::body::Bytes,
 ) -> Answer<serde_json::Value> {
     a.authorize(&headers)?;
-    let which: WindowKey = if body.is_empty() {
-        WindowKey::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?
-    };
+    let which: WindowKey = optional_body(&body)?;
     let (mut conn, keys) = a.redis()?;
     let mut reg = Registry::new(conn.clone(), keys.clone());
     let dropped = listing::reset_aggregate(
@@ -222,6 +217,18 @@ async fn source(conn: &mut Conn, keys: &Keys, name: &str) -> Result<String, ApiE
     })
 }
 
+/// Redis, the key table and the source stream of job `name` (404 if no host ran it).
+async fn job_redis(a: &Admin, name: &str) -> Result<(Conn, Keys, String), ApiError> {
+    let (mut conn, keys) = a.redis()?;
+    let source = source(&mut conn, &keys, name).await?;
+    Ok((conn, keys, source))
+}
+
+/// A page size from a request: `default` if none, within 1..=1000.
+fn page_size(asked: Option<usize>, default: usize) -> usize {
+    asked.unwrap_or(default).clamp(1, 1000)
+}
+
 async fn jobs(State(a): State<Admin>) -> Answer<Vec<listing::JobRow>> {
     let (mut conn, keys) = a.redis()?;
     let mut reg = Registry::new(conn.clone(), keys.clone());
@@ -271,9 +278,8 @@ async fn dead_letters(
     Path(name): Path<String>,
     Query(page): Query<Page>,
 ) -> Answer<serde_json::Value> {
-    let (mut conn, keys) = a.redis()?;
-    let source = source(&mut conn, &keys, &name).await?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
+    let limit = page_size(page.limit, 100);
     let after = page.after.as_deref().map(entry_id).transpose()?;
     let letters = dlq::list(&mut conn, &keys, &name, &source, after, limit).await?;
     // The cursor of the next page, when this one is full.
@@ -289,9 +295,8 @@ async fn event(
     State(a): State<Admin>,
     Path((name, id)): Path<(String, String)>,
 ) -> Answer<events::EventStatus> {
-    let (mut conn, keys) = a.redis()?;
     entry_id(&id)?;
-    let source = source(&mut conn, &keys, &name).await?;
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
     events::get(&mut conn, &keys, &name, &source, &id)
         .await?
         .map(Json)
@@ -374,8 +379,7 @@ async fn replay(
     // Who asks first, what they ask second.
     a.authorize(&headers)?;
     let ids = Selection::parse(&body)?;
-    let (mut conn, keys) = a.redis()?;
-    let source = source(&mut conn, &keys, &name).await?;
+    let (_, keys, source) = job_redis(&a, &name).await?;
     // A connection of its own: replay guards each dead letter with WATCH, which holds per
     // connection (on the shared one, another request's EXEC would clear it).
     let endpoint = a.readiness.endpoint().ok_or_else(|| {
@@ -398,8 +402,7 @@ async fn purge(
 ) -> Answer<serde_json::Value> {
     a.authorize(&headers)?;
     let ids = Selection::parse(&body)?;
-    let (mut conn, keys) = a.redis()?;
-    let source = source(&mut conn, &keys, &name).await?;
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
     let (named, purged) = listing::purge(&mut conn, &keys, &name, &source, ids).await?;
     let missing: Vec<&String> = named
         .iter()
@@ -412,19 +415,13 @@ async fn purge(
     ))
 }
 
-#[derive(Deserialize)]
-struct Limit {
-    limit: Option<usize>,
-}
-
 async fn pending(
     State(a): State<Admin>,
     Path(name): Path<String>,
-    Query(q): Query<Limit>,
+    Query(q): Query<Page>,
 ) -> Answer<serde_json::Value> {
-    let (mut conn, keys) = a.redis()?;
-    let source = source(&mut conn, &keys, &name).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
+    let limit = page_size(q.limit, 50);
     let pending = events::pending(&mut conn, &keys, &name, &source, limit).await?;
     let retries = events::scheduled(&mut conn, &keys, &name, &source, limit).await?;
     Ok(Json(
@@ -435,30 +432,38 @@ async fn pending(
 async fn lifecycle(
     State(a): State<Admin>,
     Path(name): Path<String>,
-    Query(q): Query<Limit>,
+    Query(q): Query<Page>,
 ) -> Answer<Vec<crate::store::lifecycle::Happened>> {
-    let (mut conn, keys) = a.redis()?;
-    let source = source(&mut conn, &keys, &name).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
+    let limit = page_size(q.limit, 50);
     Ok(Json(
         crate::store::lifecycle::history(&mut conn, &keys, &name, &source, limit).await?,
     ))
+}
+
+/// The registry, once it is known to have plugin `name` (else 404).
+async fn plugin_registry(a: &Admin, name: &str) -> Result<Registry, ApiError> {
+    let (conn, keys) = a.redis()?;
+    let mut reg = Registry::new(conn, keys);
+    match reg.plugin(name).await.map_err(anyhow::Error::from)? {
+        Some(_) => Ok(reg),
+        None => Err(not_found(format!("no plugin named `{name}`"))),
+    }
+}
+
+/// A JSON body that may be empty (then `T::default()`), else 400.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn versions(
     State(a): State<Admin>,
     Path(name): Path<String>,
 ) -> Answer<Vec<crate::store::control::PluginVersion>> {
-    let (conn, keys) = a.redis()?;
-    let mut reg = Registry::new(conn, keys);
-    if reg
-        .plugin(&name)
-        .await
-        .map_err(anyhow::Error::from)?
-        .is_none()
-    {
-        return Err(not_found(format!("no plugin named `{name}`")));
-    }
+    let mut reg = plugin_registry(&a, &name).await?;
     Ok(Json(
         reg.versions(&name).await.map_err(anyhow::Error::from)?,
     ))
@@ -476,22 +481,8 @@ async fn rollback(
     body: axum::body::Bytes,
 ) -> Answer<crate::store::control::PluginVersion> {
     a.authorize(&headers)?;
-    let to: RollbackTo = if body.is_empty() {
-        RollbackTo::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?
-    };
-    let (conn, keys) = a.redis()?;
-    let mut reg = Registry::new(conn, keys);
-    if reg
-        .plugin(&name)
-        .await
-        .map_err(anyhow::Error::from)?
-        .is_none()
-    {
-        return Err(not_found(format!("no plugin named `{name}`")));
-    }
+    let to: RollbackTo = optional_body(&body)?;
+    let mut reg = plugin_registry(&a, &name).await?;
     let version = reg
         .rollback(&name, to.to.as_deref())
         .await
