@@ -13,8 +13,17 @@ use common::*;
 
 /// `curl` a path of the admin server: (HTTP status, body).
 fn get(port: u16, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+    get_with(port, path, &[])
+}
+
+/// [`get`] with extra request headers (`Name: value`).
+fn get_with(port: u16, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", "-w", "\n%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .expect("curl must be installed");
@@ -209,6 +218,9 @@ fn probes_and_metrics_tell_the_truth() {
     let (code, body) = post(port, "/api/jobs/j/stop", Some("anything"), "{}");
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("read-only"), "{body}");
+    // ...and the dashboard is told so (it then offers no actions).
+    let (_, info) = get(port, "/api/info");
+    assert_eq!(json(&info)["read_only"], true, "{info}");
     host.stop_ok();
 }
 
@@ -394,7 +406,8 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     let config = std::fs::read_to_string(&cfg).unwrap().replace(
         "[host]",
         &format!(
-            "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\n[host]",
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\
+             allowed_hosts = [\"sluice.test\"]\n\n[host]",
             token_file.display()
         ),
     );
@@ -403,7 +416,33 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     assert!(wait_until(Duration::from_secs(20), || get(port, "/ready")
         .0
         == 200));
-    publish(&mut conn, "in", 5, &[("action", "dead-letter")]);
+    // DNS rebinding: the dashboard and the API answer to IP addresses, localhost and the
+    // allowed names only; probes and metrics to any.
+    for (host, code) in [
+        ("Host: evil.example", 403),
+        (&format!("Host: evil.example:{port}"), 403),
+        (&format!("Host: localhost:{port}"), 200),
+        (&format!("Host: sluice.test:{port}"), 200),
+        ("Host: [::1]", 200),
+    ] {
+        assert_eq!(get_with(port, "/api/jobs", &[host]).0, code, "{host}");
+        assert_eq!(get_with(port, "/", &[host]).0, code, "{host}");
+    }
+    let (_, refused) = get_with(port, "/api/jobs", &["Host: evil.example"]);
+    assert!(refused.contains("allowed_hosts"), "{refused}");
+    assert_eq!(get_with(port, "/live", &["Host: evil.example"]).0, 200);
+    assert_eq!(get_with(port, "/metrics", &["Host: evil.example"]).0, 200);
+    let (_, info) = get(port, "/api/info");
+    assert_eq!(json(&info)["read_only"], false, "{info}");
+    // A dead letter with a long field: the list cuts it when asked, the letter has it whole.
+    let long = "x".repeat(5000);
+    publish(
+        &mut conn,
+        "in",
+        1,
+        &[("action", "dead-letter"), ("blob", &long)],
+    );
+    publish(&mut conn, "in", 4, &[("action", "dead-letter")]);
     assert!(wait_until(Duration::from_secs(20), || counter(
         &mut conn, "j", "in", "dead"
     ) == 5));
@@ -450,6 +489,34 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
         post(port, "/api/plugins/nope/rollback", Some("t0ken"), "{}").0,
         404
     );
+    for bad in [r#"{"to": ""}"#, r#"{"to": "not-hex"}"#, "{not json"] {
+        assert_eq!(
+            post(port, "/api/plugins/chaos/rollback", Some("t0ken"), bad).0,
+            400,
+            "{bad}"
+        );
+    }
+    let (_, page) = get(port, "/api/jobs/j/dlq?preview=100");
+    let page = json(&page);
+    let first = &page["dead_letters"][0];
+    assert_eq!(first["cut"], true, "{first}");
+    let blob = first["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == "blob")
+        .unwrap()[1]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(blob, format!("{}…", "x".repeat(100)));
+    assert!(page["dead_letters"][1].get("cut").is_none(), "{page}");
+    let id = first["id"].as_str().unwrap();
+    let (code, whole) = get(port, &format!("/api/jobs/j/dlq/{id}"));
+    assert_eq!(code, 200, "{whole}");
+    assert!(whole.contains(&long), "the dead letter whole");
+    assert_eq!(get(port, "/api/jobs/j/dlq/1-0").0, 404);
+    assert_eq!(get(port, "/api/jobs/j/dlq/nonsense").0, 400);
     // Purge: one by its id (and an id no dead letter has), then the rest.
     assert_eq!(
         post(port, "/api/jobs/j/dlq/purge", None, r#"{"all": true}"#).0,
@@ -486,6 +553,13 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     }));
     let (_, series) = get(port, "/api/series?job=j");
     let series = json(&series);
+    assert!(series["now"].as_u64().unwrap() >= series["jobs"]["j"][0]["t"].as_u64().unwrap());
+    let (_, two) = get(port, "/api/series?points=2");
+    assert_eq!(
+        json(&two)["jobs"]["j"].as_array().unwrap().len(),
+        2,
+        "{two}"
+    );
     let last = series["jobs"]["j"].as_array().unwrap().last().unwrap();
     assert_eq!(last["dead"], 5, "{series}");
     assert_eq!(last["scheduled"], 1, "{series}");

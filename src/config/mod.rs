@@ -94,10 +94,14 @@ pub struct AdminConfig {
     /// `127.0.0.1:9090`; unset (default): no server. `sluice run --admin ADDR` overrides it.
     #[serde(default)]
     pub listen: Option<String>,
-    /// A file holding the bearer token the API's actions (stop, resume, replay) need;
-    /// unset (default): the API is read-only.
+    /// A file holding the bearer token the API's and the dashboard's actions (stop, resume,
+    /// replay, purge, rollback) need; unset (default): both are read-only.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Host names (besides IP addresses and `localhost`) the dashboard and the API answer
+    /// to, as a browser sends them in `Host`; `"*"`: any. Guards against DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl AdminConfig {
@@ -310,6 +314,19 @@ impl Config {
             self.admin
                 .token()
                 .map_err(|e| ("admin.token_file".to_string(), e.to_string()))?;
+        }
+        for (i, name) in self.admin.allowed_hosts.iter().enumerate() {
+            let fine = name == "*"
+                || (!name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            if !fine {
+                return Err((
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("a host name (no port) or \"*\", got {name:?}"),
+                ));
+            }
         }
         for (i, ingest) in self.ingest.iter().enumerate() {
             let at = |f: &str| format!("ingest[{i}].{f}");

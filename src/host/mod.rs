@@ -90,6 +90,7 @@ pub async fn run(
                 token: config.admin.token()?,
                 ingest: admin::allow_lists(&config.ingest)?,
                 prefix: config.host.prefix.clone(),
+                allowed_hosts: config.admin.allowed_hosts.clone(),
             };
             Some(admin::start(addr.parse()?, readiness.clone(), options).await?)
         }

@@ -76,6 +76,18 @@ pub async fn list<C: AsyncCommands>(
         .collect())
 }
 
+/// Dead letter `id` of a job, if there is one.
+pub async fn get<C: AsyncCommands>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    id: &str,
+) -> Result<Option<DeadLetter>, StoreError> {
+    let entry: Vec<(String, Vec<Vec<u8>>)> = conn.xrange(keys.dlq(job, source), id, id).await?;
+    Ok(entry.into_iter().next().map(|(id, flat)| parse(id, flat)))
+}
+
 fn parse(id: String, flat: Vec<Vec<u8>>) -> DeadLetter {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let pairs: Vec<(String, String)> = flat
@@ -199,13 +211,10 @@ pub async fn purge<C: AsyncCommands>(
     // The source entries these dead letters refer to are no longer held for them.
     let mut held = Vec::new();
     for id in ids {
-        let entry: Vec<(String, Vec<Vec<u8>>)> =
-            conn.xrange(&dlq, id.as_str(), id.as_str()).await?;
-        if let Some((_, flat)) = entry.into_iter().next() {
-            let letter = parse(id.clone(), flat);
-            if letter.fields_in == "source" {
-                held.push(held_member(keys, job, &letter.source_id));
-            }
+        if let Some(letter) = get(conn, keys, job, source, id).await?
+            && letter.fields_in == "source"
+        {
+            held.push(held_member(keys, job, &letter.source_id));
         }
     }
     let purged: u64 = conn.xdel(&dlq, ids).await?;

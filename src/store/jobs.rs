@@ -59,6 +59,30 @@ pub struct JobStatus {
     pub outbox_lag_ms: u64,
 }
 
+/// How many jobs' statuses [`statuses`] reads at once.
+const READ_AT_ONCE: usize = 16;
+
+/// The status of each job of `names`, in order, read a few jobs at a time over the shared
+/// (multiplexed) connection: a listing of many jobs costs a few round trips' time, not a few
+/// per job.
+pub async fn statuses(
+    conn: &super::Conn,
+    keys: &Keys,
+    names: Vec<String>,
+) -> Result<Vec<Option<JobStatus>>, StoreError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    // Each read owns what it uses (a stream of borrowing futures trips the compiler's
+    // higher-ranked lifetime check inside axum handlers).
+    let (conn, keys) = (conn.clone(), keys.clone());
+    futures_util::stream::iter(names.into_iter().map(move |name| {
+        let (mut conn, keys) = (conn.clone(), keys.clone());
+        async move { status(&mut conn, &keys, &name).await }
+    }))
+    .buffered(READ_AT_ONCE)
+    .try_collect()
+    .await
+}
+
 /// Read the status of job `name`; None if no host ever registered it.
 pub async fn status<C: AsyncCommands>(
     conn: &mut C,

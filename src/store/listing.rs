@@ -2,7 +2,7 @@
 //! CLI (`job list`, `plugin list`, `dlq list|replay`) and the admin API (`/api/…`), which
 //! only turn these values into text or JSON.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::store::Conn;
@@ -174,14 +174,14 @@ pub async fn jobs(
     let snapshot = &cx.snapshot;
     let mut before = BTreeMap::new();
     if let Some(over) = rate_over {
-        for name in snapshot.jobs.keys() {
-            before.insert(name.clone(), jobs::status(conn, keys, name).await?);
-        }
+        let read = jobs::statuses(conn, keys, snapshot.jobs.keys().cloned().collect()).await?;
+        before.extend(snapshot.jobs.keys().cloned().zip(read));
         tokio::time::sleep(over).await;
     }
     let mut rows = Vec::new();
-    for (name, entry) in &snapshot.jobs {
-        let mut row = cx.row(name, entry, jobs::status(conn, keys, name).await?);
+    let now = jobs::statuses(conn, keys, snapshot.jobs.keys().cloned().collect()).await?;
+    for ((name, entry), status) in snapshot.jobs.iter().zip(now) {
+        let mut row = cx.row(name, entry, status);
         if let (Some(over), Some(before)) = (rate_over, before.get(name)) {
             let received = |s: &Option<jobs::JobStatus>| s.as_ref().map_or(0, |s| s.received);
             let delta = received(&row.status).saturating_sub(received(before));
@@ -253,7 +253,9 @@ pub async fn dead_letters(
 }
 
 /// The dead letters `ids` name, each a dead letter's id or the source id one holds (what
-/// `dlq list` and `event get` show): (id asked, the dead letter's id if there is one).
+/// `dlq list` and `event get` show): (id asked, the dead letter's id if there is one). A
+/// dead letter's id is looked up directly; source ids by one pass over the dead letters, a
+/// page at a time, keeping only ids (dead letters can hold large fields).
 pub async fn resolve(
     conn: &mut Conn,
     keys: &Keys,
@@ -261,18 +263,58 @@ pub async fn resolve(
     source: &str,
     ids: &[String],
 ) -> Result<Vec<(String, Option<String>)>, StoreError> {
-    let letters = dead_letters(conn, keys, job, source).await?;
+    let mut found: HashMap<String, String> = HashMap::new();
+    for id in ids {
+        if !found.contains_key(id) && dlq::get(conn, keys, job, source, id).await?.is_some() {
+            found.insert(id.clone(), id.clone());
+        }
+    }
+    let mut wanted: HashSet<&String> = ids.iter().filter(|id| !found.contains_key(*id)).collect();
+    let mut after: Option<String> = None;
+    while !wanted.is_empty() {
+        let page = dlq::list(conn, keys, job, source, after.as_deref(), SCAN_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for letter in page {
+            if wanted.remove(&letter.source_id) {
+                found.insert(letter.source_id, letter.id);
+            }
+        }
+    }
     Ok(ids
         .iter()
-        .map(|asked| {
-            let found = letters
-                .iter()
-                .find(|d| &d.id == asked)
-                .or_else(|| letters.iter().find(|d| &d.source_id == asked))
-                .map(|d| d.id.clone());
-            (asked.clone(), found)
-        })
+        .map(|asked| (asked.clone(), found.get(asked).cloned()))
         .collect())
+}
+
+/// Dead letters read at once when going through all of them (each may hold up to a source
+/// entry's size of fields).
+const SCAN_PAGE: usize = 50;
+
+/// The id of every dead letter of `job`, oldest first (read a page at a time, fields
+/// dropped as it goes).
+async fn dead_letter_ids(
+    conn: &mut Conn,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut ids: Vec<String> = Vec::new();
+    loop {
+        let page = dlq::list(
+            conn,
+            keys,
+            job,
+            source,
+            ids.last().map(String::as_str),
+            SCAN_PAGE,
+        )
+        .await?;
+        if page.is_empty() {
+            return Ok(ids);
+        }
+        ids.extend(page.into_iter().map(|d| d.id));
+    }
 }
 
 /// The dead letters `ids` name (see [`resolve`]), or all of them when None, each as its own
@@ -286,10 +328,10 @@ async fn named(
 ) -> Result<Vec<(String, Option<String>)>, StoreError> {
     Ok(match ids {
         Some(ids) => resolve(conn, keys, job, source, &ids).await?,
-        None => dead_letters(conn, keys, job, source)
+        None => dead_letter_ids(conn, keys, job, source)
             .await?
             .into_iter()
-            .map(|d| (d.id.clone(), Some(d.id)))
+            .map(|id| (id.clone(), Some(id)))
             .collect(),
     })
 }
@@ -319,12 +361,12 @@ pub async fn replay(
     let named = named(conn, keys, job, source, ids).await?;
     let mut out = Vec::with_capacity(named.len());
     // Each dead letter once, however often it was named (by its id, its source id, or both).
-    let mut found: Vec<String> = Vec::new();
-    for id in named.iter().filter_map(|(_, id)| id.as_ref()) {
-        if !found.contains(id) {
-            found.push(id.clone());
-        }
-    }
+    let mut seen = HashSet::new();
+    let found: Vec<String> = named
+        .iter()
+        .filter_map(|(_, id)| id.clone())
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
     let mut replayed = std::collections::HashMap::new();
     for chunk in found.chunks(100) {
         for (id, new_id) in dlq::replay(conn, keys, job, source, chunk).await? {

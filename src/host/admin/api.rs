@@ -7,7 +7,9 @@
 //! | GET | `/api/jobs/{name}` | one job (404 if the registry has none) |
 //! | GET | `/api/plugins` | every plugin: version, versions, refusals, jobs (`plugin list --json`) |
 //! | GET | `/api/hosts?all=true` | the live hosts (with `all`, those gone in the last hour too; `sluice hosts --json`) |
-//! | GET | `/api/jobs/{name}/dlq?after=ID&limit=N` | a page of dead letters, oldest first (N ≤ 1000, default 100) |
+//! | GET | `/api/jobs/{name}/dlq?after=ID&limit=N&preview=B` | a page of dead letters, oldest first (N ≤ 1000, default 100; with `preview`, field values cut to B bytes) |
+//! | GET | `/api/jobs/{name}/dlq/{id}` | one dead letter, whole |
+//! | GET | `/api/info` | `{"sluice": version, "read_only": bool}` (no token file: no actions) |
 //! | GET | `/api/jobs/{name}/events/{id}` | where one source entry stands (`event get --json`) |
 //! | POST | `/api/jobs/{name}/stop`, `/resume` | stop or resume the job on every host |
 //! | GET | `/api/jobs/{name}/aggregates` | the job's aggregates: threshold, open windows, fired (`agg list --json`) |
@@ -19,7 +21,7 @@
 //! | GET | `/api/jobs/{name}/lifecycle?limit=N` | its latest lifecycle events (`job-started`, `job-finished` of each run), newest first |
 //! | GET | `/api/plugins/{name}/versions` | every version of a plugin, newest first (`plugin versions --json`) |
 //! | POST | `/api/plugins/{name}/rollback` | body `{}` or `{"to": "<sha256 prefix>"}`: make an earlier version current |
-//! | GET | `/api/series?job=NAME` | counters of every job (or one) sampled each second, the last ten minutes (the dashboard's charts) |
+//! | GET | `/api/series?job=NAME&points=N` | counters of every job (or one) sampled each second, the last ten minutes or N points (the dashboard's charts) |
 //!
 //! Actions need `Authorization: Bearer <token>`, the token in `[admin] token_file`; with no
 //! token file the API is read-only (actions answer 403). Errors are `{"error": "…"}`.
@@ -50,6 +52,8 @@ pub fn routes() -> axum::Router<Admin> {
         .route("/api/jobs/{name}/resume", post(resume))
         .route("/api/jobs/{name}/dlq/replay", post(replay))
         .route("/api/jobs/{name}/dlq/purge", post(purge))
+        .route("/api/jobs/{name}/dlq/{id}", get(dead_letter))
+        .route("/api/info", get(info))
         .route("/api/jobs/{name}/pending", get(pending))
         .route("/api/jobs/{name}/lifecycle", get(lifecycle))
         .route("/api/plugins/{name}/versions", get(versions))
@@ -271,6 +275,38 @@ async fn hosts(
 struct Page {
     after: Option<String>,
     limit: Option<usize>,
+    /// Cut each field value to this many bytes (the dashboard's list; `cut` says so).
+    preview: Option<usize>,
+}
+
+/// A dead letter as a listing shows it.
+#[derive(serde::Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    letter: dlq::DeadLetter,
+    /// Some field values were cut (`preview`): `GET …/dlq/{id}` has them whole.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cut: bool,
+}
+
+impl Shown {
+    fn new(mut letter: dlq::DeadLetter, preview: Option<usize>) -> Shown {
+        let mut cut = false;
+        if let Some(at) = preview {
+            for (_, value) in &mut letter.fields {
+                if value.len() > at {
+                    let mut end = at;
+                    while !value.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    value.truncate(end);
+                    value.push('…');
+                    cut = true;
+                }
+            }
+        }
+        Shown { letter, cut }
+    }
 }
 
 async fn dead_letters(
@@ -286,9 +322,34 @@ async fn dead_letters(
     let next = (letters.len() == limit)
         .then(|| letters.last().map(|d| d.id.clone()))
         .flatten();
+    let letters: Vec<Shown> = letters
+        .into_iter()
+        .map(|l| Shown::new(l, page.preview))
+        .collect();
     Ok(Json(
         serde_json::json!({ "dead_letters": letters, "next": next }),
     ))
+}
+
+async fn dead_letter(
+    State(a): State<Admin>,
+    Path((name, id)): Path<(String, String)>,
+) -> Answer<dlq::DeadLetter> {
+    entry_id(&id)?;
+    let (mut conn, keys, source) = job_redis(&a, &name).await?;
+    dlq::get(&mut conn, &keys, &name, &source, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(format!("job `{name}` has no dead letter `{id}`")))
+}
+
+/// What the dashboard needs to know of this server.
+async fn info(State(a): State<Admin>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "sluice": env!("CARGO_PKG_VERSION"),
+        // No token file: actions answer 403, so the dashboard offers none.
+        "read_only": a.token.is_none(),
+    }))
 }
 
 async fn event(
@@ -482,6 +543,16 @@ async fn rollback(
 ) -> Answer<crate::store::control::PluginVersion> {
     a.authorize(&headers)?;
     let to: RollbackTo = optional_body(&body)?;
+    if let Some(prefix) = &to.to
+        && (prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`to` must be a version's sha256 or a prefix of it (hex digits), got {prefix:?}"
+            ),
+        ));
+    }
     let mut reg = plugin_registry(&a, &name).await?;
     let version = reg
         .rollback(&name, to.to.as_deref())
@@ -502,11 +573,16 @@ fn refused_is_conflict(e: crate::store::control::ControlError) -> ApiError {
 #[derive(Deserialize)]
 struct SeriesQuery {
     job: Option<String>,
+    /// The last this many points of each job (default all: ten minutes' worth).
+    points: Option<usize>,
 }
 
-async fn series(State(a): State<Admin>, Query(q): Query<SeriesQuery>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "every_ms": 1000,
-        "jobs": a.history.series(q.job.as_deref()),
-    }))
+async fn series(
+    State(a): State<Admin>,
+    Query(q): Query<SeriesQuery>,
+) -> Json<super::history::Series> {
+    Json(
+        a.history
+            .series(q.job.as_deref(), q.points.unwrap_or(usize::MAX)),
+    )
 }

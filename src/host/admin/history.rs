@@ -17,6 +17,8 @@ const POINTS: usize = 600;
 /// Sampling goes on this long after the last request for the series.
 const KEEP_SAMPLING: Duration = Duration::from_secs(600);
 const EVERY: Duration = Duration::from_secs(1);
+/// Samples further apart than this are not one series.
+const GAP: Duration = Duration::from_secs(5);
 
 /// One sample of a job's counters.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -43,22 +45,48 @@ pub struct History {
 struct Inner {
     asked_at: Option<Instant>,
     jobs: BTreeMap<String, VecDeque<Point>>,
+    /// Why the last sweep failed, while sweeps fail.
+    failing: Option<String>,
+}
+
+/// What `GET /api/series` answers.
+#[derive(Debug, Serialize)]
+pub struct Series {
+    pub every_ms: u64,
+    /// This host's clock now, ms since the epoch (points' `t` are on it).
+    pub now: u64,
+    /// Why sampling fails now (Redis slow or away), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+    pub jobs: BTreeMap<String, Vec<Point>>,
 }
 
 impl History {
-    /// The samples of every job (only `job`'s, if given), oldest first; asking keeps the
-    /// sampler going.
-    pub fn series(&self, job: Option<&str>) -> BTreeMap<String, Vec<Point>> {
+    /// The last `points` samples (at most [`POINTS`]) of every job (only `job`'s, if
+    /// given), oldest first; asking keeps the sampler going.
+    pub fn series(&self, job: Option<&str>, points: usize) -> Series {
+        let now = crate::model::now_ms();
+        let mut answer = Series {
+            every_ms: EVERY.as_millis() as u64,
+            now,
+            failing: None,
+            jobs: BTreeMap::new(),
+        };
         let Ok(mut inner) = self.inner.lock() else {
-            return BTreeMap::new();
+            return answer;
         };
         inner.asked_at = Some(Instant::now());
-        inner
+        answer.failing = inner.failing.clone();
+        answer.jobs = inner
             .jobs
             .iter()
             .filter(|(name, _)| job.is_none_or(|j| j == name.as_str()))
-            .map(|(name, points)| (name.clone(), points.iter().cloned().collect()))
-            .collect()
+            .map(|(name, series)| {
+                let skip = series.len().saturating_sub(points);
+                (name.clone(), series.iter().skip(skip).cloned().collect())
+            })
+            .collect();
+        answer
     }
 
     fn wanted(&self) -> bool {
@@ -73,14 +101,32 @@ impl History {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        inner.failing = None;
         // Jobs gone from the registry go from the series too.
         inner.jobs.retain(|name, _| points.contains_key(name));
         for (name, point) in points {
             let series = inner.jobs.entry(name).or_default();
+            // A series is one unbroken run of samples: after a pause (nobody looked, or Redis
+            // was away) it starts again, so rates and charts never bridge a gap.
+            if series
+                .back()
+                .is_some_and(|last| point.t.saturating_sub(last.t) > GAP.as_millis() as u64)
+            {
+                series.clear();
+            }
             if series.len() == POINTS {
                 series.pop_front();
             }
             series.push_back(point);
+        }
+    }
+
+    fn failed(&self, why: String) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.failing.is_none() {
+                tracing::warn!("dashboard series: reading the jobs' counters failed: {why}");
+            }
+            inner.failing = Some(why);
         }
     }
 
@@ -93,19 +139,19 @@ impl History {
             if !self.wanted() {
                 continue;
             }
-            let Some((mut conn, keys)) = readiness.redis() else {
+            let Some((conn, keys)) = readiness.redis() else {
                 continue;
             };
             let read = async {
                 let snapshot = Registry::new(conn.clone(), keys.clone()).snapshot().await?;
                 let t = crate::model::now_ms();
+                let names: Vec<String> = snapshot.jobs.into_keys().collect();
+                let read = crate::store::jobs::statuses(&conn, &keys, names.clone()).await?;
                 let mut points = BTreeMap::new();
-                for name in snapshot.jobs.keys() {
-                    let Some(s) = crate::store::jobs::status(&mut conn, &keys, name).await? else {
-                        continue;
-                    };
+                for (name, s) in names.into_iter().zip(read) {
+                    let Some(s) = s else { continue };
                     points.insert(
-                        name.clone(),
+                        name,
                         Point {
                             t,
                             received: s.received,
@@ -123,10 +169,10 @@ impl History {
                 anyhow::Ok(points)
             };
             // A Redis outage leaves a gap in the series, not a stuck sampler.
-            match tokio::time::timeout(Duration::from_secs(2), read).await {
+            match tokio::time::timeout(Duration::from_secs(3), read).await {
                 Ok(Ok(points)) => self.record(points),
-                Ok(Err(e)) => tracing::debug!("dashboard series: reading counters failed: {e:#}"),
-                Err(_) => tracing::debug!("dashboard series: reading counters timed out"),
+                Ok(Err(e)) => self.failed(format!("{e:#}")),
+                Err(_) => self.failed("Redis did not answer within 3 s".into()),
             }
         }
     }

@@ -175,6 +175,8 @@ struct Admin {
     prefix: Arc<str>,
     /// Counters over time, for the dashboard.
     history: Arc<history::History>,
+    /// `[admin] allowed_hosts`.
+    allowed_hosts: Arc<[String]>,
 }
 
 /// What the admin server serves beyond probes and metrics.
@@ -185,6 +187,9 @@ pub struct Options {
     pub ingest: Arc<[Allow]>,
     /// `[host] prefix`.
     pub prefix: String,
+    /// `[admin] allowed_hosts`: names (besides IP addresses and localhost) the dashboard and
+    /// API answer to.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Install the Prometheus recorder (once per process) and serve the admin endpoints on
@@ -201,21 +206,31 @@ pub async fn start(
     let upkeep = metrics.clone();
     let history = Arc::new(history::History::default());
     let sampler = tokio::spawn(history.clone().sample(readiness.clone()));
+    let state = Admin {
+        readiness,
+        metrics,
+        token: options.token.map(Arc::from),
+        ingest: options.ingest,
+        prefix: options.prefix.into(),
+        history,
+        allowed_hosts: options.allowed_hosts.into(),
+    };
+    // What a browser reads (the dashboard, the API) answers only to names it may be reached
+    // by; probes, metrics and ingest answer to any.
+    let browsed =
+        dashboard::routes()
+            .merge(api::routes())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                dashboard::check_host,
+            ));
     let app = Router::new()
-        .merge(dashboard::routes())
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(render))
-        .merge(api::routes())
+        .merge(browsed)
         .route("/ingest/{stream}", post(ingest::ingest))
-        .with_state(Admin {
-            readiness,
-            metrics,
-            token: options.token.map(Arc::from),
-            ingest: options.ingest,
-            prefix: options.prefix.into(),
-            history,
-        });
+        .with_state(state);
     tracing::info!(%addr, "admin server listening (/ the dashboard, /live, /ready, /metrics, /api, /ingest)");
     Ok(tokio::spawn(async move {
         // Histograms are kept in windows the recorder compacts now and then.

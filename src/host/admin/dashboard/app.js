@@ -105,12 +105,19 @@ class ApiError extends Error {
   }
 }
 
+/** A request that gives up after `ms` (a host whose Redis hangs answers late or never). */
+function fetchWithin(path, options = {}, ms = 8000) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ms);
+  return fetch(path, { ...options, signal: abort.signal }).finally(() => clearTimeout(timer));
+}
+
 async function api(path) {
   let res;
   try {
-    res = await fetch(path, { headers: { Accept: "application/json" } });
+    res = await fetchWithin(path, { headers: { Accept: "application/json" } });
   } catch (e) {
-    throw new ApiError(0, "the host does not answer");
+    throw new ApiError(0, e.name === "AbortError" ? "the host did not answer within 8 s" : "the host does not answer");
   }
   const body = await res.json().catch(() => ({}));
   if (!res.ok) throw new ApiError(res.status, body.error || res.statusText);
@@ -135,6 +142,11 @@ function askToken(why) {
       e.preventDefault();
       const token = input.value.trim();
       if (!token) return;
+      // An HTTP header carries Latin-1 only; a token with other characters can never match.
+      if (/[^\x21-\x7e]/.test(token)) {
+        setText($("#token-why"), "A token has printable ASCII characters only, without spaces.");
+        return;
+      }
       sessionStorage.setItem(TOKEN_KEY, token);
       showToken();
       done(token);
@@ -154,7 +166,7 @@ async function act(path, body = {}) {
       token = await askToken(tries ? "That token was refused." : "");
       if (!token) throw new ApiError(401, "cancelled: no admin token");
     }
-    const res = await fetch(path, {
+    const res = await fetchWithin(path, {
       method: "POST",
       headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
       body: JSON.stringify(body),
@@ -172,8 +184,11 @@ async function act(path, body = {}) {
   throw new ApiError(401, "the admin token was refused");
 }
 
+let readOnly = false;
+
 function showToken() {
   const b = $("#token-button");
+  b.hidden = readOnly;
   const set = !!sessionStorage.getItem(TOKEN_KEY);
   setText(b, set ? "Token set · forget" : "Admin token");
   b.classList.toggle("set", set);
@@ -236,7 +251,7 @@ function chart(svg, lines, unit) {
   const w = 420, h = 140, left = 40, bottom = 16;
   svg.replaceChildren();
   const all = lines.flatMap((l) => l.data);
-  const now = Date.now();
+  const now = hostNow();
   const t0 = Math.min(now - 60_000, ...all.map((d) => d.t));
   const max = Math.max(1, ...all.map((d) => d.v));
   const x = (t) => left + ((t - t0) / (now - t0)) * (w - left - 4);
@@ -284,10 +299,18 @@ function badge(state) {
 
 let page = null; // { refresh: async () => void }
 let series = {};
+let seriesFailing = null;
+// The host's clock minus this browser's: times from the host are drawn against the host's now.
+let skew = 0;
+const hostNow = () => Date.now() + skew;
 
-async function loadSeries(job) {
-  const answer = await api(job ? `/api/series?job=${encodeURIComponent(job)}` : "/api/series");
+/** The series of every job (the last `points` of each), or all of one job's. */
+async function loadSeries(job, points) {
+  const query = job ? `job=${encodeURIComponent(job)}` : `points=${points}`;
+  const answer = await api(`/api/series?${query}`);
   series = answer.jobs || {};
+  seriesFailing = answer.failing || null;
+  if (answer.now) skew = answer.now - Date.now();
 }
 
 function overview() {
@@ -309,7 +332,7 @@ function overview() {
   const cDead = card("dead letters", "dead-letters");
 
   async function refresh() {
-    const [jobList, hostList] = await Promise.all([api("/api/jobs"), api("/api/hosts?all=true"), loadSeries()]);
+    const [jobList, hostList] = await Promise.all([api("/api/jobs"), api("/api/hosts?all=true"), loadSeries(null, 122)]);
     let total = 0;
     syncRows(jobs.tbody, jobList, (j) => j.name,
       (j) => el("tr", { "data-job": j.name },
@@ -349,7 +372,8 @@ function overview() {
         setText($(".consumer", row), h.consumer);
         setText($(".machine", row), `${h.hostname} (pid ${h.pid})`);
         setText($(".version", row), h.sluice);
-        setText($(".uptime", row), h.live ? ago(Date.now() - h.started_at) : "—");
+        // Both times by the host's record and Redis's clock, not this browser's.
+        setText($(".uptime", row), h.live ? ago(h.seen_at + h.seen_ago_ms - h.started_at) : "—");
         const held = Object.keys(h.jobs || {});
         setText($(".held", row), held.length ? `${held.length}: ${held.join(", ")}` : "none");
         setText($(".seen", row), `${ago(h.seen_ago_ms)} ago`);
@@ -362,6 +386,17 @@ function overview() {
   }
   return { root, refresh };
 }
+
+/** A dead letter's fields as the inspect panel shows them. */
+function showFields(d) {
+  return d.fields.map(([k, v]) => `${k} = ${v}`).join("\n") +
+    `\n\nplugin ${short(d.plugin)}${d.cut ? "\n(long values cut: shown whole on inspect)" : ""}` +
+    `${d.fields_in === "source" ? "\n(fields too large to copy: held in the source stream)" : ""}`;
+}
+
+/** Dead letters a job page lists, and how much of each field value it shows. */
+const LETTERS = 100;
+const PREVIEW = 300;
 
 function jobPage(name) {
   const path = `/api/jobs/${encodeURIComponent(name)}`;
@@ -377,24 +412,42 @@ function jobPage(name) {
   const retries = table("retries", ["entry", "due", "attempts", "last error"], "No retries scheduled.");
   const letters = table("dead-letters", ["", "dead letter", "source entry", "deliveries", "error", "dead since", ""], "No dead letters.");
   const lifecycle = table("lifecycle", ["event", "run", "at"], "No lifecycle events yet.");
+  const aggregates = table("aggregates", ["aggregate", "key by", "threshold", "open windows", "fired"], "");
+  const aggSection = el("div", { hidden: true }, el("h2", { text: "Aggregates" }), aggregates.wrap);
   const replayed = el("ul", { id: "replayed" });
   const more = el("p", { class: "more", hidden: true });
   const selected = new Set();
-  const watching = new Map(); // new source id -> dead letter id
+  // Replayed dead letters: new source id -> { letter, status, error }, newest last.
+  const watching = new Map();
+  const FOLLOW = 20; // the newest this many are shown and followed until they settle
+  const settled = (status) => ["done", "dead", "skipped"].includes(status);
+  // The dead-letter list is fetched again only when the job's dead-letter counters move, after
+  // an action, or every 15 s (each may hold a large entry's fields).
+  let lettersSeen = null;
+  let lettersAt = 0;
+  // What each part showed last: kept when a request fails, so a hiccup empties nothing.
+  let last = { dlq: { dead_letters: [] }, queue: { pending: [], retries: [] }, life: [], aggs: [] };
 
   const selectedIds = () => [...selected];
+  let replayedTotal = 0;
   async function replay(all) {
     const body = all ? { all: true } : { ids: selectedIds() };
     if (!all && !body.ids.length) throw new Error("select dead letters first");
+    if (all && !confirm(`Replay every dead letter of ${name}?`)) return;
     const answer = await act(`${path}/dlq/replay`, body);
     let n = 0;
     for (const r of answer) {
       if (r.new_id) {
-        watching.set(r.new_id, r.id);
+        watching.delete(r.new_id);
+        watching.set(r.new_id, { letter: r.id, status: "pending" });
         selected.delete(r.id);
         n++;
       }
     }
+    // Only the newest are kept (and followed).
+    for (const k of [...watching.keys()].slice(0, Math.max(0, watching.size - FOLLOW))) watching.delete(k);
+    replayedTotal += n;
+    lettersSeen = null;
     toast(`replayed ${n} dead letter${n === 1 ? "" : "s"}`);
   }
   async function purge(all) {
@@ -403,6 +456,8 @@ function jobPage(name) {
     if (!confirm(all ? `Delete every dead letter of ${name}?` : `Delete ${body.ids.length} dead letter(s)?`)) return;
     const answer = await act(`${path}/dlq/purge`, body);
     for (const id of body.ids || []) selected.delete(id);
+    if (all) selected.clear();
+    lettersSeen = null;
     toast(`purged ${answer.purged} dead letter${answer.purged === 1 ? "" : "s"}`);
   }
 
@@ -419,8 +474,8 @@ function jobPage(name) {
   }
 
   const actions = el("div", { class: "actions" },
-    button("Stop", { id: "job-stop" }, async () => { await act(`${path}/stop`); toast(`${name}: stopping on every host`); }),
-    button("Resume", { id: "job-resume" }, async () => { await act(`${path}/resume`); toast(`${name}: resuming on every host`); }));
+    button("Stop", { id: "job-stop", class: "needs-token" }, async () => { await act(`${path}/stop`); toast(`${name}: stopping on every host`); }),
+    button("Resume", { id: "job-resume", class: "needs-token" }, async () => { await act(`${path}/resume`); toast(`${name}: resuming on every host`); }));
 
   const root = el("section", { id: "job", "data-job": name },
     el("p", { class: "crumbs" }, el("a", { href: "#/", text: "Overview" }), " / job"),
@@ -431,12 +486,13 @@ function jobPage(name) {
       el("figure", {}, el("figcaption", { text: "Failures" }), charts.failures),
       el("figure", {}, el("figcaption", { text: "Backlog" }), charts.backlog)),
     el("h2", { text: "Dead letters" }),
-    el("div", { class: "actions" },
+    el("div", { class: "actions needs-token" },
       button("Replay selected", { id: "replay-selected", class: "primary" }, () => replay(false)),
       button("Replay all", { id: "replay-all" }, () => replay(true)),
       button("Purge selected", { id: "purge-selected", class: "danger" }, () => purge(false)),
       button("Purge all", { id: "purge-all", class: "danger" }, () => purge(true))),
     letters.wrap, more, replayed,
+    aggSection,
     el("div", { class: "two" },
       el("div", {}, el("h2", { text: "Pending" }), pending.wrap),
       el("div", {}, el("h2", { text: "Scheduled retries" }), retries.wrap)),
@@ -475,10 +531,23 @@ function jobPage(name) {
       missing.hidden = false;
       return;
     }
-    const [dlq, queue, life] = await Promise.all([
-      api(`${path}/dlq?limit=200`).catch(() => ({ dead_letters: [] })),
-      api(`${path}/pending?limit=20`).catch(() => ({ pending: [], retries: [] })),
-      api(`${path}/lifecycle?limit=20`).catch(() => []), loadSeries(name)]);
+    const s0 = job.status || {};
+    const lettersNow = `${s0.dead_letters}/${s0.dead}`;
+    const fetchLetters = lettersNow !== lettersSeen || Date.now() - lettersAt > 15_000;
+    // A part that fails keeps showing what it showed (the connection light says why).
+    const keep = (promise, part) => promise.then((v) => (last[part] = v), () => last[part]);
+    let lettersRead = false;
+    const readLetters = () => api(`${path}/dlq?limit=${LETTERS}&preview=${PREVIEW}`)
+      .then((v) => { lettersRead = true; return v; });
+    const [dlq, queue, life, aggs] = await Promise.all([
+      fetchLetters ? keep(readLetters(), "dlq") : last.dlq,
+      keep(api(`${path}/pending?limit=20`), "queue"),
+      keep(api(`${path}/lifecycle?limit=20`), "life"),
+      keep(api(`${path}/aggregates`), "aggs"), loadSeries(name)]);
+    if (lettersRead) {
+      lettersSeen = lettersNow;
+      lettersAt = Date.now();
+    }
     const points = series[name] || [];
     const s = job.status || {};
     const h = health(job, points);
@@ -518,7 +587,17 @@ function jobPage(name) {
         box.addEventListener("change", () => (box.checked ? selected.add(d.id) : selected.delete(d.id)));
         const fields = el("pre", { class: "fields", hidden: true });
         const inspect = el("button", { type: "button", class: "inspect link", text: "inspect" });
-        inspect.addEventListener("click", () => {
+        inspect.addEventListener("click", async () => {
+          if (fields.hidden && fields.dataset.cut === "true") {
+            // The list has values cut short: fetch this one whole.
+            try {
+              const whole = await api(`${path}/dlq/${encodeURIComponent(d.id)}`);
+              setText(fields, showFields(whole));
+              fields.dataset.whole = "true";
+            } catch (e) {
+              toast(e.message, "error");
+            }
+          }
           fields.hidden = !fields.hidden;
           setText(inspect, fields.hidden ? "inspect" : "hide");
         });
@@ -534,21 +613,28 @@ function jobPage(name) {
         setText($(".deliveries", row), d.deliveries);
         setText($(".error .msg", row), d.error);
         setText($(".dead-at", row), when(d.dead_at));
-        const shown = d.fields.map(([k, v]) => `${k} = ${v}`).join("\n") +
-          `\n\nplugin ${short(d.plugin)}${d.fields_in === "source" ? "\n(fields too large to copy: held in the source stream)" : ""}`;
-        setText($(".fields", row), shown);
+        const fields = $(".fields", row);
+        fields.dataset.cut = String(!!d.cut);
+        if (fields.dataset.whole !== "true") setText(fields, showFields(d));
       });
 
-    // Replayed dead letters: their new entries, followed until they are done.
-    const followed = await Promise.all([...watching].map(async ([newId, letter]) => {
-      const st = await api(`${path}/events/${encodeURIComponent(newId)}`).catch(() => ({ status: "unknown" }));
-      return { newId, letter, status: st.status, error: st.error };
+    // Replayed dead letters (the newest few): their new entries, followed until they settle.
+    await Promise.all([...watching].filter(([, r]) => !settled(r.status)).map(async ([newId, r]) => {
+      try {
+        const st = await api(`${path}/events/${encodeURIComponent(newId)}`);
+        r.status = st.status;
+        r.error = st.error;
+      } catch (e) {
+        // Not known yet, or a hiccup: asked again next time.
+      }
     }));
-    replayed.replaceChildren(...followed.map((r) => el("li", { "data-id": r.newId, "data-letter": r.letter },
+    const shownStatus = (st) => (st === "done" ? "acked" : st);
+    replayed.replaceChildren(...[...watching].reverse().map(([newId, r]) => el("li", { "data-id": newId, "data-letter": r.letter },
       "dead letter ", el("span", { class: "mono", text: r.letter }), " replayed as ",
-      el("span", { class: "mono", text: r.newId }), ": ",
-      el("span", { class: `status ${r.status === "done" ? "acked" : r.status}`, text: r.status === "done" ? "acked" : r.status }),
-      r.error ? el("span", { class: "error", text: ` (${r.error})` }) : null)));
+      el("span", { class: "mono", text: newId }), ": ",
+      el("span", { class: `status ${shownStatus(r.status)}`, text: shownStatus(r.status) }),
+      r.error ? el("span", { class: "error", text: ` (${r.error})` }) : null)),
+    ...(replayedTotal > watching.size ? [el("li", { class: "more", text: `and ${num(replayedTotal - watching.size)} more replayed from this page` })] : []));
 
     syncRows(pending.tbody, queue.pending, (p) => p.id,
       () => el("tr", {}, el("td", { class: "mono id" }), el("td", { class: "host" }), el("td", { class: "num deliveries" }), el("td", { class: "idle" })),
@@ -562,11 +648,23 @@ function jobPage(name) {
       () => el("tr", {}, el("td", { class: "mono id" }), el("td", { class: "due" }), el("td", { class: "num attempts" }), el("td", { class: "error" })),
       (row, r) => {
         setText($(".id", row), r.id);
-        setText($(".due", row), r.due_at > Date.now() ? `in ${ago(r.due_at - Date.now())}` : "now");
+        setText($(".due", row), r.due_at > hostNow() ? `in ${ago(r.due_at - hostNow())}` : "now");
         setText($(".attempts", row), r.attempts ?? "—");
         setText($(".error", row), r.error || "");
       });
-    syncRows(lifecycle.tbody, life, (e) => e.id,
+    aggSection.hidden = aggs.length === 0;
+    syncRows(aggregates.tbody, aggs, (a) => a.name,
+      () => el("tr", {}, el("td", { class: "name" }), el("td", { class: "key-by" }), el("td", { class: "threshold" }),
+        el("td", { class: "num open" }), el("td", { class: "num fired" })),
+      (row, a) => {
+        setText($(".name", row), a.name);
+        setText($(".key-by", row), a.key_by || "(one window for all)");
+        const within = a.within_s ? ` within ${a.within_s} s${a.sliding ? ", sliding" : ""}` : "";
+        setText($(".threshold", row), a.count ? `${num(a.count)} events${within}` : within.trim() || "—");
+        setText($(".open", row), num(a.open));
+        setText($(".fired", row), num(a.fired));
+      });
+        syncRows(lifecycle.tbody, life, (e) => e.id,
       () => el("tr", {}, el("td", { class: "kind" }), el("td", { class: "num run" }), el("td", { class: "at" })),
       (row, e) => {
         setText($(".kind", row), e.kind);
@@ -621,7 +719,7 @@ function pluginsPage() {
           el("td", { class: "mono sha", title: v.sha256, text: short(v.sha256) }), el("td", { class: "num size" }),
           el("td", { class: "at" }), el("td", { class: "by" }), el("td", { class: "origin" }),
           el("td", { class: "do" }, el("span", { class: "badge current-badge", text: "current" }),
-            button("Roll back to this", { class: "rollback" }, async () => {
+            button("Roll back to this", { class: "rollback needs-token" }, async () => {
               if (!confirm(`Make ${short(v.sha256)} the current version of ${p.name}? Hosts switch within a second.`)) return;
               const now = await act(`/api/plugins/${encodeURIComponent(p.name)}/rollback`, { to: v.sha256 });
               toast(`${p.name}: back to ${short(now.sha256)}`);
@@ -663,7 +761,14 @@ function pluginsPage() {
 function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   let next;
-  if (hash.startsWith("/job/")) next = jobPage(decodeURIComponent(hash.slice(5)));
+  const decoded = (text) => {
+    try {
+      return decodeURIComponent(text);
+    } catch (e) {
+      return text; // a stray % in a typed address: take it as it is
+    }
+  };
+  if (hash.startsWith("/job/")) next = jobPage(decoded(hash.slice(5)));
   else if (hash === "/plugins") next = pluginsPage();
   else next = overview();
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("here", a.getAttribute("href") === `#${hash}`);
@@ -681,8 +786,13 @@ async function refreshNow() {
   const current = page;
   try {
     await current.refresh();
-    setText($("#connection"), `live · ${new Date().toLocaleTimeString("en-GB", { hour12: false })}`);
-    $("#connection").className = "connection ok";
+    if (seriesFailing) {
+      setText($("#connection"), `charts paused: ${seriesFailing}`);
+      $("#connection").className = "connection down";
+    } else {
+      setText($("#connection"), `live · ${new Date().toLocaleTimeString("en-GB", { hour12: false })}`);
+      $("#connection").className = "connection ok";
+    }
   } catch (e) {
     setText($("#connection"), e.status === 404 ? e.message : `no answer: ${e.message}`);
     $("#connection").className = "connection down";
@@ -696,7 +806,21 @@ function refreshSoon() {
   timer = setTimeout(refreshNow, 0);
 }
 
+/** Whether this server takes actions at all (no token file: read-only, nothing to offer). */
+async function loadInfo() {
+  try {
+    const info = await api("/api/info");
+    readOnly = !!info.read_only;
+    document.body.classList.toggle("read-only", readOnly);
+    $("#mode").hidden = !readOnly;
+    showToken();
+  } catch (e) {
+    setTimeout(loadInfo, 2000);
+  }
+}
+
 document.addEventListener("visibilitychange", () => !document.hidden && refreshSoon());
 window.addEventListener("hashchange", route);
 showToken();
+loadInfo();
 route();
