@@ -143,12 +143,17 @@ impl Browser {
     async fn screenshot(&self, name: &str) {
         let height = self
             .c()
-            .execute("return document.documentElement.scrollHeight", vec![])
+            .execute(
+                // The window's frame besides the page (outer minus inner height).
+                "return document.documentElement.scrollHeight \
+                 + window.outerHeight - window.innerHeight",
+                vec![],
+            )
             .await
             .ok()
             .and_then(|h| h.as_u64())
             .unwrap_or(1000)
-            .saturating_add(120)
+            .saturating_add(16)
             .clamp(600, 2200) as u32;
         let _ = self.c().set_window_size(1400, height).await;
         let png = self.c().screenshot().await.expect("a screenshot");
