@@ -398,6 +398,22 @@ async fn an_operator_watches_a_job_rolls_a_bad_release_back_and_replays_its_dead
         "the replayed dead letter is gone, the others stay: {left}"
     );
 
+    // The overview: a job whose failures are past but whose dead letters remain says so,
+    // with its count in its column.
+    b.click("#nav-overview").await;
+    b.text_until(
+        "tr[data-job=\"orders\"] td.state",
+        Duration::from_secs(30),
+        |t| t == "dead letters",
+    )
+    .await;
+    b.text_until(
+        "tr[data-job=\"orders\"] td.dead-letters",
+        Duration::from_secs(5),
+        |t| number(t) == Some(2),
+    )
+    .await;
+
     b.close().await;
     second.stop_ok();
     host.stop_ok();

@@ -435,7 +435,8 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     let (_, info) = get(port, "/api/info");
     assert_eq!(json(&info)["read_only"], false, "{info}");
     // A dead letter with a long field: the list cuts it when asked, the letter has it whole.
-    let long = "x".repeat(5000);
+    // ('x' and then two-byte characters: a cut at 100 bytes splits one.)
+    let long = format!("x{}", "é".repeat(3000));
     publish(
         &mut conn,
         "in",
@@ -509,7 +510,7 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(blob, format!("{}…", "x".repeat(100)));
+    assert_eq!(blob, format!("x{}…", "é".repeat(49)));
     assert!(page["dead_letters"][1].get("cut").is_none(), "{page}");
     let id = first["id"].as_str().unwrap();
     let (code, whole) = get(port, &format!("/api/jobs/j/dlq/{id}"));
@@ -517,6 +518,11 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     assert!(whole.contains(&long), "the dead letter whole");
     assert_eq!(get(port, "/api/jobs/j/dlq/1-0").0, 404);
     assert_eq!(get(port, "/api/jobs/j/dlq/nonsense").0, 400);
+    assert_eq!(
+        get(port, "/api/jobs/j/dlq/1-99999999999999999999").0,
+        400,
+        "an id Redis cannot hold"
+    );
     // Purge: one by its id (and an id no dead letter has), then the rest.
     assert_eq!(
         post(port, "/api/jobs/j/dlq/purge", None, r#"{"all": true}"#).0,

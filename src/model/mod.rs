@@ -26,7 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Is `id` a stream entry id (`<ms>-<seq>`, or `<ms>`)? The message says what one looks like.
 pub fn check_entry_id(id: &str) -> Result<(), String> {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    // Each part a number Redis can hold (u64).
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok();
     let ok = match id.split_once('-') {
         Some((ms, seq)) => digits(ms) && digits(seq),
         None => digits(id),

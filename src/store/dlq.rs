@@ -76,6 +76,47 @@ pub async fn list<C: AsyncCommands>(
         .collect())
 }
 
+/// Like [`list`], with every field value longer than `keep` bytes cut to it inside Redis
+/// (marked with a trailing `…`; never a meta field: the error and where it came from stay
+/// whole): a listing that shows previews moves only those. Each letter comes with whether a
+/// value was cut.
+pub async fn list_cut<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    job: &str,
+    source: &str,
+    after: Option<&str>,
+    count: usize,
+    keep: usize,
+) -> Result<Vec<(DeadLetter, bool)>, StoreError> {
+    let start = after.map_or("-".to_string(), |id| format!("({id}"));
+    let entries: Vec<(String, Vec<Vec<u8>>, Vec<usize>)> = super::scripts::DLQ_PREVIEW
+        .key(keys.dlq(job, source))
+        .arg(start)
+        .arg(count)
+        .arg(keep)
+        .arg(META_FIELDS)
+        .invoke_async(conn)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, mut flat, cut)| {
+            for &i in &cut {
+                // 1-based in Lua; a cut may split a UTF-8 character: end before it.
+                if let Some(value) = flat.get_mut(i - 1) {
+                    if let Err(e) = std::str::from_utf8(value)
+                        && e.error_len().is_none()
+                    {
+                        value.truncate(e.valid_up_to());
+                    }
+                    value.extend_from_slice("…".as_bytes());
+                }
+            }
+            (parse(id, flat), !cut.is_empty())
+        })
+        .collect())
+}
+
 /// Dead letter `id` of a job, if there is one.
 pub async fn get<C: AsyncCommands>(
     conn: &mut C,

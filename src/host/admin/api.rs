@@ -228,6 +228,21 @@ async fn job_redis(a: &Admin, name: &str) -> Result<(Conn, Keys, String), ApiErr
     Ok((conn, keys, source))
 }
 
+/// Run an action to its end even if the client goes away meanwhile (a browser that gave up
+/// waiting, a closed tab): replaying or purging thousands of dead letters takes a while, and
+/// stopping halfway leaves an operator guessing what was done.
+async fn to_the_end<T: Send + 'static>(
+    action: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(action).await {
+        Ok(done) => Ok(done?),
+        Err(e) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action failed: {e}"),
+        )),
+    }
+}
+
 /// A page size from a request: `default` if none, within 1..=1000.
 fn page_size(asked: Option<usize>, default: usize) -> usize {
     asked.unwrap_or(default).clamp(1, 1000)
@@ -289,26 +304,6 @@ struct Shown {
     cut: bool,
 }
 
-impl Shown {
-    fn new(mut letter: dlq::DeadLetter, preview: Option<usize>) -> Shown {
-        let mut cut = false;
-        if let Some(at) = preview {
-            for (_, value) in &mut letter.fields {
-                if value.len() > at {
-                    let mut end = at;
-                    while !value.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    value.truncate(end);
-                    value.push('…');
-                    cut = true;
-                }
-            }
-        }
-        Shown { letter, cut }
-    }
-}
-
 async fn dead_letters(
     State(a): State<Admin>,
     Path(name): Path<String>,
@@ -317,15 +312,23 @@ async fn dead_letters(
     let (mut conn, keys, source) = job_redis(&a, &name).await?;
     let limit = page_size(page.limit, 100);
     let after = page.after.as_deref().map(entry_id).transpose()?;
-    let letters = dlq::list(&mut conn, &keys, &name, &source, after, limit).await?;
+    let letters: Vec<Shown> = match page.preview {
+        // Cut in Redis: only what is shown leaves it.
+        Some(keep) => dlq::list_cut(&mut conn, &keys, &name, &source, after, limit, keep)
+            .await?
+            .into_iter()
+            .map(|(letter, cut)| Shown { letter, cut })
+            .collect(),
+        None => dlq::list(&mut conn, &keys, &name, &source, after, limit)
+            .await?
+            .into_iter()
+            .map(|letter| Shown { letter, cut: false })
+            .collect(),
+    };
     // The cursor of the next page, when this one is full.
     let next = (letters.len() == limit)
-        .then(|| letters.last().map(|d| d.id.clone()))
+        .then(|| letters.last().map(|d| d.letter.id.clone()))
         .flatten();
-    let letters: Vec<Shown> = letters
-        .into_iter()
-        .map(|l| Shown::new(l, page.preview))
-        .collect();
     Ok(Json(
         serde_json::json!({ "dead_letters": letters, "next": next }),
     ))
@@ -450,8 +453,15 @@ async fn replay(
         )
     })?;
     let mut own = endpoint.connect_once().await?;
-    let replayed = listing::replay(&mut own, &keys, &name, &source, ids).await?;
-    tracing::info!(job = %name, replayed = replayed.iter().filter(|r| r.new_id.is_some()).count(), "dead letters replayed through the admin API");
+    let job = name.clone();
+    let replayed = to_the_end(async move {
+        let replayed = listing::replay(&mut own, &keys, &job, &source, ids).await;
+        if let Ok(r) = &replayed {
+            tracing::info!(job = %job, replayed = r.iter().filter(|r| r.new_id.is_some()).count(), "dead letters replayed through the admin API");
+        }
+        replayed
+    })
+    .await?;
     Ok(Json(replayed))
 }
 
@@ -464,7 +474,10 @@ async fn purge(
     a.authorize(&headers)?;
     let ids = Selection::parse(&body)?;
     let (mut conn, keys, source) = job_redis(&a, &name).await?;
-    let (named, purged) = listing::purge(&mut conn, &keys, &name, &source, ids).await?;
+    let job = name.clone();
+    let (named, purged) =
+        to_the_end(async move { listing::purge(&mut conn, &keys, &job, &source, ids).await })
+            .await?;
     let missing: Vec<&String> = named
         .iter()
         .filter(|(_, id)| id.is_none())

@@ -17,8 +17,9 @@ const POINTS: usize = 600;
 /// Sampling goes on this long after the last request for the series.
 const KEEP_SAMPLING: Duration = Duration::from_secs(600);
 const EVERY: Duration = Duration::from_secs(1);
-/// Samples further apart than this are not one series.
-const GAP: Duration = Duration::from_secs(5);
+/// Samples further apart than this are not one series (a sweep or two missed on a slow
+/// Redis still are).
+const GAP: Duration = Duration::from_secs(15);
 
 /// One sample of a job's counters.
 #[derive(Debug, Clone, Serialize, PartialEq)]

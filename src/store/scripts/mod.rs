@@ -38,6 +38,8 @@ scripts! {
     LIFECYCLE_BEGIN = "lifecycle_begin.lua";
     /// Trims a source stream of what every group acknowledged (`retention = "acked"`).
     RETENTION = "retention.lua";
+    /// A page of dead letters with long field values cut in Redis (the dashboard's list).
+    DLQ_PREVIEW = "dlq_preview.lua";
     /// Appends `job-finished` once a finite job's source is drained, once per run.
     LIFECYCLE_FINISH = "lifecycle_finish.lua";
     /// Writes a job's outbox entries to one target of another cluster slot, each once.

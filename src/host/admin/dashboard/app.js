@@ -158,6 +158,8 @@ function askToken(why) {
   });
 }
 
+const ACTION_WAIT_MS = 5 * 60_000;
+
 /** An action: POST with the admin token, asking for it when there is none or it is refused. */
 async function act(path, body = {}) {
   let token = sessionStorage.getItem(TOKEN_KEY);
@@ -166,11 +168,19 @@ async function act(path, body = {}) {
       token = await askToken(tries ? "That token was refused." : "");
       if (!token) throw new ApiError(401, "cancelled: no admin token");
     }
-    const res = await fetchWithin(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-      body: JSON.stringify(body),
-    });
+    let res;
+    try {
+      // An action runs to its end on the host even if this page stops waiting.
+      res = await fetchWithin(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+        body: JSON.stringify(body),
+      }, ACTION_WAIT_MS);
+    } catch (e) {
+      throw new ApiError(0, e.name === "AbortError"
+        ? `no answer within ${ACTION_WAIT_MS / 60000} min: the host carries on with it; the counters will show what it did`
+        : "the host does not answer");
+    }
     const answer = await res.json().catch(() => ({}));
     if (res.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -255,7 +265,8 @@ function chart(svg, lines, unit) {
   const t0 = Math.min(now - 60_000, ...all.map((d) => d.t));
   const max = Math.max(1, ...all.map((d) => d.v));
   const x = (t) => left + ((t - t0) / (now - t0)) * (w - left - 4);
-  const y = (v) => 4 + (1 - v / max) * (h - bottom - 8);
+  const top = 22; // room for the legend above the highest point
+  const y = (v) => top + (1 - v / max) * (h - bottom - top - 4);
   svg.append(el("line", { x1: left, y1: y(0), x2: w - 4, y2: y(0), class: "axis" }));
   svg.append(el("line", { x1: left, y1: y(max), x2: w - 4, y2: y(max), class: "grid" }));
   svg.append(el("text", { x: left - 6, y: y(max) + 4, class: "tick end", text: rate(max) }));
@@ -291,8 +302,11 @@ function health(job, points) {
   return "ok";
 }
 
+/** A state as a class name ("dead letters" -> "state-dead-letters"): never one of a cell's. */
+const stateClass = (state) => `state-${state.replace(/ /g, "-")}`;
+
 function badge(state) {
-  return el("span", { class: `badge ${state.replace(/ /g, "-")}`, text: state });
+  return el("span", { class: `badge ${stateClass(state)}`, text: state });
 }
 
 // ---------------------------------------------------------------- pages
@@ -348,7 +362,7 @@ function overview() {
         const now = r.length ? r[r.length - 1].v : 0;
         total += now;
         const h = health(j, points);
-        row.className = h.replace(/ /g, "-");
+        row.className = stateClass(h);
         const state = $(".state", row);
         if (state.dataset.shown !== h) {
           state.replaceChildren(badge(h));
@@ -462,10 +476,11 @@ function jobPage(name) {
   }
 
   const lookupInput = el("input", { id: "lookup-id", placeholder: "entry id, e.g. 1733541234567-0", size: 28 });
-  const lookupOut = el("pre", { id: "lookup-result", class: "json" });
+  const lookupOut = el("pre", { id: "lookup-result", class: "json", hidden: true });
   async function lookup() {
     const id = lookupInput.value.trim();
     if (!id) return;
+    lookupOut.hidden = false;
     try {
       lookupOut.textContent = JSON.stringify(await api(`${path}/events/${encodeURIComponent(id)}`), null, 2);
     } catch (e) {
@@ -523,17 +538,22 @@ function jobPage(name) {
     try {
       job = await api(path);
       missing.hidden = true;
+      root.classList.remove("gone");
     } catch (e) {
       if (e.status !== 404) throw e;
       // Deleted (or never was): say so, and keep looking in case it is started.
       setText(missing, `No job named “${name}” in the registry. `);
       missing.append(el("a", { href: "#/", text: "Back to the overview" }));
       missing.hidden = false;
+      root.classList.add("gone");
       return;
     }
-    const s0 = job.status || {};
-    const lettersNow = `${s0.dead_letters}/${s0.dead}`;
-    const fetchLetters = lettersNow !== lettersSeen || Date.now() - lettersAt > 15_000;
+    // The list shows the oldest LETTERS: new dead letters change it only while it is not full,
+    // fewer dead letters (replayed, purged) always may; and every 15 s in any case.
+    const count = (job.status || {}).dead_letters ?? 0;
+    const full = last.dlq.dead_letters.length >= LETTERS;
+    const fetchLetters = lettersSeen === null || count < lettersSeen ||
+      (count !== lettersSeen && !full) || Date.now() - lettersAt > 15_000;
     // A part that fails keeps showing what it showed (the connection light says why).
     const keep = (promise, part) => promise.then((v) => (last[part] = v), () => last[part]);
     let lettersRead = false;
@@ -545,7 +565,7 @@ function jobPage(name) {
       keep(api(`${path}/lifecycle?limit=20`), "life"),
       keep(api(`${path}/aggregates`), "aggs"), loadSeries(name)]);
     if (lettersRead) {
-      lettersSeen = lettersNow;
+      lettersSeen = count;
       lettersAt = Date.now();
     }
     const points = series[name] || [];
@@ -560,7 +580,7 @@ function jobPage(name) {
       ...fact("source", job.source),
       ...fact("plugin", `${job.plugin} @ ${short(job.version || job.current)}${job.current && job.version && job.current !== job.version ? ` (moving to ${short(job.current)})` : ""}`),
       ...fact("registry state", job.state + (job.reason ? ` — ${job.reason}` : "")),
-      ...fact("run", `${job.run}, started ${when(job.started_at)}`),
+      ...fact("run", `${job.run} (a host last started it ${when(job.started_at)})`),
       ...fact("hosts", job.hosts.length ? job.hosts.map((x) => `${x.consumer} (${short(x.version)})`).join(", ") : "none"),
       ...(job.refused ? fact("refused", `${job.refused.host || ""}: ${job.refused.reason || JSON.stringify(job.refused)}`) : []));
     for (const [key, node] of Object.entries(counter)) setText(node, num(s[key]));
@@ -583,7 +603,7 @@ function jobPage(name) {
     for (const id of [...selected]) if (!present.has(id)) selected.delete(id);
     syncRows(letters.tbody, dlq.dead_letters, (d) => d.id,
       (d) => {
-        const box = el("input", { type: "checkbox", class: "pick", "aria-label": `select ${d.id}` });
+        const box = el("input", { type: "checkbox", class: "pick needs-token", "aria-label": `select ${d.id}` });
         box.addEventListener("change", () => (box.checked ? selected.add(d.id) : selected.delete(d.id)));
         const fields = el("pre", { class: "fields", hidden: true });
         const inspect = el("button", { type: "button", class: "inspect link", text: "inspect" });
