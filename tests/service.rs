@@ -517,6 +517,9 @@ fn the_dashboards_api_shows_pending_retries_lifecycle_versions_and_series_and_pu
     assert_eq!(code, 200, "{whole}");
     assert!(whole.contains(&long), "the dead letter whole");
     assert_eq!(get(port, "/api/jobs/j/dlq/1-0").0, 404);
+    // An id without its sequence is not the dead letter `…-0`.
+    let ms = id.split('-').next().unwrap();
+    assert_eq!(get(port, &format!("/api/jobs/j/dlq/{ms}")).0, 404);
     assert_eq!(get(port, "/api/jobs/j/dlq/nonsense").0, 400);
     assert_eq!(
         get(port, "/api/jobs/j/dlq/1-99999999999999999999").0,

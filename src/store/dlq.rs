@@ -126,7 +126,11 @@ pub async fn get<C: AsyncCommands>(
     id: &str,
 ) -> Result<Option<DeadLetter>, StoreError> {
     let entry: Vec<(String, Vec<Vec<u8>>)> = conn.xrange(keys.dlq(job, source), id, id).await?;
-    Ok(entry.into_iter().next().map(|(id, flat)| parse(id, flat)))
+    // XRANGE reads `ms` as `ms-0` up to `ms-max`: only the entry of exactly this id counts.
+    Ok(entry
+        .into_iter()
+        .find(|(found, _)| found == id)
+        .map(|(id, flat)| parse(id, flat)))
 }
 
 fn parse(id: String, flat: Vec<Vec<u8>>) -> DeadLetter {

@@ -37,6 +37,31 @@ pub struct EventStatus {
     pub note: Option<String>,
 }
 
+/// A status record, `status|attempts|plugin|updated_at|error` (see commit.lua); empty
+/// parts are None.
+#[derive(Default)]
+struct Record<'a> {
+    status: Option<&'a str>,
+    attempts: Option<u32>,
+    plugin: Option<&'a str>,
+    updated_at: Option<u64>,
+    error: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    fn parse(text: &'a str) -> Record<'a> {
+        let parts: Vec<&str> = text.splitn(5, '|').collect();
+        let part = |i: usize| parts.get(i).copied().filter(|v| !v.is_empty());
+        Record {
+            status: part(0),
+            attempts: part(1).and_then(|v| v.parse().ok()),
+            plugin: part(2),
+            updated_at: part(3).and_then(|v| v.parse().ok()),
+            error: part(4),
+        }
+    }
+}
+
 /// Replies of the pipeline in [`get`]: record, XPENDING row, retry due time, the entry.
 type Lookup = (
     Option<String>,
@@ -67,22 +92,14 @@ pub async fn get<C: ConnectionLike + Send>(
         .xrange(source, id, id)
         .query_async(conn)
         .await?;
-    // The record is "status|attempts|plugin|updated_at|error" (see commit.lua).
-    let record: Option<Vec<String>> =
-        record.map(|r| r.splitn(5, '|').map(str::to_string).collect());
-    let part = |i: usize| {
-        record
-            .as_ref()
-            .and_then(|r| r.get(i))
-            .filter(|v| !v.is_empty())
-    };
+    let record = record.as_deref().map(Record::parse).unwrap_or_default();
     let mut status = EventStatus {
         job: job.into(),
         id: id.into(),
-        attempts: part(1).and_then(|v| v.parse().ok()),
-        error: part(4).cloned(),
-        plugin: part(2).cloned(),
-        updated_at: part(3).and_then(|v| v.parse().ok()),
+        attempts: record.attempts,
+        error: record.error.map(str::to_string),
+        plugin: record.plugin.map(str::to_string),
+        updated_at: record.updated_at,
         ..EventStatus::default()
     };
     if let Some((_, consumer, _idle, deliveries)) = pending.into_iter().next() {
@@ -95,8 +112,8 @@ pub async fn get<C: ConnectionLike + Send>(
             "processing"
         }
         .into();
-    } else if let Some(s) = part(0) {
-        status.status = s.clone();
+    } else if let Some(s) = record.status {
+        status.status = s.to_string();
     } else {
         let delivered = group_info(conn, source, &group)
             .await?
@@ -211,14 +228,12 @@ pub async fn scheduled<C: ConnectionLike + Send>(
         .into_iter()
         .zip(records)
         .map(|((id, at), record)| {
-            // "status|attempts|plugin|updated_at|error" (see commit.lua).
-            let parts: Vec<&str> = record.as_deref().unwrap_or("").splitn(5, '|').collect();
-            let part = |i: usize| parts.get(i).filter(|v| !v.is_empty()).copied();
+            let record = record.as_deref().map(Record::parse).unwrap_or_default();
             Scheduled {
                 id,
                 due_at: at as u64,
-                attempts: part(1).and_then(|v| v.parse().ok()),
-                error: part(4).map(str::to_string),
+                attempts: record.attempts,
+                error: record.error.map(str::to_string),
             }
         })
         .collect())
